@@ -1,0 +1,208 @@
+"""The `RNNCell` contract: TF1's ``(output, next_state) = cell(input, state)`` as a torch module."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._structure import check_float_dtype, check_state, zero_state_for
+
+__all__ = ["RNNCell", "Dense", "get_activation", "glorot_uniform_", "check_units"]
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "elu": nn.functional.elu,
+    "linear": lambda x: x,
+}
+
+
+def get_activation(activation: Any, default: Callable = torch.tanh) -> Callable:
+    """``None`` -> ``default``; a name from ``tanh, sigmoid, relu, elu, linear``; or a callable."""
+    if activation is None:
+        return default
+    if isinstance(activation, str):
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)} or a callable, got {activation!r}")
+        return _ACTIVATIONS[activation]
+    if not callable(activation):
+        raise TypeError(f"activation: expected a callable or a name, got {type(activation).__name__}")
+    return activation
+
+
+def glorot_uniform_(tensor: torch.Tensor) -> torch.Tensor:
+    """TF's default initializer, on the variable's full TF shape.
+
+    ``U(-l, l)`` with ``l = sqrt(6 / (fan_in + fan_out))``, where a 2-D ``(rows, cols)`` variable has
+    ``fan_in = rows``, ``fan_out = cols`` and a 1-D ``(n,)`` one has ``fan_in = fan_out = n``.
+    """
+    fan_in, fan_out = (tensor.shape[0], tensor.shape[-1])
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        return tensor.uniform_(-limit, limit)
+
+
+def check_units(value: Any, name: str, component: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{component}: {name} must be a positive int, got {value!r}")
+    return value
+
+
+class RNNCell(nn.Module):
+    """Base class of every rnnkit cell: the math of one time step.
+
+    Contract (TF1's ``tf.nn.rnn_cell.RNNCell``):
+
+    * ``output, new_state = cell(inputs, state)`` with ``inputs`` ``(batch, input_depth)`` and
+      ``state`` a structure matching ``state_size``; ``cell.call(inputs, state)`` does the same
+      without the argument checks.
+    * ``state_size`` (an int or nested tuple of ints), ``output_size`` (an int).
+    * ``zero_state(batch_size, dtype)``: zeros in the structure of ``state_size``.
+    * Parameters are created lazily on the first call from ``inputs.shape[-1]`` (TF's
+      ``build(inputs_shape)``), or eagerly by ``build(input_depth)`` or ``input_size=``.
+
+    A subclass implements ``state_size``, ``output_size``, ``_build(input_depth)`` (create the
+    parameters) and ``call(inputs, state)`` (the equations; begin it with
+    ``self._build_for(inputs)`` so that direct ``cell.call`` builds too).
+    """
+
+    def __init__(self, *, input_size: int | None = None, dtype: torch.dtype | None = None, device: Any = None):
+        super().__init__()
+        self._factory = {"dtype": dtype, "device": device}
+        self.input_depth: int | None = None
+        if input_size is not None:
+            self.build(input_size)
+
+    # -- the contract --------------------------------------------------------------------------
+    @property
+    def state_size(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def output_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def built(self) -> bool:
+        return self.input_depth is not None
+
+    def call(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+    def _build(self, input_depth: int) -> None:
+        """Create the parameters for inputs of depth ``input_depth`` (TF's ``build``)."""
+
+    # -- shared machinery ----------------------------------------------------------------------
+    @property
+    def _name(self) -> str:
+        return type(self).__name__
+
+    def build(self, input_depth: int) -> None:
+        """Create the parameters eagerly for inputs of depth ``input_depth``."""
+        check_units(input_depth, "input_depth", self._name)
+        if self.built:
+            if input_depth != self.input_depth:
+                raise ValueError(
+                    f"{self._name}: built for input depth {self.input_depth}, got inputs of depth {input_depth}"
+                )
+            return
+        self._build(input_depth)
+        self.input_depth = input_depth
+
+    def _build_for(self, inputs: torch.Tensor) -> None:
+        if self.input_depth is None:
+            self._factory = {
+                "dtype": self._factory["dtype"] or inputs.dtype,
+                "device": self._factory["device"] or inputs.device,
+            }
+            self.build(inputs.shape[-1])
+
+    def _new_parameter(
+        self, *shape: int, init: Callable[[torch.Tensor], Any] | float = glorot_uniform_
+    ) -> nn.Parameter:
+        """A parameter of TF's ``shape``, initialised by ``init`` (a function or a constant)."""
+        data = torch.empty(*shape, **self._factory)
+        if callable(init):
+            init(data)
+        else:
+            data.fill_(init)
+        return nn.Parameter(data)
+
+    def _check_inputs(self, inputs: Any) -> None:
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(f"{self._name}: expected inputs to be a torch.Tensor, got {type(inputs).__name__}")
+        check_float_dtype(inputs.dtype, f"{self._name} inputs")
+        if inputs.dim() != 2:
+            raise ValueError(
+                f"{self._name}: expected inputs of rank 2 (batch, input_depth), got shape {tuple(inputs.shape)}"
+            )
+        if self.built and inputs.shape[-1] != self.input_depth:
+            raise ValueError(
+                f"{self._name}: built for input depth {self.input_depth}, got inputs of shape {tuple(inputs.shape)}"
+            )
+
+    def forward(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Check ``inputs`` and ``state``, build if needed, and run one step (``call``)."""
+        self._check_inputs(inputs)
+        state = check_state(state, self.state_size, inputs.shape[0], self._name)
+        self._build_for(inputs)
+        return self.call(inputs, state)
+
+    def zero_state(self, batch_size: int, dtype: torch.dtype | None = None, device: Any = None) -> Any:
+        """Zeros ``(batch_size, size)`` in the structure of ``state_size``, on the cell's device."""
+        if device is None:
+            params = list(self.parameters())
+            device = params[0].device if params else self._factory["device"]
+        return zero_state_for(self.state_size, batch_size, dtype or self._factory["dtype"], device)
+
+    def count_params(self) -> int:
+        """The number of scalars in the cell's parameters (TF's ``count_params``)."""
+        if not self.built:
+            raise ValueError(
+                f"{self._name}: not built yet, so it has no parameters to count; call it on inputs, "
+                "or pass input_size= / call build(input_depth) first"
+            )
+        return sum(p.numel() for p in self.parameters())
+
+    def begin_sequence(self, batch_size: int) -> None:
+        """Called by the runners before each unroll; cells with per-sequence randomness resample here."""
+        for child in self.children():
+            if isinstance(child, RNNCell):
+                child.begin_sequence(batch_size)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        if not self.built and any(k.startswith(prefix) for k in state_dict if not self._owned_by_child(k, prefix)):
+            raise ValueError(
+                f"{self._name}: cannot load parameters into a cell that is not built yet; pass input_size= "
+                "to the constructor or call build(input_depth) first"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _owned_by_child(self, key: str, prefix: str) -> bool:
+        rest = key[len(prefix) :]
+        return "." in rest and rest.split(".", 1)[0] in dict(self.named_children())
+
+    def extra_repr(self) -> str:
+        sizes = f"state_size={self.state_size}, output_size={self.output_size}"
+        return sizes + (f", input_depth={self.input_depth}" if self.built else ", unbuilt")
+
+
+class Dense(nn.Module):
+    """A TF variable scope holding ``kernel`` ``(in, out)`` and optionally ``bias`` ``(out,)``.
+
+    Gives GRU's ``gates.kernel`` / ``candidate.kernel`` and LSTMCell's ``projection.kernel`` their
+    TF names; it computes ``x @ kernel + bias`` and nothing else.
+    """
+
+    def __init__(self, kernel: nn.Parameter, bias: nn.Parameter | None = None):
+        super().__init__()
+        self.kernel = kernel
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.kernel if self.bias is None else torch.addmm(self.bias, x, self.kernel)

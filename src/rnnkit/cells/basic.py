@@ -1,0 +1,54 @@
+"""TF1's ``BasicRNNCell``: the Elman recurrence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._base import RNNCell, check_units, get_activation
+
+__all__ = ["BasicRNNCell"]
+
+
+class BasicRNNCell(RNNCell):
+    r"""The most basic RNN cell: ``output = new_state = act([x, h] @ kernel + bias)``.
+
+    .. math:: h_t = \mathrm{act}([x_t, h_{t-1}] W + b)
+
+    Parameters (TF's names and shapes): ``kernel`` ``(input_depth + num_units, num_units)``,
+    Glorot-uniform; ``bias`` ``(num_units,)``, zeros. That is ``(input_depth + num_units) *
+    num_units + num_units`` scalars: 29,312 for 100 inputs and 128 units.
+
+    Shapes: ``inputs`` ``(batch, input_depth)``, ``state`` and output ``(batch, num_units)``.
+
+    Example::
+
+        >>> cell = BasicRNNCell(128)
+        >>> h0 = cell.zero_state(32, torch.float32)
+        >>> out, h1 = cell(torch.randn(32, 100), h0)
+        >>> tuple(cell.kernel.shape), tuple(h1.shape)
+        ((228, 128), (32, 128))
+    """
+
+    def __init__(self, num_units: int, activation: Any = None, **kwargs: Any):
+        self.num_units = check_units(num_units, "num_units", type(self).__name__)
+        self.activation = get_activation(activation)
+        super().__init__(**kwargs)
+
+    @property
+    def state_size(self) -> int:
+        return self.num_units
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    def _build(self, input_depth: int) -> None:
+        self.kernel = self._new_parameter(input_depth + self.num_units, self.num_units)
+        self.bias = self._new_parameter(self.num_units, init=0.0)
+
+    def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._build_for(inputs)
+        h = self.activation(torch.addmm(self.bias, torch.cat([inputs, state], 1), self.kernel))  # (B, H)
+        return h, h

@@ -1,0 +1,308 @@
+"""Runners: unroll any cell over time, TF1's ``dynamic_rnn`` family.
+
+A runner knows nothing about gates. It validates once, builds the cell for the input depth,
+and steps ``cell.call`` over time with TF's ``sequence_length`` semantics:
+
+* outputs past a sequence's length are zeros;
+* the returned state is the state at each sequence's last valid step (the initial state for
+  length 0);
+* a backward direction reverses each sequence within its own length, so it reads the valid
+  steps last-to-first and its padding stays at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ._structure import as_torch_dtype, check_float_dtype, check_state, map_structure
+from .cells._base import RNNCell
+
+__all__ = [
+    "dynamic_rnn",
+    "static_rnn",
+    "bidirectional_dynamic_rnn",
+    "static_bidirectional_rnn",
+    "stack_bidirectional_dynamic_rnn",
+    "reverse_sequence",
+]
+
+
+def _check_cell(cell: Any, component: str) -> RNNCell:
+    if not isinstance(cell, RNNCell):
+        raise TypeError(f"{component}: expected an rnnkit RNNCell, got {type(cell).__name__}")
+    return cell
+
+
+def _check_inputs(inputs: Any, component: str, time_major: bool) -> torch.Tensor:
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"{component}: expected inputs to be a torch.Tensor, got {type(inputs).__name__}")
+    check_float_dtype(inputs.dtype, f"{component} inputs")
+    if inputs.dim() != 3:
+        layout = "(time, batch, depth)" if time_major else "(batch, time, depth)"
+        raise ValueError(f"{component}: expected inputs of rank 3 {layout}, got shape {tuple(inputs.shape)}")
+    return inputs
+
+
+def _check_lengths(sequence_length: Any, batch: int, steps: int, device: torch.device, component: str):
+    """``sequence_length`` as a ``(batch,)`` int64 tensor on ``device``, each value in ``[0, steps]``."""
+    if sequence_length is None:
+        return None
+    lengths = torch.as_tensor(sequence_length)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"{component}: sequence_length must hold integers, got dtype {lengths.dtype}")
+    if lengths.shape != (batch,):
+        raise ValueError(
+            f"{component}: sequence_length must have shape (batch,) = ({batch},), got {tuple(lengths.shape)}"
+        )
+    if batch and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
+        raise ValueError(
+            f"{component}: sequence_length values must be in [0, {steps}] (the number of time steps), "
+            f"got min {int(lengths.min())}, max {int(lengths.max())}"
+        )
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def reverse_sequence(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Reverse a time-major ``(time, batch, ...)`` tensor along time, each sequence within its length.
+
+    Steps past a sequence's length stay where they are (TF's ``tf.reverse_sequence``).
+    """
+    if lengths is None:
+        return x.flip(0)
+    steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, index)
+
+
+def _initial_state(cell: RNNCell, initial_state: Any, inputs: torch.Tensor, dtype: Any, component: str) -> Any:
+    batch = inputs.shape[1]
+    if dtype is not None:
+        dtype = as_torch_dtype(dtype)
+        if dtype != inputs.dtype:
+            raise TypeError(f"{component}: dtype={dtype} but the inputs are {inputs.dtype}")
+    if initial_state is None:
+        return cell.zero_state(batch, inputs.dtype, device=inputs.device)
+    return check_state(initial_state, cell.state_size, batch, f"{component} initial_state")
+
+
+def _unroll(
+    cell: RNNCell, inputs: torch.Tensor, state: Any, lengths: torch.Tensor | None, reverse: bool = False
+) -> tuple[torch.Tensor, Any]:
+    """Step ``cell`` over time-major ``inputs`` ``(T, B, D)`` -> outputs ``(T, B, O)`` and final state."""
+    if reverse:
+        inputs = reverse_sequence(inputs, lengths)
+    cell.begin_sequence(inputs.shape[1])
+    steps = inputs.shape[0] if lengths is None or not len(lengths) else int(lengths.max())
+    outputs = []
+    for t in range(steps):
+        output, new_state = cell.call(inputs[t], state)
+        if lengths is not None:
+            valid = (t < lengths).unsqueeze(1)  # (B, 1)
+            output = torch.where(valid, output, torch.zeros((), dtype=output.dtype, device=output.device))
+            new_state = map_structure(lambda new, old, v=valid: torch.where(v, new, old), new_state, state)
+        outputs.append(output)
+        state = new_state
+    if outputs:
+        out = torch.stack(outputs)  # (steps, B, O)
+    else:
+        out = inputs.new_zeros(0, inputs.shape[1], cell.output_size)
+    if steps < inputs.shape[0]:  # TF's outputs past max(sequence_length) are zeros too
+        out = torch.cat([out, out.new_zeros(inputs.shape[0] - steps, *out.shape[1:])])
+    if reverse:
+        out = reverse_sequence(out, lengths)
+    return out, state
+
+
+def _prepare(cell, inputs, sequence_length, time_major, component):
+    """Shared set-up: check ``cell`` and ``inputs``, go time-major, build, check lengths."""
+    _check_cell(cell, component)
+    inputs = _check_inputs(inputs, component, time_major)
+    x = inputs if time_major else inputs.transpose(0, 1)  # (T, B, D)
+    if cell.built and x.shape[-1] != cell.input_depth:
+        raise ValueError(
+            f"{component}: {type(cell).__name__} is built for input depth {cell.input_depth}, "
+            f"got inputs of shape {tuple(inputs.shape)}"
+        )
+    cell._build_for(x)
+    lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device, component)
+    return x, lengths
+
+
+def dynamic_rnn(
+    cell: RNNCell,
+    inputs: torch.Tensor,
+    sequence_length: Any = None,
+    initial_state: Any = None,
+    dtype: Any = None,
+    parallel_iterations: int | None = None,
+    swap_memory: bool = False,
+    time_major: bool = False,
+    scope: str | None = None,
+) -> tuple[torch.Tensor, Any]:
+    """Unroll ``cell`` over ``inputs``: TF1's ``tf.nn.dynamic_rnn``.
+
+    Args:
+        inputs: ``(batch, time, depth)``, or ``(time, batch, depth)`` with ``time_major=True``.
+        sequence_length: optional ``(batch,)`` ints in ``[0, time]``.
+        initial_state: a structure matching ``cell.state_size``; zeros when omitted.
+        dtype: optional; must equal the inputs' dtype (TF needs it when no initial state is
+            given; rnnkit takes the inputs' dtype).
+        parallel_iterations, swap_memory, scope: accepted for TF compatibility, unused.
+
+    Returns:
+        ``(outputs, state)``: outputs ``(batch, time, cell.output_size)`` (time-major if
+        ``time_major``), zero past each length; ``state`` the final state, in the structure of
+        ``cell.state_size``, taken at each sequence's last valid step.
+
+    Example::
+
+        >>> cell = BasicLSTMCell(128)
+        >>> outputs, state = dynamic_rnn(cell, torch.randn(32, 10, 100), sequence_length=[10] * 32)
+        >>> tuple(outputs.shape), tuple(state.h.shape)
+        ((32, 10, 128), (32, 128))
+    """
+    x, lengths = _prepare(cell, inputs, sequence_length, time_major, "dynamic_rnn")
+    state = _initial_state(cell, initial_state, x, dtype, "dynamic_rnn")
+    out, state = _unroll(cell, x, state, lengths)
+    return (out if time_major else out.transpose(0, 1)), state
+
+
+def static_rnn(
+    cell: RNNCell,
+    inputs: Sequence[torch.Tensor],
+    initial_state: Any = None,
+    dtype: Any = None,
+    sequence_length: Any = None,
+    scope: str | None = None,
+) -> tuple[list[torch.Tensor], Any]:
+    """TF1's ``tf.nn.static_rnn``: ``inputs`` is a list of ``(batch, depth)`` tensors, one per step.
+
+    Returns ``(outputs, state)`` with ``outputs`` a list of ``(batch, output_size)`` tensors;
+    the semantics of ``sequence_length`` are ``dynamic_rnn``'s.
+    """
+    x = _stack_steps(inputs, "static_rnn")
+    outputs, state = dynamic_rnn(cell, x, sequence_length, initial_state, dtype, time_major=True)
+    return list(outputs.unbind(0)), state
+
+
+def _stack_steps(inputs: Any, component: str) -> torch.Tensor:
+    if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (list, tuple)) or not inputs:
+        raise TypeError(
+            f"{component}: expected a non-empty list of (batch, depth) tensors, got {type(inputs).__name__}"
+        )
+    shapes = {tuple(x.shape) for x in inputs}
+    if len(shapes) != 1:
+        raise ValueError(f"{component}: all time steps must have one shape, got {sorted(shapes)}")
+    return torch.stack(list(inputs))  # (T, B, D)
+
+
+def bidirectional_dynamic_rnn(
+    cell_fw: RNNCell,
+    cell_bw: RNNCell,
+    inputs: torch.Tensor,
+    sequence_length: Any = None,
+    initial_state_fw: Any = None,
+    initial_state_bw: Any = None,
+    dtype: Any = None,
+    parallel_iterations: int | None = None,
+    swap_memory: bool = False,
+    time_major: bool = False,
+    scope: str | None = None,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[Any, Any]]:
+    """TF1's ``tf.nn.bidirectional_dynamic_rnn``: one forward and one backward unroll of the same inputs.
+
+    The backward cell reads each sequence reversed within its length; its outputs are
+    reversed back, so ``out_bw[:, t]`` is aligned with ``out_fw[:, t]``.
+
+    Returns ``((out_fw, out_bw), (state_fw, state_bw))``, each output
+    ``(batch, time, output_size)``; ``torch.cat(outputs, -1)`` gives the usual concatenation.
+    Note that this over two ``MultiRNNCell``s is *not* a stacked bidirectional network in
+    torch's sense (layer k+1 reading both directions of layer k): use
+    ``stack_bidirectional_dynamic_rnn`` for that.
+    """
+    component = "bidirectional_dynamic_rnn"
+    x, lengths = _prepare(cell_fw, inputs, sequence_length, time_major, f"{component} (forward)")
+    _prepare(cell_bw, x, None, True, f"{component} (backward)")
+    s_fw = _initial_state(cell_fw, initial_state_fw, x, dtype, f"{component} forward")
+    s_bw = _initial_state(cell_bw, initial_state_bw, x, dtype, f"{component} backward")
+    out_fw, s_fw = _unroll(cell_fw, x, s_fw, lengths)
+    out_bw, s_bw = _unroll(cell_bw, x, s_bw, lengths, reverse=True)
+    if not time_major:
+        out_fw, out_bw = out_fw.transpose(0, 1), out_bw.transpose(0, 1)
+    return (out_fw, out_bw), (s_fw, s_bw)
+
+
+def static_bidirectional_rnn(
+    cell_fw: RNNCell,
+    cell_bw: RNNCell,
+    inputs: Sequence[torch.Tensor],
+    initial_state_fw: Any = None,
+    initial_state_bw: Any = None,
+    dtype: Any = None,
+    sequence_length: Any = None,
+    scope: str | None = None,
+) -> tuple[list[torch.Tensor], Any, Any]:
+    """TF1's ``tf.nn.static_bidirectional_rnn``: returns ``(outputs, state_fw, state_bw)`` with
+    ``outputs`` a list of ``(batch, fw_size + bw_size)`` tensors."""
+    x = _stack_steps(inputs, "static_bidirectional_rnn")
+    (out_fw, out_bw), (s_fw, s_bw) = bidirectional_dynamic_rnn(
+        cell_fw, cell_bw, x, sequence_length, initial_state_fw, initial_state_bw, dtype, time_major=True
+    )
+    return list(torch.cat([out_fw, out_bw], -1).unbind(0)), s_fw, s_bw
+
+
+def stack_bidirectional_dynamic_rnn(
+    cells_fw: Sequence[RNNCell],
+    cells_bw: Sequence[RNNCell],
+    inputs: torch.Tensor,
+    initial_states_fw: Sequence[Any] | None = None,
+    initial_states_bw: Sequence[Any] | None = None,
+    dtype: Any = None,
+    sequence_length: Any = None,
+    parallel_iterations: int | None = None,
+    time_major: bool = False,
+    scope: str | None = None,
+    swap_memory: bool = False,
+) -> tuple[torch.Tensor, tuple[Any, ...], tuple[Any, ...]]:
+    """TF contrib's ``stack_bidirectional_dynamic_rnn``: stacked bidirectional layers.
+
+    Layer ``k + 1`` reads ``concat(out_fw_k, out_bw_k)`` of layer ``k``: the topology of
+    ``torch.nn.LSTM(num_layers=L, bidirectional=True)``. (A ``bidirectional_dynamic_rnn`` over
+    two ``MultiRNNCell``s instead runs two independent deep stacks and concatenates only at the
+    end: a different network, and a common porting trap.)
+
+    Returns ``(outputs, states_fw, states_bw)``: ``outputs`` ``(batch, time, fw + bw)`` of the
+    top layer, and one final state per layer and direction.
+    """
+    component = "stack_bidirectional_dynamic_rnn"
+    cells_fw, cells_bw = list(cells_fw), list(cells_bw)
+    if not cells_fw or len(cells_fw) != len(cells_bw):
+        raise ValueError(
+            f"{component}: expected as many backward as forward cells (at least one), "
+            f"got {len(cells_fw)} forward and {len(cells_bw)} backward"
+        )
+    n = len(cells_fw)
+    for name, states in (("initial_states_fw", initial_states_fw), ("initial_states_bw", initial_states_bw)):
+        if states is not None and len(states) != n:
+            raise ValueError(f"{component}: {name} must hold one state per layer ({n}), got {len(states)}")
+    x = inputs
+    states_fw, states_bw = [], []
+    for k in range(n):
+        (out_fw, out_bw), (s_fw, s_bw) = bidirectional_dynamic_rnn(
+            cells_fw[k],
+            cells_bw[k],
+            x,
+            sequence_length,
+            None if initial_states_fw is None else initial_states_fw[k],
+            None if initial_states_bw is None else initial_states_bw[k],
+            dtype,
+            time_major=time_major,
+        )
+        x = torch.cat([out_fw, out_bw], -1)  # (B, T, fw + bw)
+        states_fw.append(s_fw)
+        states_bw.append(s_bw)
+    return x, tuple(states_fw), tuple(states_bw)
