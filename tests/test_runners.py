@@ -1,0 +1,173 @@
+"""Runner semantics, checked against hand-stepped cells (the definition of each runner)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit as rk
+from rnnkit._structure import flatten
+
+ATOL = 1e-6
+
+
+def _step_by_hand(cell, x_bt, state):
+    """The definition: call the cell once per valid step of one sequence (x_bt: (time, depth))."""
+    outs = []
+    for t in range(x_bt.shape[0]):
+        out, state = cell(x_bt[t : t + 1], state)
+        outs.append(out)
+    return outs, state
+
+
+def _state_row(state, b):
+    return rk._structure.map_structure(lambda s: s[b : b + 1], state)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_dynamic_rnn_lengths_match_stepping_each_sequence(time_major):
+    cell = rk.MultiRNNCell([rk.LSTMCell(5, use_peepholes=True, num_proj=3), rk.GRUCell(4)])
+    x = torch.randn(4, 6, 2)
+    lengths = [6, 3, 0, 1]
+    s0 = rk._structure.map_structure(lambda s: torch.randn_like(s), cell.zero_state(4))
+    inputs = x.transpose(0, 1) if time_major else x
+    outputs, state = rk.dynamic_rnn(cell, inputs, lengths, initial_state=s0, time_major=time_major)
+    if time_major:
+        outputs = outputs.transpose(0, 1)
+    for b, n in enumerate(lengths):
+        outs, final = _step_by_hand(cell, x[b, :n], _state_row(s0, b))
+        if n:
+            torch.testing.assert_close(outputs[b, :n], torch.cat(outs), atol=ATOL, rtol=0)
+        assert not outputs[b, n:].any(), "outputs past a sequence's length are zeros"
+        for got, want in zip(flatten(state), flatten(final), strict=True):
+            torch.testing.assert_close(got[b : b + 1], want, atol=ATOL, rtol=0)
+
+
+def test_bidirectional_backward_reverses_within_each_length():
+    fw, bw = rk.BasicLSTMCell(3), rk.GRUCell(2)
+    x = torch.randn(3, 5, 4)
+    lengths = torch.tensor([5, 2, 4])
+    (out_fw, out_bw), (s_fw, s_bw) = rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        outs, final = _step_by_hand(bw, x[b, :n].flip(0), bw.zero_state(1))
+        torch.testing.assert_close(out_bw[b, :n], torch.cat(outs).flip(0), atol=ATOL, rtol=0)
+        assert not out_bw[b, n:].any()
+        torch.testing.assert_close(s_bw[b : b + 1], final, atol=ATOL, rtol=0)
+    ref_fw, ref_state = rk.dynamic_rnn(fw, x, lengths)
+    torch.testing.assert_close(out_fw, ref_fw, atol=0, rtol=0)
+
+
+def test_bidirectional_without_lengths_flips_time():
+    fw, bw = rk.BasicRNNCell(3), rk.BasicRNNCell(3)
+    x = torch.randn(2, 4, 3)
+    (_, out_bw), (_, s_bw) = rk.bidirectional_dynamic_rnn(fw, bw, x)
+    ref, ref_state = rk.dynamic_rnn(bw, x.flip(1))
+    torch.testing.assert_close(out_bw, ref.flip(1), atol=0, rtol=0)
+    torch.testing.assert_close(s_bw, ref_state, atol=0, rtol=0)
+
+
+def test_reverse_sequence_keeps_padding_in_place():
+    x = torch.arange(4.0).view(4, 1, 1).expand(4, 2, 1).contiguous()  # (T, B, 1): values = time index
+    got = rk.reverse_sequence(x, torch.tensor([3, 0]))
+    assert got[:, 0, 0].tolist() == [2.0, 1.0, 0.0, 3.0]
+    assert got[:, 1, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_static_rnn_equals_dynamic_rnn():
+    cell, bw = rk.BasicLSTMCell(4), rk.GRUCell(2)
+    x = torch.randn(3, 5, 2)
+    outs, state = rk.static_rnn(cell, list(x.unbind(1)), sequence_length=[5, 1, 3])
+    ref, ref_state = rk.dynamic_rnn(cell, x, sequence_length=[5, 1, 3])
+    torch.testing.assert_close(torch.stack(outs, 1), ref, atol=0, rtol=0)
+    torch.testing.assert_close(state.h, ref_state.h, atol=0, rtol=0)
+    outs, s_fw, s_bw = rk.static_bidirectional_rnn(cell, bw, list(x.unbind(1)), sequence_length=[5, 1, 3])
+    (ref_fw, ref_bw), (ref_sfw, ref_sbw) = rk.bidirectional_dynamic_rnn(cell, bw, x, sequence_length=[5, 1, 3])
+    torch.testing.assert_close(torch.stack(outs, 1), torch.cat([ref_fw, ref_bw], -1), atol=0, rtol=0)
+    torch.testing.assert_close(s_bw, ref_sbw, atol=0, rtol=0)
+
+
+def test_stack_bidirectional_feeds_both_directions_to_the_next_layer():
+    cells_fw = [rk.BasicLSTMCell(3), rk.BasicLSTMCell(2)]
+    cells_bw = [rk.BasicLSTMCell(3), rk.BasicLSTMCell(2)]
+    x = torch.randn(2, 5, 4)
+    lengths = [5, 3]
+    out, states_fw, states_bw = rk.contrib.rnn.stack_bidirectional_dynamic_rnn(
+        cells_fw, cells_bw, x, sequence_length=lengths
+    )
+    layer0, (f0, b0) = rk.bidirectional_dynamic_rnn(cells_fw[0], cells_bw[0], x, lengths)
+    layer1, (f1, b1) = rk.bidirectional_dynamic_rnn(cells_fw[1], cells_bw[1], torch.cat(layer0, -1), lengths)
+    torch.testing.assert_close(out, torch.cat(layer1, -1), atol=0, rtol=0)
+    assert tuple(out.shape) == (2, 5, 4)
+    torch.testing.assert_close(states_fw[1].h, f1.h, atol=0, rtol=0)
+    torch.testing.assert_close(states_bw[0].c, b0.c, atol=0, rtol=0)
+    assert cells_fw[1].input_depth == 6  # layer 1 reads concat(fw, bw) of layer 0
+
+
+def test_bidirectional_over_multi_rnn_cells_is_a_different_network():
+    """The porting trap: two independent deep stacks are not torch's stacked bidirectional layers."""
+    torch.manual_seed(1)
+    cells_fw = [rk.BasicRNNCell(3), rk.BasicRNNCell(3)]
+    cells_bw = [rk.BasicRNNCell(3), rk.BasicRNNCell(3)]
+    x = torch.randn(2, 4, 3)
+    stacked, _, _ = rk.stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, x)
+    # Same first-layer weights; the second layers of the two-stack version read 3 inputs, not 6.
+    multi_fw = rk.MultiRNNCell([cells_fw[0], rk.BasicRNNCell(3)])
+    multi_bw = rk.MultiRNNCell([cells_bw[0], rk.BasicRNNCell(3)])
+    (o_fw, o_bw), _ = rk.bidirectional_dynamic_rnn(multi_fw, multi_bw, x)
+    assert multi_fw.cell_1.kernel.shape[0] == 3 + 3 and cells_fw[1].kernel.shape[0] == 6 + 3
+    assert not torch.allclose(torch.cat([o_fw, o_bw], -1), stacked)
+
+
+def test_variational_dropout_uses_one_mask_per_sequence():
+    inner = rk.BasicRNNCell(64)
+    cell = rk.DropoutWrapper(inner, output_keep_prob=0.5, variational_recurrent=True).train()
+    outputs, _ = rk.dynamic_rnn(cell, torch.randn(8, 6, 3))
+    dropped = outputs == 0
+    assert dropped.any()
+    assert torch.equal(dropped, dropped[:, :1].expand_as(dropped)), "same units dropped at every step"
+    assert not torch.equal(dropped[0, 0], dropped[1, 0]), "each sequence has its own mask"
+    outputs2, _ = rk.dynamic_rnn(cell, torch.randn(8, 6, 3))
+    assert not torch.equal(outputs2 == 0, dropped), "a new unroll draws new masks"
+
+
+def test_plain_dropout_changes_masks_over_time_and_scales_by_keep_prob():
+    cell = rk.DropoutWrapper(rk.BasicRNNCell(256), output_keep_prob=0.75).train()
+    outputs, _ = rk.dynamic_rnn(cell, torch.randn(16, 5, 3))
+    dropped = outputs == 0
+    assert not torch.equal(dropped[:, 0], dropped[:, 1])
+    frac = dropped.float().mean().item()
+    assert abs(frac - 0.25) < 0.03  # 20,480 Bernoulli draws: std ~0.003
+    cell.eval()
+    out_eval, _ = rk.dynamic_rnn(cell, torch.ones(2, 3, 3))
+    ref, _ = rk.dynamic_rnn(cell.cell, torch.ones(2, 3, 3))
+    torch.testing.assert_close(out_eval, ref, atol=0, rtol=0)
+
+
+def test_state_dropout_leaves_lstm_memory_alone():
+    inner = rk.BasicLSTMCell(32)
+    cell = rk.DropoutWrapper(inner, state_keep_prob=0.5).train()
+    x, s0 = torch.randn(4, 3), inner.zero_state(4)
+    _, state = cell(x, s0)
+    _, ref = inner(x, s0)
+    torch.testing.assert_close(state.c, ref.c, atol=0, rtol=0)
+    kept = state.h != 0
+    torch.testing.assert_close(state.h[kept], ref.h[kept] / 0.5, atol=1e-6, rtol=0)
+    assert (~kept).any()
+
+
+def test_residual_wrapper_adds_inputs():
+    inner = rk.GRUCell(3)
+    cell = rk.ResidualWrapper(inner)
+    x, h = torch.randn(2, 3), torch.randn(2, 3)
+    out, state = cell(x, h)
+    ref, ref_state = inner(x, h)
+    torch.testing.assert_close(out, x + ref, atol=0, rtol=0)
+    torch.testing.assert_close(state, ref_state, atol=0, rtol=0)
+
+
+def test_empty_batch_and_zero_lengths():
+    cell = rk.BasicLSTMCell(3)
+    out, state = rk.dynamic_rnn(cell, torch.randn(2, 4, 2), sequence_length=[0, 0])
+    assert not out.any() and not state.c.any()
+    out, state = rk.dynamic_rnn(cell, torch.randn(0, 4, 2))
+    assert tuple(out.shape) == (0, 4, 3)
