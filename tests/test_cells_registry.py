@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cell_registry import CELLS, INPUT_DEPTH
 
 import rnnkit as rk
+from cell_registry import CELLS, INPUT_DEPTH
 from rnnkit._structure import flatten, pack_as
 
 GOLDEN = Path(__file__).parent / "golden" / "cell_params.json"
