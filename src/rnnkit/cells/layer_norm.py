@@ -67,9 +67,10 @@ class LayerNormBasicLSTMCell(RNNCell):
     ``LN_k(x) = (x - mean(x)) / sqrt(var(x) + 1e-12) * k.gamma + k.beta`` over the units axis.
 
     Parameters: ``kernel`` ``(input_depth + num_units, 4*num_units)`` (i, j, f, o); ``bias``
-    ``(4*num_units,)`` only without layer norm; with it ``input.gamma``, ``input.beta``, and the
-    same for ``transform``, ``forget``, ``output`` and ``state``, each ``(num_units,)``,
-    initialised to ``norm_gain`` and ``norm_shift``.
+    ``(4*num_units,)`` only without layer norm (glorot-uniform like the kernel, as contrib's default
+    ``get_variable`` initializer makes it, with ``fan_in = fan_out = 4*num_units``); with layer norm
+    ``input.gamma``, ``input.beta``, and the same for ``transform``, ``forget``, ``output`` and
+    ``state``, each ``(num_units,)``, initialised to ``norm_gain`` and ``norm_shift``.
 
     State ``LSTMStateTuple(c, h)``, each ``(batch, num_units)``.
 
@@ -123,7 +124,8 @@ class LayerNormBasicLSTMCell(RNNCell):
                 )
                 self.add_module(scope, norm)
         else:
-            self.bias = self._new_parameter(4 * n, init=0.0)
+            # contrib creates it with get_variable's default initializer (glorot-uniform, 1-D fans), not zeros.
+            self.bias = self._new_parameter(4 * n)
 
     def call(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, LSTMStateTuple]:
         self._build_for(inputs)

@@ -57,10 +57,14 @@ class MultiRNNCell(RNNCell):
                     f"has state_size {cells[nested[0]].state_size} (use state_is_tuple=False on that cell too)"
                 )
         self.state_is_tuple = bool(state_is_tuple)
+        # Build for input_size= only once the layers are registered: building before would build nothing.
+        input_size = kwargs.pop("input_size", None)
         super().__init__(**kwargs)
         for k, cell in enumerate(cells):
             self.add_module(f"cell_{k}", cell)
-        if all(c.built for c in cells):
+        if input_size is not None:
+            self.build(input_size)
+        elif all(c.built for c in cells):
             self._check_depths(cells[0].input_depth)
             self.input_depth = cells[0].input_depth
 
