@@ -15,6 +15,7 @@ Example::
 
 import torch as _torch
 
+from . import convert
 from ._structure import LSTMStateTuple
 from ._tf_namespace import compat, contrib, nn
 from .cells import (
@@ -61,6 +62,7 @@ __all__ = [
     "static_bidirectional_rnn",
     "stack_bidirectional_dynamic_rnn",
     "reverse_sequence",
+    "convert",
     "nn",
     "contrib",
     "compat",

@@ -1,0 +1,102 @@
+"""Exact weight conversion between TF1 cells, Keras 3, torch.nn / rnnkit layers and ONNX, in one place.
+
+Everything meets in the **torch layout**: a ``torch.nn.LSTM/GRU/RNN``-style state dict
+(``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``, ``weight_hr_l0``, ``_reverse``)
+plus a `LayerConfig` (sizes, direction count, and rnnkit's options ``forget_bias``, ``peepholes``,
+``cell_clip``, GRU ``reset_after``). Every other format converts to and from it:
+
+=====================  ===========================================  ==========================================
+format                 to the torch layout                          from it
+=====================  ===========================================  ==========================================
+TF1 variables          `tf_to_torch`                                `torch_to_tf`
+TF1 checkpoint files   `read_tf_checkpoint` + `tf_to_torch`          (saving: later)
+rnnkit TF-style cells  `cells_to_torch`                             `torch_to_cells`
+Keras 3 files/layers   `keras_to_torch`, `keras_layer_to_torch`      `torch_to_keras`
+ONNX LSTM/GRU/RNN ops  `onnx_to_torch`                              `torch_to_onnx`
+torch.save files       `load_torch_state_dict` + `infer_config`     ``torch.save``
+=====================  ===========================================  ==========================================
+
+Gate orders (conventions of each format): TF1 LSTM i, j, f, o; torch i, f, g, o; Keras i, f, c, o;
+ONNX i, o, f, c. GRU: TF1 r, u (+ a separate candidate); torch r, z, n; Keras and ONNX z, r, h.
+A conversion that cannot be exact is refused with the reason: TF's GRU (reset before the matmul)
+into ``torch.nn.GRU`` (reset after), peepholes or ``cell_clip`` into ``torch.nn``, projections into
+Keras or ONNX. TF1's ``forget_bias`` is never stored: pass it (TF's default is 1.0); it is folded
+into the forget-gate bias for ``target="torch.nn"`` and carried as rnnkit's ``LSTM(forget_bias=)``
+otherwise.
+
+Example::
+
+    >>> from rnnkit.convert import load_tf_checkpoint, tf_to_torch, read_tf_checkpoint
+    >>> stack = load_tf_checkpoint("ckpt")                     # rnnkit cells, TF's variable names
+    >>> outputs, state = stack.run(inputs, sequence_length=lengths)
+    >>> state_dict, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn")
+    >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state_dict)
+"""
+
+from ._cells import (
+    TFCellStack,
+    cells_from_tf_variables,
+    cells_to_torch,
+    load_tf_checkpoint,
+    load_tf_variables,
+    tf_variable_names,
+    torch_to_cells,
+)
+from ._config import LayerConfig
+from ._keras_io import keras_to_torch, read_keras
+from ._keras_layout import KerasRecurrentLayer, keras_layer_to_torch, keras_layers_to_torch, torch_to_keras
+from ._onnx_layout import OnnxRecurrentOp, onnx_to_torch, torch_to_onnx
+from ._tf_checkpoint import CheckpointEntry, CheckpointError, TFCheckpointReader, list_tf_checkpoint, read_tf_checkpoint
+from ._tf_layout import (
+    tf_gru_to_torch,
+    tf_lstm_to_torch,
+    tf_rnn_to_torch,
+    torch_gru_to_tf,
+    torch_lstm_to_tf,
+    torch_rnn_to_tf,
+)
+from ._tf_stack import TFCellVariables, TFRNNVariables, parse_tf_variables, tf_to_torch, torch_to_tf
+from ._torch_layout import check_state_dict, infer_config, load_torch_state_dict
+
+__all__ = [
+    # the common currency
+    "LayerConfig",
+    "check_state_dict",
+    "infer_config",
+    "load_torch_state_dict",
+    # TF1: files, variables, cells
+    "read_tf_checkpoint",
+    "list_tf_checkpoint",
+    "TFCheckpointReader",
+    "CheckpointEntry",
+    "CheckpointError",
+    "parse_tf_variables",
+    "TFRNNVariables",
+    "TFCellVariables",
+    "tf_to_torch",
+    "torch_to_tf",
+    "tf_lstm_to_torch",
+    "torch_lstm_to_tf",
+    "tf_gru_to_torch",
+    "torch_gru_to_tf",
+    "tf_rnn_to_torch",
+    "torch_rnn_to_tf",
+    "TFCellStack",
+    "load_tf_checkpoint",
+    "cells_from_tf_variables",
+    "load_tf_variables",
+    "tf_variable_names",
+    "cells_to_torch",
+    "torch_to_cells",
+    # Keras 3
+    "read_keras",
+    "keras_to_torch",
+    "KerasRecurrentLayer",
+    "keras_layer_to_torch",
+    "keras_layers_to_torch",
+    "torch_to_keras",
+    # ONNX
+    "OnnxRecurrentOp",
+    "torch_to_onnx",
+    "onnx_to_torch",
+]

@@ -1,0 +1,507 @@
+"""rnnkit's TF-style cells <-> TF1 variables and the torch layout.
+
+rnnkit's cells keep TF's parameter names (``kernel``, ``gates.kernel``, ``projection.kernel`` ...), so a
+cell's TF variable name is its scope plus its parameter name with ``/`` for ``.``: a cell called
+by ``dynamic_rnn`` is ``rnn/<cell scope>/``, layer ``k`` of a ``MultiRNNCell`` ``.../multi_rnn_cell/cell_k/``,
+and wrappers (``DropoutWrapper``, ``ResidualWrapper``) add no scope, as in TF.
+
+`TFCellStack` holds the cells of one stack in one of the three TF topologies and runs them with the
+matching runner; `load_tf_checkpoint` builds one from a checkpoint, `cells_to_torch` and
+`torch_to_cells` move it to and from the torch layout (so a ``MultiRNNCell`` of ``BasicLSTMCell``s
+becomes an LSTM state dict + `LayerConfig`, and back).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..cells import (
+    BasicLSTMCell,
+    BasicRNNCell,
+    DropoutWrapper,
+    GRUCell,
+    LayerNormBasicLSTMCell,
+    LSTMCell,
+    MultiRNNCell,
+    RNNCell,
+    RNNCellWrapper,
+)
+from ..cells._base import _ACTIVATIONS
+from ..runners import bidirectional_dynamic_rnn, dynamic_rnn, stack_bidirectional_dynamic_rnn
+from ._config import LayerConfig
+from ._tf_checkpoint import read_tf_checkpoint
+from ._tf_stack import (
+    _DEFAULT_SCOPE,
+    _SCOPE_OF,
+    TFCellVariables,
+    TFRNNVariables,
+    layout_from_torch,
+    layout_to_torch,
+    parse_tf_variables,
+)
+
+__all__ = [
+    "TFCellStack",
+    "load_tf_checkpoint",
+    "cells_from_tf_variables",
+    "load_tf_variables",
+    "tf_variable_names",
+    "cells_to_torch",
+    "torch_to_cells",
+]
+
+_CLASSES: dict[str, type[RNNCell]] = {
+    "BasicLSTMCell": BasicLSTMCell,
+    "LSTMCell": LSTMCell,
+    "GRUCell": GRUCell,
+    "BasicRNNCell": BasicRNNCell,
+    "LayerNormBasicLSTMCell": LayerNormBasicLSTMCell,
+}
+
+
+def _activation_name(fn: Any) -> str:
+    for name, known in _ACTIVATIONS.items():
+        if fn is known:
+            return name
+    return getattr(fn, "__name__", repr(fn))
+
+
+def _leaf(cell: RNNCell, component: str) -> RNNCell:
+    """The cell under any ``DropoutWrapper``s (identity at inference); other wrappers change the function."""
+    while isinstance(cell, RNNCellWrapper):
+        if not isinstance(cell, DropoutWrapper):
+            raise ValueError(
+                f"{component}: a {type(cell).__name__} changes the cell's function; no layer layout expresses it"
+            )
+        cell = cell.cell
+    if type(cell) not in _CLASSES.values():
+        raise TypeError(
+            f"{component}: expected one of {sorted(_CLASSES)} (or a MultiRNNCell of them), got {type(cell).__name__}"
+        )
+    if not cell.built:
+        raise ValueError(f"{component}: the {type(cell).__name__} is not built yet, so it has no weights to convert")
+    return cell
+
+
+def _cell_variables(cell: RNNCell, component: str) -> TFCellVariables:
+    cell = _leaf(cell, component)
+    name = type(cell).__name__
+    return TFCellVariables(
+        name,
+        {k.replace(".", "/"): p.detach() for k, p in cell.named_parameters()},
+        forget_bias=getattr(cell, "forget_bias", 1.0),
+        cell_clip=getattr(cell, "cell_clip", None),
+        proj_clip=getattr(cell, "proj_clip", None),
+        activation=_activation_name(cell.activation),
+    )
+
+
+def _make_cell(spec: TFCellVariables, dtype: torch.dtype | None = None) -> RNNCell:
+    kwargs: dict[str, Any] = {"activation": spec.activation}
+    if spec.cell_type in ("BasicLSTMCell", "LSTMCell", "LayerNormBasicLSTMCell"):
+        kwargs["forget_bias"] = spec.forget_bias
+    if spec.cell_type == "LSTMCell":
+        kwargs.update(
+            use_peepholes=spec.use_peepholes, cell_clip=spec.cell_clip, num_proj=spec.num_proj, proj_clip=spec.proj_clip
+        )
+    if spec.cell_type == "LayerNormBasicLSTMCell":
+        kwargs["layer_norm"] = spec.layer_norm
+    main = next(iter(spec.variables.values()))
+    cell = _CLASSES[spec.cell_type](spec.num_units, input_size=spec.input_size, dtype=dtype or main.dtype, **kwargs)
+    with torch.no_grad():
+        for name, param in cell.named_parameters():
+            param.copy_(spec.variables[name.replace(".", "/")])
+    return cell
+
+
+def _runnable(cells: list[RNNCell], multi: bool) -> RNNCell:
+    return MultiRNNCell(cells) if multi else cells[0]
+
+
+class TFCellStack:
+    """rnnkit TF-style cells of one recurrent stack, arranged as TF1 ran them.
+
+    * ``"unidirectional"``: ``cell`` (a ``MultiRNNCell`` of ``cells_fw`` when ``multi_rnn_cell``, else
+      ``cells_fw[0]``), run by ``dynamic_rnn``;
+    * ``"bidirectional"``: ``cell_fw`` and ``cell_bw``, run by ``bidirectional_dynamic_rnn``;
+    * ``"stack_bidirectional"``: ``cells_fw[k]``, ``cells_bw[k]`` per layer, run by
+      ``stack_bidirectional_dynamic_rnn``.
+
+    ``run(inputs)`` returns ``(outputs, state)`` with ``outputs`` ``(batch, time, features)`` (both
+    directions concatenated) and ``state`` the runner's final state (``(state_fw, state_bw)`` for two
+    directions).
+
+    Example::
+
+        >>> stack = load_tf_checkpoint("ckpt")           # rnn/multi_rnn_cell/cell_k/basic_lstm_cell/...
+        >>> outputs, state = stack.run(torch.randn(2, 5, 3), sequence_length=[5, 3])
+    """
+
+    def __init__(
+        self,
+        topology: str,
+        cells_fw: Sequence[RNNCell],
+        cells_bw: Sequence[RNNCell] = (),
+        *,
+        multi_rnn_cell: bool = False,
+        scope: str | None = None,
+    ):
+        if topology not in _DEFAULT_SCOPE:
+            raise ValueError(f"TFCellStack: topology must be one of {sorted(_DEFAULT_SCOPE)}, got {topology!r}")
+        self.topology = topology
+        self.cells_fw, self.cells_bw = list(cells_fw), list(cells_bw)
+        self.multi_rnn_cell = bool(multi_rnn_cell) and topology != "stack_bidirectional"
+        self.scope = _DEFAULT_SCOPE[topology] if scope is None else scope.strip("/")
+        if not self.cells_fw or (topology == "unidirectional") != (not self.cells_bw):
+            raise ValueError(
+                f"TFCellStack: a {topology} stack needs forward cells"
+                + (" and no backward cells" if topology == "unidirectional" else " and backward cells")
+            )
+        if topology == "stack_bidirectional" and len(self.cells_fw) != len(self.cells_bw):
+            raise ValueError(
+                f"TFCellStack: {len(self.cells_fw)} forward and {len(self.cells_bw)} backward layers; need as many"
+            )
+        if (
+            not self.multi_rnn_cell
+            and topology != "stack_bidirectional"
+            and len(self.cells_fw + self.cells_bw) > (1 if topology == "unidirectional" else 2)
+        ):
+            raise ValueError("TFCellStack: several layers per direction need multi_rnn_cell=True")
+        self.cell_fw = _runnable(self.cells_fw, self.multi_rnn_cell) if topology != "stack_bidirectional" else None
+        self.cell_bw = _runnable(self.cells_bw, self.multi_rnn_cell) if topology == "bidirectional" else None
+
+    @property
+    def cell(self) -> RNNCell:
+        """The cell a unidirectional stack runs with ``dynamic_rnn``."""
+        if self.topology != "unidirectional":
+            raise AttributeError(f"TFCellStack: a {self.topology} stack has cell_fw/cell_bw or cells_fw/cells_bw")
+        return self.cell_fw
+
+    def __repr__(self) -> str:
+        kinds = [type(c).__name__ for c in self.cells_fw]
+        return f"TFCellStack({self.topology!r}, scope={self.scope!r}, layers={kinds}, multi={self.multi_rnn_cell})"
+
+    def run(
+        self, inputs: torch.Tensor, sequence_length: Any = None, *, time_major: bool = False
+    ) -> tuple[torch.Tensor, Any]:
+        """Run the stack with its TF runner; ``inputs`` ``(batch, time, depth)`` (or time-major)."""
+        if self.topology == "unidirectional":
+            return dynamic_rnn(self.cell_fw, inputs, sequence_length, time_major=time_major)
+        if self.topology == "bidirectional":
+            (out_fw, out_bw), states = bidirectional_dynamic_rnn(
+                self.cell_fw, self.cell_bw, inputs, sequence_length, time_major=time_major
+            )
+            return torch.cat([out_fw, out_bw], -1), states
+        outputs, states_fw, states_bw = stack_bidirectional_dynamic_rnn(
+            self.cells_fw, self.cells_bw, inputs, sequence_length=sequence_length, time_major=time_major
+        )
+        return outputs, (states_fw, states_bw)
+
+    def layout(self) -> TFRNNVariables:
+        """The TF view of these cells: variables by scope, with the cells' run-time options."""
+        component = "TFCellStack"
+        fw = [_cell_variables(c, component) for c in self.cells_fw]
+        bw = [_cell_variables(c, component) for c in self.cells_bw]
+        return TFRNNVariables(self.topology, self.scope, fw, bw, multi_rnn_cell=self.multi_rnn_cell)
+
+    def tf_variables(self) -> dict[str, torch.Tensor]:
+        """The variables TF1 would save for these cells, by full name."""
+        return self.layout().variables()
+
+    def to_torch(self, target: str = "rnnkit", fold_forget_bias: bool | None = None):
+        """``(state_dict, LayerConfig)`` in the torch layout; see `cells_to_torch`."""
+        return layout_to_torch(self.layout(), target=target, fold_forget_bias=fold_forget_bias)
+
+
+def _as_stack(cells: Any, component: str) -> TFCellStack:
+    if isinstance(cells, TFCellStack):
+        return cells
+    if isinstance(cells, MultiRNNCell):
+        return TFCellStack("unidirectional", cells.cells, multi_rnn_cell=True)
+    if isinstance(cells, RNNCell):
+        return TFCellStack("unidirectional", [cells])
+    if isinstance(cells, (tuple, list)) and len(cells) == 2:
+        fw, bw = cells
+        if isinstance(fw, RNNCell) and isinstance(bw, RNNCell):
+            multi = isinstance(fw, MultiRNNCell)
+            if multi != isinstance(bw, MultiRNNCell):
+                raise ValueError(f"{component}: one direction is a MultiRNNCell and the other is not")
+            unpack = (lambda c: c.cells) if multi else (lambda c: [c])
+            return TFCellStack("bidirectional", unpack(fw), unpack(bw), multi_rnn_cell=multi)
+        if isinstance(fw, (list, tuple)) and isinstance(bw, (list, tuple)):
+            return TFCellStack("stack_bidirectional", fw, bw)
+    raise TypeError(
+        f"{component}: expected a cell, a MultiRNNCell, a (cell_fw, cell_bw) pair, a (cells_fw, cells_bw) pair of "
+        f"lists or a TFCellStack, got {type(cells).__name__}"
+    )
+
+
+# -- TF variables -> cells -----------------------------------------------------------------------------
+def cells_from_tf_variables(
+    variables: Mapping[str, Any],
+    scope: str | None = None,
+    *,
+    forget_bias: float = 1.0,
+    cell_clip: float | None = None,
+    proj_clip: float | None = None,
+    activation: str = "tanh",
+    dtype: torch.dtype | None = None,
+) -> TFCellStack:
+    """Build the rnnkit cells that TF1 variables (name -> array) describe, weights loaded.
+
+    Cell classes come from the scope names (``basic_lstm_cell`` -> ``BasicLSTMCell``), sizes from
+    the shapes, peepholes and projection from ``w_*_diag`` / ``projection/kernel``. The run-time
+    options a checkpoint does not store are arguments: ``forget_bias`` (TF's default 1.0),
+    ``cell_clip``, ``proj_clip`` (``LSTMCell``), ``activation``.
+    """
+    layout = parse_tf_variables(variables, scope)
+    for spec in layout.fw + layout.bw:
+        spec.forget_bias, spec.activation = forget_bias, activation
+        if spec.cell_type == "LSTMCell":
+            spec.cell_clip = cell_clip
+            spec.proj_clip = proj_clip if spec.num_proj is not None else None
+    return TFCellStack(
+        layout.topology,
+        [_make_cell(s, dtype) for s in layout.fw],
+        [_make_cell(s, dtype) for s in layout.bw],
+        multi_rnn_cell=layout.multi_rnn_cell,
+        scope=layout.scope,
+    )
+
+
+def load_tf_checkpoint(
+    path: str | os.PathLike,
+    scope: str | None = None,
+    *,
+    forget_bias: float = 1.0,
+    cell_clip: float | None = None,
+    proj_clip: float | None = None,
+    activation: str = "tanh",
+    dtype: torch.dtype | None = None,
+) -> TFCellStack:
+    """Read a TF1 checkpoint (no TensorFlow needed) and build its recurrent stack as rnnkit cells.
+
+    ``path``: a checkpoint prefix, its ``.index`` file, or a folder with TF's ``checkpoint`` file.
+    See `cells_from_tf_variables` for the options.
+
+    Example::
+
+        >>> stack = load_tf_checkpoint("ckpt/model.ckpt", forget_bias=1.0)
+        >>> stack
+        TFCellStack('unidirectional', scope='rnn', layers=['BasicLSTMCell', 'BasicLSTMCell'], multi=True)
+        >>> outputs, state = stack.run(inputs, sequence_length=lengths)
+    """
+    return cells_from_tf_variables(
+        read_tf_checkpoint(path),
+        scope,
+        forget_bias=forget_bias,
+        cell_clip=cell_clip,
+        proj_clip=proj_clip,
+        activation=activation,
+        dtype=dtype,
+    )
+
+
+# -- TF variables -> user-made cells -------------------------------------------------------------------
+def _scope_name(cell: RNNCell) -> str:
+    if type(cell).__name__ in _SCOPE_OF:
+        return _SCOPE_OF[type(cell).__name__]
+    raise TypeError(f"load_tf_variables: no TF scope name known for a {type(cell).__name__}")
+
+
+def _walk(module: RNNCell, tf_prefix: str, param_prefix: str) -> list[tuple[RNNCell, str, str]]:
+    """``(leaf cell, its TF scope, its parameter prefix)`` for every leaf under ``module``."""
+    if isinstance(module, MultiRNNCell):
+        out = []
+        for k, child in enumerate(module.cells):
+            out += _walk(child, f"{tf_prefix}/multi_rnn_cell/cell_{k}", f"{param_prefix}cell_{k}.")
+        return out
+    if isinstance(module, RNNCellWrapper):
+        return _walk(module.cell, tf_prefix, f"{param_prefix}cell.")
+    return [(module, f"{tf_prefix}/{_scope_name(module)}", param_prefix)]
+
+
+def _roots(stack: TFCellStack) -> list[tuple[RNNCell, str]]:
+    """``(runnable cell, its TF scope)`` for every direction/layer the runner calls separately."""
+    if stack.topology == "unidirectional":
+        return [(stack.cell_fw, stack.scope)]
+    if stack.topology == "bidirectional":
+        return [(stack.cell_fw, f"{stack.scope}/fw"), (stack.cell_bw, f"{stack.scope}/bw")]
+    out = []
+    for k, (fw, bw) in enumerate(zip(stack.cells_fw, stack.cells_bw, strict=True)):
+        base = f"{stack.scope}/cell_{k}/bidirectional_rnn"
+        out += [(fw, f"{base}/fw"), (bw, f"{base}/bw")]
+    return out
+
+
+def _user_stack(cells: Any, scope: str | None, component: str) -> TFCellStack:
+    if isinstance(cells, TFCellStack):
+        return (
+            cells
+            if scope is None
+            else TFCellStack(
+                cells.topology, cells.cells_fw, cells.cells_bw, multi_rnn_cell=cells.multi_rnn_cell, scope=scope
+            )
+        )
+    stack = _as_stack(cells, component)
+    if isinstance(cells, (tuple, list)):  # keep the user's own (wrapped) cells as the runnable ones
+        fw, bw = cells
+        if isinstance(fw, RNNCell):
+            stack.cell_fw, stack.cell_bw = fw, bw
+    else:
+        stack.cell_fw = cells
+    if scope is not None:
+        stack.scope = scope.strip("/")
+    return stack
+
+
+def tf_variable_names(cells: Any, scope: str | None = None) -> dict[str, str]:
+    """``{rnnkit parameter name: TF1 variable name}`` for a cell, a MultiRNNCell, a ``(fw, bw)`` pair ...
+
+    Parameter names are relative to each runnable cell (``cell_0.kernel``), prefixed ``fw.``/``bw.``
+    for two directions and ``fw.k.``/``bw.k.`` for stacked bidirectional layers.
+    """
+    stack = _user_stack(cells, scope, "tf_variable_names")
+    names = {}
+    roots = _roots(stack)
+    for index, (root, tf_scope) in enumerate(roots):
+        prefix = _root_prefix(stack, index)
+        for leaf, leaf_scope, param_prefix in _walk(root, tf_scope, ""):
+            for name, _ in leaf.named_parameters():
+                names[f"{prefix}{param_prefix}{name}"] = f"{leaf_scope}/{name.replace('.', '/')}"
+    return names
+
+
+def _root_prefix(stack: TFCellStack, index: int) -> str:
+    if stack.topology == "unidirectional":
+        return ""
+    side = "fw" if index % 2 == 0 else "bw"
+    return f"{side}." if stack.topology == "bidirectional" else f"{side}.{index // 2}."
+
+
+def load_tf_variables(cells: Any, variables: Mapping[str, Any], scope: str | None = None) -> Any:
+    """Copy TF1 variables into rnnkit cells you built yourself (like ``Saver.restore``); returns ``cells``.
+
+    ``cells``: a cell or ``MultiRNNCell`` (run with ``dynamic_rnn``, default scope ``"rnn"``), a
+    ``(cell_fw, cell_bw)`` pair (``bidirectional_dynamic_rnn``, ``"bidirectional_rnn"``), a
+    ``(cells_fw, cells_bw)`` pair of lists (``stack_bidirectional_dynamic_rnn``,
+    ``"stack_bidirectional_rnn"``) or a `TFCellStack`. Cells that are not built yet are built for
+    the input depth the variables imply. Every parameter must find its variable with its shape:
+    errors name the TF variable, the cell and both shapes. Variables the cells do not use
+    (optimizer slots, other layers) are ignored, as TF's ``Saver`` ignores them.
+
+    Example::
+
+        >>> cell = MultiRNNCell([BasicLSTMCell(4) for _ in range(2)])
+        >>> load_tf_variables(cell, read_tf_checkpoint("ckpt"))
+    """
+    stack = _user_stack(cells, scope, "load_tf_variables")
+    for root, tf_scope in _roots(stack):
+        leaves = _walk(root, tf_scope, "")
+        if not root.built:
+            first, leaf_scope, _ = leaves[0]
+            kernel_name = f"{leaf_scope}/{'gates/kernel' if isinstance(first, GRUCell) else 'kernel'}"
+            if kernel_name not in variables:
+                raise ValueError(f"load_tf_variables: missing variable {kernel_name!r} (to build the unbuilt cell)")
+            depth = int(variables[kernel_name].shape[0]) - first.output_size
+            if depth <= 0:
+                raise ValueError(
+                    f"load_tf_variables: {kernel_name!r} has shape {tuple(variables[kernel_name].shape)}, too few "
+                    f"rows for a {type(first).__name__} with output size {first.output_size}"
+                )
+            root.build(depth)
+        for leaf, leaf_scope, _ in leaves:
+            _assign(leaf, leaf_scope, variables)
+    return cells
+
+
+def _assign(leaf: RNNCell, leaf_scope: str, variables: Mapping[str, Any]) -> None:
+    pending = []
+    for name, param in leaf.named_parameters():
+        tf_name = f"{leaf_scope}/{name.replace('.', '/')}"
+        if tf_name not in variables:
+            present = sorted(v for v in variables if v.startswith(leaf_scope + "/"))
+            raise ValueError(
+                f"load_tf_variables: missing variable {tf_name!r} (shape {tuple(param.shape)}) for the "
+                f"{type(leaf).__name__}'s {name!r}; variables under {leaf_scope!r}: {present}"
+            )
+        value = variables[tf_name]
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.from_numpy(value.copy())
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(
+                f"load_tf_variables: variable {tf_name!r} has shape {tuple(value.shape)}, but the "
+                f"{type(leaf).__name__}'s {name!r} expects {tuple(param.shape)}"
+            )
+        pending.append((param, value))
+    with torch.no_grad():
+        for param, value in pending:
+            param.copy_(value)
+
+
+# -- cells <-> torch layout ----------------------------------------------------------------------------
+def cells_to_torch(
+    cells: Any, *, target: str = "rnnkit", fold_forget_bias: bool | None = None
+) -> tuple[dict[str, torch.Tensor], LayerConfig]:
+    """rnnkit TF-style cells -> ``(state_dict, LayerConfig)`` in the torch layout.
+
+    ``cells``: a cell, a ``MultiRNNCell`` (one direction, ``num_layers`` = its depth), a
+    ``(cell_fw, cell_bw)`` pair of single cells (one bidirectional layer), a ``(cells_fw, cells_bw)``
+    pair of lists (stacked bidirectional layers) or a `TFCellStack`. ``DropoutWrapper``s are
+    dropped (inference). ``target`` and ``fold_forget_bias`` as in `tf_to_torch`: with
+    ``target="torch.nn"`` a ``MultiRNNCell`` of ``BasicLSTMCell``s becomes a ``torch.nn.LSTM`` state
+    dict with the forget bias folded into the forget-gate bias.
+
+    Example::
+
+        >>> stack = MultiRNNCell([BasicLSTMCell(8, input_size=3), BasicLSTMCell(8, input_size=8)])
+        >>> state, cfg = cells_to_torch(stack, target="torch.nn")
+        >>> lstm = cfg.torch_nn_module(); lstm.load_state_dict(state)
+    """
+    stack = _as_stack(cells, "cells_to_torch")
+    return layout_to_torch(stack.layout(), target=target, fold_forget_bias=fold_forget_bias)
+
+
+def torch_to_cells(
+    state_dict: Mapping[str, Any],
+    config: LayerConfig,
+    *,
+    forget_bias: float | None = None,
+    topology: str | None = None,
+    multi_rnn_cell: bool | None = None,
+    cell_type: str | None = None,
+    scope: str | None = None,
+) -> TFCellStack:
+    """A torch-layout stack -> rnnkit TF-style cells computing the same function.
+
+    LSTM -> ``BasicLSTMCell`` (``LSTMCell`` with peepholes, projection or ``cell_clip``), GRU with
+    ``reset_after=False`` -> ``GRUCell`` (a torch-math GRU is refused: no TF cell computes it),
+    RNN -> ``BasicRNNCell``. ``forget_bias``: the cells' forget bias (``None``: ``config.forget_bias``,
+    which moves no value); topology and ``multi_rnn_cell`` as in `layout_from_torch`.
+
+    Example::
+
+        >>> lstm = torch.nn.LSTM(3, 8, num_layers=2)
+        >>> stack = torch_to_cells(lstm.state_dict(), LayerConfig.from_module(lstm))
+        >>> type(stack.cell).__name__, stack.cells_fw[0].forget_bias
+        ('MultiRNNCell', 0.0)
+    """
+    layout = layout_from_torch(
+        state_dict,
+        config,
+        forget_bias=forget_bias,
+        scope=scope,
+        topology=topology,
+        multi_rnn_cell=multi_rnn_cell,
+        cell_type=cell_type,
+    )
+    return TFCellStack(
+        layout.topology,
+        [_make_cell(s) for s in layout.fw],
+        [_make_cell(s) for s in layout.bw],
+        multi_rnn_cell=layout.multi_rnn_cell,
+        scope=layout.scope,
+    )
