@@ -30,6 +30,7 @@ from .cells import (
     RNNCell,
     RNNCellWrapper,
 )
+from .layers import GRU, LSTM, RNN
 from .runners import (
     bidirectional_dynamic_rnn,
     dynamic_rnn,
@@ -56,6 +57,9 @@ __all__ = [
     "DropoutWrapper",
     "ResidualWrapper",
     "LSTMStateTuple",
+    "RNN",
+    "LSTM",
+    "GRU",
     "dynamic_rnn",
     "static_rnn",
     "bidirectional_dynamic_rnn",

@@ -46,20 +46,23 @@ def _check_inputs(inputs: Any, component: str, time_major: bool) -> torch.Tensor
     return inputs
 
 
-def _check_lengths(sequence_length: Any, batch: int, steps: int, device: torch.device, component: str):
-    """``sequence_length`` as a ``(batch,)`` int64 tensor on ``device``, each value in ``[0, steps]``."""
+def _check_lengths(
+    sequence_length: Any, batch: int, steps: int, device: torch.device, component: str, name: str = "sequence_length"
+):
+    """``sequence_length`` as a ``(batch,)`` int64 tensor on ``device``, each value in ``[0, steps]``.
+
+    ``name`` is the argument's name in the caller's API, for the error messages.
+    """
     if sequence_length is None:
         return None
     lengths = torch.as_tensor(sequence_length)
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"{component}: sequence_length must hold integers, got dtype {lengths.dtype}")
+        raise TypeError(f"{component}: {name} must hold integers, got dtype {lengths.dtype}")
     if lengths.shape != (batch,):
-        raise ValueError(
-            f"{component}: sequence_length must have shape (batch,) = ({batch},), got {tuple(lengths.shape)}"
-        )
+        raise ValueError(f"{component}: {name} must have shape (batch,) = ({batch},), got {tuple(lengths.shape)}")
     if batch and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
         raise ValueError(
-            f"{component}: sequence_length values must be in [0, {steps}] (the number of time steps), "
+            f"{component}: {name} values must be in [0, {steps}] (the number of time steps), "
             f"got min {int(lengths.min())}, max {int(lengths.max())}"
         )
     return lengths.to(device=device, dtype=torch.int64)
@@ -117,19 +120,63 @@ def _unroll(
     return out, state
 
 
+def _build_checked(cell: RNNCell, x: torch.Tensor, component: str, shape: tuple[int, ...]) -> None:
+    """Build ``cell`` for the depth of ``x``, or refuse if it is built for another (``shape``: for the message)."""
+    if cell.built and x.shape[-1] != cell.input_depth:
+        raise ValueError(
+            f"{component}: {type(cell).__name__} is built for input depth {cell.input_depth}, "
+            f"got inputs of shape {shape}"
+        )
+    cell._build_for(x)
+
+
 def _prepare(cell, inputs, sequence_length, time_major, component):
     """Shared set-up: check ``cell`` and ``inputs``, go time-major, build, check lengths."""
     _check_cell(cell, component)
     inputs = _check_inputs(inputs, component, time_major)
     x = inputs if time_major else inputs.transpose(0, 1)  # (T, B, D)
-    if cell.built and x.shape[-1] != cell.input_depth:
-        raise ValueError(
-            f"{component}: {type(cell).__name__} is built for input depth {cell.input_depth}, "
-            f"got inputs of shape {tuple(inputs.shape)}"
-        )
-    cell._build_for(x)
+    _build_checked(cell, x, component, tuple(inputs.shape))
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device, component)
     return x, lengths
+
+
+def _unroll_layers(
+    layers: Sequence[Sequence[RNNCell]],
+    inputs: torch.Tensor,
+    initial_states: Sequence[Sequence[Any]] | None = None,
+    lengths: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    component: str = "rnn",
+) -> tuple[torch.Tensor, list[tuple[Any, ...]]]:
+    """Layer-wise stacked unroll, one or two directions: torch's ``num_layers``/``bidirectional`` topology.
+
+    ``layers[k]`` is ``(cell,)`` or ``(cell_fw, cell_bw)``. Layer ``k`` runs over the whole time-major
+    sequence ``inputs`` ``(T, B, D)`` in each of its directions (the backward one within each length), then
+    layer ``k + 1`` reads the concatenation of its outputs ``(T, B, sum of output sizes)``. ``dropout`` is
+    applied to every layer's input but the first's (torch's dropout between layers; pass 0 outside training).
+    ``initial_states[k][d]`` is a state of ``layers[k][d]`` or ``None`` for zeros.
+
+    Returns the top layer's outputs ``(T, B, sum of output sizes)`` and each layer's final states as a
+    tuple per layer, one per direction.
+    """
+    x = inputs
+    final_states = []
+    for k, cells in enumerate(layers):
+        if k and dropout:
+            x = torch.nn.functional.dropout(x, dropout, training=True)
+        outputs, states = [], []
+        for d, cell in enumerate(cells):
+            where = f"{component} layer {k}" + ((" backward" if d else " forward") if len(cells) > 1 else "")
+            _check_cell(cell, where)
+            _build_checked(cell, x, where, tuple(x.shape))
+            state = None if initial_states is None else initial_states[k][d]
+            state = _initial_state(cell, state, x, None, where)
+            out, state = _unroll(cell, x, state, lengths, reverse=d == 1)
+            outputs.append(out)
+            states.append(state)
+        x = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]  # (T, B, sum of output sizes)
+        final_states.append(tuple(states))
+    return x, final_states
 
 
 def dynamic_rnn(
@@ -289,20 +336,17 @@ def stack_bidirectional_dynamic_rnn(
     for name, states in (("initial_states_fw", initial_states_fw), ("initial_states_bw", initial_states_bw)):
         if states is not None and len(states) != n:
             raise ValueError(f"{component}: {name} must hold one state per layer ({n}), got {len(states)}")
-    x = inputs
-    states_fw, states_bw = [], []
-    for k in range(n):
-        (out_fw, out_bw), (s_fw, s_bw) = bidirectional_dynamic_rnn(
-            cells_fw[k],
-            cells_bw[k],
-            x,
-            sequence_length,
+    x, lengths = _prepare(cells_fw[0], inputs, sequence_length, time_major, component)
+    if dtype is not None and as_torch_dtype(dtype) != x.dtype:
+        raise TypeError(f"{component}: dtype={as_torch_dtype(dtype)} but the inputs are {x.dtype}")
+    initial_states = [
+        (
             None if initial_states_fw is None else initial_states_fw[k],
             None if initial_states_bw is None else initial_states_bw[k],
-            dtype,
-            time_major=time_major,
         )
-        x = torch.cat([out_fw, out_bw], -1)  # (B, T, fw + bw)
-        states_fw.append(s_fw)
-        states_bw.append(s_bw)
-    return x, tuple(states_fw), tuple(states_bw)
+        for k in range(n)
+    ]
+    layers = list(zip(cells_fw, cells_bw, strict=True))
+    out, states = _unroll_layers(layers, x, initial_states, lengths, component=component)
+    out = out if time_major else out.transpose(0, 1)  # (B, T, fw + bw) of the top layer
+    return out, tuple(s[0] for s in states), tuple(s[1] for s in states)

@@ -6,6 +6,7 @@ from .gru import GRUCell
 from .layer_norm import LayerNormBasicLSTMCell
 from .lstm import BasicLSTMCell, LSTMCell
 from .multi import MultiRNNCell
+from .torch_layout import TorchGRUCell, TorchLSTMCell, TorchRNNCell
 from .wrappers import DropoutWrapper, ResidualWrapper, RNNCellWrapper
 
 __all__ = [
@@ -19,4 +20,7 @@ __all__ = [
     "RNNCellWrapper",
     "DropoutWrapper",
     "ResidualWrapper",
+    "TorchRNNCell",
+    "TorchLSTMCell",
+    "TorchGRUCell",
 ]

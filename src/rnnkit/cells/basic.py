@@ -8,7 +8,16 @@ import torch
 
 from ._base import RNNCell, check_units, get_activation
 
-__all__ = ["BasicRNNCell"]
+__all__ = ["BasicRNNCell", "basic_rnn_pointwise"]
+
+
+def basic_rnn_pointwise(preactivation: torch.Tensor, activation: Any = torch.tanh) -> torch.Tensor:
+    """The Elman step after the matmul, for every vanilla RNN in rnnkit (TF's ``BasicRNNCell``, torch-style layers).
+
+    ``h' = act(preactivation)`` with ``preactivation = W x + U h + b`` of shape ``(batch, num_units)``, however
+    the caller lays out ``W``, ``U`` and ``b`` (TF: one ``[x, h] @ kernel + bias``; torch: two matmuls, two biases).
+    """
+    return activation(preactivation)
 
 
 class BasicRNNCell(RNNCell):
@@ -50,5 +59,6 @@ class BasicRNNCell(RNNCell):
 
     def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._build_for(inputs)
-        h = self.activation(torch.addmm(self.bias, torch.cat([inputs, state], 1), self.kernel))  # (B, H)
+        preactivation = torch.addmm(self.bias, torch.cat([inputs, state], 1), self.kernel)  # (B, H)
+        h = basic_rnn_pointwise(preactivation, self.activation)
         return h, h

@@ -1,14 +1,65 @@
-"""TF1's ``GRUCell``: the reset gate multiplies ``h`` before the candidate's matrix multiply."""
+"""TF1's ``GRUCell``, and the GRU step functions every rnnkit GRU shares.
+
+Two GRUs exist (see ``conventions.md``): "reset before" (TF1, Keras ``reset_after=False``), where the reset
+gate multiplies ``h`` before the candidate's matrix multiply, and "reset after" (torch, cuDNN, Keras's
+default), where it multiplies the result of that multiply. Each is written once, here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ._base import Dense, RNNCell, check_units, get_activation
 
-__all__ = ["GRUCell"]
+__all__ = ["GRUCell", "gru_update", "gru_reset_before_step", "gru_reset_after_pointwise"]
+
+
+def gru_update(u: torch.Tensor, h: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    """The state update of every rnnkit GRU: ``h' = u * h + (1 - u) * candidate`` (``u`` is torch's ``z``)."""
+    return u * h + (1 - u) * candidate
+
+
+def gru_reset_before_step(
+    gates: torch.Tensor,
+    h: torch.Tensor,
+    candidate: Callable[[torch.Tensor], torch.Tensor],
+    activation: Any = torch.tanh,
+    h_recurrent: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """TF's GRU step ("reset before") after the gates' matmul, for ``GRUCell`` and ``GRU(reset_after=False)``::
+
+        r, u = sigmoid(gates)                           # gates: (batch, 2 * units), blocks r, u
+        c    = act(candidate(r * h_recurrent))          # candidate: r * h -> (batch, units) pre-activation
+        h'   = u * h + (1 - u) * c
+
+    ``candidate`` adds the input's part and the bias to the matmul of ``r * h``, in whatever layout the caller
+    keeps them. ``h_recurrent`` is what the recurrent matmuls read (``h`` unless a recurrent-dropout mask
+    applies); the update always blends the unmasked ``h``.
+    """
+    r, u = torch.sigmoid(gates).chunk(2, dim=1)  # each (B, N)
+    c = activation(candidate(r * (h if h_recurrent is None else h_recurrent)))  # (B, N)
+    return gru_update(u, h, c)
+
+
+def gru_reset_after_pointwise(
+    gates_x: torch.Tensor, gates_h: torch.Tensor, h: torch.Tensor, activation: Any = torch.tanh
+) -> torch.Tensor:
+    """torch's GRU step ("reset after"; cuDNN, Keras ``reset_after=True``) after both matmuls::
+
+        r  = sigmoid(x_r + h_r),  z = sigmoid(x_z + h_z)
+        n  = act(x_n + r * h_n)
+        h' = (1 - z) * n + z * h
+
+    ``gates_x = W_ih x + b_ih`` and ``gates_h = W_hh h + b_hh``, each ``(batch, 3 * units)`` in torch's block
+    order r, z, n; ``h`` the previous state ``(batch, units)``.
+    """
+    x_rz, x_n = gates_x.tensor_split([2 * h.shape[1]], dim=1)
+    h_rz, h_n = gates_h.tensor_split([2 * h.shape[1]], dim=1)
+    r, z = torch.sigmoid(x_rz + h_rz).chunk(2, dim=1)  # each (B, N)
+    return gru_update(z, h, activation(x_n + r * h_n))
 
 
 class GRUCell(RNNCell):
@@ -55,7 +106,8 @@ class GRUCell(RNNCell):
 
     def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._build_for(inputs)
-        r, u = torch.sigmoid(self.gates(torch.cat([inputs, state], 1))).chunk(2, dim=1)  # each (B, N)
-        c = self.activation(self.candidate(torch.cat([inputs, r * state], 1)))  # (B, N)
-        new_h = u * state + (1 - u) * c
+        gates = self.gates(torch.cat([inputs, state], 1))  # (B, 2N)
+        new_h = gru_reset_before_step(
+            gates, state, lambda rh: self.candidate(torch.cat([inputs, rh], 1)), self.activation
+        )
         return new_h, new_h

@@ -1,0 +1,290 @@
+"""``RNNLayer``: torch.nn's recurrent-layer contract (``RNNBase``) over rnnkit's torch-layout cells and runner.
+
+The layer owns torch's parameters under torch's names and order (``weight_ih_l{k}``, ``weight_hh_l{k}``,
+``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``, ``_reverse`` for the backward direction, then any
+option's extras) and no math: on every forward it binds them into one ``TorchLayoutCell`` per (layer,
+direction) and hands those to ``runners._unroll_layers``. ``_run`` is the single place where that happens,
+the seam where a fused engine can take over.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from ..cells._base import check_units
+from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parameter_
+from ..runners import _check_lengths, _unroll_layers
+
+__all__ = ["RNNLayer"]
+
+
+class RNNLayer(nn.Module):
+    """Base of ``RNN``, ``LSTM`` and ``GRU``. A facade sets ``cell_class`` and the names of the hidden state,
+    and says which options shape the parameters (``_structure``) and which the step (``_cell_options``)."""
+
+    cell_class: ClassVar[type[TorchLayoutCell]]
+    _hidden_names: ClassVar[tuple[str, ...]] = ("hx",)
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        batch_first: bool,
+        dropout: float,
+        bidirectional: bool,
+        proj_size: int,
+        device: Any,
+        dtype: Any,
+        recurrent_dropout: float,
+        zoneout: float,
+    ):
+        super().__init__()
+        name = type(self).__name__
+        for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: {flag} must be a bool, got {type(value).__name__} {value!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
+            raise ValueError(
+                f"{name}: dropout must be a number in [0, 1] (the probability of zeroing), got {dropout!r}"
+            )
+        self.mode = mode
+        self.input_size = check_units(input_size, "input_size", name)
+        self.hidden_size = check_units(hidden_size, "hidden_size", name)
+        self.num_layers = check_units(num_layers, "num_layers", name)
+        self.proj_size = 0 if proj_size == 0 else check_units(proj_size, "proj_size", name)
+        if proj_size >= hidden_size:
+            raise ValueError(f"{name}: proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        self.bias, self.batch_first, self.bidirectional = bias, batch_first, bidirectional
+        self.dropout = float(dropout)
+        self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout", name)
+        self.zoneout = check_probability(zoneout, "zoneout", name)
+
+    def _create_parameters(self, device: Any, dtype: Any) -> None:
+        """Register every (layer, direction)'s parameters in torch's order, then initialise them as torch does.
+
+        Called by the facades once their options are set (the options decide the parameter set).
+        """
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        depth = self.input_size
+        for k in range(self.num_layers):
+            shapes = self.cell_class.parameter_shapes(depth, self.hidden_size, **self._structure())
+            for d in range(self._directions):
+                names = [self._parameter_name(role, k, d) for role in shapes]
+                for param_name, shape in zip(names, shapes.values(), strict=True):
+                    self.register_parameter(param_name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+                self._all_weights.append(names)
+                self._flat_weights_names.extend(names)
+            depth = (self.proj_size or self.hidden_size) * self._directions
+        self._roles = tuple(shapes)
+        self.reset_parameters()
+
+    # -- what a facade provides ----------------------------------------------------------------
+    def _structure(self) -> dict[str, Any]:
+        """The options that decide the parameter set (``cell_class.parameter_shapes`` keywords)."""
+        return {"bias": self.bias}
+
+    def _cell_options(self) -> dict[str, Any]:
+        """The cell's run-time options (``cell_class`` keywords besides the weights)."""
+        return {"recurrent_dropout": self.recurrent_dropout, "zoneout": self.zoneout}
+
+    def _hidden_sizes(self) -> tuple[int, ...]:
+        """The last dimension of each tensor of the hidden state, in ``_hidden_names`` order."""
+        return (self.hidden_size,)
+
+    def _to_cell_state(self, parts: tuple[torch.Tensor, ...]) -> Any:
+        return parts[0]
+
+    def _from_cell_state(self, state: Any) -> tuple[torch.Tensor, ...]:
+        return (state,)
+
+    # -- torch.nn.RNNBase's API ----------------------------------------------------------------
+    @property
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @staticmethod
+    def _parameter_name(role: str, layer: int, direction: int) -> str:
+        return f"{role}_l{layer}{'_reverse' if direction else ''}"
+
+    @property
+    def _flat_weights(self) -> list[torch.Tensor]:
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[torch.Tensor]]:
+        """The parameters per (layer, direction), in torch's order."""
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for ``torch.nn`` (rnnkit's cells read the parameters where they are)."""
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation, in registration order so that a seed gives torch.nn's very values."""
+        for names in self._all_weights:
+            for role, param_name in zip(self._roles, names, strict=True):
+                init_parameter_(role, getattr(self, param_name), self.hidden_size)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0}
+        defaults.update(bidirectional=False, recurrent_dropout=0.0, zoneout=0.0)
+        defaults.update(self._extra_repr_defaults())
+        for key, default in defaults.items():
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)!r}"
+        return s
+
+    def _extra_repr_defaults(self) -> dict[str, Any]:
+        return {}
+
+    # -- running -------------------------------------------------------------------------------
+    def forward(self, input: Any, hx: Any = None, *, lengths: Any = None) -> tuple[Any, Any]:
+        """``output, h_n = layer(input, h_0)`` as ``torch.nn``; ``lengths=`` for padded variable-length input."""
+        x, lengths, packed, unbatched = self._time_major_input(input, lengths)  # x: (T, B, I)
+        states = self._initial_states(hx, x, unbatched)
+        out, final_states = self._run(x, states, lengths)  # (T, B, D * R)
+        return self._format_output(out, packed, unbatched), self._format_hidden(final_states, unbatched)
+
+    def step(self, input: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
+        """One time step of a one-direction stack, for streaming: ``y_t, state = layer.step(x_t, state)``.
+
+        ``x_t`` is ``(batch, input_size)`` or unbatched ``(input_size,)``; ``state`` is ``forward``'s ``h_0``
+        (``None`` for zeros) and comes back as its ``h_n``. Feeding a sequence step by step equals ``forward``.
+        """
+        name = type(self).__name__
+        if self.bidirectional:
+            raise ValueError(
+                f"{name}.step: a bidirectional layer cannot stream (its backward direction starts "
+                "from the sequence's end); call forward on the whole sequence"
+            )
+        if self.training and self.recurrent_dropout:
+            raise ValueError(
+                f"{name}.step: recurrent_dropout draws one mask per sequence, which a single step "
+                "cannot keep; call eval() for streaming, or forward on the whole sequence"
+            )
+        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+            shape = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
+            raise ValueError(f"{name}.step: expected x_t of shape (batch, input_size) or (input_size,), got {shape}")
+        time_dim = 1 if self.batch_first and input.dim() == 2 else 0
+        output, hidden = self(input.unsqueeze(time_dim), hx)
+        return output.squeeze(time_dim), hidden
+
+    def _run(self, x: torch.Tensor, states: Any, lengths: torch.Tensor | None) -> tuple[torch.Tensor, list]:
+        """The reference path: bind one cell per (layer, direction), unroll layer by layer."""
+        cells = [[self._cell(k, d) for d in range(self._directions)] for k in range(self.num_layers)]
+        dropout = self.dropout if self.training else 0.0
+        return _unroll_layers(cells, x, states, lengths, dropout, component=type(self).__name__)
+
+    def _cell(self, layer: int, direction: int) -> TorchLayoutCell:
+        weights = {role: getattr(self, self._parameter_name(role, layer, direction)) for role in self._roles}
+        return self.cell_class(weights, **self._cell_options()).train(self.training)
+
+    # -- torch's input and output conventions --------------------------------------------------
+    def _time_major_input(self, input: Any, lengths: Any) -> tuple[torch.Tensor, Any, Any, bool]:
+        name = type(self).__name__
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError(
+                    f"{name}: lengths= cannot be combined with a PackedSequence input, which carries its own lengths"
+                )
+            self._check_features(input.data, "PackedSequence data", 2)
+            x, lengths = pad_packed_sequence(input)  # (T, B, I) in the caller's batch order
+            return x, lengths.to(x.device), input, False
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{name}: expected input to be a tensor or a PackedSequence, got {type(input).__name__}")
+        if input.dim() not in (2, 3):
+            layout = "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
+            raise ValueError(
+                f"{name}: expected input of rank 3 {layout} or rank 2 (seq_len, input_size) "
+                f"unbatched, got shape {tuple(input.shape)}"
+            )
+        self._check_features(input, "input", input.dim())
+        unbatched = input.dim() == 2
+        if unbatched:
+            x = input.unsqueeze(1)  # (T, 1, I)
+            if lengths is not None and torch.as_tensor(lengths).dim() == 0:
+                lengths = torch.as_tensor(lengths).reshape(1)
+        else:
+            x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        lengths = _check_lengths(lengths, x.shape[1], x.shape[0], x.device, name, name="lengths")
+        return x, lengths, None, unbatched
+
+    def _check_features(self, x: torch.Tensor, what: str, rank: int) -> None:
+        name = type(self).__name__
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point {what}, got dtype {x.dtype}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{name}: expected {what} with input_size={self.input_size} features in its last "
+                f"dimension, got shape {tuple(x.shape)}"
+            )
+        weight = getattr(self, self._flat_weights_names[0])
+        if x.dtype != weight.dtype:
+            raise TypeError(
+                f"{name}: {what} dtype {x.dtype} does not match the parameters' {weight.dtype}; "
+                f"convert the input (input.to({weight.dtype})) or the layer (layer.to({x.dtype}))"
+            )
+
+    def _initial_states(self, hx: Any, x: torch.Tensor, unbatched: bool) -> list[list[Any]] | None:
+        """``h_0`` (and ``c_0``) ``(num_layers * num_directions, batch, size)`` -> one cell state per (k, d)."""
+        if hx is None:
+            return None
+        name, names = type(self).__name__, self._hidden_names
+        if len(names) == 1:
+            parts = (hx,)
+        elif isinstance(hx, (tuple, list)) and len(hx) == len(names):
+            parts = tuple(hx)
+        else:
+            raise TypeError(f"{name}: expected hx to be a tuple ({', '.join(names)}), got {type(hx).__name__}")
+        stacked = self.num_layers * self._directions
+        for part, part_name, size in zip(parts, names, self._hidden_sizes(), strict=True):
+            expected = (stacked, size) if unbatched else (stacked, x.shape[1], size)
+            if not isinstance(part, torch.Tensor):
+                raise TypeError(f"{name}: expected {part_name} to be a tensor, got {type(part).__name__}")
+            if tuple(part.shape) != expected:
+                layout = "(num_layers * num_directions, " + ("" if unbatched else "batch, ") + "size)"
+                raise ValueError(
+                    f"{name}: expected {part_name} of shape {layout} = {expected}, got {tuple(part.shape)}"
+                )
+            if part.dtype != x.dtype:
+                raise TypeError(f"{name}: {part_name} dtype {part.dtype} does not match the input's {x.dtype}")
+        if unbatched:
+            parts = tuple(p.unsqueeze(1) for p in parts)  # (L*D, 1, size)
+        directions = self._directions
+        return [
+            [self._to_cell_state(tuple(p[k * directions + d] for p in parts)) for d in range(directions)]
+            for k in range(self.num_layers)
+        ]
+
+    def _format_output(self, out: torch.Tensor, packed: PackedSequence | None, unbatched: bool) -> Any:
+        if packed is not None:
+            sorted_out = out if packed.sorted_indices is None else out.index_select(1, packed.sorted_indices)
+            valid = torch.arange(out.shape[1], device=out.device) < packed.batch_sizes.to(out.device).unsqueeze(1)
+            # PackedSequence data is the valid (t, b) entries in time-major order, batch sorted by length.
+            return PackedSequence(sorted_out[valid], packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        if unbatched:
+            return out.squeeze(1)  # (T, D * R)
+        return out.transpose(0, 1) if self.batch_first else out
+
+    def _format_hidden(self, final_states: list, unbatched: bool) -> Any:
+        flat = [self._from_cell_state(s) for layer in final_states for s in layer]
+        parts = tuple(torch.stack(p) for p in zip(*flat, strict=True))  # each (L*D, B, size)
+        if unbatched:
+            parts = tuple(p.squeeze(1) for p in parts)
+        return parts[0] if len(parts) == 1 else parts
