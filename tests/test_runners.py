@@ -171,3 +171,34 @@ def test_empty_batch_and_zero_lengths():
     assert not out.any() and not state.c.any()
     out, state = rk.dynamic_rnn(cell, torch.randn(0, 4, 2))
     assert tuple(out.shape) == (0, 4, 3)
+
+
+def _gradcheck_runner(run, x, lengths_options=(None, [4, 2, 0])):
+    for lengths in lengths_options:
+
+        def fn(x, lengths=lengths):
+            return tuple(flatten(run(x, lengths)))
+
+        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_gradcheck_bidirectional_dynamic_rnn(time_major):
+    fw, bw = rk.LSTMCell(3, use_peepholes=True).double(), rk.GRUCell(2).double()
+    shape = (4, 3, 2) if time_major else (3, 4, 2)  # (T, B, D) or (B, T, D)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    _gradcheck_runner(lambda x, n: rk.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=n, time_major=time_major), x)
+
+
+def test_gradcheck_static_runners():
+    cell, bw = rk.BasicLSTMCell(3).double(), rk.BasicRNNCell(2).double()
+    x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    _gradcheck_runner(lambda x, n: rk.static_rnn(cell, list(x.unbind(1)), sequence_length=n), x)
+    _gradcheck_runner(lambda x, n: rk.static_bidirectional_rnn(cell, bw, list(x.unbind(1)), sequence_length=n), x)
+
+
+def test_gradcheck_stack_bidirectional_dynamic_rnn():
+    cells_fw = [rk.GRUCell(2).double(), rk.BasicLSTMCell(2).double()]
+    cells_bw = [rk.BasicRNNCell(3).double(), rk.LSTMCell(2, num_proj=1).double()]
+    x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    _gradcheck_runner(lambda x, n: rk.stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, x, sequence_length=n), x)
