@@ -30,6 +30,7 @@ from .cells import (
     RNNCell,
     RNNCellWrapper,
 )
+from .describe import Summary, summary
 from .layers import GRU, LSTM, RNN
 from .runners import (
     bidirectional_dynamic_rnn,
@@ -66,6 +67,8 @@ __all__ = [
     "static_bidirectional_rnn",
     "stack_bidirectional_dynamic_rnn",
     "reverse_sequence",
+    "summary",
+    "Summary",
     "convert",
     "nn",
     "contrib",

@@ -1,0 +1,498 @@
+"""``rnnkit train``: a character-level language model on text files, or the adding problem.
+
+Character model (default task). ``--data`` files, or with none the Python standard library's own source
+(read from this interpreter, no download). Truncated backpropagation through time over contiguous batches:
+the state at the end of one batch starts the next one (detached), and is reset at each epoch's start.
+The last ``--val-fraction`` of the text is held out and evaluated every ``--eval-every`` steps, with a sample.
+
+Adding problem (``--task adding --seq-len T``): two marked values among T uniform ones, target their sum;
+always answering 1.0 scores MSE 0.167. Fresh random batches every step; a fixed held-out set.
+
+Checkpoints (``--out DIR``): safetensors weights, JSON config, optimizer state, RNG states, carried state
+and step, written atomically every ``--save-every`` steps and on Ctrl-C/SIGTERM; ``--resume`` continues
+exactly where the run stopped (the same weights as an uninterrupted run). Under ``torchrun
+--nproc_per_node=N -m rnnkit train`` each rank trains its slice of every global batch with
+DistributedDataParallel, which gives the same model as one process with the same ``--batch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .._structure import flatten, map_structure, pack_as
+from .checkpoint import Checkpoint, load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
+from .data import Stream, adding_batch, load_corpus, split
+from .distributed import Dist, cpu_threads, setup
+from .errors import EXIT_CHECKPOINT, EXIT_INTERRUPTED, EXIT_USAGE, CLIError
+from .models import build_model
+from .plot import write_loss_curve
+from .progress import Progress, format_duration
+from .registry import CELL_TYPES, LAYER_TYPES
+from .sample import check_prime, generate
+
+__all__ = ["add_parser", "run", "DEFAULTS"]
+
+# Options that define the model, the data layout or the optimisation: fixed for the life of a run, so that a
+# resumed run computes exactly what an uninterrupted one would. Everything else may change on --resume.
+MODEL_KEYS = ("cell", "layer", "num_layers", "hidden_size", "dropout", "forget_bias", "peepholes", "cell_clip",
+              "num_proj")  # fmt: skip
+FIXED_KEYS = ("task", "embed_size", "seq_len", "batch", "val_fraction", "lr", "clip", "seed", *MODEL_KEYS)
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "char": {
+        "cell": "basic_lstm", "num_layers": 2, "hidden_size": 128, "embed_size": 32, "dropout": 0.0,
+        "seq_len": 64, "batch": 32, "steps": 1500, "lr": 3e-3, "clip": 1.0, "val_fraction": 0.05,
+        "eval_every": 250, "log_every": 50, "eval_chars": 40_000, "sample_length": 200, "out": "runs/char",
+    },
+    "adding": {
+        "cell": "basic_lstm", "num_layers": 2, "hidden_size": 64, "embed_size": None, "dropout": 0.0,
+        "seq_len": 100, "batch": 64, "steps": 3000, "lr": 2e-3, "clip": 1.0, "val_fraction": None,
+        "eval_every": 100, "log_every": 50, "eval_size": 1000, "out": "runs/adding",
+    },
+}  # fmt: skip
+COMMON = {"forget_bias": 1.0, "peepholes": False, "cell_clip": None, "num_proj": None, "seed": 0, "keep": 2,
+          "device": "auto", "temperature": 0.8, "sample_prime": "\n", "layer": None}  # fmt: skip
+RUN_KEYS = ("eval_every", "save_every", "log_every", "keep", "eval_chars", "eval_size", "sample_length", "sample_prime",
+            "temperature", "target")  # fmt: skip
+_EVAL_ROWS = 64  # held-out text is read as up to this many contiguous rows at once
+_ADDING_EVAL_SEED = 2**32 - 1  # the held-out set's generator: seed * 2**32 + this; training steps use seed * 2**32 + s
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a character language model (default: on the Python stdlib) or the adding problem",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--task", choices=["char", "adding"], help="char (default): language model; adding: the adding problem")
+    a("--data", nargs="+", metavar="PATH", help="UTF-8 text files (default: Python standard library sources)")
+    m = p.add_argument_group("model").add_argument
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--cell", choices=sorted(CELL_TYPES), help="TF1 cell stacked in a MultiRNNCell (basic_lstm)")
+    kind.add_argument("--layer", choices=sorted(LAYER_TYPES), help="torch.nn-style rnnkit layer (rnnkit.LSTM, ...)")
+    m("--num-layers", "--layers", type=int, dest="num_layers", help="stacked layers (2)")
+    m("--hidden-size", type=int, help="units per layer (char 128, adding 64)")
+    m("--embed-size", type=int, help="character embedding size (32)")
+    m("--dropout", type=float, help="dropout on each layer's output, 0 <= p < 1 (0)")
+    m("--forget-bias", type=float, help="LSTM cells' forget bias (1.0)")
+    m("--peepholes", action="store_const", const=True, help="--cell lstm: peephole connections")
+    m("--cell-clip", type=float, help="--cell lstm: clip the cell state to [-v, v]")
+    m("--num-proj", type=int, help="--cell lstm: project the output to this size")
+    t = p.add_argument_group("training").add_argument
+    t("--seq-len", type=int, help="time steps per batch (BPTT length; char 64, adding: T = 100)")
+    t("--batch", type=int, help="global batch (rows), split across torchrun ranks (char 32, adding 64)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps in all (char 1500, adding 3000)")
+    length.add_argument("--epochs", type=float, help="passes over the training text (char task)")
+    t("--lr", type=float, help="Adam learning rate (char 3e-3, adding 2e-3)")
+    t("--clip", type=float, help="clip the gradient norm to this (1.0); 0 = off")
+    t("--val-fraction", type=float, help="held-out tail of the text (0.05)")
+    t("--seed", type=int, help="random seed (0)")
+    t("--device", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    t(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per process (1: a recurrent step is many small ops, where "
+        "more threads cost more than they give, badly so on a busy machine; raise it for large hidden sizes)",
+    )
+    t("--target", type=float, help="stop once the held-out metric (bits per char, or MSE) is at most this")
+    r = p.add_argument_group("run").add_argument
+    r("--out", help="run directory for checkpoints and the loss curve (runs/char, runs/adding)")
+    r("--resume", nargs="?", const="", metavar="DIR", help="continue the run in --out (or DIR) from its checkpoint")
+    r("--eval-every", type=int, help="evaluate (and print a sample) every N steps (char 250, adding 100)")
+    r("--save-every", type=int, help="checkpoint every N steps (default: --eval-every)")
+    r("--log-every", type=int, help="progress line every N steps when stderr is not a terminal (50)")
+    r("--keep", type=int, help="checkpoints kept (2)")
+    r("--eval-chars", type=int, help="held-out characters per evaluation (40000)")
+    r("--eval-size", type=int, help="adding: held-out sequences (1000)")
+    r("--sample-length", type=int, help="characters sampled at each evaluation (200; 0 = none)")
+    r("--sample-prime", help="text the samples start from (a newline)")
+    r("--temperature", type=float, help="sampling temperature (0.8)")
+    p.set_defaults(run=run)
+
+
+# ---- options -----------------------------------------------------------------------------------------------------
+def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint config flattened back to option names."""
+    model = config["model"]
+    return {
+        "task": model["task"],
+        "embed_size": model.get("embed_size"),
+        "data": config["data"].get("paths"),
+        **model["core"],
+        **config["train"],
+    }
+
+
+def resolve_options(args: argparse.Namespace, ckpt: Checkpoint | None) -> dict[str, Any]:
+    """Command-line options over the checkpoint's (which must agree on FIXED_KEYS) over the defaults."""
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("run", "command", "resume", "threads")}
+    if ckpt is None:
+        task = given.get("task", "char")
+        opts = {**COMMON, **DEFAULTS[task], **given, "task": task}
+        if opts["layer"]:
+            opts["cell"] = None
+    else:
+        saved = _flat_config(ckpt.config)
+        for key in FIXED_KEYS:
+            if key in given and given[key] != saved.get(key):
+                raise CLIError(
+                    f"checkpoint {ckpt.path} does not match the requested model: it has {key}={saved.get(key)!r}, "
+                    f"the command line asks for {given[key]!r} (leave the option out to use the checkpoint's)",
+                    EXIT_CHECKPOINT,
+                )
+        opts = {**COMMON, **DEFAULTS[saved["task"]], **ckpt.config["run"], **saved, **given}
+    if "epochs" in given:
+        opts.pop("steps", None)
+    _check_options(opts)
+    return opts
+
+
+def _check_options(o: dict[str, Any]) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise CLIError(message, EXIT_USAGE)
+
+    positive = ("num_layers", "hidden_size", "seq_len", "batch", "eval_every", "log_every", "keep", "steps",
+                "eval_chars", "eval_size", "save_every", "embed_size")  # fmt: skip
+    for key in positive:
+        need(o.get(key) is None or o[key] >= 1, f"--{key.replace('_', '-')} must be >= 1, got {o.get(key)}")
+    need(0.0 <= o["dropout"] < 1.0, f"--dropout must be in [0, 1), got {o['dropout']}")
+    need(o["lr"] > 0, f"--lr must be > 0, got {o['lr']}")
+    need(0 <= o["seed"] < 2**31, f"--seed must be in [0, 2**31), got {o['seed']}")
+    need(o["clip"] >= 0, f"--clip must be >= 0, got {o['clip']}")
+    need(o.get("temperature", 1) >= 0, f"--temperature must be >= 0, got {o.get('temperature')}")
+    need(o.get("epochs") is None or o["epochs"] > 0, f"--epochs must be > 0, got {o.get('epochs')}")
+    if o["task"] == "char":
+        need(0.0 < o["val_fraction"] < 0.5, f"--val-fraction must be in (0, 0.5), got {o['val_fraction']}")
+    else:
+        need(o["seq_len"] >= 2, f"--task adding needs --seq-len >= 2, got {o['seq_len']}")
+        need(o.get("epochs") is None, "--epochs: the adding problem draws fresh data every step; use --steps")
+        need(not o.get("data"), "--data: the adding problem makes its own data; leave --data out")
+    lstm_only = [k for k in ("peepholes", "cell_clip", "num_proj") if o.get(k)]
+    need(
+        not lstm_only or o.get("cell") == "lstm",
+        f"--{lstm_only[0].replace('_', '-')} needs --cell lstm" if lstm_only else "",
+    )
+
+
+# ---- one run -----------------------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """What differs between the two tasks: the data, the loss, the evaluation and the metric's name."""
+
+    name: str
+    model_config: dict[str, Any]
+    data_config: dict[str, Any]
+    metric: str  # "bpc" or "mse"
+    unit: str  # progress unit
+    total_steps: int
+    units_per_step: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _char_task(o: dict[str, Any], ckpt: Checkpoint | None) -> Task:
+    corpus = load_corpus(o.get("data"))
+    if ckpt is not None and ckpt.config["data"]["sha256"] != corpus.sha256:
+        raise CLIError(
+            f"checkpoint {ckpt.path} was trained on other data ({ckpt.config['data']['source']}); "
+            "--resume needs the same --data files",
+            EXIT_CHECKPOINT,
+        )
+    ids = corpus.encode(corpus.text)
+    train_ids, val_ids = split(ids, o["val_fraction"])
+    stream = Stream(train_ids, o["batch"], o["seq_len"], "training text (the corpus minus the held-out part)")
+    steps = o.get("steps") or max(1, math.ceil(o["epochs"] * stream.batches_per_epoch))
+    return Task(
+        "char",
+        {"task": "char", "vocab": corpus.vocab, "embed_size": o["embed_size"], "core": _core(o)},
+        {"source": corpus.source, "sha256": corpus.sha256, "chars": len(corpus.text), "paths": _abs(o.get("data"))},
+        "bpc",
+        "chars",
+        steps,
+        o["batch"] * o["seq_len"],
+        {"stream": stream, "val": val_ids[: o["eval_chars"] + 1], "vocab": corpus.vocab},
+    )
+
+
+def _abs(paths: list[str] | None) -> list[str] | None:
+    return [os.path.abspath(p) for p in paths] if paths else None
+
+
+def _adding_task(o: dict[str, Any]) -> Task:
+    g = torch.Generator().manual_seed(o["seed"] * 2**32 + _ADDING_EVAL_SEED)
+    return Task(
+        "adding",
+        {"task": "adding", "core": _core(o)},
+        {"source": f"adding problem, T={o['seq_len']}"},
+        "mse",
+        "seqs",
+        o["steps"],
+        o["batch"],
+        {"val": adding_batch(o["eval_size"], o["seq_len"], g)},
+    )
+
+
+def _core(o: dict[str, Any]) -> dict[str, Any]:
+    return {k: o.get(k) for k in MODEL_KEYS}
+
+
+class _StopFlag:
+    """Ctrl-C / SIGTERM ask for a stop at the next step boundary (a second Ctrl-C aborts at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _evaluate(model: nn.Module, task: Task, o: dict[str, Any], device: torch.device) -> float:
+    """The held-out metric: bits per character (state carried through the held-out text), or MSE."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if task.name == "adding":
+                x, y = task.extra["val"]
+                preds = torch.cat([model(xb.to(device))[0].cpu() for xb in x.split(500)])
+                return float(torch.mean((preds - y) ** 2))
+            ids = task.extra["val"]
+            rows = min(_EVAL_ROWS, max(1, (len(ids) - 1) // o["seq_len"]))
+            length = (len(ids) - 1) // rows
+            x = ids[: rows * length].view(rows, length).to(device)  # (rows, L)
+            y = ids[1 : rows * length + 1].view(rows, length).to(device)
+            state, total = None, 0.0
+            for xs, ys in zip(x.split(o["seq_len"], 1), y.split(o["seq_len"], 1), strict=True):
+                logits, state = model(xs, state)  # (rows, t, V)
+                total += float(nn.functional.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="sum"))
+            return total / (rows * length) / math.log(2)
+    finally:
+        model.train(was)
+
+
+def _loss(model: nn.Module, task: Task, batch: Any, carry: Any) -> tuple[torch.Tensor, Any]:
+    x, y = batch
+    out, state = model(x, carry)
+    if task.name == "adding":
+        return nn.functional.mse_loss(out, y), None
+    return nn.functional.cross_entropy(out.flatten(0, 1), y.flatten()), state  # mean over (b, T)
+
+
+def _batch(task: Task, o: dict[str, Any], step: int, d: Dist) -> tuple[Any, bool]:
+    rows = d.rows(o["batch"])
+    if task.name == "adding":
+        g = torch.Generator().manual_seed(o["seed"] * 2**32 + step)
+        x, y = adding_batch(o["batch"], o["seq_len"], g)  # the global batch, the same on every rank
+        return (x[rows].to(d.device), y[rows].to(d.device)), True
+    x, y, fresh = task.extra["stream"].batch(step, rows)
+    return (x.to(d.device), y.to(d.device)), fresh
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _restore(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, batch: int, d: Dist):
+    """Load weights, optimizer, this rank's RNG state and rows of the carried state; returns the loop's state."""
+    load_weights(model, ckpt)
+    try:
+        optimizer.load_state_dict(ckpt.optimizer)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CLIError(f"checkpoint {ckpt.path}: the optimizer state does not fit: {err}", EXIT_CHECKPOINT) from None
+    tr = ckpt.trainer
+    if len(tr["rng"]) == d.world_size:
+        _set_rng_state(tr["rng"][d.rank], d.device)
+    elif d.is_main:
+        print(f"note: the checkpoint comes from {len(tr['rng'])} process(es): dropout streams restart", file=sys.stderr)
+    carry = None
+    if tr["carry"] is not None:  # saved for the global batch: take this rank's rows
+        dim, rows = model.core.state_batch_dim, d.rows(batch)
+        leaves = [leaf.to(d.device).narrow(dim, rows.start, rows.stop - rows.start) for leaf in tr["carry"]]
+        carry = pack_as(model.core.zero_state(batch, d.device), leaves)
+    return tr["step"], carry, tr["history"], list(tr["acc"])
+
+
+def run(args: argparse.Namespace) -> int:
+    with cpu_threads(args.threads):
+        d = setup(args.device or "auto")
+        try:
+            return _train(args, d)
+        finally:
+            d.close()
+
+
+def _train(args: argparse.Namespace, d: Dist) -> int:
+    ckpt = None
+    out_dir = args.out
+    if args.resume is not None:
+        path = args.resume or out_dir or DEFAULTS[args.task or "char"]["out"]
+        ckpt = load_checkpoint(path)
+        out_dir = out_dir or (path if os.path.isfile(os.path.join(path, "latest")) else os.path.dirname(ckpt.path))
+    o = resolve_options(args, ckpt)
+    out_dir = out_dir or o["out"]
+    o["out"] = out_dir
+    if ckpt is None and os.path.exists(os.path.join(out_dir, "latest")):
+        raise CLIError(f"{out_dir} already holds a run; continue it with --resume, or choose another --out")
+    if o["batch"] % d.world_size:
+        raise CLIError(f"--batch {o['batch']} must be divisible by the number of processes ({d.world_size})")
+
+    task = _char_task(o, ckpt) if o["task"] == "char" else _adding_task(o)
+    torch.manual_seed(o["seed"])  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    model = build_model(task.model_config).to(d.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=o["lr"])
+    torch.manual_seed(o["seed"] + d.rank)  # per-rank dropout streams
+    start, carry, history, acc = 0, None, {"train": [], "val": []}, [0.0, 0]
+    if ckpt is not None:
+        start, carry, history, acc = _restore(ckpt, model, optimizer, o["batch"], d)
+    net: nn.Module = model
+    if d.enabled:
+        net = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+    if task.name == "char" and o.get("sample_length"):
+        if o["sample_prime"] == COMMON["sample_prime"] and o["sample_prime"] not in task.extra["vocab"]:
+            o["sample_prime"] = task.extra["vocab"][0]  # a text without newlines: start from one of its characters
+        check_prime(o["sample_prime"], task.extra["vocab"], "--sample-prime")
+    total = task.total_steps
+    save_every = o.get("save_every") or o["eval_every"]
+    log = d.is_main
+    progress = Progress(total, start, task.unit, o["log_every"]) if log else None
+    if log:
+        n_params = sum(p.numel() for p in model.parameters())
+        core = f"--layer {o['layer']}" if o.get("layer") else f"--cell {o['cell']}"
+        print(
+            f"rnnkit train: {task.name} task, {core} x{o['num_layers']} layers of {o['hidden_size']}, "
+            f"{n_params:,} parameters, {d.world_size} process(es) on {d.device}; data: {task.data_config['source']}"
+            + (f"; resuming at step {start}" if ckpt else ""),
+            file=sys.stderr,
+        )
+
+    def checkpoint(step: int) -> str:
+        flat = (
+            None
+            if carry is None
+            else [d.gather_rows(leaf, model.core.state_batch_dim).cpu() for leaf in flatten(carry)]
+        )
+        rngs = d.gather_objects(_rng_state(d.device))
+        path = ""
+        if d.is_main:
+            config = {
+                "format": "rnnkit-train",
+                "version": 1,
+                "model": task.model_config,
+                "train": {k: o[k] for k in ("seq_len", "batch", "lr", "clip", "seed", "val_fraction")},
+                "data": task.data_config,
+                "run": {k: o.get(k) for k in RUN_KEYS} | {"steps": total},
+            }
+            trainer = {"step": step, "rng": rngs, "carry": flat, "history": history, "acc": acc,
+                       "world_size": d.world_size}  # fmt: skip
+            path = save_checkpoint(
+                out_dir, step, model.state_dict(), config, optimizer.state_dict(), trainer, o["keep"]
+            )
+        d.barrier()
+        return path
+
+    last_val, step, t0 = None, start, time.perf_counter()
+    with _StopFlag() as stop:
+        for step in range(start + 1, total + 1):
+            batch, fresh = _batch(task, o, step - 1, d)
+            if fresh:
+                carry = None  # a new epoch: row b no longer continues where it stopped
+            loss, state = _loss(net, task, batch, carry)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if o["clip"] > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), o["clip"])
+            optimizer.step()
+            carry = None if state is None else map_structure(torch.Tensor.detach, state)
+            flags = d.mean(torch.tensor([loss.item(), float(stop.requested)], device=d.device))
+            value = float(flags[0]) / (math.log(2) if task.metric == "bpc" else 1.0)
+            acc[0] += value
+            acc[1] += 1
+            if step % o["log_every"] == 0 or step == total:
+                history["train"].append([step, acc[0] / acc[1]])
+                acc[:] = [0.0, 0]
+            if progress:
+                shown = f"{task.metric} {value:.4f}" + ("" if last_val is None else f"  val {last_val:.4f}")
+                progress.update(step, shown, task.units_per_step)
+            done = step == total
+            if step % o["eval_every"] == 0 or done:
+                last_val = _evaluate(model, task, o, d.device)
+                history["val"].append([step, last_val])
+                if log:
+                    _report(progress, model, task, o, step, last_val, out_dir, history)
+                if o.get("target") is not None and last_val <= o["target"]:
+                    if log:
+                        progress.message(f"held-out {task.metric} {last_val:.4f} <= --target {o['target']}: stopping")
+                    done = True
+            if step % save_every == 0 or done or flags[1] > 0:
+                path = checkpoint(step)
+            if flags[1] > 0:
+                if log:
+                    progress.message(f"interrupted at step {step}: checkpoint {path}; continue with --resume")
+                return EXIT_INTERRUPTED
+            if done:
+                break
+    if log:
+        progress.close()
+        curve = write_loss_curve(out_dir, history["train"], history["val"], task.metric)
+        how = "drawn with matplotlib" if curve.endswith(".png") else "SVG drawn by rnnkit: matplotlib is not installed"
+        wall = time.perf_counter() - t0
+        final = f"{last_val:.4f}" if last_val is not None else "n/a"
+        print(f"done: step {step}/{total} in {format_duration(wall)} ({wall:.1f} s); held-out {task.metric} {final}")
+        print(f"checkpoint: {resolve_checkpoint(out_dir)}; loss curve: {curve} ({how})")
+    return 0
+
+
+def _report(progress: Progress, model: nn.Module, task: Task, o: dict[str, Any], step: int, val: float,
+            out_dir: str, history: dict[str, list]) -> None:  # fmt: skip
+    """Print an evaluation and a sample (stdout), and redraw the loss curve."""
+    progress.clear()
+    if task.name == "adding":
+        print(f"[step {step}] held-out MSE {val:.5f} (always answering 1.0 scores 0.167)", flush=True)
+    else:
+        print(f"[step {step}] held-out {val:.4f} bits per character", flush=True)
+        if o.get("sample_length"):
+            g = torch.Generator().manual_seed(o["seed"] * 1_000_003 + step)
+            text = "".join(generate(model, task.extra["vocab"], o["sample_prime"], o["sample_length"],
+                                    o["temperature"], g))  # fmt: skip
+            print(f"--- sample at step {step} ---\n{o['sample_prime']}{text}\n---", flush=True)
+    os.makedirs(out_dir, exist_ok=True)
+    write_loss_curve(out_dir, history["train"], history["val"], task.metric)
