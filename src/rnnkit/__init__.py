@@ -30,6 +30,7 @@ from .cells import (
     RNNCell,
     RNNCellWrapper,
 )
+from .convert import export_onnx, load, save
 from .describe import Summary, summary
 from .layers import GRU, LSTM, RNN
 from .runners import (
@@ -70,6 +71,9 @@ __all__ = [
     "summary",
     "Summary",
     "convert",
+    "save",
+    "load",
+    "export_onnx",
     "nn",
     "contrib",
     "compat",

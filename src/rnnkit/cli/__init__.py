@@ -1,4 +1,4 @@
-"""rnnkit's command line: ``rnnkit explain``, ``rnnkit train``, ``rnnkit sample``.
+"""rnnkit's command line: ``rnnkit explain``, ``rnnkit train``, ``rnnkit sample``, ``rnnkit convert``.
 
 ``main(argv)`` parses the arguments, runs the subcommand and returns its exit code. Bad input (a missing
 data file, an impossible size, a checkpoint that does not match) is reported as one line on stderr with a
@@ -23,6 +23,7 @@ __all__ = ["main", "build_parser", "CLIError"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..convert import _command as convert
     from . import explain, sample, train
 
     parser = argparse.ArgumentParser(
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_parser(sub)
     train.add_parser(sub)
     sample.add_parser(sub)
+    convert.add_subparser(sub)
     return parser
 
 

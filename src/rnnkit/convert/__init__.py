@@ -13,16 +13,20 @@ TF1 checkpoint files   `read_tf_checkpoint` + `tf_to_torch`          (saving: la
 rnnkit TF-style cells  `cells_to_torch`                             `torch_to_cells`
 Keras 3 files/layers   `keras_to_torch`, `keras_layer_to_torch`      `torch_to_keras`
 ONNX LSTM/GRU/RNN ops  `onnx_to_torch`                              `torch_to_onnx`
+ONNX model files       `read_onnx`, `load_onnx` (an rnnkit layer)   `export_onnx` (native ops, or a ``Scan``)
 torch.save files       `load_torch_state_dict` + `infer_config`     ``torch.save``
+rnnkit modules         `load` (``.safetensors`` + configuration)    `save` (layers, TF-style cell trees)
 =====================  ===========================================  ==========================================
+
+The command line ``rnnkit convert SRC DST`` (``_command.py``) moves a model between these files.
 
 Gate orders (conventions of each format): TF1 LSTM i, j, f, o; torch i, f, g, o; Keras i, f, c, o;
 ONNX i, o, f, c. GRU: TF1 r, u (+ a separate candidate); torch r, z, n; Keras and ONNX z, r, h.
 A conversion that cannot be exact is refused with the reason: TF's GRU (reset before the matmul)
 into ``torch.nn.GRU`` (reset after), peepholes or ``cell_clip`` into ``torch.nn``, projections into
-Keras or ONNX. TF1's ``forget_bias`` is never stored: pass it (TF's default is 1.0); it is folded
-into the forget-gate bias for ``target="torch.nn"`` and carried as rnnkit's ``LSTM(forget_bias=)``
-otherwise.
+Keras or ONNX's native operators (`export_onnx` runs them in a ``Scan`` over rnnkit's step instead).
+TF1's ``forget_bias`` is never stored: pass it (TF's default is 1.0); it is folded into the forget-gate bias
+for ``target="torch.nn"`` and carried as rnnkit's ``LSTM(forget_bias=)`` otherwise.
 
 Example::
 
@@ -45,7 +49,9 @@ from ._cells import (
 from ._config import LayerConfig
 from ._keras_io import keras_to_torch, read_keras
 from ._keras_layout import KerasRecurrentLayer, keras_layer_to_torch, keras_layers_to_torch, torch_to_keras
+from ._onnx_export import export_onnx, load_onnx, read_onnx
 from ._onnx_layout import OnnxRecurrentOp, onnx_to_torch, torch_to_onnx
+from ._save import load, save
 from ._tf_checkpoint import CheckpointEntry, CheckpointError, TFCheckpointReader, list_tf_checkpoint, read_tf_checkpoint
 from ._tf_layout import (
     tf_gru_to_torch,
@@ -99,4 +105,10 @@ __all__ = [
     "OnnxRecurrentOp",
     "torch_to_onnx",
     "onnx_to_torch",
+    "export_onnx",
+    "read_onnx",
+    "load_onnx",
+    # rnnkit's own save format (safetensors)
+    "save",
+    "load",
 ]
