@@ -128,3 +128,13 @@ def test_zero_state_follows_state_size(name):
     leaves = flatten(state)
     assert [tuple(s.shape) for s in leaves] == [(5, n) for n in sizes]
     assert all(s.dtype == torch.float64 and not s.any() for s in leaves)
+
+
+@pytest.mark.parametrize("name", ["multi", "dropout_wrapper", "residual_wrapper"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_lazy_build_gives_nested_cells_the_input_dtype(name, dtype):
+    """A composite cell built by its first call builds every sub-cell in the inputs' dtype."""
+    cell = CELLS[name]()
+    out, state = rk.dynamic_rnn(cell, torch.randn(B, T, INPUT_DEPTH, dtype=dtype))
+    assert out.dtype == dtype
+    assert {p.dtype for p in cell.parameters()} == {dtype}

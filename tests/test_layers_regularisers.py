@@ -87,7 +87,9 @@ def test_recurrent_dropout_masks_only_what_the_matmul_reads():
         gru.weight_hh_l0.zero_()
     plain.load_state_dict(gru.state_dict())
     x, h0 = torch.randn(6, 4, 3), torch.randn(1, 4, N)
-    torch.testing.assert_close(gru(x, h0)[0], plain(x, h0)[0], atol=0, rtol=0)
+    # The two configurations may run on different engine paths (recurrent dropout in training stays on the
+    # reference loop, the plain GRU takes a fused kernel): equal to float32 rounding, not bit for bit.
+    torch.testing.assert_close(gru(x, h0)[0], plain(x, h0)[0], atol=1e-6, rtol=0)
 
 
 def test_zoneout_training_keeps_previous_units_fresh_each_step():

@@ -15,7 +15,7 @@ Example::
 
 import torch as _torch
 
-from . import convert
+from . import convert, engine
 from ._structure import LSTMStateTuple
 from ._tf_namespace import compat, contrib, nn
 from .cells import (
@@ -32,6 +32,7 @@ from .cells import (
 )
 from .convert import export_onnx, load, save
 from .describe import Summary, summary
+from .engine import backend_info
 from .layers import GRU, LSTM, RNN
 from .runners import (
     bidirectional_dynamic_rnn,
@@ -71,6 +72,8 @@ __all__ = [
     "summary",
     "Summary",
     "convert",
+    "engine",
+    "backend_info",
     "save",
     "load",
     "export_onnx",

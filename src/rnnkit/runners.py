@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from ._structure import as_torch_dtype, check_float_dtype, check_state, map_structure
+from . import engine as _engine
+from ._structure import as_torch_dtype, check_float_dtype, check_state
 from .cells._base import RNNCell
 
 __all__ = [
@@ -95,29 +96,13 @@ def _initial_state(cell: RNNCell, initial_state: Any, inputs: torch.Tensor, dtyp
 def _unroll(
     cell: RNNCell, inputs: torch.Tensor, state: Any, lengths: torch.Tensor | None, reverse: bool = False
 ) -> tuple[torch.Tensor, Any]:
-    """Step ``cell`` over time-major ``inputs`` ``(T, B, D)`` -> outputs ``(T, B, O)`` and final state."""
-    if reverse:
-        inputs = reverse_sequence(inputs, lengths)
-    cell.begin_sequence(inputs.shape[1])
-    steps = inputs.shape[0] if lengths is None or not len(lengths) else int(lengths.max())
-    outputs = []
-    for t in range(steps):
-        output, new_state = cell.call(inputs[t], state)
-        if lengths is not None:
-            valid = (t < lengths).unsqueeze(1)  # (B, 1)
-            output = torch.where(valid, output, torch.zeros((), dtype=output.dtype, device=output.device))
-            new_state = map_structure(lambda new, old, v=valid: torch.where(v, new, old), new_state, state)
-        outputs.append(output)
-        state = new_state
-    if outputs:
-        out = torch.stack(outputs)  # (steps, B, O)
-    else:
-        out = inputs.new_zeros(0, inputs.shape[1], cell.output_size)
-    if steps < inputs.shape[0]:  # TF's outputs past max(sequence_length) are zeros too
-        out = torch.cat([out, out.new_zeros(inputs.shape[0] - steps, *out.shape[1:])])
-    if reverse:
-        out = reverse_sequence(out, lengths)
-    return out, state
+    """Step ``cell`` over time-major ``inputs`` ``(T, B, D)`` -> outputs ``(T, B, O)`` and final state.
+
+    The one place every runner and layer unrolls: the engine picks the path (torch's fused kernel,
+    rnnkit's fused kernels, or the reference loop ``engine.reference_unroll``; ``rnnkit.engine.use``
+    selects), always with the semantics above.
+    """
+    return _engine.unroll(cell, inputs, state, lengths, reverse)
 
 
 def _build_checked(cell: RNNCell, x: torch.Tensor, component: str, shape: tuple[int, ...]) -> None:

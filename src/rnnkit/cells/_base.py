@@ -114,6 +114,11 @@ class RNNCell(nn.Module):
         self._build(input_depth)
         self.input_depth = input_depth
 
+    def _build_child(self, child: RNNCell, input_depth: int) -> None:
+        """Build a sub-cell with this cell's dtype and device where the child was given none."""
+        child._factory = {key: child._factory[key] or self._factory[key] for key in self._factory}
+        child.build(input_depth)
+
     def _build_for(self, inputs: torch.Tensor) -> None:
         if self.input_depth is None:
             self._factory = {

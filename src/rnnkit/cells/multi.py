@@ -95,7 +95,7 @@ class MultiRNNCell(RNNCell):
         self._check_depths(input_depth)
         depth = input_depth
         for cell in self.cells:
-            cell.build(depth)
+            self._build_child(cell, depth)
             depth = cell.output_size
 
     def call(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:

@@ -36,7 +36,7 @@ class RNNCellWrapper(RNNCell):
         return self.cell.output_size
 
     def _build(self, input_depth: int) -> None:
-        self.cell.build(input_depth)
+        self._build_child(self.cell, input_depth)
 
 
 def _default_state_filter(substate: Any) -> Any:

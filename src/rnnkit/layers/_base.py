@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..cells._base import check_units
 from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parameter_
+from ..engine import layers as _engine_layers
 from ..runners import _check_lengths, _unroll_layers
 
 __all__ = ["RNNLayer"]
@@ -158,8 +159,19 @@ class RNNLayer(nn.Module):
         """``output, h_n = layer(input, h_0)`` as ``torch.nn``; ``lengths=`` for padded variable-length input."""
         x, lengths, packed, unbatched = self._time_major_input(input, lengths)  # x: (T, B, I)
         states = self._initial_states(hx, x, unbatched)
+        whole = _engine_layers.run_layer(self, x, self._stacked_hidden(hx, unbatched), lengths)
+        if whole is not None:  # torch's math: one call of torch's kernel for all layers and directions
+            out, parts = whole
+            hidden = tuple(p.squeeze(1) for p in parts) if unbatched else parts
+            return self._format_output(out, packed, unbatched), hidden[0] if len(hidden) == 1 else hidden
         out, final_states = self._run(x, states, lengths)  # (T, B, D * R)
         return self._format_output(out, packed, unbatched), self._format_hidden(final_states, unbatched)
+
+    def _stacked_hidden(self, hx: Any, unbatched: bool) -> Any:
+        """The (validated) ``h_0`` as torch's kernels take it: ``(L * D, B, size)`` tensors, or ``None``."""
+        if hx is None or not unbatched:
+            return hx
+        return tuple(p.unsqueeze(1) for p in hx) if isinstance(hx, (tuple, list)) else hx.unsqueeze(1)
 
     def step(self, input: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
         """One time step of a one-direction stack, for streaming: ``y_t, state = layer.step(x_t, state)``.

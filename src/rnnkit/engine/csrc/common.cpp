@@ -1,0 +1,192 @@
+// BLAS access and the step schedule, shared by the kernels.
+#include "common.h"
+
+#include <dlfcn.h>
+
+#include <atomic>
+#include <cstdlib>
+
+namespace rnnkit {
+
+Schedule schedule_of(const Tensor& batch_sizes) {
+  TORCH_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong && batch_sizes.device().is_cpu(),
+              "rnnkit fused kernel: batch_sizes must be a 1-D int64 CPU tensor");
+  Tensor bs = batch_sizes.contiguous();
+  const int64_t* p = bs.data_ptr<int64_t>();
+  Schedule s;
+  s.n.assign(p, p + bs.numel());
+  s.off.resize(s.n.size());
+  for (size_t t = 0; t < s.n.size(); ++t) {
+    TORCH_CHECK(s.n[t] >= 0 && (t == 0 || s.n[t] <= s.n[t - 1]),
+                "rnnkit fused kernel: batch_sizes must be non-negative and non-increasing");
+    s.off[t] = s.total;
+    s.total += s.n[t];
+  }
+  return s;
+}
+
+Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
+namespace {
+// A parallel region costs a few microseconds: split only steps with enough multiply-adds per thread.
+std::atomic<int64_t> g_min_step_work{[] {
+  const char* env = std::getenv("RNNKIT_MIN_STEP_WORK");
+  return env ? std::atoll(env) : int64_t(1) << 15;
+}()};
+}  // namespace
+
+int64_t set_min_step_work(int64_t work) { return g_min_step_work.exchange(std::max<int64_t>(1, work)); }
+
+Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates) {
+  const int64_t min_work = g_min_step_work.load();
+  const int64_t work = rows * k * gates * units;
+  int64_t chunks = std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, work / min_work));
+  chunks = std::max<int64_t>(1, std::min<int64_t>(chunks, units / 8));  // at least 8 units (a vector) each
+  Units u;
+  for (int64_t c = 0; c < chunks; ++c) {
+    // Boundaries on multiples of 8 units keep each chunk's loops aligned to whole vectors.
+    int64_t lo = (units * c / chunks) / 8 * 8, hi = c + 1 == chunks ? units : (units * (c + 1) / chunks) / 8 * 8;
+    u.lo.push_back(lo);
+    u.hi.push_back(hi);
+  }
+  return u;
+}
+
+namespace {
+
+// Fortran BLAS (column-major), as exported by the MKL or OpenBLAS that torch is linked with.
+using sgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+using dgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+                         const int*, const double*, const int*, const double*, double*, const int*);
+
+struct Blas {
+  sgemm_t s = nullptr;
+  dgemm_t d = nullptr;
+  Blas() {
+    // Our library links libtorch_cpu, so its exported symbols are in our lookup scope.
+    s = reinterpret_cast<sgemm_t>(dlsym(RTLD_DEFAULT, "sgemm_"));
+    d = reinterpret_cast<dgemm_t>(dlsym(RTLD_DEFAULT, "dgemm_"));
+    if (!s || !d) {
+      void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+      if (h) {
+        if (!s) s = reinterpret_cast<sgemm_t>(dlsym(h, "sgemm_"));
+        if (!d) d = reinterpret_cast<dgemm_t>(dlsym(h, "dgemm_"));
+      }
+    }
+  }
+};
+
+const Blas& blas() {
+  static Blas b;
+  return b;
+}
+
+bool fits_int(int64_t v) { return v >= 0 && v <= 2147483647LL; }
+
+
+// Fallback through ATen when no Fortran BLAS symbol is exported: wraps the buffers without copies.
+template <typename T>
+void gemm_aten(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, const T* B,
+               int64_t ldb, T beta, T* C, int64_t ldc) {
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor a = ta ? at::from_blob(const_cast<T*>(A), {k, m}, {lda, 1}, opts).t()
+                : at::from_blob(const_cast<T*>(A), {m, k}, {lda, 1}, opts);
+  Tensor b = tb ? at::from_blob(const_cast<T*>(B), {n, k}, {ldb, 1}, opts).t()
+                : at::from_blob(const_cast<T*>(B), {k, n}, {ldb, 1}, opts);
+  Tensor c = at::from_blob(C, {m, n}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    at::mm_out(c, a, b);
+    if (alpha != T(1)) c.mul_(alpha);
+  } else {
+    c.addmm_(a, b, beta, alpha);
+  }
+}
+
+template <typename T, typename F>
+void gemm_impl(F fn, bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda,
+               const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (!fn || !fits_int(m) || !fits_int(n) || !fits_int(k) || !fits_int(lda) || !fits_int(ldb) || !fits_int(ldc)) {
+    gemm_aten<T>(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+  const char transb = tb ? 'T' : 'N', transa = ta ? 'T' : 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LDB = static_cast<int>(ldb), LDA = static_cast<int>(lda), LDC = static_cast<int>(ldc);
+  fn(&transb, &transa, &M, &N, &K, &alpha, B, &LDB, A, &LDA, &beta, C, &LDC);
+}
+
+}  // namespace
+
+namespace {
+// MKL's packed GEMM (CBLAS), when the linked BLAS is MKL.
+using pack_size_t = size_t (*)(int, int, int, int);
+using pack_t = void (*)(int, int, int, int, int, int, float, const float*, int, float*);
+using compute_t = void (*)(int, int, int, int, int, int, const float*, int, const float*, int, float, float*, int);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+struct PackedApi {
+  pack_size_t size = nullptr;
+  pack_t pack = nullptr;
+  compute_t compute = nullptr;
+  PackedApi() {
+    if (std::getenv("RNNKIT_NO_PACKED_GEMM")) return;
+    void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    auto find = [h](const char* name) {
+      void* f = dlsym(RTLD_DEFAULT, name);
+      return (!f && h) ? dlsym(h, name) : f;
+    };
+    size = reinterpret_cast<pack_size_t>(find("cblas_sgemm_pack_get_size"));
+    pack = reinterpret_cast<pack_t>(find("cblas_sgemm_pack"));
+    compute = reinterpret_cast<compute_t>(find("cblas_sgemm_compute"));
+  }
+  bool ok() const { return size && pack && compute; }
+};
+
+const PackedApi& packed_api() {
+  static PackedApi api;
+  return api;
+}
+}  // namespace
+
+bool pack_recurrent_weights(PackedWeights& pw, const float* W, bool trans, int64_t ld, int64_t rows, int64_t k,
+                            int64_t n) {
+  const PackedApi& api = packed_api();
+  // A single row is a matrix-vector product: nothing to gain from packing.
+  if (!api.ok() || rows < 2 || !fits_int(rows) || !fits_int(k) || !fits_int(n) || !fits_int(ld)) return false;
+  const size_t bytes = api.size(kBMatrix, static_cast<int>(rows), static_cast<int>(n), static_cast<int>(k));
+  pw.buf.assign(bytes / sizeof(float) + 1, 0.0f);
+  api.pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, static_cast<int>(rows), static_cast<int>(n),
+           static_cast<int>(k), 1.0f, W, static_cast<int>(ld), pw.buf.data());
+  pw.rows = rows;
+  pw.k = k;
+  pw.n = n;
+  return true;
+}
+
+void packed_gemm(const PackedWeights& pw, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
+  packed_api().compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(pw.rows), static_cast<int>(pw.n),
+                       static_cast<int>(pw.k), A, static_cast<int>(lda), pw.buf.data(), static_cast<int>(pw.n), beta,
+                       C, static_cast<int>(ldc));
+}
+
+bool have_blas() { return blas().s != nullptr && blas().d != nullptr; }
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_impl<float>(blas().s, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  gemm_impl<double>(blas().d, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+}  // namespace rnnkit

@@ -1,0 +1,328 @@
+// Shared pieces of rnnkit's fused recurrent kernels (CPU).
+//
+// Layout conventions used by every kernel:
+// * Sequences are "packed" as in torch's PackedSequence: step t owns the rows
+//   [off[t], off[t] + n[t]) of a (total, features) matrix, n[t] is non-increasing, and row b of
+//   step t belongs to the same sequence as row b of step t - 1 (sequences sorted by length,
+//   longest first). A batch without lengths is the special case n[t] = B, off[t] = t * B.
+// * Weights are row-major in the "x @ W" orientation, (in, out); a transposed view (torch's
+//   (out, in) weights seen through .t()) is accepted without a copy (see Mat).
+// * State buffers (B, size) hold the state of every sequence; rows past n[t] are frozen, which
+//   is what makes the final state the state at each sequence's last valid step.
+#pragma once
+
+// Per-operator headers instead of <ATen/ATen.h>: the same API at a fraction of the compile time.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace rnnkit {
+
+using at::Tensor;
+
+struct Schedule {
+  std::vector<int64_t> n;    // active rows of each step
+  std::vector<int64_t> off;  // first packed row of each step
+  int64_t total = 0;
+  int64_t steps() const { return static_cast<int64_t>(n.size()); }
+};
+
+Schedule schedule_of(const Tensor& batch_sizes);
+
+// A 2-D matrix seen row-major: element (r, c) at p[r * ld + c], or at p[c * ld + r] when trans.
+template <typename T>
+struct Mat {
+  const T* p = nullptr;
+  bool trans = false;
+  int64_t ld = 1;
+  int64_t rows = 0, cols = 0;
+  Tensor keep;  // owns a contiguous copy when the input had no unit stride
+};
+
+template <typename T>
+Mat<T> mat_of(const Tensor& w) {
+  TORCH_CHECK(w.dim() == 2, "rnnkit fused kernel: expected a 2-D weight, got ", w.dim(), "-D");
+  Mat<T> m;
+  m.rows = w.size(0);
+  m.cols = w.size(1);
+  Tensor t = w;
+  if (!(t.stride(1) == 1 && t.stride(0) >= std::max<int64_t>(1, m.cols)) &&
+      !(t.stride(0) == 1 && t.stride(1) >= std::max<int64_t>(1, m.rows))) {
+    t = t.contiguous();
+  }
+  m.keep = t;
+  m.p = t.data_ptr<T>();
+  if (t.stride(1) == 1 && t.stride(0) >= std::max<int64_t>(1, m.cols)) {
+    m.trans = false;
+    m.ld = std::max<int64_t>(1, t.stride(0));
+  } else {
+    m.trans = true;
+    m.ld = std::max<int64_t>(1, t.stride(1));
+  }
+  return m;
+}
+
+// Columns [c0, c0 + nc) of a matrix, without a copy.
+template <typename T>
+Mat<T> cols_of(const Mat<T>& m, int64_t c0, int64_t nc) {
+  Mat<T> s = m;
+  s.p = m.trans ? m.p + c0 * m.ld : m.p + c0;
+  s.cols = nc;
+  return s;
+}
+
+// Row-major C[m x n] (row stride ldc) = alpha * op(A)[m x k] @ op(B)[k x n] + beta * C.
+// A and B are given as Mat-like (pointer, trans, ld). Calls the BLAS that torch links (MKL or
+// OpenBLAS, found at load time); falls back to at::mm when none is exported.
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
+bool have_blas();
+
+// The recurrent matmul of every step, h_{t-1} (rows x K) @ W (K x N). For float32 with MKL, W is packed
+// once per sequence (MKL's packed GEMM: no re-packing of the same weights at every step, as oneDNN's RNNs do)
+// and steps with the packed row count use it; anything else takes the plain gemm.
+struct PackedWeights {
+  std::vector<float> buf;  // MKL's packed copy of W (empty: not packed)
+  int64_t rows = 0, k = 0, n = 0;
+};
+bool pack_recurrent_weights(PackedWeights& pw, const float* W, bool trans, int64_t ld, int64_t rows, int64_t k,
+                            int64_t n);
+void packed_gemm(const PackedWeights& pw, const float* A, int64_t lda, float beta, float* C, int64_t ldc);
+
+template <typename T>
+struct StepGemm {
+  Mat<T> w;
+  PackedWeights packed;
+  StepGemm(const Mat<T>& w_, int64_t rows) : w(w_) {
+    if constexpr (std::is_same_v<T, float>) pack_recurrent_weights(packed, w.p, w.trans, w.ld, rows, w.rows, w.cols);
+  }
+  bool is_packed() const { return !packed.buf.empty(); }
+  // C (n x W.cols, ldc) = X (n x W.rows, ldx) @ W + beta * C
+  void operator()(int64_t n, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (is_packed() && n == packed.rows) {
+        packed_gemm(packed, X, ldx, beta, C, ldc);
+        return;
+      }
+    }
+    gemm(false, w.trans, n, w.cols, w.rows, T(1), X, ldx, w.p, w.ld, beta, C, ldc);
+  }
+};
+
+// C (m x n, ldc) = alpha * X (m x k, row-major ldx) @ W + beta * C.
+template <typename T>
+inline void gemm_xw(int64_t m, const T* X, int64_t ldx, const Mat<T>& W, T alpha, T beta, T* C, int64_t ldc) {
+  gemm(false, W.trans, m, W.cols, W.rows, alpha, X, ldx, W.p, W.ld, beta, C, ldc);
+}
+
+// C (m x W.rows, ldc) = alpha * D (m x W.cols, ldd) @ W^T + beta * C.
+template <typename T>
+inline void gemm_dwt(int64_t m, const T* D, int64_t ldd, const Mat<T>& W, T alpha, T beta, T* C, int64_t ldc) {
+  gemm(false, !W.trans, m, W.rows, W.cols, alpha, D, ldd, W.p, W.ld, beta, C, ldc);
+}
+
+// C (k x n, ldc) = A^T @ D, A (m x k, lda), D (m x n, ldd), over all m rows: a weight gradient.
+template <typename T>
+inline void gemm_atd(int64_t m, int64_t k, int64_t n, const T* A, int64_t lda, const T* D, int64_t ldd, T beta,
+                     T* C, int64_t ldc) {
+  gemm(true, false, k, n, m, T(1), A, lda, D, ldd, beta, C, ldc);
+}
+
+// ---- elementwise math ------------------------------------------------------------------------
+// float: branch-free Cephes-style exp so that GCC vectorises the loops (AVX2/FMA with
+// -march=native); about 1 ulp. double: libm, exact to the reference.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
+inline float sigmoid_s(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+inline double sigmoid_s(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+inline float tanh_s(float x) {
+  // Small |x|: Cephes' odd polynomial (keeps relative accuracy near 0); else 1 - 2 / (e^{2|x|} + 1).
+  float a = std::fabs(x);
+  float z = x * x;
+  float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
+                 3.33332819422e-1f) * z * x + x;
+  float big = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
+  big = std::copysign(big, x);
+  return a < 0.625f ? small : big;
+}
+inline double tanh_s(double x) { return std::tanh(x); }
+
+template <typename T>
+inline void sigmoid_inplace(T* __restrict__ x, int64_t n, T shift = T(0)) {
+  for (int64_t j = 0; j < n; ++j) x[j] = sigmoid_s(x[j] + shift);
+}
+
+template <typename T>
+inline void tanh_inplace(T* __restrict__ x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) x[j] = tanh_s(x[j]);
+}
+
+// Runs f(b0, b1) over rows [0, n), in parallel when the work is large enough to pay for threads.
+template <typename F>
+inline void for_rows(int64_t n, int64_t width, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width));
+  if (n <= grain) {
+    f(0, n);
+  } else {
+    at::parallel_for(0, n, grain, f);
+  }
+}
+
+// ---- splitting a step across threads by hidden units --------------------------------------------
+// Each thread owns a contiguous range of hidden units: it multiplies the (shared, read-only)
+// previous state by *its* columns of every gate block, then runs the elementwise update of its
+// units. Every core thus streams only its share of the recurrent weights (which stay in its L2
+// from step to step), and threads meet once per step.
+struct Units {
+  std::vector<int64_t> lo, hi;  // per chunk
+  int64_t chunks() const { return static_cast<int64_t>(lo.size()); }
+};
+
+// The least work (multiply-adds) per step worth splitting; returns the previous value (tests lower it).
+int64_t set_min_step_work(int64_t work);
+
+// How many chunks a step of `rows x k x (gates * units)` multiply-adds is worth.
+Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates);
+
+// W (K, G*H) with gate blocks [q*H, (q+1)*H) -> row-major (K, G*H) where chunk c's columns are
+// contiguous at [G*lo_c, G*hi_c): for each chunk, its units of block 0, then block 1, ...
+template <typename T>
+Tensor chunk_columns(const Mat<T>& w, int64_t gates, int64_t units, const Units& u, const Tensor& like) {
+  Tensor out = at::empty({w.rows, gates * units}, like.options());
+  T* o = out.data_ptr<T>();
+  const int64_t N = gates * units;
+  for (int64_t r = 0; r < w.rows; ++r) {
+    int64_t col = 0;
+    for (int64_t c = 0; c < u.chunks(); ++c) {
+      for (int64_t q = 0; q < gates; ++q) {
+        for (int64_t j = u.lo[c]; j < u.hi[c]; ++j) {
+          const int64_t src = q * units + j;
+          o[r * N + col++] = w.trans ? w.p[src * w.ld + r] : w.p[r * w.ld + src];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+inline Units one_chunk(int64_t units) {
+  Units u;
+  u.lo.push_back(0);
+  u.hi.push_back(units);
+  return u;
+}
+
+// W^T as a Mat, without a copy.
+template <typename T>
+Mat<T> transposed(const Mat<T>& m) {
+  Mat<T> t = m;
+  t.trans = !m.trans;
+  t.rows = m.cols;
+  t.cols = m.rows;
+  return t;
+}
+
+// Runs f(chunk) for every chunk, in parallel when there is more than one.
+template <typename F>
+inline void for_chunks(const Units& u, const F& f) {
+  if (u.chunks() == 1) {
+    f(int64_t(0));
+  } else {
+    at::parallel_for(0, u.chunks(), 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) f(c);
+    });
+  }
+}
+
+template <typename T>
+inline const T* opt_ptr(const c10::optional<Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->data_ptr<T>() : nullptr;
+}
+
+inline bool has(const c10::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+Tensor contig(const Tensor& t);
+
+// The input projection of every step in one matrix multiply: (total, I) @ W_x -> (total, G).
+template <typename T>
+Tensor project_inputs(const Tensor& x, const Mat<T>& wx) {
+  Tensor xc = contig(x);
+  const int64_t total = xc.size(0);
+  Tensor out = at::empty({total, wx.cols}, x.options());
+  if (total > 0 && wx.cols > 0) {
+    gemm_xw<T>(total, xc.data_ptr<T>(), std::max<int64_t>(1, xc.size(1)), wx, T(1), T(0), out.data_ptr<T>(), wx.cols);
+  }
+  return out;
+}
+
+// dx = dG @ W_x^T and dW_x = x^T @ dG: the input side of every backward, single matmuls over all steps.
+template <typename T>
+void input_grads(const Tensor& x, const Mat<T>& wx, const Tensor& dG, bool need_dx, Tensor& dx, Tensor& dwx) {
+  Tensor xc = contig(x);
+  const int64_t total = xc.size(0), I = wx.rows, G = wx.cols;
+  dwx = at::zeros({I, G}, x.options());
+  if (need_dx) dx = at::zeros({total, I}, x.options());
+  if (total == 0) return;
+  gemm_atd<T>(total, I, G, xc.data_ptr<T>(), std::max<int64_t>(1, I), dG.data_ptr<T>(), dG.size(1), T(0),
+              dwx.data_ptr<T>(), G);
+  if (need_dx) gemm_dwt<T>(total, dG.data_ptr<T>(), dG.size(1), wx, T(1), T(0), dx.data_ptr<T>(), I);
+}
+
+// Rows of the previous state for every step, packed like the outputs: step 0 reads h0, step t
+// reads the outputs of step t - 1 (times the per-sequence state mask when there is one).
+template <typename T>
+Tensor previous_states(const Schedule& s, const Tensor& h0, const Tensor& Y, const T* mask) {
+  const int64_t W = h0.size(1);
+  Tensor prev = at::empty({s.total, W}, h0.options());
+  T* out = prev.data_ptr<T>();
+  const T* h0p = h0.data_ptr<T>();
+  const T* yp = Y.data_ptr<T>();
+  for (int64_t t = 0; t < s.steps(); ++t) {
+    const int64_t n = s.n[t];
+    T* dst = out + s.off[t] * W;
+    if (t == 0) {
+      std::memcpy(dst, h0p, sizeof(T) * n * W);
+    } else {
+      const T* src = yp + s.off[t - 1] * W;
+      if (mask) {
+        for (int64_t i = 0; i < n * W; ++i) dst[i] = src[i] * mask[i];
+      } else {
+        std::memcpy(dst, src, sizeof(T) * n * W);
+      }
+    }
+  }
+  return prev;
+}
+
+}  // namespace rnnkit

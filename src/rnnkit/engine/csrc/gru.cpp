@@ -1,0 +1,381 @@
+// Fused GRU kernels (both GRUs) and the vanilla (Elman) RNN.
+//
+// GRU blocks r, z (TF's u), n (TF's candidate c); x @ W_x for all steps in one matmul, then per step:
+//   reset-after (torch, cuDNN, Keras reset_after=True), one matmul:
+//     a = h @ W_h + b_h;  r, z = sig(x_r + a_r), sig(x_z + a_z);  n = tanh(x_n + r * a_n)
+//   reset-before (TF1 GRUCell, Keras reset_after=False), two dependent matmuls:
+//     r, z = sig(x_rz + h @ W_h[:, :2H]);  n = tanh(x_n + (r * h) @ W_h[:, 2H:])
+//   h' = z * h + (1 - z) * n
+// Saved: r, z, n (total, 3H) and, reset-after, a_n (total, H). Vanilla RNN: h' = act(x + h @ W_h + b),
+// saving only the outputs.
+#include "common.h"
+#include "ops.h"
+
+#include <optional>
+
+namespace rnnkit {
+namespace {
+
+template <typename T>
+std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
+                            const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& mask_h_,
+                            bool reset_after, bool save) {
+  const Schedule s = schedule_of(batch_sizes);
+  const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
+  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
+  Tensor bx_c = has(bias_x) ? contig(*bias_x) : at::zeros({G3}, x.options());
+  Tensor bh_c = has(bias_h) ? contig(*bias_h) : at::zeros({G3}, x.options());
+  Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
+  const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>();
+  const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
+  const int64_t rows0 = s.steps() ? s.n[0] : 0;
+  // reset-after: one multiply by all three blocks; reset-before: r, z first, then n on r * h.
+  const StepGemm<T> step_a(reset_after ? wh : cols_of(wh, 0, 2 * H), rows0);
+  std::optional<StepGemm<T>> step_n;
+  if (!reset_after) step_n.emplace(cols_of(wh, 2 * H, H), rows0);
+  const bool packed = step_a.is_packed();
+  const Units u = packed ? one_chunk(H) : split_units(H, rows0, H, 3);
+  Tensor w_all = packed ? Tensor() : chunk_columns<T>(wh, reset_after ? 3 : 2, H, u, x);
+  Tensor w_n = (packed || reset_after) ? Tensor() : chunk_columns<T>(cols_of(wh, 2 * H, H), 1, H, u, x);
+  const Mat<T> wa = packed ? step_a.w : mat_of<T>(w_all);
+  Mat<T> wn;
+  if (!reset_after) wn = packed ? step_n->w : mat_of<T>(w_n);
+  const int64_t ga = reset_after ? 3 : 2;  // gate blocks in the first multiply
+
+  Tensor G = project_inputs<T>(x, wx);  // (total, 3H) -> activated r, z, n
+  Tensor prev = h0.contiguous().clone(), next = at::empty_like(prev), hT = prev.clone();
+  Tensor Y = at::empty({s.total, H}, x.options());
+  Tensor Sv = reset_after ? at::empty({save ? s.total : B, H}, x.options()) : Tensor();
+  Tensor A = at::empty({B, G3}, x.options());  // h @ W_h (chunked columns); reset-before: also r * h, (r*h) @ W_n
+  T *gp = G.data_ptr<T>(), *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>(), *hTp = hT.data_ptr<T>();
+  T* svp = reset_after ? Sv.data_ptr<T>() : nullptr;
+  int64_t active = 0;
+
+  for (int64_t t = 0; t < s.steps(); ++t) {
+    const int64_t n = s.n[t], off = s.off[t];
+    T* hp = prev.data_ptr<T>();
+    T* hn = next.data_ptr<T>();
+    if (t > 0 && n < s.n[t - 1]) std::memcpy(hTp + n * H, hp + n * H, sizeof(T) * (s.n[t - 1] - n) * H);
+    active = n;
+    if (n == 0) break;
+    T* g = gp + off * G3;
+    T* sb = reset_after ? (save ? svp + off * H : svp) : nullptr;
+    for_chunks(u, [&](int64_t c) {
+      const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
+      if (w == 0) return;
+      if (packed) {
+        step_a(n, hp, H, T(0), ap, G3);
+      } else {
+        gemm_xw<T>(n, hp, H, cols_of(wa, ga * lo, ga * w), T(1), T(0), ap + ga * lo, G3);
+      }
+      for (int64_t b = 0; b < n; ++b) {
+        T* __restrict__ r = g + b * G3 + lo;
+        T* __restrict__ z = r + H;
+        T* __restrict__ nn = r + 2 * H;
+        const T* __restrict__ a = ap + b * G3 + ga * lo;
+        const T* __restrict__ h = hp + b * H + lo;
+        for (int64_t j = 0; j < w; ++j) {
+          r[j] += a[j] + bx[lo + j] + bh[lo + j];
+          z[j] += a[w + j] + bx[H + lo + j] + bh[H + lo + j];
+        }
+        sigmoid_inplace(r, w);
+        sigmoid_inplace(z, w);
+        if (reset_after) {
+          T* __restrict__ an = sb + b * H + lo;
+          for (int64_t j = 0; j < w; ++j) {
+            an[j] = a[2 * w + j] + bh[2 * H + lo + j];
+            nn[j] += bx[2 * H + lo + j] + r[j] * an[j];
+          }
+          tanh_inplace(nn, w);
+          T* __restrict__ y = yp + (off + b) * H + lo;
+          for (int64_t j = 0; j < w; ++j) y[j] = nn[j] + z[j] * (h[j] - nn[j]);
+        } else {
+          T* __restrict__ rh = ap + b * G3 + 2 * H + lo;  // r * h, read by every chunk in phase two
+          for (int64_t j = 0; j < w; ++j) rh[j] = r[j] * h[j];
+        }
+      }
+    });
+    if (!reset_after) {  // the candidate reads r * h of every unit: a second phase
+      for_chunks(u, [&](int64_t c) {
+        const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
+        if (w == 0) return;
+        // (r * h) @ W_n for this chunk's units, into the free first columns of the chunk's rows of A.
+        if (packed) {
+          (*step_n)(n, ap + 2 * H, G3, T(0), ap, G3);
+        } else {
+          gemm_xw<T>(n, ap + 2 * H, G3, cols_of(wn, lo, w), T(1), T(0), ap + ga * lo, G3);
+        }
+        for (int64_t b = 0; b < n; ++b) {
+          T* __restrict__ z = g + b * G3 + H + lo;
+          T* __restrict__ nn = g + b * G3 + 2 * H + lo;
+          const T* __restrict__ a = ap + b * G3 + ga * lo;
+          const T* __restrict__ h = hp + b * H + lo;
+          for (int64_t j = 0; j < w; ++j) nn[j] += a[j] + bx[2 * H + lo + j];
+          tanh_inplace(nn, w);
+          T* __restrict__ y = yp + (off + b) * H + lo;
+          for (int64_t j = 0; j < w; ++j) y[j] = nn[j] + z[j] * (h[j] - nn[j]);
+        }
+      });
+    }
+    const T* y = yp + off * H;
+    if (mh) {
+      for (int64_t i = 0; i < n * H; ++i) hn[i] = y[i] * mh[i];
+    } else {
+      std::memcpy(hn, y, sizeof(T) * n * H);
+    }
+    std::swap(prev, next);
+  }
+  if (active > 0) std::memcpy(hTp, prev.data_ptr<T>(), sizeof(T) * active * H);
+  if (!save) return {Y, hT};
+  return {Y, hT, G, reset_after ? Sv : at::empty({0}, x.options())};
+}
+
+template <typename T>
+std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
+                            const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
+                            const OptT& bias_h, const OptT& mask_h_, const Tensor& Y, const Tensor& G_,
+                            const Tensor& S_, bool reset_after, bool need_dx) {
+  const Schedule s = schedule_of(batch_sizes);
+  const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
+  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
+  const Mat<T> wh_rz = cols_of(wh, 0, 2 * H), wh_n = cols_of(wh, 2 * H, H);
+  Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
+  const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
+  Tensor G = contig(G_), dY = contig(dY_), Yc = contig(Y);
+  Tensor Hprev = previous_states<T>(s, contig(h0), Yc, mh);
+  const T *gp = G.data_ptr<T>(), *hpp = Hprev.data_ptr<T>(), *dyp = dY.data_ptr<T>();
+  Tensor Sc = reset_after ? contig(S_) : Tensor();
+  const T* sp = reset_after ? Sc.data_ptr<T>() : nullptr;
+
+  Tensor D = at::empty({s.total, G3}, x.options());                      // d pre-activations, input side
+  Tensor E = reset_after ? at::empty({s.total, G3}, x.options()) : Tensor();  // recurrent side
+  Tensor R = at::empty({B, H}, x.options());  // reset-before: d(r * h)
+  Tensor dh = dhT.contiguous().clone();
+  T *dp = D.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *rp = R.data_ptr<T>();
+  T* ep = reset_after ? E.data_ptr<T>() : nullptr;
+  const std::vector<T> ones(H, T(1));  // stands for an absent mask, so the loops stay branch-free
+  const int64_t rows0 = s.steps() ? s.n[0] : 0;
+  const StepGemm<T> step_all(transposed(wh), rows0), step_rz(transposed(wh_rz), rows0),
+      step_n(transposed(wh_n), rows0);
+
+  for (int64_t t = s.steps() - 1; t >= 0; --t) {
+    const int64_t n = s.n[t], off = s.off[t];
+    if (n == 0) continue;
+    for_rows(n, G3, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = off + b;
+        const T* gr = gp + row * G3;
+        const T *r = gr, *z = gr + H, *nn = gr + 2 * H;
+        const T* hp = hpp + row * H;
+        const T* dyo = dyp + row * H;
+        T* dhs = dhp + b * H;
+        T* dr = dp + row * G3;
+        T *dz = dr + H, *dn = dr + 2 * H;
+        const T* mr = mh ? mh + b * H : ones.data();
+        for (int64_t j = 0; j < H; ++j) {
+          const T dy = dyo[j] + mr[j] * dhs[j];
+          dn[j] = dy * (T(1) - z[j]) * (T(1) - nn[j] * nn[j]);
+          dz[j] = dy * (hp[j] - nn[j]) * z[j] * (T(1) - z[j]);
+          dhs[j] = dy * z[j];
+        }
+        if (reset_after) {
+          const T* an = sp + row * H;
+          T* er = ep + row * G3;
+          for (int64_t j = 0; j < H; ++j) {
+            dr[j] = dn[j] * an[j] * r[j] * (T(1) - r[j]);
+            er[j] = dr[j];
+            er[H + j] = dz[j];
+            er[2 * H + j] = dn[j] * r[j];
+          }
+        }
+      }
+    });
+    if (reset_after) {
+      step_all(n, ep + off * G3, G3, T(1), dhp, H);
+    } else {
+      step_n(n, dp + off * G3 + 2 * H, G3, T(0), rp, H);
+      for_rows(n, G3, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t row = off + b;
+          const T* r = gp + row * G3;
+          const T* hp = hpp + row * H;
+          const T* drh = rp + b * H;
+          T* dr = dp + row * G3;
+          T* dhs = dhp + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            dr[j] = drh[j] * hp[j] * r[j] * (T(1) - r[j]);
+            dhs[j] += drh[j] * r[j];
+          }
+        }
+      });
+      step_rz(n, dp + off * G3, G3, T(1), dhp, H);
+    }
+  }
+
+  Tensor dwh = at::empty({H, G3}, x.options());
+  T* dwhp = dwh.data_ptr<T>();
+  if (reset_after) {
+    gemm_atd<T>(s.total, H, G3, hpp, H, ep, G3, T(0), dwhp, G3);
+  } else {
+    Tensor RH = G.narrow(1, 0, H).mul(Hprev);  // r * h_prev, the candidate's recurrent input
+    gemm_atd<T>(s.total, H, 2 * H, hpp, H, dp, G3, T(0), dwhp, G3);
+    gemm_atd<T>(s.total, H, H, RH.data_ptr<T>(), H, dp + 2 * H, G3, T(0), dwhp + 2 * H, G3);
+  }
+  Tensor dx, dwx;
+  input_grads<T>(x, wx, D, need_dx, dx, dwx);
+  Tensor dbx = has(bias_x) ? D.sum(0) : Tensor();
+  Tensor dbh = has(bias_h) ? (reset_after ? E.sum(0) : at::zeros({G3}, x.options())) : Tensor();
+  return {dx, dwx, dbx, dh, dwh, dbh};
+}
+
+template <typename T>
+std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
+                            const Tensor& h0, const Tensor& w_h, const OptT& mask_h_, bool relu, bool save) {
+  const Schedule s = schedule_of(batch_sizes);
+  const int64_t B = h0.size(0), H = h0.size(1);
+  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
+  Tensor b_c = has(bias) ? contig(*bias) : at::zeros({H}, x.options());
+  Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
+  const T* bp = b_c.data_ptr<T>();
+  const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
+  const StepGemm<T> step_w(wh, s.steps() ? s.n[0] : 0);
+  const Units u = step_w.is_packed() ? one_chunk(H) : split_units(H, s.steps() ? s.n[0] : 0, H, 1);
+  Tensor Y = project_inputs<T>(x, wx);  // pre-activations, activated in place: the outputs
+  Tensor prev = h0.contiguous().clone(), next = at::empty_like(prev), hT = prev.clone();
+  Tensor A = at::empty({B, H}, x.options());
+  T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>(), *hTp = hT.data_ptr<T>();
+  int64_t active = 0;
+  for (int64_t t = 0; t < s.steps(); ++t) {
+    const int64_t n = s.n[t], off = s.off[t];
+    T* hp = prev.data_ptr<T>();
+    T* hn = next.data_ptr<T>();
+    if (t > 0 && n < s.n[t - 1]) std::memcpy(hTp + n * H, hp + n * H, sizeof(T) * (s.n[t - 1] - n) * H);
+    active = n;
+    if (n == 0) break;
+    T* y = yp + off * H;
+    for_chunks(u, [&](int64_t c) {
+      const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
+      if (w == 0) return;
+      if (step_w.is_packed()) {
+        step_w(n, hp, H, T(0), ap, H);
+      } else {
+        gemm_xw<T>(n, hp, H, cols_of(wh, lo, w), T(1), T(0), ap + lo, H);
+      }
+      for (int64_t b = 0; b < n; ++b) {
+        T* __restrict__ yr = y + b * H + lo;
+        const T* __restrict__ a = ap + b * H + lo;
+        const T* __restrict__ bb = bp + lo;
+        for (int64_t j = 0; j < w; ++j) yr[j] += a[j] + bb[j];
+        if (relu) {
+          for (int64_t j = 0; j < w; ++j) yr[j] = std::max(yr[j], T(0));
+        } else {
+          tanh_inplace(yr, w);
+        }
+        T* __restrict__ hr = hn + b * H + lo;
+        if (mh) {
+          const T* mr = mh + b * H + lo;
+          for (int64_t j = 0; j < w; ++j) hr[j] = yr[j] * mr[j];
+        } else {
+          std::memcpy(hr, yr, sizeof(T) * w);
+        }
+      }
+    });
+    std::swap(prev, next);
+  }
+  if (active > 0) std::memcpy(hTp, prev.data_ptr<T>(), sizeof(T) * active * H);
+  (void)save;
+  return {Y, hT};
+}
+
+template <typename T>
+std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
+                            const OptT& bias, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
+                            const OptT& mask_h_, const Tensor& Y, bool relu, bool need_dx) {
+  const Schedule s = schedule_of(batch_sizes);
+  const int64_t H = h0.size(1);
+  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
+  Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
+  const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
+  Tensor Yc = contig(Y), dY = contig(dY_);
+  Tensor Hprev = previous_states<T>(s, contig(h0), Yc, mh);
+  const T *yp = Yc.data_ptr<T>(), *dyp = dY.data_ptr<T>();
+  Tensor D = at::empty({s.total, H}, x.options());
+  Tensor dh = dhT.contiguous().clone();
+  T *dp = D.data_ptr<T>(), *dhp = dh.data_ptr<T>();
+  const std::vector<T> ones(H, T(1));
+  const StepGemm<T> step_wt(transposed(wh), s.steps() ? s.n[0] : 0);
+  for (int64_t t = s.steps() - 1; t >= 0; --t) {
+    const int64_t n = s.n[t], off = s.off[t];
+    if (n == 0) continue;
+    for_rows(n, H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = off + b;
+        const T* y = yp + row * H;
+        const T* dyo = dyp + row * H;
+        const T* dhs = dhp + b * H;
+        T* d = dp + row * H;
+        const T* mr = mh ? mh + b * H : ones.data();
+        if (relu) {
+          for (int64_t j = 0; j < H; ++j) d[j] = y[j] > T(0) ? dyo[j] + mr[j] * dhs[j] : T(0);
+        } else {
+          for (int64_t j = 0; j < H; ++j) d[j] = (dyo[j] + mr[j] * dhs[j]) * (T(1) - y[j] * y[j]);
+        }
+      }
+    });
+    step_wt(n, dp + off * H, H, T(0), dhp, H);
+  }
+  Tensor dwh = at::empty({H, H}, x.options());
+  gemm_atd<T>(s.total, H, H, Hprev.data_ptr<T>(), H, dp, H, T(0), dwh.data_ptr<T>(), H);
+  Tensor dx, dwx;
+  input_grads<T>(x, wx, D, need_dx, dx, dwx);
+  Tensor db = has(bias) ? D.sum(0) : Tensor();
+  return {dx, dwx, db, dh, dwh};
+}
+
+void check_float(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), "rnnkit ", name, ": the compiled kernels run on CPU tensors, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "rnnkit ", name,
+              ": expected float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2, "rnnkit ", name, ": expected packed inputs (total, features), got ", x.dim(), "-D");
+}
+
+}  // namespace
+
+std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
+                                const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& mask_h,
+                                bool reset_after, bool save) {
+  check_float(x, "gru_forward");
+  if (x.scalar_type() == at::kDouble)
+    return gru_fwd<double>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, reset_after, save);
+  return gru_fwd<float>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, reset_after, save);
+}
+
+std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
+                                 const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
+                                 const OptT& bias_h, const OptT& mask_h, const Tensor& Y, const Tensor& G,
+                                 const Tensor& S, bool reset_after, bool need_dx) {
+  check_float(x, "gru_backward");
+  if (x.scalar_type() == at::kDouble)
+    return gru_bwd<double>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, Y, G, S, reset_after,
+                           need_dx);
+  return gru_bwd<float>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, Y, G, S, reset_after,
+                        need_dx);
+}
+
+std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
+                                const Tensor& h0, const Tensor& w_h, const OptT& mask_h, bool relu, bool save) {
+  check_float(x, "rnn_forward");
+  if (x.scalar_type() == at::kDouble) return rnn_fwd<double>(x, w_x, bias, batch_sizes, h0, w_h, mask_h, relu, save);
+  return rnn_fwd<float>(x, w_x, bias, batch_sizes, h0, w_h, mask_h, relu, save);
+}
+
+std::vector<Tensor> rnn_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
+                                 const OptT& bias, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
+                                 const OptT& mask_h, const Tensor& Y, bool relu, bool need_dx) {
+  check_float(x, "rnn_backward");
+  if (x.scalar_type() == at::kDouble)
+    return rnn_bwd<double>(dY, dhT, x, w_x, bias, batch_sizes, h0, w_h, mask_h, Y, relu, need_dx);
+  return rnn_bwd<float>(dY, dhT, x, w_x, bias, batch_sizes, h0, w_h, mask_h, Y, relu, need_dx);
+}
+
+}  // namespace rnnkit

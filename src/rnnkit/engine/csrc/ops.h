@@ -1,0 +1,62 @@
+// The operators rnnkit registers as torch.ops.rnnkit.* (schemas in register.cpp).
+//
+// Every forward returns {outputs (total, out), final states (B, ...), saved activations...}; every
+// backward returns the gradients of the forward's tensor inputs in the order of its signature
+// (undefined where a gradient was not asked for or an input was absent). Gate blocks: LSTM
+// gate_order = block index of (i, g, f, o) in the weights' columns (TF: 0, 1, 2, 3 for i, j, f, o;
+// torch: 0, 2, 1, 3); GRU blocks are always r, z(u), n(candidate).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <vector>
+
+namespace rnnkit {
+
+using at::Tensor;
+using OptT = std::optional<Tensor>;
+
+std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
+                                 const Tensor& h0, const Tensor& c0, const Tensor& w_h, const OptT& peep,
+                                 const OptT& w_proj, const OptT& mask_h, const OptT& mask_c,
+                                 at::IntArrayRef gate_order, double forget_bias, double cell_clip, double proj_clip,
+                                 bool save);
+
+std::vector<Tensor> lstm_backward(const Tensor& dY, const Tensor& dhT, const Tensor& dcT, const Tensor& x,
+                                  const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes, const Tensor& h0,
+                                  const Tensor& c0, const Tensor& w_h, const OptT& peep, const OptT& w_proj,
+                                  const OptT& mask_h, const OptT& mask_c, const Tensor& Y, const Tensor& G,
+                                  const Tensor& C, at::IntArrayRef gate_order, double forget_bias, double cell_clip,
+                                  double proj_clip, bool need_dx);
+
+std::vector<Tensor> lnlstm_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
+                                   const Tensor& h0,
+                                   const Tensor& c0, const Tensor& w_h, const Tensor& gamma, const Tensor& beta,
+                                   const OptT& mask_h, const OptT& mask_c, at::IntArrayRef gate_order,
+                                   double forget_bias, double eps, bool save);
+
+std::vector<Tensor> lnlstm_backward(const Tensor& dY, const Tensor& dhT, const Tensor& dcT, const Tensor& x,
+                                    const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes, const Tensor& h0,
+                                    const Tensor& c0, const Tensor& w_h, const Tensor& gamma, const Tensor& beta, const OptT& mask_h,
+                                    const OptT& mask_c, const Tensor& Y, const Tensor& XH, const Tensor& CH,
+                                    const Tensor& RS, at::IntArrayRef gate_order, double forget_bias, double eps,
+                                    bool need_dx);
+
+std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
+                                const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& mask_h,
+                                bool reset_after, bool save);
+
+std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
+                                 const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
+                                 const OptT& bias_h, const OptT& mask_h, const Tensor& Y, const Tensor& G,
+                                 const Tensor& S, bool reset_after, bool need_dx);
+
+std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
+                                const Tensor& h0, const Tensor& w_h, const OptT& mask_h, bool relu, bool save);
+
+std::vector<Tensor> rnn_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
+                                 const OptT& bias, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
+                                 const OptT& mask_h, const Tensor& Y, bool relu, bool need_dx);
+
+}  // namespace rnnkit

@@ -1,0 +1,53 @@
+"""``backend_info()``: what the engine runs on this machine, in one dictionary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _ext
+from ._select import _DEVICE_KERNELS, current
+
+__all__ = ["backend_info"]
+
+
+def backend_info(build: bool = True) -> dict[str, Any]:
+    """Report the engine's paths: the selected backend, whether the compiled kernels are in use, and why not.
+
+    Args:
+        build: build/load the compiled kernels if that was not tried yet (the first call may then take a
+            minute); ``False`` only reports what is known.
+
+    Returns a dict with ``backend`` and ``kernels`` (what ``use`` selected), ``fused_cpu``
+    (``"compiled"`` or ``"python"``: what the fused path runs on CPU), ``compiled`` (the build's
+    outcome: ``loaded``, ``error``, ``build_s``, ``path``), ``fused_devices`` (devices with rnnkit
+    kernels), ``torch``, ``threads`` and ``cuda`` (whether CUDA is available; there the engine uses
+    torch's cuDNN kernels or the reference loop).
+
+    Example::
+
+        >>> info = rnnkit.engine.backend_info()
+        >>> info["fused_cpu"] in ("compiled", "python")
+        True
+    """
+    backend, kernels = current()
+    if build and kernels != "python":
+        _ext.load()
+    status = _ext.status()
+    if kernels == "python" or (status["tried"] and not status["loaded"]):
+        fused_cpu = "python"
+    elif status["loaded"]:
+        fused_cpu = "compiled"
+    else:
+        fused_cpu = "not built yet"
+    return {
+        "backend": backend,
+        "kernels": kernels,
+        "fused_cpu": fused_cpu,
+        "compiled": status,
+        "fused_devices": ["cpu", *sorted(_DEVICE_KERNELS)],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }

@@ -1,0 +1,86 @@
+"""Whole-layer path for ``rnnkit.RNN/LSTM/GRU``: one call of torch's own kernel for every layer and direction.
+
+A layer whose configuration is torch's math (``LSTM`` without ``forget_bias``, peepholes, ``cell_clip`` or
+layer norm; ``GRU(reset_after=True)``; any ``RNN``; no zoneout; no recurrent dropout in training) is exactly
+``torch.nn.LSTM/GRU/RNN`` with the same flat weights, so it runs as ``torch.nn`` does: one
+``torch._VF.lstm/gru/rnn_tanh/rnn_relu`` call over all layers and directions (oneDNN or cuDNN), torch's
+inter-layer dropout included. ``run_layer`` returns ``None`` whenever the predicate does not hold, and the
+layer then unrolls cell by cell through ``rnnkit.engine.unroll`` (fused kernels or the reference loop).
+
+Under ``auto`` on CPU only the LSTM without projection and without ``lengths`` takes this path (oneDNN);
+GRU, vanilla RNN, projections and variable lengths run faster on rnnkit's fused kernels. On CUDA every
+torch-math layer takes it (cuDNN), ``lengths`` included (packed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ._select import current
+
+__all__ = ["torch_math", "run_layer"]
+
+_VF_CALLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def torch_math(layer: Any) -> bool:
+    """Whether ``layer`` (an ``rnnkit.RNN/LSTM/GRU``) computes exactly what ``torch.nn`` does with its weights."""
+    if layer.zoneout or (layer.training and layer.recurrent_dropout):
+        return False
+    if layer.mode == "LSTM":
+        return not (layer.forget_bias or layer.peepholes or layer.cell_clip is not None or layer.layer_norm)
+    if layer.mode == "GRU":
+        return layer.reset_after
+    return layer.mode in ("RNN_TANH", "RNN_RELU")
+
+
+def _route(layer: Any, x: Tensor, lengths: Tensor | None) -> bool:
+    backend = current()[0]
+    if backend not in ("auto", "torch") or not torch_math(layer):
+        return False
+    weight = layer._flat_weights[0]
+    if weight.dtype != x.dtype or weight.device != x.device or x.device.type not in ("cpu", "cuda"):
+        return False
+    if lengths is not None and not bool((lengths > 0).all()):
+        return False  # torch's packing refuses empty sequences; the cell-by-cell path handles them
+    if backend == "torch" or x.device.type != "cpu":
+        return True
+    # CPU under auto: oneDNN runs the LSTM without projection on whole sequences; the rest is faster fused.
+    fast_dtype = x.dtype in (torch.float32, torch.float64)
+    return layer.mode == "LSTM" and not layer.proj_size and lengths is None and fast_dtype
+
+
+def run_layer(layer: Any, x: Tensor, hx: Any, lengths: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]] | None:
+    """``(output (T, B, D * R), (h_n[, c_n]) each (L * D, B, size))`` from torch's kernel, or ``None``.
+
+    ``x`` is time-major ``(T, B, I)``; ``hx`` the layer's validated ``h_0`` (``(h_0, c_0)`` for the LSTM,
+    each ``(L * D, B, size)``) or ``None``; ``lengths`` ``(B,)`` int64 or ``None``.
+    """
+    if lengths is not None and bool((lengths == x.shape[0]).all()):
+        lengths = None
+    if not _route(layer, x, lengths):
+        return None
+    batch, stacked = x.shape[1], layer.num_layers * (2 if layer.bidirectional else 1)
+    lstm = layer.mode == "LSTM"
+    sizes = (layer.proj_size or layer.hidden_size, layer.hidden_size) if lstm else (layer.hidden_size,)
+    if hx is None:
+        parts = tuple(x.new_zeros(stacked, batch, size) for size in sizes)
+    else:
+        parts = tuple(hx) if lstm else (hx,)
+    fn = getattr(torch._VF, _VF_CALLS[layer.mode])
+    args = (layer._flat_weights, layer.bias, layer.num_layers, layer.dropout, layer.training, layer.bidirectional)
+    state = parts if lstm else parts[0]
+    if lengths is None:
+        out, *final = fn(x, state, *args, False)
+        return out, tuple(final)
+    packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+    order = packed.sorted_indices.to(x.device)
+    state = tuple(p.index_select(1, order) for p in parts) if lstm else parts[0].index_select(1, order)
+    data, *final = fn(packed.data, packed.batch_sizes, state, *args)
+    out, _ = pad_packed_sequence(packed._replace(data=data), total_length=x.shape[0])
+    back = packed.unsorted_indices.to(x.device)
+    return out, tuple(f.index_select(1, back) for f in final)

@@ -1,0 +1,96 @@
+"""The packing plan: how a padded, time-major batch with ``lengths`` becomes packed rows and back.
+
+TF's semantics (``dynamic_rnn(sequence_length=...)``): outputs past a sequence's length are zero,
+the final state is the state at its last valid step, and a reverse direction reads each sequence
+backwards *within its length*. The engine computes nothing on padding: sequences are sorted by
+length (longest first) and step ``t`` processes only the ``batch_sizes[t]`` sequences still
+running, exactly torch's ``PackedSequence`` layout. Reversal within length is folded into the
+same gather, so the kernels only ever run forward.
+
+Example::
+
+    >>> p = make_plan(3, 2, torch.tensor([1, 3]), reverse=False, device=torch.device("cpu"))
+    >>> p.batch_sizes.tolist(), p.index.tolist()      # rows of x.view(T * B, D), step by step
+    ([2, 1, 1], [1, 0, 3, 5])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Plan", "make_plan"]
+
+
+@dataclass
+class Plan:
+    """``index``: packed row -> row of ``x.view(T * B, ...)`` (``None``: identity, time-major order).
+    ``perm``: sorted position -> batch index (``None``: unsorted); ``inverse`` undoes it."""
+
+    steps: int
+    batch: int
+    batch_sizes: Tensor  # (steps_run,) int64 on CPU
+    index: Tensor | None
+    perm: Tensor | None
+    inverse: Tensor | None
+    lengths: Tensor | None  # the lengths when they differ from `steps` somewhere
+
+    @property
+    def total(self) -> int:
+        return int(self.index.numel()) if self.index is not None else self.steps * self.batch
+
+    def pack(self, x: Tensor) -> Tensor:
+        """``(T, B, D)`` -> packed ``(total, D)``."""
+        flat = x.reshape(self.steps * self.batch, x.shape[-1])  # (T * B, D)
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def unpack(self, y: Tensor) -> Tensor:
+        """Packed ``(total, O)`` -> ``(T, B, O)`` with zeros on padding."""
+        if self.index is None:
+            return y.view(self.steps, self.batch, y.shape[-1])
+        out = y.new_zeros(self.steps * self.batch, y.shape[-1])
+        return out.index_copy(0, self.index, y).view(self.steps, self.batch, y.shape[-1])
+
+    def sort(self, s: Tensor) -> Tensor:
+        """A per-sequence ``(B, ...)`` tensor in the kernels' (length-sorted) order."""
+        return s if self.perm is None else s.index_select(0, self.perm)
+
+    def unsort(self, s: Tensor) -> Tensor:
+        return s if self.inverse is None else s.index_select(0, self.inverse)
+
+
+_FULL: dict[tuple[int, int], Tensor] = {}
+
+
+def _full_batches(steps: int, batch: int) -> Tensor:
+    """``batch_sizes`` of a batch without lengths, shared between calls (read-only: kernels never write it)."""
+    bs = _FULL.get((steps, batch))
+    if bs is None:
+        if len(_FULL) > 256:
+            _FULL.clear()
+        bs = _FULL[(steps, batch)] = torch.full((steps,), batch, dtype=torch.int64, device="cpu")
+    return bs
+
+
+def make_plan(steps: int, batch: int, lengths: Tensor | None, reverse: bool, device: torch.device) -> Plan:
+    """Plan a ``(steps, batch)`` unroll; ``lengths`` ``(batch,)`` int64 in ``[0, steps]`` or ``None``."""
+    if lengths is not None and batch and bool((lengths == steps).all()):
+        lengths = None  # every sequence is full: plain time-major rows
+    if lengths is None:
+        bs = _full_batches(steps, batch)
+        index = None
+        if reverse and steps > 1:
+            t = torch.arange(steps - 1, -1, -1, device=device).unsqueeze(1)  # (T, 1)
+            index = (t * batch + torch.arange(batch, device=device)).reshape(-1)
+        return Plan(steps, batch, bs, index, None, None, None)
+    lens = lengths.to(device=device, dtype=torch.int64)
+    sorted_lens, perm = torch.sort(lens, descending=True, stable=True)
+    run = int(sorted_lens[0]) if batch else 0
+    t = torch.arange(run, device=device).unsqueeze(1)  # (run, 1)
+    active = t < sorted_lens  # (run, B)
+    time = sorted_lens - 1 - t if reverse else t.expand(run, batch)
+    index = (time * batch + perm)[active]  # row-major: step by step, longest first
+    bs = active.sum(1).cpu()
+    return Plan(steps, batch, bs, index, perm, torch.argsort(perm), lens)

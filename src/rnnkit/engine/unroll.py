@@ -1,0 +1,333 @@
+"""The engine's entry point: ``unroll(cell, inputs, state, lengths, reverse)``, the runners' contract.
+
+Three paths, chosen by explicit predicates (``choose_path``), never by catching failures:
+
+1. ``reference``: the readable loop over ``cell.call`` (``reference_unroll``); always available,
+   the oracle the tests compare against, and what runs anything not lowered.
+2. ``torch``: torch's own fused kernels (``torch._VF.lstm/gru/rnn_tanh/rnn_relu``: oneDNN or the
+   native loop on CPU, cuDNN on GPU) for specs whose math is identical (``spec.torch_mode``).
+3. ``fused``: rnnkit's kernels (compiled C++ on CPU, or their pure-PyTorch twins), one layer per
+   call over the packed sequence, with a hand-written backward through time.
+
+Under ``use("auto")`` (the default) a leaf runs on torch's kernel when that is the fast choice
+(CUDA; on CPU the oneDNN LSTM without lengths) and on rnnkit's fused kernels otherwise (CPU GRU
+and vanilla RNN, variable lengths, cells torch has no kernel for). On CUDA a cell torch cannot
+run goes to the reference loop until a GPU kernel is registered (``register_device_kernels``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._structure import flatten, map_structure
+from ..cells._base import RNNCell
+from . import _functions as F
+from ._select import current, fused_kernels
+from .lowering import (
+    DropoutSpec,
+    GRUSpec,
+    LNLSTMSpec,
+    LSTMSpec,
+    ResidualSpec,
+    RNNSpec,
+    Spec,
+    StackSpec,
+    combine_masks,
+    lowering_for,
+)
+from .plan import Plan, make_plan
+
+__all__ = ["unroll", "reference_unroll", "choose_path", "explain"]
+
+_FUSED_DTYPES = (torch.float32, torch.float64)
+_DEVICES = ("cpu", "cuda")  # where torch's fused RNN kernels exist
+
+
+def reference_unroll(
+    cell: RNNCell, inputs: Tensor, state: Any, lengths: Tensor | None, reverse: bool = False
+) -> tuple[Tensor, Any]:
+    """Step ``cell.call`` over time-major ``inputs`` ``(T, B, D)`` -> outputs ``(T, B, O)`` and the final state.
+
+    TF's ``sequence_length`` semantics: outputs past a length are zero, the state stops at each
+    sequence's last valid step, and ``reverse`` reads each sequence backwards within its length.
+    """
+    from ..runners import reverse_sequence
+
+    if reverse:
+        inputs = reverse_sequence(inputs, lengths)
+    cell.begin_sequence(inputs.shape[1])
+    steps = inputs.shape[0] if lengths is None or not len(lengths) else int(lengths.max())
+    outputs = []
+    for t in range(steps):
+        output, new_state = cell.call(inputs[t], state)
+        if lengths is not None:
+            valid = (t < lengths).unsqueeze(1)  # (B, 1)
+            output = torch.where(valid, output, torch.zeros((), dtype=output.dtype, device=output.device))
+            new_state = map_structure(lambda new, old, v=valid: torch.where(v, new, old), new_state, state)
+        outputs.append(output)
+        state = new_state
+    if outputs:
+        out = torch.stack(outputs)  # (steps, B, O)
+    else:
+        out = inputs.new_zeros(0, inputs.shape[1], cell.output_size)
+    if steps < inputs.shape[0]:  # TF's outputs past max(sequence_length) are zeros too
+        out = torch.cat([out, out.new_zeros(inputs.shape[0] - steps, *out.shape[1:])])
+    if reverse:
+        out = reverse_sequence(out, lengths)
+    return out, state
+
+
+# ---- choosing ---------------------------------------------------------------------------------
+
+
+def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool, segmented: bool) -> bool:
+    """Under ``auto``: is torch's kernel the faster choice for this leaf?"""
+    if leaf.torch_mode is None or masked:
+        return False
+    if x.device.type != "cpu":
+        return True  # cuDNN; rnnkit has no GPU kernel of its own yet
+    # CPU: only the LSTM without lengths has a oneDNN kernel; GRU, vanilla RNN and packed input take
+    # torch's native per-step loop, which the fused kernels beat.
+    # (oneDNN has no projection: torch warns and falls back to its native loop.) With lengths the LSTM runs
+    # oneDNN segment by segment when the segments are few (``segmented_ok``).
+    if leaf.torch_mode != "LSTM" or (has_lengths and not segmented) or x.dtype not in _FUSED_DTYPES:
+        return False
+    return not getattr(leaf, "has_proj", False)
+
+
+def _consistent(spec: Spec, x: Tensor, state: Any) -> bool:
+    """Parameters and state of the inputs' dtype and device (else the reference loop raises torch's error)."""
+    tensors = [*spec.root.parameters(), *flatten(state)] if state is not None else list(spec.root.parameters())
+    return all(t.dtype == x.dtype and t.device == x.device for t in tensors)
+
+
+def choose_path(
+    spec: Spec | None, x: Tensor, has_lengths: bool, state: Any = None, segmented: bool = False
+) -> dict[int, str] | None:
+    """``{id(leaf): "torch" | "fused"}`` for the active backend, or ``None`` for the reference loop."""
+    backend = current()[0]
+    if spec is None or backend == "reference" or x.device.type not in _DEVICES or not _consistent(spec, x, state):
+        return None  # (meta tensors, other accelerators: the reference loop, which any device runs)
+    masked = spec.state_masked()
+    leaves = spec.leaves()
+    torch_ok = not masked and all(leaf.torch_mode is not None for leaf in leaves)
+    fused_ok = x.dtype in _FUSED_DTYPES and (x.device.type == "cpu" or fused_kernels(x.device.type) is not None)
+    if backend == "torch":
+        return {id(leaf): "torch" for leaf in leaves} if torch_ok else None
+    if backend == "fused":
+        return {id(leaf): "fused" for leaf in leaves} if fused_ok else None
+    route = {}
+    for leaf in leaves:
+        if _leaf_prefers_torch(leaf, x, has_lengths, masked, segmented):
+            route[id(leaf)] = "torch"
+        elif fused_ok:
+            route[id(leaf)] = "fused"
+        else:
+            return None
+    return route
+
+
+def explain(cell: RNNCell, inputs: Tensor, lengths: Tensor | None = None) -> list[str]:
+    """The path each leaf of ``cell`` would take for ``inputs`` ``(T, B, D)`` (for ``backend_info`` and tests)."""
+    spec = lowering_for(cell)
+    plan = make_plan(inputs.shape[0], inputs.shape[1], lengths, False, inputs.device)
+    route = choose_path(spec, inputs, plan.lengths is not None, None, segmented_ok(plan))
+    if route is None:
+        return ["reference"]
+    return [route[id(leaf)] for leaf in spec.leaves()]
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    plan: Plan
+    route: dict[int, str]
+    kern: Any
+    row_batch: Tensor | None = None
+
+    def per_row(self, mask: Tensor, y: Tensor) -> Tensor:
+        """``y`` (packed rows) times a per-sequence mask ``(B, D)`` given in the original batch order."""
+        mask = self.plan.sort(mask)
+        if self.plan.perm is None:
+            return (y.view(-1, mask.shape[0], y.shape[-1]) * mask).view_as(y)  # full batches, time-major
+        if self.row_batch is None:
+            bs = self.plan.batch_sizes.tolist()
+            self.row_batch = torch.cat([torch.arange(n, device=y.device) for n in bs])
+        return y * mask.index_select(0, self.row_batch)
+
+
+def _run(node: Spec, run: _Run, x: Tensor, state: Any, masks: Any) -> tuple[Tensor, Any]:
+    """Run ``node`` over packed ``x`` from ``state`` (sorted); ``masks``: state masks in the state's structure."""
+    if isinstance(node, StackSpec):
+        states = node.split_state(state)
+        layer_masks = node.split_state(masks) if masks is not None else [None] * len(states)
+        finals = []
+        for layer, s, m in zip(node.layers, states, layer_masks, strict=True):
+            x, s = _run(layer, run, x, s, m)
+            finals.append(s)
+        return x, node.join_state(finals)
+    if isinstance(node, DropoutSpec):
+        if "input" in node.masks:
+            x = run.per_row(node.masks["input"], x)
+        own = map_structure(lambda m: None if m is None else run.plan.sort(m), node.state_masks())
+        y, state = _run(node.inner, run, x, state, combine_masks(masks, own))
+        if "output" in node.masks:
+            y = run.per_row(node.masks["output"], y)
+        return y, state
+    if isinstance(node, ResidualSpec):
+        y, state = _run(node.inner, run, x, state, masks)
+        return x + y, state
+    path = run.route[id(node)]
+    if path == "torch":
+        return _run_torch(node, run.plan, x, state)
+    return _run_fused(node, run, x, state, masks)
+
+
+def _run_fused(leaf: Spec, run: _Run, x: Tensor, state: Any, masks: Any) -> tuple[Tensor, Any]:
+    bs = run.plan.batch_sizes
+    p = leaf.fused_params()
+    if isinstance(leaf, (LSTMSpec, LNLSTMSpec)):
+        h0, c0 = leaf.to_internal(state)
+        m_h, m_c = leaf.split_masks(masks)
+        if isinstance(leaf, LNLSTMSpec):
+            y, h, c = F.lnlstm_layer(
+                run.kern,
+                bs,
+                x,
+                p["w_x"],
+                p["bias"],
+                h0,
+                c0,
+                p["w_h"],
+                p["gamma"],
+                p["beta"],
+                m_h,
+                m_c,
+                leaf.gate_order,
+                leaf.forget_bias,
+                1e-12,
+            )
+        else:
+            y, h, c = F.lstm_layer(
+                run.kern,
+                bs,
+                x,
+                p["w_x"],
+                p["bias"],
+                h0,
+                c0,
+                p["w_h"],
+                p["peep"],
+                p["w_proj"],
+                m_h,
+                m_c,
+                leaf.gate_order,
+                leaf.forget_bias,
+                leaf.cell_clip,
+                leaf.proj_clip,
+            )
+        return y, leaf.from_internal(h, c)
+    (h0,) = leaf.to_internal(state)
+    if isinstance(leaf, GRUSpec):
+        y, h = F.gru_layer(run.kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], masks, leaf.reset_after)
+    else:
+        assert isinstance(leaf, RNNSpec)
+        y, h = F.rnn_layer(run.kern, bs, x, p["w_x"], p["bias"], h0, p["w_h"], masks, leaf.relu)
+    return y, leaf.from_internal(h)
+
+
+_VF_CALLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def _segments(plan: Plan) -> list[tuple[int, int, int]]:
+    """``(first step, end step, rows)`` runs of steps with the same number of running sequences."""
+    sizes = plan.batch_sizes.tolist()
+    runs, start = [], 0
+    for t in range(1, len(sizes) + 1):
+        if t == len(sizes) or sizes[t] != sizes[start]:
+            runs.append((start, t, sizes[start]))
+            start = t
+    return runs
+
+
+def segmented_ok(plan: Plan) -> bool:
+    """Variable lengths on CPU: oneDNN over each run of steps with a constant batch is worth it when the runs
+    are few and long (each call has a fixed cost); the state of a sequence that ends is simply left behind."""
+    return plan.lengths is not None and len(_segments(plan)) * 8 <= max(8, int(plan.batch_sizes.numel()))
+
+
+def _run_torch(leaf: Spec, plan: Plan, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+    """One layer on ``torch._VF``: padded ``(T, B, I)`` when every sequence is full, else packed rows
+    (on CPU, an LSTM runs segment by segment: one padded call per run of steps with a constant batch)."""
+    params, has_bias = leaf.torch_params()
+    fn = getattr(torch._VF, _VF_CALLS[leaf.torch_mode])
+    internal = leaf.to_internal(state)
+    lstm = leaf.torch_mode == "LSTM"
+    if plan.lengths is None:
+        hx = tuple(s.unsqueeze(0) for s in internal) if lstm else internal[0].unsqueeze(0)  # (1, B, size)
+        seq = x.view(plan.steps, plan.batch, x.shape[-1])  # (T, B, I)
+        out, *final = fn(seq, hx, params, has_bias, 1, 0.0, False, False, False)
+        y = out.reshape(plan.steps * plan.batch, out.shape[-1])
+        final = [f[0] for f in final]
+    elif x.device.type == "cpu" and lstm:
+        states, outputs, row = list(internal), [], 0
+        for start, end, rows in _segments(plan):
+            seg = x[row : row + (end - start) * rows].view(end - start, rows, x.shape[-1])  # (steps, rows, I)
+            hx = tuple(s[:rows].unsqueeze(0) for s in states)
+            out, *new = fn(seg, hx, params, has_bias, 1, 0.0, False, False, False)
+            outputs.append(out.reshape(-1, out.shape[-1]))
+            states = [
+                torch.cat([n[0], s[rows:]]) if rows < s.shape[0] else n[0] for n, s in zip(new, states, strict=True)
+            ]
+            row += (end - start) * rows
+        y, final = torch.cat(outputs), states
+    else:
+        # torch's packed kernel knows only the running sequences; empty ones (sorted last) keep their state.
+        running = int(plan.batch_sizes[0])
+        hx = tuple(s[:running].unsqueeze(0) for s in internal)
+        y, *final = fn(x, plan.batch_sizes, hx if lstm else hx[0], params, has_bias, 1, 0.0, False, False)
+        final = [torch.cat([f[0], s[running:]]) for f, s in zip(final, internal, strict=True)]
+    return y, leaf.from_internal(*final)
+
+
+def unroll(
+    cell: RNNCell, inputs: Tensor, state: Any, lengths: Tensor | None = None, reverse: bool = False
+) -> tuple[Tensor, Any]:
+    """Unroll a built ``cell`` over time-major ``inputs`` ``(T, B, D)`` from ``state``, on the chosen path.
+
+    ``lengths``: ``None`` or a ``(B,)`` int64 tensor in ``[0, T]`` (on the inputs' device). Returns
+    ``(outputs (T, B, cell.output_size), final_state)`` with TF's semantics (see ``reference_unroll``),
+    whatever the path.
+
+    Example::
+
+        >>> cell = rnnkit.GRUCell(16, input_size=8)
+        >>> x = torch.randn(5, 3, 8)
+        >>> out, h = unroll(cell, x, cell.zero_state(3, torch.float32), torch.tensor([5, 2, 0]))
+        >>> tuple(out.shape), bool(out[2:, 1].eq(0).all())
+        ((5, 3, 16), True)
+    """
+    steps, batch = inputs.shape[0], inputs.shape[1]
+    spec = lowering_for(cell) if steps and batch else None
+    plan = None
+    if spec is not None:
+        plan = make_plan(steps, batch, lengths, reverse, inputs.device)
+        has_lengths = plan.lengths is not None
+        route = choose_path(spec, inputs, has_lengths, state, segmented_ok(plan)) if plan.total else None
+    else:
+        route = None
+    if route is None:
+        return reference_unroll(cell, inputs, state, lengths, reverse)
+    kern = fused_kernels(inputs.device.type) if "fused" in route.values() else None
+    cell.begin_sequence(batch)
+    spec.draw_masks(batch, inputs, inputs.shape[-1])
+    run = _Run(plan, route, kern)
+    sorted_state = state if plan.perm is None else map_structure(plan.sort, state)
+    y, final = _run(spec, run, plan.pack(inputs), sorted_state, None)
+    return plan.unpack(y), (final if plan.perm is None else map_structure(plan.unsort, final))

@@ -1,0 +1,92 @@
+"""``rnnkit.RNN/LSTM/GRU`` on the engine: torch's kernel for torch's math, fused kernels otherwise, same results.
+
+Each configuration runs three ways on the same weights and inputs: the default (``auto``), rnnkit's fused
+kernels (``fused``), and the reference loop over the torch-layout cells (``reference``); outputs, final
+states and all parameter gradients must agree. The multi-threaded split of a step by hidden units is
+forced on (``set_min_step_work(1)``) for part of the cases, so that it is checked at small sizes too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit as rk
+from rnnkit import engine
+from rnnkit.engine import _ext
+from rnnkit.engine import layers as engine_layers
+
+CONFIGS = {
+    "lstm": lambda: rk.LSTM(3, 20, num_layers=2, bidirectional=True),
+    "lstm_proj": lambda: rk.LSTM(3, 20, proj_size=9, bidirectional=True),
+    "lstm_tf": lambda: rk.LSTM(3, 20, forget_bias=1.0, peepholes=True, cell_clip=0.5),
+    "lstm_ln": lambda: rk.LSTM(3, 20, num_layers=2, layer_norm=True),
+    "gru": lambda: rk.GRU(3, 20, num_layers=2, bidirectional=True),
+    "gru_tf": lambda: rk.GRU(3, 20, reset_after=False, bidirectional=True),
+    "rnn_relu": lambda: rk.RNN(3, 20, nonlinearity="relu", num_layers=2),
+}
+
+
+def _run(layer, x, lengths, backend):
+    with engine.use(backend):
+        out, hidden = layer(x, lengths=lengths)
+    hidden = hidden if isinstance(hidden, tuple) else (hidden,)
+    loss = out.pow(2).sum() + sum(h.sum() for h in hidden)
+    grads = torch.autograd.grad(loss, list(layer.parameters()))
+    return [out, *hidden, *grads]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole_steps", "split_by_units"])
+@pytest.mark.parametrize("lengths", [None, [6, 2, 5]], ids=["full", "lengths"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_layer_paths_agree(name, lengths, split):
+    torch.manual_seed(0)
+    layer = CONFIGS[name]().double().eval()
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    lens = None if lengths is None else torch.tensor(lengths)
+    ops = _ext.load()
+    threads = torch.get_num_threads()
+    previous = ops.set_min_step_work(1 if split else 1 << 40)
+    torch.set_num_threads(2)
+    try:
+        auto, fused = _run(layer, x, lens, "auto"), _run(layer, x, lens, "fused")
+    finally:
+        ops.set_min_step_work(previous)
+        torch.set_num_threads(threads)
+    ref = _run(layer, x, lens, "reference")
+    for a, f, r in zip(auto, fused, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(f, r, atol=1e-10, rtol=1e-10)
+
+
+def test_default_layers_take_torchs_kernel_on_cpu_as_torch_nn_does():
+    x = torch.randn(5, 2, 3)
+    lstm, gru = rk.LSTM(3, 8, num_layers=2), rk.GRU(3, 8)
+    assert engine_layers._route(lstm, x, None)  # oneDNN
+    assert not engine_layers._route(lstm, x, torch.tensor([5, 3]))  # lengths: the fused kernels
+    assert not engine_layers._route(gru, x, None)  # torch's GRU on CPU is its slow native loop
+    assert not engine_layers._route(rk.LSTM(3, 8, forget_bias=1.0), x, None)  # not torch's math
+    assert not engine_layers._route(rk.LSTM(3, 8, zoneout=0.1), x, None)
+    with engine.use("torch"):
+        assert engine_layers._route(gru, x, torch.tensor([5, 3]))
+    with engine.use("fused"):
+        assert not engine_layers._route(lstm, x, None)
+    # Same flat weights, same call: rnnkit.LSTM equals torch.nn.LSTM bit for bit.
+    ref = torch.nn.LSTM(3, 8, num_layers=2)
+    ref.load_state_dict(lstm.state_dict())
+    out, (h, c) = lstm(x)
+    r_out, (r_h, r_c) = ref(x)
+    assert torch.equal(out, r_out) and torch.equal(h, r_h) and torch.equal(c, r_c)
+
+
+def test_layer_with_packed_lengths_on_torchs_kernel_matches_reference():
+    """The torch backend packs variable lengths for torch's kernel; zero-length sequences go cell by cell."""
+    torch.manual_seed(1)
+    gru = rk.GRU(3, 8, num_layers=2, bidirectional=True).double()
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    for lengths in ([5, 2, 4], [5, 0, 3]):
+        lens = torch.tensor(lengths)
+        got = _run(gru, x, lens, "torch")
+        ref = _run(gru, x, lens, "reference")
+        for a, r in zip(got, ref, strict=True):
+            torch.testing.assert_close(a, r, atol=1e-10, rtol=1e-10)
