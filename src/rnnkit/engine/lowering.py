@@ -163,9 +163,59 @@ class LSTMSpec(_Leaf):
         return _tf_lstm_as_torch(self), True
 
 
-def _tf_blocks_as_torch(w: Tensor, n: int) -> Tensor:
-    """Rows of TF blocks (i, j, f, o) reordered to torch's (i, f, g, o); differentiable (one cat)."""
-    return torch.cat([w[:n], w[2 * n : 3 * n], w[n : 2 * n], w[3 * n :]])
+_SWAP_JF: dict[torch.device, Tensor] = {}
+
+
+def _swap_jf(device: torch.device) -> Tensor:
+    """Block permutation TF (i, j, f, o) <-> torch (i, f, g, o): swaps blocks 1 and 2, so it is its own inverse."""
+    idx = _SWAP_JF.get(device)
+    if idx is None:
+        idx = _SWAP_JF[device] = torch.tensor([0, 2, 1, 3], device=device)
+    return idx
+
+
+class _TFKernelAsTorch(torch.autograd.Function):
+    """TF's LSTM ``kernel (I + P, 4H)``, ``bias (4H,)`` -> torch's ``w_ih (4H, I)``, ``w_hh (4H, P)``, ``b_ih (4H,)``.
+
+    One autograd node instead of a graph of slices and cats (per call, the graph's own bookkeeping cost more
+    than the copies at small sizes): forward is a block gather on the contiguous kernel plus one transposing
+    copy per weight; backward is the same permutation applied to the gradients (it is its own inverse).
+    ``forget_bias`` is added to torch's forget block (index 1), as ``b_f + forget_bias`` in TF's cell.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, kernel: Tensor, bias: Tensor, depth: int, forget_bias: float) -> Any:
+        ctx.depth, ctx.width = depth, kernel.shape[0]
+        n = bias.shape[0] // 4
+        perm = _swap_jf(kernel.device)
+        k = kernel.contiguous().view(kernel.shape[0], 4, n).index_select(1, perm)  # (I + P, 4, H), torch's blocks
+        k = k.view(kernel.shape[0], 4 * n)  # (I + P, 4H)
+        w_ih = k[:depth].t().contiguous()  # (4H, I)
+        w_hh = k[depth:].t().contiguous()  # (4H, P)
+        b_ih = bias.view(4, n).index_select(0, perm)  # (4, H)
+        if forget_bias:
+            b_ih[1] += forget_bias
+        return w_ih, w_hh, b_ih.view(4 * n)
+
+    @staticmethod
+    def backward(ctx: Any, g_ih: Tensor | None, g_hh: Tensor | None, g_b: Tensor | None) -> Any:
+        depth, width = ctx.depth, ctx.width
+        like = next(g for g in (g_ih, g_hh, g_b) if g is not None)
+        rows = like.shape[0]
+        g_ih = g_ih if g_ih is not None else like.new_zeros(rows, depth)
+        g_hh = g_hh if g_hh is not None else like.new_zeros(rows, width - depth)
+        g_b = g_b if g_b is not None else like.new_zeros(rows)
+        # Differentiable ops, so that double backward works too.
+        perm = _swap_jf(like.device)
+        g = torch.cat([g_ih, g_hh], 1)  # (4H, I + P) in torch's blocks
+        g_kernel = g.t().reshape(width, 4, rows // 4).index_select(1, perm).reshape(width, rows)  # (I + P, 4H)
+        g_bias = g_b.view(4, -1).index_select(0, perm).view(-1)
+        return (
+            g_kernel if ctx.needs_input_grad[0] else None,
+            g_bias if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+        )
 
 
 _TORCH_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -177,22 +227,23 @@ def _tf_lstm_as_torch(spec: LSTMSpec) -> list[Tensor]:
     Exact: ``W_ih = reorder(kernel[:I]).T``, ``W_hh = reorder(kernel[I:]).T``, ``b_ih = reorder(bias + forget_bias
     on f)``, ``b_hh = 0``. Without autograd the result is cached per cell until a parameter changes.
     """
-    cell, n = spec.cell, spec.num_units
-    tensors = [cell.kernel, cell.bias] + ([cell.projection.kernel] if spec.has_proj else [])
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    key = (tuple((id(t), t._version) for t in tensors), spec.forget_bias)
+    cell = spec.cell
+    kernel, bias = cell.kernel, cell.bias
+    proj = cell.projection.kernel if spec.has_proj else None
+    grad = torch.is_grad_enabled() and (
+        kernel.requires_grad or bias.requires_grad or (proj is not None and proj.requires_grad)
+    )
     if not grad:
+        key = (id(kernel), kernel._version, id(bias), bias._version, spec.forget_bias)
+        if proj is not None:
+            key += (id(proj), proj._version)
         hit = _TORCH_WEIGHTS.get(cell)
         if hit is not None and hit[0] == key:
             return hit[1]
-    depth = cell.input_depth
-    w_ih = _tf_blocks_as_torch(cell.kernel[:depth].t(), n)  # (4H, I)
-    w_hh = _tf_blocks_as_torch(cell.kernel[depth:].t(), n)  # (4H, P)
-    b = cell.bias
-    b_ih = torch.cat([b[:n], b[2 * n : 3 * n] + spec.forget_bias, b[n : 2 * n], b[3 * n :]])  # (4H,)
+    w_ih, w_hh, b_ih = _TFKernelAsTorch.apply(kernel, bias, cell.input_depth, spec.forget_bias)
     params = [w_ih, w_hh, b_ih, torch.zeros_like(b_ih)]
-    if spec.has_proj:
-        params.append(cell.projection.kernel.t())
+    if proj is not None:
+        params.append(proj.t())
     if not grad:
         _TORCH_WEIGHTS[cell] = (key, params)
     return params

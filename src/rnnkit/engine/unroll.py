@@ -99,10 +99,24 @@ def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool, 
     return not getattr(leaf, "has_proj", False)
 
 
+def _own_parameters(module: torch.nn.Module) -> list[Tensor]:
+    """Every parameter of ``module`` and its submodules, duplicates allowed (``Module.parameters()`` hashes each
+    tensor to deduplicate, which cost more than the whole check on small unrolls)."""
+    out, todo = [], [module]
+    while todo:
+        m = todo.pop()
+        out.extend(p for p in m._parameters.values() if p is not None)
+        todo.extend(c for c in m._modules.values() if c is not None)
+    return out
+
+
 def _consistent(spec: Spec, x: Tensor, state: Any) -> bool:
     """Parameters and state of the inputs' dtype and device (else the reference loop raises torch's error)."""
-    tensors = [*spec.root.parameters(), *flatten(state)] if state is not None else list(spec.root.parameters())
-    return all(t.dtype == x.dtype and t.device == x.device for t in tensors)
+    tensors = _own_parameters(spec.root)
+    if state is not None:
+        tensors += flatten(state)
+    dtype, device = x.dtype, x.device
+    return all(t.dtype == dtype and t.device == device for t in tensors)
 
 
 def choose_path(

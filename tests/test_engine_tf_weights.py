@@ -1,0 +1,54 @@
+"""TF's LSTM kernel in torch's layout (the torch path's weight map, one autograd node).
+
+It must equal the plain definition exactly (pure data movement, plus ``forget_bias`` on the forget
+block): ``W_ih = reorder(kernel[:I]).T``, ``W_hh = reorder(kernel[I:]).T``, ``b_ih = reorder(bias)``
+with TF blocks (i, j, f, o) -> torch rows (i, f, g, o); and so must their gradients.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+lowering = importlib.import_module("rnnkit.engine.lowering")
+
+
+def _definition(kernel, bias, depth, forget_bias):
+    n = bias.shape[0] // 4
+
+    def reorder(w):
+        return torch.cat([w[:n], w[2 * n : 3 * n], w[n : 2 * n], w[3 * n :]])
+
+    b = torch.cat([bias[:n], bias[2 * n : 3 * n] + forget_bias, bias[n : 2 * n], bias[3 * n :]])
+    return reorder(kernel[:depth].t()), reorder(kernel[depth:].t()), b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(70, 30, 40), (7, 3, 5), (9, 9, 2), (9, 0, 2)])  # (I + P, I, H)
+def test_weight_map_is_exact_with_gradients(dtype, shape):
+    width, depth, hidden = shape
+    torch.manual_seed(0)
+    kernel = torch.randn(width, 4 * hidden, dtype=dtype, requires_grad=True)
+    bias = torch.randn(4 * hidden, dtype=dtype, requires_grad=True)
+    ref = _definition(kernel, bias, depth, 0.7)
+    upstream = [torch.randn_like(r) for r in ref]
+    ref_grads = torch.autograd.grad(ref, (kernel, bias), upstream)
+    got = lowering._TFKernelAsTorch.apply(kernel, bias, depth, 0.7)
+    for a, b in zip(got, ref, strict=True):
+        assert a.is_contiguous() and torch.equal(a, b)
+    grads = torch.autograd.grad(got, (kernel, bias), upstream)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert torch.equal(a, b)
+    # Only one output used: the others' gradients are zeros.
+    (g_kernel,) = torch.autograd.grad(got[1].sum(), (kernel,))
+    assert torch.equal(g_kernel, torch.autograd.grad(ref[1].sum(), (kernel,))[0])
+
+
+def test_weight_map_second_order():
+    kernel = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    fn = lambda k, b: lowering._TFKernelAsTorch.apply(k, b, 4, 0.5)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (kernel, bias))
+    assert torch.autograd.gradgradcheck(fn, (kernel, bias))
