@@ -36,6 +36,23 @@ def test_backend_info_reports_the_compiled_kernels():
         assert engine.backend_info()["fused_cpu"] == "python"
 
 
+def test_compiled_kernels_run_parallel_regions_on_torchs_threads():
+    """The kernels split a step over threads with at::parallel_for, an OpenMP region only when the extension is
+    compiled with torch's OpenMP: without it every region runs on one thread, silently (what the first build did).
+    """
+    info = engine.backend_info()
+    threads = torch.get_num_threads()
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch does not parallelise with OpenMP here")  # the native pool: nothing to link
+    assert info["kernel_threads"] == min(threads, 64), info
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.ops.rnnkit.parallel_threads() == 1  # and it follows torch's setting
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_a_failed_build_warns_once_and_falls_back_to_the_twins(monkeypatch, tmp_path):
     """No compiler (simulated: RNNKIT_NO_COMPILE): one FusedKernelUnavailableWarning, then same results."""
     cell = rk.LSTMCell(4, use_peepholes=True, input_size=3)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import sys
 import threading
 import time
 import warnings
@@ -58,12 +59,31 @@ def _cpu_tag() -> str:
     return flags + platform.machine()
 
 
+def _cflags() -> list[str]:
+    flags = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-march=native")
+    return flags + _openmp()
+
+
+def _ldflags() -> list[str]:
+    return _openmp()
+
+
+def _openmp() -> list[str]:
+    """``-fopenmp`` where torch parallelises with OpenMP (Linux builds): ``at::parallel_for`` in the kernels is
+    an OpenMP region only when compiled with it (else it silently runs serially), and at load time the
+    extension binds to the ``libgomp.so.1`` torch has already loaded, so both share one thread pool."""
+    return ["-fopenmp"] if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info() else []
+
+
 def cache_dir(src: Path) -> Path:
     """``$RNNKIT_EXTENSIONS_DIR`` or ``~/.cache/rnnkit/ext``, one subfolder per (sources, torch, python, CPU)."""
     digest = hashlib.sha256()
     for name in _SOURCES + _HEADERS:
         digest.update((src / name).read_bytes())
     digest.update(f"{torch.__version__}|{platform.python_version()}|{_cpu_tag()}".encode())
+    digest.update(" ".join(_cflags() + _ldflags()).encode())
     root = os.environ.get("RNNKIT_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rnnkit", "ext"
     )
@@ -80,13 +100,11 @@ def _build() -> Any:
 
     build = cache_dir(src)
     build.mkdir(parents=True, exist_ok=True)
-    flags = ["-O3", "-std=c++20", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-    if platform.machine() in ("x86_64", "AMD64"):
-        flags.append("-march=native")
     cpp_extension.load(
         name="rnnkit_fused",
         sources=[str(src / f) for f in _SOURCES],
-        extra_cflags=flags,
+        extra_cflags=_cflags(),
+        extra_ldflags=_ldflags(),
         build_directory=str(build),
         is_python_module=False,
         verbose=False,

@@ -22,8 +22,9 @@ def backend_info(build: bool = True) -> dict[str, Any]:
     Returns a dict with ``backend`` and ``kernels`` (what ``use`` selected), ``fused_cpu``
     (``"compiled"`` or ``"python"``: what the fused path runs on CPU), ``compiled`` (the build's
     outcome: ``loaded``, ``error``, ``build_s``, ``path``), ``fused_devices`` (devices with rnnkit
-    kernels), ``torch``, ``threads`` and ``cuda`` (whether CUDA is available; there the engine uses
-    torch's cuDNN kernels or the reference loop).
+    kernels), ``torch``, ``threads`` (torch's), ``kernel_threads`` (the threads a parallel region of the
+    compiled kernels runs on, ``None`` when they are not loaded) and ``cuda`` (whether CUDA is available;
+    there the engine uses torch's cuDNN kernels or the reference loop).
 
     Example::
 
@@ -49,5 +50,6 @@ def backend_info(build: bool = True) -> dict[str, Any]:
         "fused_devices": ["cpu", *sorted(_DEVICE_KERNELS)],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "kernel_threads": int(torch.ops.rnnkit.parallel_threads()) if status["loaded"] else None,
         "cuda": torch.cuda.is_available(),
     }

@@ -98,6 +98,58 @@ class _Leaf(Spec):
 # ---- LSTM ------------------------------------------------------------------------------------
 
 
+class _SplitKernels(torch.autograd.Function):
+    """TF kernels ``(I + R, N_k)`` -> ``w_x (I, sum N_k)``, ``w_h (R, sum N_k)`` (views for a single kernel).
+
+    One autograd node whose backward writes each kernel's gradient with one ``cat``. Slicing under autograd
+    instead gives every slice a zero-filled gradient of the whole kernel and then adds them: at small sizes
+    those fills cost more than the recurrent kernel's own backward over a step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, depth: int, *kernels: Tensor) -> Any:
+        ctx.depth, ctx.shapes = depth, [k.shape for k in kernels]
+        if len(kernels) == 1:
+            return kernels[0][:depth], kernels[0][depth:]
+        return torch.cat([k[:depth] for k in kernels], 1), torch.cat([k[depth:] for k in kernels], 1)
+
+    @staticmethod
+    def backward(ctx: Any, g_x: Tensor | None, g_h: Tensor | None) -> Any:
+        like = g_x if g_x is not None else g_h
+        assert like is not None
+        rows, width = ctx.shapes[0][0], sum(shape[1] for shape in ctx.shapes)
+        joined = _joined_rows(g_x, g_h) if len(ctx.shapes) == 1 else None
+        if joined is not None:  # the fused kernels write both blocks into one (I + R, N) buffer
+            return None, joined
+        g_x = g_x if g_x is not None else like.new_zeros(ctx.depth, width)
+        g_h = g_h if g_h is not None else like.new_zeros(rows - ctx.depth, width)
+        grads, col = [], 0
+        for shape, needed in zip(ctx.shapes, ctx.needs_input_grad[1:], strict=True):
+            piece = torch.cat([g_x[:, col : col + shape[1]], g_h[:, col : col + shape[1]]])  # (I + R, N_k)
+            grads.append(piece if needed else None)
+            col += shape[1]
+        return (None, *grads)
+
+
+def _joined_rows(top: Tensor | None, bottom: Tensor | None) -> Tensor | None:
+    """``cat([top, bottom])`` without a copy when ``bottom``'s rows directly follow ``top``'s in memory."""
+    if top is None or bottom is None or not (top.is_contiguous() and bottom.is_contiguous()):
+        return None
+    same = top.untyped_storage().data_ptr() == bottom.untyped_storage().data_ptr()
+    if not same or top.shape[1] != bottom.shape[1] or bottom.storage_offset() != top.storage_offset() + top.numel():
+        return None
+    return top.as_strided((top.shape[0] + bottom.shape[0], top.shape[1]), top.stride(), top.storage_offset())
+
+
+def split_kernels(depth: int, *kernels: Tensor) -> tuple[Tensor, Tensor]:
+    """``(w_x (I, N), w_h (R, N))`` from TF kernels ``(I + R, N_k)`` stacked along their columns."""
+    if torch.is_grad_enabled() and any(k.requires_grad for k in kernels):
+        return _SplitKernels.apply(depth, *kernels)
+    if len(kernels) == 1:
+        return kernels[0][:depth], kernels[0][depth:]
+    return torch.cat([k[:depth] for k in kernels], 1), torch.cat([k[depth:] for k in kernels], 1)
+
+
 class LSTMSpec(_Leaf):
     """An LSTM layer: ``w_x (I, 4H)``, ``w_h (P, 4H)`` in ``x @ W`` orientation, gate blocks ``gate_order``."""
 
@@ -148,7 +200,8 @@ class LSTMSpec(_Leaf):
         depth = cell.input_depth
         peep = torch.stack([cell.w_i_diag, cell.w_f_diag, cell.w_o_diag]) if self.peepholes else None
         w_proj = cell.projection.kernel if self.has_proj else None
-        return dict(w_x=cell.kernel[:depth], w_h=cell.kernel[depth:], bias=cell.bias, peep=peep, w_proj=w_proj)
+        w_x, w_h = split_kernels(depth, cell.kernel)
+        return dict(w_x=w_x, w_h=w_h, bias=cell.bias, peep=peep, w_proj=w_proj)
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
         """torch's flat weights ``[w_ih, w_hh, b_ih, b_hh(, w_hr)]`` and ``has_biases``."""
@@ -268,10 +321,10 @@ class LNLSTMSpec(_Leaf):
         cell = self.cell
         if self.layout == "tf":
             norms = [getattr(cell, s) for s in ("input", "transform", "forget", "output", "state")]
-            depth = cell.input_depth
+            w_x, w_h = split_kernels(cell.input_depth, cell.kernel)
             return dict(
-                w_x=cell.kernel[:depth],
-                w_h=cell.kernel[depth:],
+                w_x=w_x,
+                w_h=w_h,
                 bias=None,
                 gamma=torch.stack([m.gamma for m in norms]),
                 beta=torch.stack([m.beta for m in norms]),
@@ -308,11 +361,10 @@ class GRUSpec(_Leaf):
     def fused_params(self) -> dict[str, Tensor | None]:
         cell = self.cell
         if self.layout == "tf":
-            depth = cell.input_depth
-            gk, ck = cell.gates.kernel, cell.candidate.kernel
+            w_x, w_h = split_kernels(cell.input_depth, cell.gates.kernel, cell.candidate.kernel)  # (I|H, 3H)
             return dict(
-                w_x=torch.cat([gk[:depth], ck[:depth]], 1),  # (I, 3H)
-                w_h=torch.cat([gk[depth:], ck[depth:]], 1),  # (H, 3H)
+                w_x=w_x,
+                w_h=w_h,
                 bias_x=torch.cat([cell.gates.bias, cell.candidate.bias]),
                 bias_h=None,
             )
@@ -347,8 +399,8 @@ class RNNSpec(_Leaf):
     def fused_params(self) -> dict[str, Tensor | None]:
         cell = self.cell
         if self.layout == "tf":
-            depth = cell.input_depth
-            return dict(w_x=cell.kernel[:depth], w_h=cell.kernel[depth:], bias=cell.bias)
+            w_x, w_h = split_kernels(cell.input_depth, cell.kernel)
+            return dict(w_x=w_x, w_h=w_h, bias=cell.bias)
         bias = cell.bias_ih + cell.bias_hh if cell.bias else None
         return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias=bias)
 

@@ -35,6 +35,14 @@ std::atomic<int64_t> g_min_step_work{[] {
 }()};
 }  // namespace
 
+int64_t min_row_work() {
+  static const int64_t work = [] {
+    const char* env = std::getenv("RNNKIT_MIN_ROW_WORK");
+    return env ? std::max<int64_t>(1, std::atoll(env)) : int64_t(4096);
+  }();
+  return work;
+}
+
 int64_t set_min_step_work(int64_t work) { return g_min_step_work.exchange(std::max<int64_t>(1, work)); }
 
 Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates) {

@@ -23,6 +23,8 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <tuple>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -188,10 +190,13 @@ inline void tanh_inplace(T* __restrict__ x, int64_t n) {
   for (int64_t j = 0; j < n; ++j) x[j] = tanh_s(x[j]);
 }
 
+// The least elements per thread worth a parallel region in an elementwise pass (RNNKIT_MIN_ROW_WORK).
+int64_t min_row_work();
+
 // Runs f(b0, b1) over rows [0, n), in parallel when the work is large enough to pay for threads.
 template <typename F>
 inline void for_rows(int64_t n, int64_t width, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width));
+  const int64_t grain = std::max<int64_t>(1, min_row_work() / std::max<int64_t>(1, width));
   if (n <= grain) {
     f(0, n);
   } else {
@@ -236,12 +241,9 @@ Tensor chunk_columns(const Mat<T>& w, int64_t gates, int64_t units, const Units&
   return out;
 }
 
-inline Units one_chunk(int64_t units) {
-  Units u;
-  u.lo.push_back(0);
-  u.hi.push_back(units);
-  return u;
-}
+// The row count to pack W_h for (MKL's packed multiply, threaded inside MKL) when a step runs as one chunk;
+// 0 (no packing) when the step is split over threads, each multiplying its own columns.
+inline int64_t pack_rows(const Units& u, int64_t rows) { return u.chunks() == 1 ? rows : 0; }
 
 // W^T as a Mat, without a copy.
 template <typename T>
@@ -286,17 +288,30 @@ Tensor project_inputs(const Tensor& x, const Mat<T>& wx) {
   return out;
 }
 
+// dW_x (I, G) and dW_h (R, G) as the two row blocks of one (I + R, G) tensor: TF's joint kernel
+// (I + R, G) then takes its gradient without a copy (rnnkit.engine.lowering joins the blocks back).
+inline std::pair<Tensor, Tensor> joint_weight_grads(int64_t I, int64_t R, int64_t G, const Tensor& like) {
+  Tensor dW = at::empty({I + R, G}, like.options());
+  return {dW.narrow(0, 0, I), dW.narrow(0, I, R)};
+}
+
 // dx = dG @ W_x^T and dW_x = x^T @ dG: the input side of every backward, single matmuls over all steps.
+// dwx: the (I, G) block from joint_weight_grads.
 template <typename T>
 void input_grads(const Tensor& x, const Mat<T>& wx, const Tensor& dG, bool need_dx, Tensor& dx, Tensor& dwx) {
   Tensor xc = contig(x);
   const int64_t total = xc.size(0), I = wx.rows, G = wx.cols;
-  dwx = at::zeros({I, G}, x.options());
-  if (need_dx) dx = at::zeros({total, I}, x.options());
-  if (total == 0) return;
+  if (total == 0) {  // nothing ran: the gradients are zero
+    dwx.zero_();
+    if (need_dx) dx = at::zeros({total, I}, x.options());
+    return;
+  }
   gemm_atd<T>(total, I, G, xc.data_ptr<T>(), std::max<int64_t>(1, I), dG.data_ptr<T>(), dG.size(1), T(0),
-              dwx.data_ptr<T>(), G);
-  if (need_dx) gemm_dwt<T>(total, dG.data_ptr<T>(), dG.size(1), wx, T(1), T(0), dx.data_ptr<T>(), I);
+              dwx.data_ptr<T>(), dwx.stride(0));
+  if (need_dx) {  // written whole by the beta = 0 product
+    dx = at::empty({total, I}, x.options());
+    gemm_dwt<T>(total, dG.data_ptr<T>(), dG.size(1), wx, T(1), T(0), dx.data_ptr<T>(), I);
+  }
 }
 
 // Rows of the previous state for every step, packed like the outputs: step 0 reads h0, step t

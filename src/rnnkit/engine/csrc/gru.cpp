@@ -30,11 +30,11 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
   // reset-after: one multiply by all three blocks; reset-before: r, z first, then n on r * h.
-  const StepGemm<T> step_a(reset_after ? wh : cols_of(wh, 0, 2 * H), rows0);
+  const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one packed multiply
+  const StepGemm<T> step_a(reset_after ? wh : cols_of(wh, 0, 2 * H), pack_rows(u, rows0));
   std::optional<StepGemm<T>> step_n;
-  if (!reset_after) step_n.emplace(cols_of(wh, 2 * H, H), rows0);
+  if (!reset_after) step_n.emplace(cols_of(wh, 2 * H, H), pack_rows(u, rows0));
   const bool packed = step_a.is_packed();
-  const Units u = packed ? one_chunk(H) : split_units(H, rows0, H, 3);
   Tensor w_all = packed ? Tensor() : chunk_columns<T>(wh, reset_after ? 3 : 2, H, u, x);
   Tensor w_n = (packed || reset_after) ? Tensor() : chunk_columns<T>(cols_of(wh, 2 * H, H), 1, H, u, x);
   const Mat<T> wa = packed ? step_a.w : mat_of<T>(w_all);
@@ -212,7 +212,8 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
     }
   }
 
-  Tensor dwh = at::empty({H, G3}, x.options());
+  Tensor dwx, dwh;
+  std::tie(dwx, dwh) = joint_weight_grads(wx.rows, H, G3, x);
   T* dwhp = dwh.data_ptr<T>();
   if (reset_after) {
     gemm_atd<T>(s.total, H, G3, hpp, H, ep, G3, T(0), dwhp, G3);
@@ -221,7 +222,7 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
     gemm_atd<T>(s.total, H, 2 * H, hpp, H, dp, G3, T(0), dwhp, G3);
     gemm_atd<T>(s.total, H, H, RH.data_ptr<T>(), H, dp + 2 * H, G3, T(0), dwhp + 2 * H, G3);
   }
-  Tensor dx, dwx;
+  Tensor dx;
   input_grads<T>(x, wx, D, need_dx, dx, dwx);
   Tensor dbx = has(bias_x) ? D.sum(0) : Tensor();
   Tensor dbh = has(bias_h) ? (reset_after ? E.sum(0) : at::zeros({G3}, x.options())) : Tensor();
@@ -238,8 +239,8 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
   const T* bp = b_c.data_ptr<T>();
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
-  const StepGemm<T> step_w(wh, s.steps() ? s.n[0] : 0);
-  const Units u = step_w.is_packed() ? one_chunk(H) : split_units(H, s.steps() ? s.n[0] : 0, H, 1);
+  const Units u = split_units(H, s.steps() ? s.n[0] : 0, H, 1);
+  const StepGemm<T> step_w(wh, pack_rows(u, s.steps() ? s.n[0] : 0));
   Tensor Y = project_inputs<T>(x, wx);  // pre-activations, activated in place: the outputs
   Tensor prev = h0.contiguous().clone(), next = at::empty_like(prev), hT = prev.clone();
   Tensor A = at::empty({B, H}, x.options());
@@ -324,9 +325,10 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
     });
     step_wt(n, dp + off * H, H, T(0), dhp, H);
   }
-  Tensor dwh = at::empty({H, H}, x.options());
+  Tensor dwx, dwh;
+  std::tie(dwx, dwh) = joint_weight_grads(wx.rows, H, H, x);
   gemm_atd<T>(s.total, H, H, Hprev.data_ptr<T>(), H, dp, H, T(0), dwh.data_ptr<T>(), H);
-  Tensor dx, dwx;
+  Tensor dx;
   input_grads<T>(x, wx, D, need_dx, dx, dwx);
   Tensor db = has(bias) ? D.sum(0) : Tensor();
   return {dx, dwx, db, dh, dwh};

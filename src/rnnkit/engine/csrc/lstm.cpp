@@ -49,11 +49,13 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const T fb = static_cast<T>(k.forget_bias), cclip = static_cast<T>(k.cell_clip),
           pclip = static_cast<T>(k.proj_clip);
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const StepGemm<T> step_w(wh, rows0);  // packed once when MKL can: then MKL threads each step's multiply
+  // A step worth splitting runs one chunk of units per thread (its columns of W_h, then its units'
+  // update: threads meet once per step); otherwise one multiply on MKL's packed weights.
+  const Units u = split_units(H, rows0, P, 4);
+  const Units up = !proj ? Units() : split_units(P, rows0, H, 1);
+  const StepGemm<T> step_w(wh, pack_rows(u, rows0));
   std::optional<StepGemm<T>> step_p;
-  if (proj) step_p.emplace(wp, rows0);
-  const Units u = step_w.is_packed() ? one_chunk(H) : split_units(H, rows0, P, 4);
-  const Units up = !proj ? Units() : (step_p->is_packed() ? one_chunk(P) : split_units(P, rows0, H, 1));
+  if (proj) step_p.emplace(wp, pack_rows(up, rows0));
   Tensor whc = step_w.is_packed() ? Tensor() : chunk_columns<T>(wh, 4, H, u, x);  // each chunk's columns together
   const Mat<T> whm = step_w.is_packed() ? wh : mat_of<T>(whc);
 
@@ -312,9 +314,10 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
     step_wt(n, dgp + off * G4, G4, T(0), dhp, P);
   }
 
-  Tensor dwh = at::empty({P, G4}, x.options());
+  Tensor dwx, dwh;
+  std::tie(dwx, dwh) = joint_weight_grads(wx.rows, P, G4, x);
   gemm_atd<T>(s.total, P, G4, Hprev.data_ptr<T>(), P, dgp, G4, T(0), dwh.data_ptr<T>(), G4);
-  Tensor dx, dwx;
+  Tensor dx;
   input_grads<T>(x, wx, dG, need_dx, dx, dwx);
   Tensor dbias = has(bias) ? dG.sum(0) : Tensor();
   Tensor dpeep;
@@ -538,9 +541,10 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
     step_wt(n, dgp + off * G4, G4, T(0), dhp, H);
   }
   Tensor sums = acc.sum(0);  // (2, 5, H)
-  Tensor dwh = at::empty({H, G4}, x.options());
+  Tensor dwx, dwh;
+  std::tie(dwx, dwh) = joint_weight_grads(wx.rows, H, G4, x);
   gemm_atd<T>(s.total, H, G4, Hprev.data_ptr<T>(), H, dgp, G4, T(0), dwh.data_ptr<T>(), G4);
-  Tensor dx, dwx;
+  Tensor dx;
   input_grads<T>(x, wx, dG, need_dx, dx, dwx);
   Tensor dbias = has(bias) ? dG.sum(0) : Tensor();
   return {dx, dwx, dbias, dh, dc, dwh, sums[0], sums[1]};
