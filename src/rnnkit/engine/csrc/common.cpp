@@ -185,6 +185,72 @@ void packed_gemm(const PackedWeights& pw, const float* A, int64_t lda, float bet
                        C, static_cast<int>(ldc));
 }
 
+namespace {
+// GCC/Clang vector extension: AVX on x86 with -march=native, NEON on ARM, plain code elsewhere.
+typedef float v8f __attribute__((vector_size(32)));
+
+inline v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Rows [0, M) of C = A @ W (+ C when acc) over columns [j0, j1), in tiles of V vectors: M x V independent
+// accumulators (8 of them keep both FMA pipes busy), and W streams once per tile for all M rows.
+template <int M, int V>
+int64_t small_tiles(const float* A, int64_t lda, const float* W, int64_t ldw, int64_t k, int64_t j0, int64_t j1,
+                    bool acc, float* C, int64_t ldc) {
+  int64_t j = j0;
+  for (; j + 8 * V <= j1; j += 8 * V) {
+    v8f c[M][V];
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < V; ++v) c[i][v] = v8f{};
+    for (int64_t p = 0; p < k; ++p) {
+      v8f w[V];
+      for (int v = 0; v < V; ++v) w[v] = load8(W + p * ldw + j + 8 * v);
+      for (int i = 0; i < M; ++i) {
+        const float a = A[i * lda + p];
+        for (int v = 0; v < V; ++v) c[i][v] += a * w[v];
+      }
+    }
+    for (int i = 0; i < M; ++i) {
+      for (int v = 0; v < V; ++v) {
+        float* out = C + i * ldc + j + 8 * v;
+        store8(out, acc ? load8(out) + c[i][v] : c[i][v]);
+      }
+    }
+  }
+  return j;
+}
+
+// M rows: wide tiles while they fit, then single vectors for the remaining columns (n % 8 == 0).
+template <int M>
+void small_rows(const float* A, int64_t lda, const float* W, int64_t ldw, int64_t k, int64_t n, bool acc, float* C,
+                int64_t ldc) {
+  constexpr int V = M >= 8 ? 1 : 8 / M;
+  int64_t j = small_tiles<M, V>(A, lda, W, ldw, k, 0, n, acc, C, ldc);
+  if constexpr (V > 1) small_tiles<M, 1>(A, lda, W, ldw, k, j, n, acc, C, ldc);
+}
+}  // namespace
+
+bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* W, int64_t ldw, float beta,
+                float* C, int64_t ldc) {
+  if (m < 1 || m > kSmallGemmRows || n % 8 != 0 || k <= 0 || (beta != 0.0f && beta != 1.0f)) return false;
+  const bool acc = beta == 1.0f;
+  switch (m) {  // kSmallGemmRows == 8: every row count has its own unrolled kernel
+    case 1: small_rows<1>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 2: small_rows<2>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 3: small_rows<3>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 4: small_rows<4>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 5: small_rows<5>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 6: small_rows<6>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 7: small_rows<7>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    default: small_rows<8>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+  }
+  return true;
+}
+
 bool have_blas() { return blas().s != nullptr && blas().d != nullptr; }
 
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,

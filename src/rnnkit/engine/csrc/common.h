@@ -125,9 +125,20 @@ struct StepGemm {
   }
 };
 
+// A few rows (a small batch's step) times a row-major W: BLAS libraries handle 2-8 rows poorly (MKL's
+// generic path measured 2-3x slower per row than one row), so rnnkit multiplies them itself, streaming W once
+// per step. float32 only; returns false (nothing done) outside 1..kSmallGemmRows rows, n % 8 != 0, or beta
+// other than 0 and 1.
+constexpr int64_t kSmallGemmRows = 8;
+bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* W, int64_t ldw, float beta,
+                float* C, int64_t ldc);
+
 // C (m x n, ldc) = alpha * X (m x k, row-major ldx) @ W + beta * C.
 template <typename T>
 inline void gemm_xw(int64_t m, const T* X, int64_t ldx, const Mat<T>& W, T alpha, T beta, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!W.trans && alpha == 1.0f && small_gemm(m, W.cols, W.rows, X, ldx, W.p, W.ld, beta, C, ldc)) return;
+  }
   gemm(false, W.trans, m, W.cols, W.rows, alpha, X, ldx, W.p, W.ld, beta, C, ldc);
 }
 
@@ -220,30 +231,25 @@ int64_t set_min_step_work(int64_t work);
 // How many chunks a step of `rows x k x (gates * units)` multiply-adds is worth.
 Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates);
 
-// W (K, G*H) with gate blocks [q*H, (q+1)*H) -> row-major (K, G*H) where chunk c's columns are
-// contiguous at [G*lo_c, G*hi_c): for each chunk, its units of block 0, then block 1, ...
-template <typename T>
-Tensor chunk_columns(const Mat<T>& w, int64_t gates, int64_t units, const Units& u, const Tensor& like) {
-  Tensor out = at::empty({w.rows, gates * units}, like.options());
-  T* o = out.data_ptr<T>();
-  const int64_t N = gates * units;
-  for (int64_t r = 0; r < w.rows; ++r) {
-    int64_t col = 0;
-    for (int64_t c = 0; c < u.chunks(); ++c) {
-      for (int64_t q = 0; q < gates; ++q) {
-        for (int64_t j = u.lo[c]; j < u.hi[c]; ++j) {
-          const int64_t src = q * units + j;
-          o[r * N + col++] = w.trans ? w.p[src * w.ld + r] : w.p[r * w.ld + src];
-        }
-      }
-    }
-  }
-  return out;
-}
-
 // The row count to pack W_h for (MKL's packed multiply, threaded inside MKL) when a step runs as one chunk;
 // 0 (no packing) when the step is split over threads, each multiplying its own columns.
 inline int64_t pack_rows(const Units& u, int64_t rows) { return u.chunks() == 1 ? rows : 0; }
+
+// One chunk's units [lo, lo + w) of every gate block of W (K, gates * units): C[:, q*w : (q+1)*w] (ldc) =
+// X @ W[:, q*units + lo : q*units + lo + w], the chunk's gates side by side.
+template <typename T>
+inline void gemm_gate_chunk(int64_t m, const T* X, int64_t ldx, const Mat<T>& W, int64_t gates, int64_t units,
+                            int64_t lo, int64_t w, T* C, int64_t ldc) {
+  for (int64_t q = 0; q < gates; ++q) gemm_xw<T>(m, X, ldx, cols_of(W, q * units + lo, w), T(1), T(0), C + q * w, ldc);
+}
+
+// A recurrent weight as the forward steps read it: row-major when a small batch will take rnnkit's own
+// multiply (which reads rows of W; torch-layout weights arrive transposed), else as given (BLAS reads both).
+template <typename T>
+Mat<T> step_weights(const Tensor& w, int64_t rows) {
+  const bool small = std::is_same_v<T, float> && rows <= kSmallGemmRows;
+  return mat_of<T>(small ? w.contiguous() : w);
+}
 
 // W^T as a Mat, without a copy.
 template <typename T>

@@ -22,24 +22,20 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
                             bool reset_after, bool save) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
-  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
+  const int64_t rows0 = s.steps() ? s.n[0] : 0;
+  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0);
   Tensor bx_c = has(bias_x) ? contig(*bias_x) : at::zeros({G3}, x.options());
   Tensor bh_c = has(bias_h) ? contig(*bias_h) : at::zeros({G3}, x.options());
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>();
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
-  const int64_t rows0 = s.steps() ? s.n[0] : 0;
   // reset-after: one multiply by all three blocks; reset-before: r, z first, then n on r * h.
   const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one packed multiply
   const StepGemm<T> step_a(reset_after ? wh : cols_of(wh, 0, 2 * H), pack_rows(u, rows0));
   std::optional<StepGemm<T>> step_n;
   if (!reset_after) step_n.emplace(cols_of(wh, 2 * H, H), pack_rows(u, rows0));
   const bool packed = step_a.is_packed();
-  Tensor w_all = packed ? Tensor() : chunk_columns<T>(wh, reset_after ? 3 : 2, H, u, x);
-  Tensor w_n = (packed || reset_after) ? Tensor() : chunk_columns<T>(cols_of(wh, 2 * H, H), 1, H, u, x);
-  const Mat<T> wa = packed ? step_a.w : mat_of<T>(w_all);
-  Mat<T> wn;
-  if (!reset_after) wn = packed ? step_n->w : mat_of<T>(w_n);
+  const Mat<T> wn = cols_of(wh, 2 * H, H);
   const int64_t ga = reset_after ? 3 : 2;  // gate blocks in the first multiply
 
   Tensor G = project_inputs<T>(x, wx);  // (total, 3H) -> activated r, z, n
@@ -66,7 +62,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
       if (packed) {
         step_a(n, hp, H, T(0), ap, G3);
       } else {
-        gemm_xw<T>(n, hp, H, cols_of(wa, ga * lo, ga * w), T(1), T(0), ap + ga * lo, G3);
+        gemm_gate_chunk<T>(n, hp, H, wh, ga, H, lo, w, ap + ga * lo, G3);
       }
       for (int64_t b = 0; b < n; ++b) {
         T* __restrict__ r = g + b * G3 + lo;
@@ -234,7 +230,7 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
                             const Tensor& h0, const Tensor& w_h, const OptT& mask_h_, bool relu, bool save) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1);
-  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
+  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, s.steps() ? s.n[0] : 0);
   Tensor b_c = has(bias) ? contig(*bias) : at::zeros({H}, x.options());
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
   const T* bp = b_c.data_ptr<T>();

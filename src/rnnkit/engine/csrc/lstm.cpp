@@ -35,9 +35,10 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0_.size(0), P = h0_.size(1), H = c0_.size(1), G4 = 4 * H;
   const bool proj = has(w_proj);
-  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
+  const int64_t rows0 = s.steps() ? s.n[0] : 0;
+  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0);
   Mat<T> wp;
-  if (proj) wp = mat_of<T>(*w_proj);
+  if (proj) wp = step_weights<T>(*w_proj, rows0);
   Tensor bias_c = has(bias) ? contig(*bias) : at::zeros({G4}, x.options());
   Tensor peep_c = has(peep) ? contig(*peep) : Tensor();
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
@@ -48,7 +49,6 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const T* mc = mc_c.defined() ? mc_c.data_ptr<T>() : nullptr;
   const T fb = static_cast<T>(k.forget_bias), cclip = static_cast<T>(k.cell_clip),
           pclip = static_cast<T>(k.proj_clip);
-  const int64_t rows0 = s.steps() ? s.n[0] : 0;
   // A step worth splitting runs one chunk of units per thread (its columns of W_h, then its units'
   // update: threads meet once per step); otherwise one multiply on MKL's packed weights.
   const Units u = split_units(H, rows0, P, 4);
@@ -56,8 +56,6 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const StepGemm<T> step_w(wh, pack_rows(u, rows0));
   std::optional<StepGemm<T>> step_p;
   if (proj) step_p.emplace(wp, pack_rows(up, rows0));
-  Tensor whc = step_w.is_packed() ? Tensor() : chunk_columns<T>(wh, 4, H, u, x);  // each chunk's columns together
-  const Mat<T> whm = step_w.is_packed() ? wh : mat_of<T>(whc);
 
   Tensor G = project_inputs<T>(x, wx);  // (total, 4H): becomes the saved activated gates
   Tensor prev = h0_.contiguous().clone(), next = at::empty_like(prev), hT = prev.clone();
@@ -89,7 +87,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
       if (step_w.is_packed()) {
         step_w(n, hp, P, T(0), sp, G4);
       } else {
-        gemm_xw<T>(n, hp, P, cols_of(whm, 4 * lo, 4 * w), T(1), T(0), sp + 4 * lo, G4);
+        gemm_gate_chunk<T>(n, hp, P, wh, 4, H, lo, w, sp + 4 * lo, G4);
       }
       for (int64_t b = 0; b < n; ++b) {
         T* gr = g + b * G4;
