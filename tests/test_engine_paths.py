@@ -119,13 +119,22 @@ def test_auto_matches_reference(name):
         assert_matches_reference(name, torch.float32, lengths, reverse, "auto")
 
 
+@torch.no_grad()
 def test_auto_routes():
     """Under auto on CPU: the oneDNN LSTM when torch's math and no lengths, the fused kernels otherwise."""
-    x = torch.randn(3, 2, 4)
+    x = torch.randn(3, 8, 4)
     lstm = rk.BasicLSTMCell(5, input_size=4)
     assert engine.explain(lstm, x) == ["torch"]
-    assert engine.explain(lstm, x, torch.tensor([3, 1])) == ["fused"]
-    assert engine.explain(lstm, x, torch.tensor([3, 3])) == ["torch"]  # full lengths are no lengths
+    assert engine.explain(lstm, x, torch.tensor([3, 1, 2, 3, 3, 3, 3, 2])) == ["fused"]
+    assert engine.explain(lstm, x, torch.full((8,), 3)) == ["torch"]  # full lengths are no lengths
+    assert engine.explain(lstm, x[:, :4]) == ["fused"]  # TF's layout at a batch of 1-4 rows: the fused kernel
+    with torch.enable_grad():
+        assert engine.explain(lstm, x) == ["fused"]  # TF's layout in training: the fused kernel
+        lstm.requires_grad_(False)
+        assert engine.explain(lstm, x) == ["torch"]  # ... unless nothing of the cell is trained
+        lstm.requires_grad_(True)
+    torch_layout = rk.LSTM(4, 5)._cell(0, 0)
+    assert engine.explain(torch_layout, x[:, :1]) == ["torch"]  # torch's layout: oneDNN at any batch
     assert engine.explain(rk.GRUCell(5, input_size=4), x) == ["fused"]
     assert engine.explain(rk.BasicRNNCell(5, input_size=4), x) == ["fused"]
     assert engine.explain(rk.LSTMCell(5, num_proj=2, input_size=4), x) == ["fused"]  # oneDNN cannot project
@@ -145,11 +154,13 @@ def test_lstm_with_few_distinct_lengths_runs_onednn_segment_by_segment(reverse):
     """Sorted by length, each run of steps with a constant batch is one padded oneDNN call; exact states."""
     torch.manual_seed(2)
     cell = rk.BasicLSTMCell(6, forget_bias=0.5, input_size=4)
-    x = torch.randn(16, 4, 4, requires_grad=True)
-    lengths = torch.tensor([16, 8, 0, 16])
-    state = cell.zero_state(4)
-    assert engine.explain(cell, x, lengths) == ["torch"]
-    out, final = engine.unroll(cell, x, state, lengths, reverse)
+    x = torch.randn(16, 6, 4, requires_grad=True)
+    lengths = torch.tensor([16, 8, 0, 16, 8, 16])
+    state = cell.zero_state(6)
+    with torch.no_grad():
+        assert engine.explain(cell, x, lengths) == ["torch"]  # auto in inference (training: the fused kernel)
+    with engine.use("torch"):
+        out, final = engine.unroll(cell, x, state, lengths, reverse)
     ref, ref_final = engine.reference_unroll(cell, x, state, lengths, reverse)
     torch.testing.assert_close(out, ref, atol=2e-6, rtol=0)
     for a, b in zip(final, ref_final, strict=True):

@@ -10,8 +10,9 @@ Three paths, chosen by explicit predicates (``choose_path``), never by catching 
    call over the packed sequence, with a hand-written backward through time.
 
 Under ``use("auto")`` (the default) a leaf runs on torch's kernel when that is the fast choice
-(CUDA; on CPU the oneDNN LSTM without lengths) and on rnnkit's fused kernels otherwise (CPU GRU
-and vanilla RNN, variable lengths, cells torch has no kernel for). On CUDA a cell torch cannot
+(CUDA; on CPU the oneDNN LSTM without lengths, for TF's kernel layout only in inference at a batch
+above 4) and on rnnkit's fused kernels otherwise (CPU GRU and vanilla RNN, variable lengths, cells torch
+has no kernel for). On CUDA a cell torch cannot
 run goes to the reference loop until a GPU kernel is registered (``register_device_kernels``).
 """
 
@@ -96,7 +97,23 @@ def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool, 
     # oneDNN segment by segment when the segments are few (``segmented_ok``).
     if leaf.torch_mode != "LSTM" or (has_lengths and not segmented) or x.dtype not in _FUSED_DTYPES:
         return False
-    return not getattr(leaf, "has_proj", False)
+    if getattr(leaf, "has_proj", False):
+        return False
+    if getattr(leaf, "layout", "torch") != "torch":
+        # TF's kernel reaches oneDNN only re-laid out (gates reordered, transposed): the fused kernel reads it
+        # as it is. Measured on 2 cores, the fused kernel is the faster in training (and keeps no copy of the
+        # weights for backward) and at a batch of 1-4 rows, where oneDNN's fixed cost per call dominates.
+        if x.shape[1] <= _FUSED_MAX_BATCH_TF or _trains(leaf):
+            return False
+    return True
+
+
+_FUSED_MAX_BATCH_TF = 4  # see _leaf_prefers_torch
+
+
+def _trains(leaf: Spec) -> bool:
+    """Whether autograd will differentiate this leaf's parameters."""
+    return torch.is_grad_enabled() and any(p.requires_grad for p in _own_parameters(leaf.cell))
 
 
 def _own_parameters(module: torch.nn.Module) -> list[Tensor]:
