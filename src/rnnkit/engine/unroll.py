@@ -99,13 +99,11 @@ def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool, 
         return False
     if getattr(leaf, "has_proj", False):
         return False
-    if getattr(leaf, "layout", "torch") != "torch":
-        # TF's kernel reaches oneDNN only re-laid out (gates reordered, transposed): the fused kernel reads it
-        # as it is. Measured on 2 cores, the fused kernel is the faster in training (and keeps no copy of the
-        # weights for backward) and at a batch of 1-4 rows, where oneDNN's fixed cost per call dominates.
-        if x.shape[1] <= _FUSED_MAX_BATCH_TF or _trains(leaf):
-            return False
-    return True
+    # TF's kernel reaches oneDNN only re-laid out (gates reordered, transposed): the fused kernel reads it as it
+    # is. Measured on 2 cores, the fused kernel is the faster in training (and keeps no copy of the weights for
+    # backward) and at a batch of 1-4 rows, where oneDNN's fixed cost per call dominates.
+    tf_layout = getattr(leaf, "layout", "torch") != "torch"
+    return not (tf_layout and (x.shape[1] <= _FUSED_MAX_BATCH_TF or _trains(leaf)))
 
 
 _FUSED_MAX_BATCH_TF = 4  # see _leaf_prefers_torch
