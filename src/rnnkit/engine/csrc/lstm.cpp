@@ -333,8 +333,9 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
 
 // ---- layer-normalised LSTM (TF contrib's LayerNormBasicLSTMCell) ------------------------------
 
+// Moments of a row: its mean and 1 / sqrt(var + eps), two passes (TF's tf.nn.moments).
 template <typename T>
-inline void norm_row(T* __restrict__ v, int64_t H, T eps, T& rstd_out) {
+inline T row_moments(const T* __restrict__ v, int64_t H, T eps, T& mean_out) {
   T mean = 0;
 #pragma omp simd reduction(+ : mean)
   for (int64_t j = 0; j < H; ++j) mean += v[j];
@@ -345,10 +346,24 @@ inline void norm_row(T* __restrict__ v, int64_t H, T eps, T& rstd_out) {
     const T d = v[j] - mean;
     var += d * d;
   }
-  var /= T(H);
-  const T rstd = T(1) / std::sqrt(var + eps);
-  for (int64_t j = 0; j < H; ++j) v[j] = (v[j] - mean) * rstd;
-  rstd_out = rstd;
+  mean_out = mean;
+  return T(1) / std::sqrt(var / T(H) + eps);
+}
+
+// Normalises v in place (v becomes xhat, saved for backward) and writes act(xhat * gamma + beta + shift)
+// to a, in one pass; returns rstd. ACT: 0 sigmoid, 1 tanh, 2 none.
+template <int ACT, typename T>
+inline T norm_act_row(T* __restrict__ v, int64_t H, T eps, const T* __restrict__ gamma, const T* __restrict__ beta,
+                      T shift, T* __restrict__ a) {
+  T mean;
+  const T rstd = row_moments(v, H, eps, mean);
+  for (int64_t j = 0; j < H; ++j) {
+    const T xhat = (v[j] - mean) * rstd;
+    v[j] = xhat;
+    const T y = xhat * gamma[j] + beta[j] + shift;
+    a[j] = ACT == 0 ? sigmoid_s(y) : (ACT == 1 ? tanh_s(y) : y);
+  }
+  return rstd;
 }
 
 // d(pre) of y = xhat * gamma + beta given dy: rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
@@ -394,7 +409,11 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   Tensor CH = at::empty({save ? s.total : B, H}, x.options());
   Tensor RS = at::empty({save ? s.total : B, 5}, x.options());
   Tensor A = at::empty({B, G4}, x.options());  // activated gates of the current step
-  const StepGemm<T> step_w(wh, s.steps() ? s.n[0] : 0);
+  // Every gate's norm needs whole rows: the multiply is split over threads by columns (one region), the
+  // norms by rows (a second); a step not worth splitting runs one MKL-packed multiply.
+  const int64_t rows0 = s.steps() ? s.n[0] : 0;
+  const Units cols = split_units(G4, rows0, H, 1);
+  const StepGemm<T> step_w(wh, pack_rows(cols, rows0));
   const std::vector<T> ones(H, T(1));           // stands for an absent mask: branch-free loops
   T *xh = XH.data_ptr<T>(), *hsp = hs.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(),
     *chp = CH.data_ptr<T>(), *rsp = RS.data_ptr<T>(), *ap = A.data_ptr<T>();
@@ -403,7 +422,14 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
     const int64_t n = s.n[t], off = s.off[t];
     if (n == 0) break;
     T* g = xh + off * G4;
-    step_w(n, hsp, H, T(1), g, G4);
+    if (step_w.is_packed()) {
+      step_w(n, hsp, H, T(1), g, G4);
+    } else {
+      for_chunks(cols, [&](int64_t c) {
+        const int64_t lo = cols.lo[c], w = cols.hi[c] - cols.lo[c];
+        if (w > 0) gemm_xw<T>(n, hsp, H, cols_of(wh, lo, w), T(1), T(1), g + lo, G4);
+      });
+    }
     T* chb = save ? chp + off * H : chp;
     T* rsb = save ? rsp + off * 5 : rsp;
     for_rows(n, G4, [&](int64_t b0, int64_t b1) {
@@ -411,31 +437,23 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
         T* gr = g + b * G4;
         T* ar = ap + b * G4;  // activated i, g, f, o in canonical order
         T* rs = rsb + b * 5;
-        for (int q = 0; q < 4; ++q) {
-          T* blk = gr + order[q] * H;
-          norm_row<T>(blk, H, eps, rs[q]);
-          T* a = ar + q * H;
-          const T *gq = gm + q * H, *bq = bt + q * H;
-          for (int64_t j = 0; j < H; ++j) a[j] = blk[j] * gq[j] + bq[j];
-        }
-        T *si = ar, *sg = ar + H, *sf = ar + 2 * H, *so = ar + 3 * H;
-        sigmoid_inplace(si, H);
-        tanh_inplace(sg, H);
-        sigmoid_inplace(sf, H, fb);
-        sigmoid_inplace(so, H);
+        T *si = ar, *sg = ar + H, *sf = ar + 2 * H, *so = ar + 3 * H;  // canonical i, g, f, o
+        rs[0] = norm_act_row<0>(gr + order[0] * H, H, eps, gm, bt, T(0), si);
+        rs[1] = norm_act_row<1>(gr + order[1] * H, H, eps, gm + H, bt + H, T(0), sg);
+        rs[2] = norm_act_row<0>(gr + order[2] * H, H, eps, gm + 2 * H, bt + 2 * H, fb, sf);
+        rs[3] = norm_act_row<0>(gr + order[3] * H, H, eps, gm + 3 * H, bt + 3 * H, T(0), so);
         T* cp = csp + b * H;
         T* ch = chb + b * H;
         for (int64_t j = 0; j < H; ++j) ch[j] = sf[j] * cp[j] + si[j] * sg[j];
-        norm_row<T>(ch, H, eps, rs[4]);
-        const T *gs = gm + 4 * H, *bs = bt + 4 * H;
         T* y = yp + (off + b) * H;
+        rs[4] = norm_act_row<2>(ch, H, eps, gm + 4 * H, bt + 4 * H, T(0), y);  // y holds c_t for now
         T* hr = hsp + b * H;
         const T* mcr = mc ? mc + b * H : ones.data();
         const T* mhr = mh ? mh + b * H : ones.data();
         for (int64_t j = 0; j < H; ++j) {
-          const T cn = ch[j] * gs[j] + bs[j];
-          y[j] = tanh_s(cn) * so[j];
+          const T cn = y[j];
           cp[j] = cn * mcr[j];
+          y[j] = tanh_s(cn) * so[j];
           hr[j] = y[j] * mhr[j];
         }
       }
