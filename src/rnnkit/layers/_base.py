@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +22,9 @@ from ..cells._base import check_units
 from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parameter_
 from ..engine import layers as _engine_layers
 from ..runners import _check_lengths, _unroll_layers
+
+# layer -> {(layer index, direction): (key, cell)}; weak, so that caching never keeps a layer alive.
+_CELLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 __all__ = ["RNNLayer"]
 
@@ -204,8 +208,20 @@ class RNNLayer(nn.Module):
         return _unroll_layers(cells, x, states, lengths, dropout, component=type(self).__name__)
 
     def _cell(self, layer: int, direction: int) -> TorchLayoutCell:
+        """The step of ``(layer, direction)``: a cell over this layer's own parameter tensors.
+
+        Built once and reused while the parameter objects and options stay the same: building an ``nn.Module``
+        per call cost more than the whole fused kernel at batch 1. (In-place changes to the parameters need no
+        rebuild: the cell holds the same tensors.)
+        """
         weights = {role: getattr(self, self._parameter_name(role, layer, direction)) for role in self._roles}
-        return self.cell_class(weights, **self._cell_options()).train(self.training)
+        options = self._cell_options()
+        key = (tuple(id(w) for w in weights.values()), tuple(options.items()))
+        cache = _CELLS.setdefault(self, {})
+        hit = cache.get((layer, direction))
+        if hit is None or hit[0] != key:
+            hit = cache[(layer, direction)] = (key, self.cell_class(weights, **options))
+        return hit[1].train(self.training)
 
     # -- torch's input and output conventions --------------------------------------------------
     def _time_major_input(self, input: Any, lengths: Any) -> tuple[torch.Tensor, Any, Any, bool]:
