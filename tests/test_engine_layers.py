@@ -90,3 +90,26 @@ def test_layer_with_packed_lengths_on_torchs_kernel_matches_reference():
         ref = _run(gru, x, lens, "reference")
         for a, r in zip(got, ref, strict=True):
             torch.testing.assert_close(a, r, atol=1e-10, rtol=1e-10)
+
+
+def test_layer_cells_follow_parameter_changes():
+    """The layers reuse their per-(layer, direction) cells: in-place updates, replaced parameters and changed
+    options must all reach the next forward (compared with torch.nn.GRU / a fresh layer)."""
+    torch.manual_seed(5)
+    layer = rk.GRU(3, 4, num_layers=2)
+    ref = torch.nn.GRU(3, 4, num_layers=2)
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(layer(x)[0], ref(x)[0], atol=1e-6, rtol=0)
+    with torch.no_grad():  # an optimizer step: in place
+        layer.weight_hh_l1.mul_(0.5)
+        ref.weight_hh_l1.mul_(0.5)
+    torch.testing.assert_close(layer(x)[0], ref(x)[0], atol=1e-6, rtol=0)
+    new = torch.nn.Parameter(torch.randn(12, 3))  # a replaced parameter object
+    layer.weight_ih_l0 = new
+    ref.weight_ih_l0 = torch.nn.Parameter(new.detach().clone())
+    torch.testing.assert_close(layer(x)[0], ref(x)[0], atol=1e-6, rtol=0)
+    layer.reset_after = False  # an option of the step: TF's GRU math from now on
+    fresh = rk.GRU(3, 4, num_layers=2, reset_after=False)
+    fresh.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x)[0], fresh(x)[0], atol=0, rtol=0)
