@@ -1,15 +1,22 @@
-"""Autograd for the fused kernels: one ``autograd.Function`` per kernel family.
+"""Autograd for the fused kernels: one ``autograd.Function`` for every kernel family.
 
-Each runs a whole layer over a packed sequence: forward is one kernel call (saving the
-activations once per step), backward one kernel call (backpropagation through time with weight
-gradients as single matmuls over all steps). ``kern`` is the compiled op namespace or the
-pure-PyTorch twin module: both expose the same functions. When no input needs a gradient the
-forward kernel runs directly, saving nothing.
+Each family (``lstm``, ``lnlstm``, ``gru``, ``rnn``) is a pair of kernels with one calling convention::
+
+    <family>_forward(x, w_x, bias, batch_sizes, *rest, *cfg, save)
+        -> (y, h_T[, c_T], *saved)            # saved: the activations backward needs (only when save)
+    <family>_backward(dy, dh_T[, dc_T], x, w_x, bias, batch_sizes, *rest, y, *saved, *cfg, need_dx)
+        -> one gradient per input tensor but the trailing masks
+
+where ``rest`` ends with the family's per-sequence state masks. A layer is one forward call over the
+packed sequence (saving the activations once per step) and one backward call (backpropagation through
+time, weight gradients as single matmuls over all steps). ``kern`` is the compiled op namespace or the
+pure-PyTorch twin module: both expose the same functions. When no input needs a gradient the forward
+kernel runs directly, saving nothing.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,47 +25,51 @@ from torch.autograd.function import once_differentiable
 __all__ = ["lstm_layer", "lnlstm_layer", "gru_layer", "rnn_layer", "needs_grad"]
 
 
+class _Family(NamedTuple):
+    name: str  # the kernels' prefix
+    outputs: int  # what a layer returns: (y, h_T) or (y, h_T, c_T)
+    masks: int  # trailing mask tensors among the inputs (never differentiated)
+
+
+_LSTM = _Family("lstm", 3, 2)
+_LNLSTM = _Family("lnlstm", 3, 2)
+_GRU = _Family("gru", 2, 1)
+_RNN = _Family("rnn", 2, 1)
+
+
 def needs_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd must track a call on ``tensors``."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-class _LSTM(torch.autograd.Function):
+class _FusedLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kern, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, peep, w_proj, mask_h, mask_c):  # noqa: ANN001
-        y, h_t, c_t, g, c = kern.lstm_forward(
-            x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, *cfg, True
-        )
-        ctx.kern, ctx.cfg, ctx.batch_sizes = kern, cfg, batch_sizes
-        ctx.save_for_backward(x, w_x, bias, h0, c0, w_h, peep, w_proj, mask_h, mask_c, y, g, c)
-        return y, h_t, c_t
+    def forward(ctx, kern, family, cfg, batch_sizes, *inputs):  # noqa: ANN001
+        x, w_x, bias, *rest = inputs
+        out = getattr(kern, f"{family.name}_forward")(x, w_x, bias, batch_sizes, *rest, *cfg, True)
+        ctx.kern, ctx.family, ctx.cfg, ctx.batch_sizes, ctx.n_inputs = kern, family, cfg, batch_sizes, len(inputs)
+        ctx.save_for_backward(*inputs, out[0], *out[family.outputs :])
+        return tuple(out[: family.outputs])
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy, dh_t, dc_t):  # noqa: ANN001
-        x, w_x, bias, h0, c0, w_h, peep, w_proj, mask_h, mask_c, y, g, c = ctx.saved_tensors
-        dx, dwx, db, dh0, dc0, dwh, dpeep, dwp = ctx.kern.lstm_backward(
-            dy,
-            dh_t,
-            dc_t,
-            x,
-            w_x,
-            bias,
-            ctx.batch_sizes,
-            h0,
-            c0,
-            w_h,
-            peep,
-            w_proj,
-            mask_h,
-            mask_c,
-            y,
-            g,
-            c,
-            *ctx.cfg,
-            ctx.needs_input_grad[3],
-        )
-        return None, None, None, dx, dwx, db, dh0, dc0, dwh, dpeep, dwp, None, None
+    def backward(ctx, *grads):  # noqa: ANN001
+        saved = ctx.saved_tensors
+        (x, w_x, bias, *rest), activations = saved[: ctx.n_inputs], saved[ctx.n_inputs :]
+        family = ctx.family
+        need_dx = ctx.needs_input_grad[4]
+        backward = getattr(ctx.kern, f"{family.name}_backward")
+        input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *ctx.cfg, need_dx)
+        return (None, None, None, None, *input_grads, *([None] * family.masks))
+
+
+def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
+    if needs_grad(*inputs[: len(inputs) - family.masks]):
+        return _FusedLayer.apply(kern, family, cfg, batch_sizes, *inputs)
+    x, w_x, bias, *rest = inputs
+    with torch.no_grad():
+        out = getattr(kern, f"{family.name}_forward")(x, w_x, bias, batch_sizes, *rest, *cfg, False)
+    return tuple(out[: family.outputs])
 
 
 def lstm_layer(
@@ -85,52 +96,7 @@ def lstm_layer(
     ``peep (3, H)`` = (w_i, w_f, w_o); ``w_proj (H, P)``; clips of 0 mean none.
     """
     cfg = (list(gate_order), float(forget_bias), float(cell_clip), float(proj_clip))
-    if needs_grad(x, w_x, bias, h0, c0, w_h, peep, w_proj):
-        return _LSTM.apply(kern, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, peep, w_proj, mask_h, mask_c)
-    with torch.no_grad():
-        y, h_t, c_t = kern.lstm_forward(
-            x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, *cfg, False
-        )
-    return y, h_t, c_t
-
-
-class _LNLSTM(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, kern, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, gamma, beta, mask_h, mask_c):  # noqa: ANN001
-        y, h_t, c_t, xh, ch, rs = kern.lnlstm_forward(
-            x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, *cfg, True
-        )
-        ctx.kern, ctx.cfg, ctx.batch_sizes = kern, cfg, batch_sizes
-        ctx.save_for_backward(x, w_x, bias, h0, c0, w_h, gamma, beta, mask_h, mask_c, y, xh, ch, rs)
-        return y, h_t, c_t
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_t, dc_t):  # noqa: ANN001
-        x, w_x, bias, h0, c0, w_h, gamma, beta, mask_h, mask_c, y, xh, ch, rs = ctx.saved_tensors
-        dx, dwx, db, dh0, dc0, dwh, dgamma, dbeta = ctx.kern.lnlstm_backward(
-            dy,
-            dh_t,
-            dc_t,
-            x,
-            w_x,
-            bias,
-            ctx.batch_sizes,
-            h0,
-            c0,
-            w_h,
-            gamma,
-            beta,
-            mask_h,
-            mask_c,
-            y,
-            xh,
-            ch,
-            rs,
-            *ctx.cfg,
-            ctx.needs_input_grad[3],
-        )
-        return None, None, None, dx, dwx, db, dh0, dc0, dwh, dgamma, dbeta, None, None
+    return _layer(kern, _LSTM, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, peep, w_proj, mask_h, mask_c)
 
 
 def lnlstm_layer(
@@ -152,45 +118,7 @@ def lnlstm_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A layer-normalised LSTM layer; ``gamma, beta (5, H)`` for the norms of i, g, f, o and the cell state."""
     cfg = (list(gate_order), float(forget_bias), float(eps))
-    if needs_grad(x, w_x, bias, h0, c0, w_h, gamma, beta):
-        return _LNLSTM.apply(kern, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, gamma, beta, mask_h, mask_c)
-    with torch.no_grad():
-        y, h_t, c_t = kern.lnlstm_forward(
-            x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, *cfg, False
-        )
-    return y, h_t, c_t
-
-
-class _GRU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, kern, reset_after, batch_sizes, x, w_x, bias_x, h0, w_h, bias_h, mask_h):  # noqa: ANN001
-        y, h_t, g, s = kern.gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, reset_after, True)
-        ctx.kern, ctx.reset_after, ctx.batch_sizes = kern, reset_after, batch_sizes
-        ctx.save_for_backward(x, w_x, bias_x, h0, w_h, bias_h, mask_h, y, g, s)
-        return y, h_t
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_t):  # noqa: ANN001
-        x, w_x, bias_x, h0, w_h, bias_h, mask_h, y, g, s = ctx.saved_tensors
-        dx, dwx, dbx, dh0, dwh, dbh = ctx.kern.gru_backward(
-            dy,
-            dh_t,
-            x,
-            w_x,
-            bias_x,
-            ctx.batch_sizes,
-            h0,
-            w_h,
-            bias_h,
-            mask_h,
-            y,
-            g,
-            s,
-            ctx.reset_after,
-            ctx.needs_input_grad[3],
-        )
-        return None, None, None, dx, dwx, dbx, dh0, dwh, dbh, None
+    return _layer(kern, _LNLSTM, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, gamma, beta, mask_h, mask_c)
 
 
 def gru_layer(
@@ -206,29 +134,7 @@ def gru_layer(
     reset_after: bool,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer (blocks r, z, n): ``w_x (I, 3H)``, ``w_h (H, 3H)``; ``bias_h`` only with ``reset_after``."""
-    if needs_grad(x, w_x, bias_x, h0, w_h, bias_h):
-        return _GRU.apply(kern, bool(reset_after), batch_sizes, x, w_x, bias_x, h0, w_h, bias_h, mask_h)
-    with torch.no_grad():
-        y, h_t = kern.gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, bool(reset_after), False)
-    return y, h_t
-
-
-class _RNN(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, kern, relu, batch_sizes, x, w_x, bias, h0, w_h, mask_h):  # noqa: ANN001
-        y, h_t = kern.rnn_forward(x, w_x, bias, batch_sizes, h0, w_h, mask_h, relu, True)
-        ctx.kern, ctx.relu, ctx.batch_sizes = kern, relu, batch_sizes
-        ctx.save_for_backward(x, w_x, bias, h0, w_h, mask_h, y)
-        return y, h_t
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_t):  # noqa: ANN001
-        x, w_x, bias, h0, w_h, mask_h, y = ctx.saved_tensors
-        dx, dwx, db, dh0, dwh = ctx.kern.rnn_backward(
-            dy, dh_t, x, w_x, bias, ctx.batch_sizes, h0, w_h, mask_h, y, ctx.relu, ctx.needs_input_grad[3]
-        )
-        return None, None, None, dx, dwx, db, dh0, dwh, None
+    return _layer(kern, _GRU, (bool(reset_after),), batch_sizes, x, w_x, bias_x, h0, w_h, bias_h, mask_h)
 
 
 def rnn_layer(
@@ -243,8 +149,4 @@ def rnn_layer(
     relu: bool,
 ) -> tuple[Tensor, Tensor]:
     """One Elman layer ``h' = act(x W_x + h W_h + b)``, ``act`` tanh or relu."""
-    if needs_grad(x, w_x, bias, h0, w_h):
-        return _RNN.apply(kern, bool(relu), batch_sizes, x, w_x, bias, h0, w_h, mask_h)
-    with torch.no_grad():
-        y, h_t = kern.rnn_forward(x, w_x, bias, batch_sizes, h0, w_h, mask_h, bool(relu), False)
-    return y, h_t
+    return _layer(kern, _RNN, (bool(relu),), batch_sizes, x, w_x, bias, h0, w_h, mask_h)
