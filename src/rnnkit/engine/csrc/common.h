@@ -320,6 +320,43 @@ void input_grads(const Tensor& x, const Mat<T>& wx, const Tensor& dG, bool need_
   }
 }
 
+// The recurrent state of a forward pass over packed steps: h_{t-1} and h_t buffers that swap after each
+// step, and the final state, each sequence's frozen at its last step (sequences end longest first: when
+// n[t] < n[t - 1], rows n[t].. have just ended).
+template <typename T>
+struct StepStates {
+  Tensor prev, next, last;  // (B, W)
+  int64_t width, running = 0;
+  explicit StepStates(const Tensor& h0)
+      : prev(h0.contiguous().clone()), next(at::empty_like(prev)), last(prev.clone()), width(h0.size(1)) {}
+  // Starts step t: false once no sequence runs any more.
+  bool start(const Schedule& s, int64_t t) {
+    const int64_t n = s.n[t];
+    if (t > 0 && n < s.n[t - 1]) {
+      std::memcpy(last.data_ptr<T>() + n * width, h() + n * width, sizeof(T) * (s.n[t - 1] - n) * width);
+    }
+    running = n;
+    return n > 0;
+  }
+  T* h() { return prev.data_ptr<T>(); }       // h_{t-1}, read by step t
+  T* h_next() { return next.data_ptr<T>(); }  // h_t, written by step t
+  void finish_step() { std::swap(prev, next); }
+  Tensor final_state() {
+    if (running > 0) std::memcpy(last.data_ptr<T>(), h(), sizeof(T) * running * width);
+    return last;
+  }
+};
+
+// The next state from the step's outputs, times the per-sequence state mask when there is one.
+template <typename T>
+inline void store_state(T* __restrict__ h, const T* __restrict__ y, const T* __restrict__ mask, int64_t w) {
+  if (mask) {
+    for (int64_t j = 0; j < w; ++j) h[j] = y[j] * mask[j];
+  } else {
+    std::memcpy(h, y, sizeof(T) * w);
+  }
+}
+
 // Rows of the previous state for every step, packed like the outputs: step 0 reads h0, step t
 // reads the outputs of step t - 1 (times the per-sequence state mask when there is one).
 template <typename T>

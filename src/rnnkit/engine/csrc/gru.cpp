@@ -39,21 +39,16 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const int64_t ga = reset_after ? 3 : 2;  // gate blocks in the first multiply
 
   Tensor G = project_inputs<T>(x, wx);  // (total, 3H) -> activated r, z, n
-  Tensor prev = h0.contiguous().clone(), next = at::empty_like(prev), hT = prev.clone();
+  StepStates<T> hs(h0);
   Tensor Y = at::empty({s.total, H}, x.options());
   Tensor Sv = reset_after ? at::empty({save ? s.total : B, H}, x.options()) : Tensor();
   Tensor A = at::empty({B, G3}, x.options());  // h @ W_h (chunked columns); reset-before: also r * h, (r*h) @ W_n
-  T *gp = G.data_ptr<T>(), *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>(), *hTp = hT.data_ptr<T>();
+  T *gp = G.data_ptr<T>(), *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
   T* svp = reset_after ? Sv.data_ptr<T>() : nullptr;
-  int64_t active = 0;
 
-  for (int64_t t = 0; t < s.steps(); ++t) {
+  for (int64_t t = 0; t < s.steps() && hs.start(s, t); ++t) {
     const int64_t n = s.n[t], off = s.off[t];
-    T* hp = prev.data_ptr<T>();
-    T* hn = next.data_ptr<T>();
-    if (t > 0 && n < s.n[t - 1]) std::memcpy(hTp + n * H, hp + n * H, sizeof(T) * (s.n[t - 1] - n) * H);
-    active = n;
-    if (n == 0) break;
+    T* hp = hs.h();
     T* g = gp + off * G3;
     T* sb = reset_after ? (save ? svp + off * H : svp) : nullptr;
     for_chunks(u, [&](int64_t c) {
@@ -113,15 +108,10 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         }
       });
     }
-    const T* y = yp + off * H;
-    if (mh) {
-      for (int64_t i = 0; i < n * H; ++i) hn[i] = y[i] * mh[i];
-    } else {
-      std::memcpy(hn, y, sizeof(T) * n * H);
-    }
-    std::swap(prev, next);
+    store_state(hs.h_next(), yp + off * H, mh, n * H);  // rows of y and of the mask: (n, H) blocks
+    hs.finish_step();
   }
-  if (active > 0) std::memcpy(hTp, prev.data_ptr<T>(), sizeof(T) * active * H);
+  Tensor hT = hs.final_state();
   if (!save) return {Y, hT};
   return {Y, hT, G, reset_after ? Sv : at::empty({0}, x.options())};
 }
@@ -238,17 +228,13 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const Units u = split_units(H, s.steps() ? s.n[0] : 0, H, 1);
   const StepGemm<T> step_w(wh, pack_rows(u, s.steps() ? s.n[0] : 0));
   Tensor Y = project_inputs<T>(x, wx);  // pre-activations, activated in place: the outputs
-  Tensor prev = h0.contiguous().clone(), next = at::empty_like(prev), hT = prev.clone();
+  StepStates<T> hs(h0);
   Tensor A = at::empty({B, H}, x.options());
-  T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>(), *hTp = hT.data_ptr<T>();
-  int64_t active = 0;
-  for (int64_t t = 0; t < s.steps(); ++t) {
+  T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
+  for (int64_t t = 0; t < s.steps() && hs.start(s, t); ++t) {
     const int64_t n = s.n[t], off = s.off[t];
-    T* hp = prev.data_ptr<T>();
-    T* hn = next.data_ptr<T>();
-    if (t > 0 && n < s.n[t - 1]) std::memcpy(hTp + n * H, hp + n * H, sizeof(T) * (s.n[t - 1] - n) * H);
-    active = n;
-    if (n == 0) break;
+    T* hp = hs.h();
+    T* hn = hs.h_next();
     T* y = yp + off * H;
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
@@ -268,20 +254,13 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         } else {
           tanh_inplace(yr, w);
         }
-        T* __restrict__ hr = hn + b * H + lo;
-        if (mh) {
-          const T* mr = mh + b * H + lo;
-          for (int64_t j = 0; j < w; ++j) hr[j] = yr[j] * mr[j];
-        } else {
-          std::memcpy(hr, yr, sizeof(T) * w);
-        }
+        store_state(hn + b * H + lo, yr, mh ? mh + b * H + lo : nullptr, w);
       }
     });
-    std::swap(prev, next);
+    hs.finish_step();
   }
-  if (active > 0) std::memcpy(hTp, prev.data_ptr<T>(), sizeof(T) * active * H);
-  (void)save;
-  return {Y, hT};
+  (void)save;  // the outputs are all backward needs
+  return {Y, hs.final_state()};
 }
 
 template <typename T>

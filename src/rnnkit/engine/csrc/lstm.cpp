@@ -58,27 +58,21 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   if (proj) step_p.emplace(wp, pack_rows(up, rows0));
 
   Tensor G = project_inputs<T>(x, wx);  // (total, 4H): becomes the saved activated gates
-  Tensor prev = h0_.contiguous().clone(), next = at::empty_like(prev), hT = prev.clone();
+  StepStates<T> hs(h0_);
   Tensor cs = c0_.contiguous().clone();
   Tensor Y = at::empty({s.total, P}, x.options());
   Tensor C = at::empty({save ? s.total : B, H}, x.options());
   Tensor S = at::empty({B, G4}, x.options());                 // h_{t-1} @ W_h, chunked columns
   Tensor M = proj ? at::empty({B, H}, x.options()) : Tensor();  // o * tanh(c) before the projection
   T *gp = G.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(), *cbase = C.data_ptr<T>(),
-    *sp = S.data_ptr<T>(), *hTp = hT.data_ptr<T>();
+    *sp = S.data_ptr<T>();
   T* mp = proj ? M.data_ptr<T>() : nullptr;
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
-  int64_t active = 0;
 
-  for (int64_t t = 0; t < s.steps(); ++t) {
+  for (int64_t t = 0; t < s.steps() && hs.start(s, t); ++t) {
     const int64_t n = s.n[t], off = s.off[t];
-    T* hp = prev.data_ptr<T>();
-    T* hn = next.data_ptr<T>();
-    if (t > 0 && n < s.n[t - 1]) {  // sequences that ended at step t - 1 keep that state
-      std::memcpy(hTp + n * P, hp + n * P, sizeof(T) * (s.n[t - 1] - n) * P);
-    }
-    active = n;
-    if (n == 0) break;
+    T* hp = hs.h();
+    T* hn = hs.h_next();
     T* g = gp + off * G4;
     T* cbuf = save ? cbase + off * H : cbase;
     for_chunks(u, [&](int64_t c) {
@@ -131,15 +125,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
         } else {
           std::memcpy(cp, cn, sizeof(T) * w);
         }
-        if (!proj) {
-          T* hr = hn + b * P + lo;
-          if (mh) {
-            const T* mhr = mh + b * P + lo;
-            for (int64_t j = 0; j < w; ++j) hr[j] = m[j] * mhr[j];
-          } else {
-            std::memcpy(hr, m, sizeof(T) * w);
-          }
-        }
+        if (!proj) store_state(hn + b * P + lo, m, mh ? mh + b * P + lo : nullptr, w);
       }
     });
     if (proj) {  // the projection reads every unit of m: a second phase, split over its outputs
@@ -158,18 +144,13 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
           if (pclip > T(0)) {
             for (int64_t j = 0; j < w; ++j) yr[j] = std::min(std::max(yr[j], -pclip), pclip);
           }
-          if (mh) {
-            const T* mhr = mh + b * P + lo;
-            for (int64_t j = 0; j < w; ++j) hr[j] = yr[j] * mhr[j];
-          } else {
-            std::memcpy(hr, yr, sizeof(T) * w);
-          }
+          store_state(hr, yr, mh ? mh + b * P + lo : nullptr, w);
         }
       });
     }
-    std::swap(prev, next);
+    hs.finish_step();
   }
-  if (active > 0) std::memcpy(hTp, prev.data_ptr<T>(), sizeof(T) * active * P);
+  Tensor hT = hs.final_state();
   if (!save) return {Y, hT, cs};
   return {Y, hT, cs, G, C};
 }
