@@ -27,6 +27,13 @@ Schedule schedule_of(const Tensor& batch_sizes) {
 
 Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
+void check_float(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), "rnnkit ", name, ": the compiled kernels run on CPU tensors, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "rnnkit ", name,
+              ": expected float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2, "rnnkit ", name, ": expected packed inputs (total, features), got ", x.dim(), "-D");
+}
+
 namespace {
 // A parallel region costs a few microseconds: split only steps with enough multiply-adds per thread.
 std::atomic<int64_t> g_min_step_work{[] {

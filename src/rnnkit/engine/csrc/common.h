@@ -282,6 +282,9 @@ inline bool has(const c10::optional<Tensor>& t) { return t.has_value() && t->def
 
 Tensor contig(const Tensor& t);
 
+// The entry points' input check: packed (total, features) float32/float64 CPU tensors.
+void check_float(const Tensor& x, const char* name);
+
 // The input projection of every step in one matrix multiply: (total, I) @ W_x -> (total, G).
 template <typename T>
 Tensor project_inputs(const Tensor& x, const Mat<T>& wx) {

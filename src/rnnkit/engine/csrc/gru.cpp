@@ -309,13 +309,6 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   return {dx, dwx, db, dh, dwh};
 }
 
-void check_float(const Tensor& x, const char* name) {
-  TORCH_CHECK(x.device().is_cpu(), "rnnkit ", name, ": the compiled kernels run on CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "rnnkit ", name,
-              ": expected float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() == 2, "rnnkit ", name, ": expected packed inputs (total, features), got ", x.dim(), "-D");
-}
-
 }  // namespace
 
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
