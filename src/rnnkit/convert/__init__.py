@@ -61,7 +61,8 @@ from ._tf_layout import (
     torch_lstm_to_tf,
     torch_rnn_to_tf,
 )
-from ._tf_stack import TFCellVariables, TFRNNVariables, parse_tf_variables, tf_to_torch, torch_to_tf
+from ._tf_stack import tf_to_torch, torch_to_tf
+from ._tf_variables import TFCellVariables, TFRNNVariables, parse_tf_variables
 from ._torch_layout import check_state_dict, infer_config, load_torch_state_dict
 
 __all__ = [

@@ -34,15 +34,8 @@ from ..cells._base import _ACTIVATIONS
 from ..runners import bidirectional_dynamic_rnn, dynamic_rnn, stack_bidirectional_dynamic_rnn
 from ._config import LayerConfig
 from ._tf_checkpoint import read_tf_checkpoint
-from ._tf_stack import (
-    _DEFAULT_SCOPE,
-    _SCOPE_OF,
-    TFCellVariables,
-    TFRNNVariables,
-    layout_from_torch,
-    layout_to_torch,
-    parse_tf_variables,
-)
+from ._tf_stack import layout_from_torch, layout_to_torch
+from ._tf_variables import _DEFAULT_SCOPE, _SCOPE_OF, TFCellVariables, TFRNNVariables, parse_tf_variables
 
 __all__ = [
     "TFCellStack",

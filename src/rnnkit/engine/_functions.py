@@ -29,12 +29,13 @@ class _Family(NamedTuple):
     name: str  # the kernels' prefix
     outputs: int  # what a layer returns: (y, h_T) or (y, h_T, c_T)
     masks: int  # trailing mask tensors among the inputs (never differentiated)
+    biases: tuple[int, ...]  # inputs whose backward needs only their presence (their gradient is a sum)
 
 
-_LSTM = _Family("lstm", 3, 2)
-_LNLSTM = _Family("lnlstm", 3, 2)
-_GRU = _Family("gru", 2, 1)
-_RNN = _Family("rnn", 2, 1)
+_LSTM = _Family("lstm", 3, 2, (2,))
+_LNLSTM = _Family("lnlstm", 3, 2, (2,))
+_GRU = _Family("gru", 2, 1, (2, 5))
+_RNN = _Family("rnn", 2, 1, (2,))
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:
@@ -48,7 +49,9 @@ class _FusedLayer(torch.autograd.Function):
         x, w_x, bias, *rest = inputs
         out = getattr(kern, f"{family.name}_forward")(x, w_x, bias, batch_sizes, *rest, *cfg, True)
         ctx.kern, ctx.family, ctx.cfg, ctx.batch_sizes, ctx.n_inputs = kern, family, cfg, batch_sizes, len(inputs)
-        ctx.save_for_backward(*inputs, out[0], *out[family.outputs :])
+        # A bias is often a fresh tensor (b_ih + b_hh): keeping it for backward would cost memory for nothing.
+        kept = [t.new_empty(0) if k in family.biases and t is not None else t for k, t in enumerate(inputs)]
+        ctx.save_for_backward(*kept, out[0], *out[family.outputs :])
         return tuple(out[: family.outputs])
 
     @staticmethod

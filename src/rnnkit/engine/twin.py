@@ -379,7 +379,7 @@ def gru_backward(dy, dh_t, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h,
     dbx = d_all.sum(0) if bias_x is not None else None
     dbh = None
     if bias_h is not None:
-        dbh = e_all.sum(0) if reset_after else torch.zeros_like(bias_h)
+        dbh = e_all.sum(0) if reset_after else d_all.new_zeros(d_all.shape[1])  # (3H,): bias_h may be a marker
     return [dx, dwx, dbx, dh, dwh, dbh]
 
 
