@@ -42,6 +42,8 @@ def _route(layer: Any, x: Tensor, lengths: Tensor | None) -> bool:
     backend = current()[0]
     if backend not in ("auto", "torch") or not torch_math(layer):
         return False
+    if backend == "auto" and x.device.type == "cpu" and (layer.mode != "LSTM" or layer.proj_size):
+        return False  # decided without looking further (this runs on every call of a small layer)
     weight = layer._flat_weights[0]
     if weight.dtype != x.dtype or weight.device != x.device or x.device.type not in ("cpu", "cuda"):
         return False

@@ -221,7 +221,8 @@ class RNNLayer(nn.Module):
         hit = cache.get((layer, direction))
         if hit is None or hit[0] != key:
             hit = cache[(layer, direction)] = (key, self.cell_class(weights, **options))
-        return hit[1].train(self.training)
+        cell = hit[1]
+        return cell if cell.training == self.training else cell.train(self.training)
 
     # -- torch's input and output conventions --------------------------------------------------
     def _time_major_input(self, input: Any, lengths: Any) -> tuple[torch.Tensor, Any, Any, bool]:
