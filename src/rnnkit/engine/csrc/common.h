@@ -105,26 +105,6 @@ bool pack_recurrent_weights(PackedWeights& pw, const float* W, bool trans, int64
                             int64_t n);
 void packed_gemm(const PackedWeights& pw, const float* A, int64_t lda, float beta, float* C, int64_t ldc);
 
-template <typename T>
-struct StepGemm {
-  Mat<T> w;
-  PackedWeights packed;
-  StepGemm(const Mat<T>& w_, int64_t rows) : w(w_) {
-    if constexpr (std::is_same_v<T, float>) pack_recurrent_weights(packed, w.p, w.trans, w.ld, rows, w.rows, w.cols);
-  }
-  bool is_packed() const { return !packed.buf.empty(); }
-  // C (n x W.cols, ldc) = X (n x W.rows, ldx) @ W + beta * C
-  void operator()(int64_t n, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
-    if constexpr (std::is_same_v<T, float>) {
-      if (is_packed() && n == packed.rows) {
-        packed_gemm(packed, X, ldx, beta, C, ldc);
-        return;
-      }
-    }
-    gemm(false, w.trans, n, w.cols, w.rows, T(1), X, ldx, w.p, w.ld, beta, C, ldc);
-  }
-};
-
 // A few rows (a small batch's step) times a row-major W: BLAS libraries handle 2-8 rows poorly (MKL's
 // generic path measured 2-3x slower per row than one row), so rnnkit multiplies them itself, streaming W once
 // per step. float32 only; returns false (nothing done) outside 1..kSmallGemmRows rows, n % 8 != 0, or beta
@@ -141,6 +121,26 @@ inline void gemm_xw(int64_t m, const T* X, int64_t ldx, const Mat<T>& W, T alpha
   }
   gemm(false, W.trans, m, W.cols, W.rows, alpha, X, ldx, W.p, W.ld, beta, C, ldc);
 }
+
+template <typename T>
+struct StepGemm {
+  Mat<T> w;
+  PackedWeights packed;
+  StepGemm(const Mat<T>& w_, int64_t rows) : w(w_) {
+    if constexpr (std::is_same_v<T, float>) pack_recurrent_weights(packed, w.p, w.trans, w.ld, rows, w.rows, w.cols);
+  }
+  bool is_packed() const { return !packed.buf.empty(); }
+  // C (n x W.cols, ldc) = X (n x W.rows, ldx) @ W + beta * C
+  void operator()(int64_t n, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (is_packed() && n == packed.rows) {
+        packed_gemm(packed, X, ldx, beta, C, ldc);
+        return;
+      }
+    }
+    gemm_xw<T>(n, X, ldx, w, T(1), beta, C, ldc);
+  }
+};
 
 // C (m x W.rows, ldc) = alpha * D (m x W.cols, ldd) @ W^T + beta * C.
 template <typename T>
