@@ -251,6 +251,21 @@ Mat<T> step_weights(const Tensor& w, int64_t rows) {
   return mat_of<T>(small ? w.contiguous() : w);
 }
 
+// W_h^T as the backward steps read it (dh = dG @ W_h^T): row-major for a small batch (as step_weights).
+template <typename T>
+Mat<T> step_weights_t(const Tensor& w, int64_t rows) {
+  return step_weights<T>(w.t(), rows);
+}
+
+// Rows [r0, r0 + nr) of a matrix, without a copy.
+template <typename T>
+Mat<T> rows_of(const Mat<T>& m, int64_t r0, int64_t nr) {
+  Mat<T> s = m;
+  s.p = m.trans ? m.p + r0 : m.p + r0 * m.ld;
+  s.rows = nr;
+  return s;
+}
+
 // W^T as a Mat, without a copy.
 template <typename T>
 Mat<T> transposed(const Mat<T>& m) {

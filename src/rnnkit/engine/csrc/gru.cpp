@@ -123,8 +123,7 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
                             const Tensor& S_, bool reset_after, bool need_dx) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
-  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
-  const Mat<T> wh_rz = cols_of(wh, 0, 2 * H), wh_n = cols_of(wh, 2 * H, H);
+  Mat<T> wx = mat_of<T>(w_x);
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
   Tensor G = contig(G_), dY = contig(dY_), Yc = contig(Y);
@@ -141,8 +140,8 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   T* ep = reset_after ? E.data_ptr<T>() : nullptr;
   const std::vector<T> ones(H, T(1));  // stands for an absent mask, so the loops stay branch-free
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const StepGemm<T> step_all(transposed(wh), rows0), step_rz(transposed(wh_rz), rows0),
-      step_n(transposed(wh_n), rows0);
+  const Mat<T> wt = step_weights_t<T>(w_h, rows0);  // W_h^T (3H, H): rows of r, z, then n
+  const StepGemm<T> step_all(wt, rows0), step_rz(rows_of(wt, 0, 2 * H), rows0), step_n(rows_of(wt, 2 * H, H), rows0);
 
   for (int64_t t = s.steps() - 1; t >= 0; --t) {
     const int64_t n = s.n[t], off = s.off[t];
@@ -279,7 +278,7 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   Tensor dh = dhT.contiguous().clone();
   T *dp = D.data_ptr<T>(), *dhp = dh.data_ptr<T>();
   const std::vector<T> ones(H, T(1));
-  const StepGemm<T> step_wt(transposed(wh), s.steps() ? s.n[0] : 0);
+  const StepGemm<T> step_wt(step_weights_t<T>(w_h, s.steps() ? s.n[0] : 0), s.steps() ? s.n[0] : 0);
   for (int64_t t = s.steps() - 1; t >= 0; --t) {
     const int64_t n = s.n[t], off = s.off[t];
     if (n == 0) continue;
