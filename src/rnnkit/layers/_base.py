@@ -204,6 +204,9 @@ class RNNLayer(nn.Module):
     def _run(self, x: torch.Tensor, states: Any, lengths: torch.Tensor | None) -> tuple[torch.Tensor, list]:
         """The reference path: bind one cell per (layer, direction), unroll layer by layer."""
         cells = [[self._cell(k, d) for d in range(self._directions)] for k in range(self.num_layers)]
+        fast = _engine_layers.fused_stack(self, cells, x, states, lengths)
+        if fast is not None:
+            return fast
         dropout = self.dropout if self.training else 0.0
         return _unroll_layers(cells, x, states, lengths, dropout, component=type(self).__name__)
 
