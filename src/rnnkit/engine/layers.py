@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ._select import current, fused_kernels
 from .lowering import lowering_for
 from .plan import make_plan
-from .unroll import _FUSED_DTYPES, _run_fused, _Run
+from .unroll import _FUSED_DTYPES, _Run, _run_fused
 
 __all__ = ["torch_math", "run_layer", "fused_stack"]
 
