@@ -10,6 +10,9 @@ layer then unrolls cell by cell through ``rnnkit.engine.unroll`` (fused kernels 
 Under ``auto`` on CPU only the LSTM without projection and without ``lengths`` takes this path (oneDNN);
 GRU, vanilla RNN, projections and variable lengths run faster on rnnkit's fused kernels. On CUDA every
 torch-math layer takes it (cuDNN), ``lengths`` included (packed).
+
+``fused_stack`` is the fused kernels' whole-layer path: a one-direction stack of full-length sequences on CPU
+runs each layer as one fused kernel call, skipping the per-call decisions of ``rnnkit.engine.unroll``.
 """
 
 from __future__ import annotations
