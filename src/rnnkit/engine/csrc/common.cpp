@@ -258,6 +258,91 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, co
   return true;
 }
 
+namespace {
+// One M x 8V tile of C = A @ P (+ C when acc), P a panel: k rows of `width` contiguous floats. U interleaved
+// partial sums over k keep at least 8 independent accumulators when M is small (FMA latency, not throughput,
+// bounds a single chain).
+template <int M, int V>
+void panel_tile(const float* A, int64_t lda, const float* P, int64_t width, int64_t k, bool acc, float* C,
+                int64_t ldc) {
+  constexpr int U = M * V >= 8 ? 1 : 8 / (M * V);
+  v8f c[U][M][V];
+  for (int u = 0; u < U; ++u)
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < V; ++v) c[u][i][v] = v8f{};
+  int64_t p = 0;
+  for (; p + U <= k; p += U) {
+    for (int u = 0; u < U; ++u) {
+      v8f w[V];
+      for (int v = 0; v < V; ++v) w[v] = load8(P + (p + u) * width + 8 * v);
+      for (int i = 0; i < M; ++i) {
+        const float a = A[i * lda + p + u];
+        for (int v = 0; v < V; ++v) c[u][i][v] += a * w[v];
+      }
+    }
+  }
+  for (; p < k; ++p) {
+    v8f w[V];
+    for (int v = 0; v < V; ++v) w[v] = load8(P + p * width + 8 * v);
+    for (int i = 0; i < M; ++i) {
+      const float a = A[i * lda + p];
+      for (int v = 0; v < V; ++v) c[0][i][v] += a * w[v];
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int v = 0; v < V; ++v) {
+      v8f sum = c[0][i][v];
+      for (int u = 1; u < U; ++u) sum += c[u][i][v];
+      float* out = C + i * ldc + 8 * v;
+      store8(out, acc ? load8(out) + sum : sum);
+    }
+  }
+}
+
+template <int V>
+void panel_rows(int64_t m, const float* A, int64_t lda, const float* P, int64_t width, int64_t k, bool acc, float* C,
+                int64_t ldc) {
+  int64_t i = 0;
+  for (; i + 6 <= m; i += 6) panel_tile<6, V>(A + i * lda, lda, P, width, k, acc, C + i * ldc, ldc);
+  switch (m - i) {  // the last 0-5 rows
+    case 5: panel_tile<5, V>(A + i * lda, lda, P, width, k, acc, C + i * ldc, ldc); break;
+    case 4: panel_tile<4, V>(A + i * lda, lda, P, width, k, acc, C + i * ldc, ldc); break;
+    case 3: panel_tile<3, V>(A + i * lda, lda, P, width, k, acc, C + i * ldc, ldc); break;
+    case 2: panel_tile<2, V>(A + i * lda, lda, P, width, k, acc, C + i * ldc, ldc); break;
+    case 1: panel_tile<1, V>(A + i * lda, lda, P, width, k, acc, C + i * ldc, ldc); break;
+    default: break;
+  }
+}
+}  // namespace
+
+bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n) {
+  if (n <= 0 || n % 8 != 0 || k <= 0) return false;
+  pw.k = k;
+  pw.n = n;
+  pw.buf.resize(static_cast<size_t>(k * n));
+  float* out = pw.buf.data();
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {  // panels of 16 columns (the last may have 8)
+    const int64_t width = std::min<int64_t>(16, n - j0);
+    for (int64_t p = 0; p < k; ++p)
+      for (int64_t j = 0; j < width; ++j) *out++ = trans ? W[(j0 + j) * ld + p] : W[p * ld + j0 + j];
+  }
+  return true;
+}
+
+void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
+  const bool acc = beta != 0.0f;  // beta is 0 or 1 (the callers' contract)
+  const float* P = pw.buf.data();
+  for (int64_t j0 = 0; j0 < pw.n; j0 += 16) {
+    const int64_t width = std::min<int64_t>(16, pw.n - j0);
+    if (width == 16) {
+      panel_rows<2>(m, A, lda, P, 16, pw.k, acc, C + j0, ldc);
+    } else {
+      panel_rows<1>(m, A, lda, P, 8, pw.k, acc, C + j0, ldc);
+    }
+    P += pw.k * width;
+  }
+}
+
 bool have_blas() { return blas().s != nullptr && blas().d != nullptr; }
 
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,

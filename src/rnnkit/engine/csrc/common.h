@@ -235,13 +235,56 @@ Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates);
 // 0 (no packing) when the step is split over threads, each multiplying its own columns.
 inline int64_t pack_rows(const Units& u, int64_t rows) { return u.chunks() == 1 ? rows : 0; }
 
-// One chunk's units [lo, lo + w) of every gate block of W (K, gates * units): C[:, q*w : (q+1)*w] (ldc) =
-// X @ W[:, q*units + lo : q*units + lo + w], the chunk's gates side by side.
+// W (k x n) re-laid out once per sequence in panels of 16 columns (k rows of 16 contiguous floats; the last
+// panel may have 8), for rnnkit's register-tiled multiply: 6 rows x 16 columns of accumulators, each panel
+// streamed once per 6 rows from L1. A BLAS call re-packs its B operand at every call, which at a step's sizes
+// (the weights of one thread's units, a few rows of h) measured as much copying as multiplying. float32 only.
+struct PanelWeights {
+  std::vector<float> buf;
+  int64_t k = 0, n = 0;
+};
+bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n);  // n % 8 == 0
+void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc);
+
+// The recurrent multiply of a step split over threads by units: chunk c owns units [lo, lo + w) of every gate
+// block of W (K, gates * units) and writes C[:, q*w : (q+1)*w] = X @ W[:, q*units + lo : q*units + lo + w], its
+// gates side by side. float32 sequences of several steps use panels packed once per call; the rest BLAS.
 template <typename T>
-inline void gemm_gate_chunk(int64_t m, const T* X, int64_t ldx, const Mat<T>& W, int64_t gates, int64_t units,
-                            int64_t lo, int64_t w, T* C, int64_t ldc) {
-  for (int64_t q = 0; q < gates; ++q) gemm_xw<T>(m, X, ldx, cols_of(W, q * units + lo, w), T(1), T(0), C + q * w, ldc);
-}
+struct ChunkGemm {
+  Mat<T> w;
+  int64_t gates, units;
+  std::vector<PanelWeights> panels;  // [chunk * gates + q]; empty: BLAS
+  ChunkGemm(const Mat<T>& w_, int64_t gates_, int64_t units_, const Units& u, int64_t steps)
+      : w(w_), gates(gates_), units(units_) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (steps < kMinPanelSteps) return;  // packing costs about one step's multiply
+      panels.resize(u.chunks() * gates);
+      for (int64_t c = 0; c < u.chunks(); ++c) {
+        for (int64_t q = 0; q < gates; ++q) {
+          const Mat<T> b = cols_of(w, q * units + u.lo[c], u.hi[c] - u.lo[c]);
+          if (!pack_panels(panels[c * gates + q], b.p, b.trans, b.ld, b.rows, b.cols)) {
+            panels.clear();
+            return;
+          }
+        }
+      }
+    }
+  }
+  static constexpr int64_t kMinPanelSteps = 4;
+  // beta: 0 (C = X @ W) or 1 (C += X @ W).
+  void operator()(int64_t c, int64_t lo, int64_t wd, int64_t m, const T* X, int64_t ldx, T* C, int64_t ldc,
+                  T beta = T(0)) const {
+    for (int64_t q = 0; q < gates; ++q) {
+      if constexpr (std::is_same_v<T, float>) {
+        if (!panels.empty()) {
+          panel_gemm(panels[c * gates + q], m, X, ldx, beta, C + q * wd, ldc);
+          continue;
+        }
+      }
+      gemm_xw<T>(m, X, ldx, cols_of(w, q * units + lo, wd), T(1), beta, C + q * wd, ldc);
+    }
+  }
+};
 
 // A recurrent weight as the forward steps read it: row-major when a small batch will take rnnkit's own
 // multiply (which reads rows of W; torch-layout weights arrive transposed), else as given (BLAS reads both).

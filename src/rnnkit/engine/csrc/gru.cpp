@@ -37,6 +37,8 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const bool packed = step_a.is_packed();
   const Mat<T> wn = cols_of(wh, 2 * H, H);
   const int64_t ga = reset_after ? 3 : 2;  // gate blocks in the first multiply
+  const int64_t panel_steps = packed ? 0 : s.steps();
+  const ChunkGemm<T> chunk_a(wh, ga, H, u, panel_steps), chunk_n(wn, 1, H, u, reset_after ? 0 : panel_steps);
 
   Tensor G = project_inputs<T>(x, wx);  // (total, 3H) -> activated r, z, n
   StepStates<T> hs(h0);
@@ -57,7 +59,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
       if (packed) {
         step_a(n, hp, H, T(0), ap, G3);
       } else {
-        gemm_gate_chunk<T>(n, hp, H, wh, ga, H, lo, w, ap + ga * lo, G3);
+        chunk_a(c, lo, w, n, hp, H, ap + ga * lo, G3);
       }
       for (int64_t b = 0; b < n; ++b) {
         T* __restrict__ r = g + b * G3 + lo;
@@ -94,7 +96,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         if (packed) {
           (*step_n)(n, ap + 2 * H, G3, T(0), ap, G3);
         } else {
-          gemm_xw<T>(n, ap + 2 * H, G3, cols_of(wn, lo, w), T(1), T(0), ap + ga * lo, G3);
+          chunk_n(c, lo, w, n, ap + 2 * H, G3, ap + ga * lo, G3);
         }
         for (int64_t b = 0; b < n; ++b) {
           T* __restrict__ z = g + b * G3 + H + lo;
@@ -226,6 +228,7 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
   const Units u = split_units(H, s.steps() ? s.n[0] : 0, H, 1);
   const StepGemm<T> step_w(wh, pack_rows(u, s.steps() ? s.n[0] : 0));
+  const ChunkGemm<T> chunk_w(wh, 1, H, u, step_w.is_packed() ? 0 : s.steps());
   Tensor Y = project_inputs<T>(x, wx);  // pre-activations, activated in place: the outputs
   StepStates<T> hs(h0);
   Tensor A = at::empty({B, H}, x.options());
@@ -241,7 +244,7 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
       if (step_w.is_packed()) {
         step_w(n, hp, H, T(0), ap, H);
       } else {
-        gemm_xw<T>(n, hp, H, cols_of(wh, lo, w), T(1), T(0), ap + lo, H);
+        chunk_w(c, lo, w, n, hp, H, ap + lo, H);
       }
       for (int64_t b = 0; b < n; ++b) {
         T* __restrict__ yr = y + b * H + lo;

@@ -56,6 +56,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const StepGemm<T> step_w(wh, pack_rows(u, rows0));
   std::optional<StepGemm<T>> step_p;
   if (proj) step_p.emplace(wp, pack_rows(up, rows0));
+  const ChunkGemm<T> chunk_w(wh, 4, H, u, step_w.is_packed() ? 0 : s.steps());
 
   Tensor G = project_inputs<T>(x, wx);  // (total, 4H): becomes the saved activated gates
   StepStates<T> hs(h0_);
@@ -81,7 +82,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
       if (step_w.is_packed()) {
         step_w(n, hp, P, T(0), sp, G4);
       } else {
-        gemm_gate_chunk<T>(n, hp, P, wh, 4, H, lo, w, sp + 4 * lo, G4);
+        chunk_w(c, lo, w, n, hp, P, sp + 4 * lo, G4);
       }
       for (int64_t b = 0; b < n; ++b) {
         T* gr = g + b * G4;
@@ -395,6 +396,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
   const Units cols = split_units(G4, rows0, H, 1);
   const StepGemm<T> step_w(wh, pack_rows(cols, rows0));
+  const ChunkGemm<T> chunk_w(wh, 1, G4, cols, step_w.is_packed() ? 0 : s.steps());
   const std::vector<T> ones(H, T(1));           // stands for an absent mask: branch-free loops
   T *xh = XH.data_ptr<T>(), *hsp = hs.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(),
     *chp = CH.data_ptr<T>(), *rsp = RS.data_ptr<T>(), *ap = A.data_ptr<T>();
@@ -408,7 +410,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
     } else {
       for_chunks(cols, [&](int64_t c) {
         const int64_t lo = cols.lo[c], w = cols.hi[c] - cols.lo[c];
-        if (w > 0) gemm_xw<T>(n, hsp, H, cols_of(wh, lo, w), T(1), T(1), g + lo, G4);
+        if (w > 0) chunk_w(c, lo, w, n, hsp, H, g + lo, G4, T(1));
       });
     }
     T* chb = save ? chp + off * H : chp;
