@@ -127,8 +127,9 @@ TF_CELLS = {
 @pytest.mark.parametrize("split", [False, True], ids=["whole_steps", "split_by_units"])
 @pytest.mark.parametrize("name", sorted(TF_CELLS))
 def test_float32_batches_cross_the_small_row_multiply(name, split):
-    """float32, 12 sequences of lengths 12..1, TF's row-major kernels: the first steps multiply 9-12 rows
-    through BLAS, the last ones 1-8 rows through rnnkit's own small-row multiply (float32 only); values and
+    """float32, 12 sequences of lengths 12..1 (every row count 12..1, full and partial 6-row tiles), TF's
+    row-major kernels. Split steps multiply through rnnkit's panel kernel, whole steps through MKL's packed
+    multiply (9-12 rows) and rnnkit's small-row multiply (1-8 rows), all float32-only code; values and
     gradients must match the reference loop (float32 tolerances: 2e-5 absolute, 1e-4 relative)."""
     torch.manual_seed(3)
     cell = TF_CELLS[name]()
