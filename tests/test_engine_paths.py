@@ -151,14 +151,15 @@ def test_auto_routes():
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_lstm_with_few_distinct_lengths_runs_onednn_segment_by_segment(reverse):
-    """Sorted by length, each run of steps with a constant batch is one padded oneDNN call; exact states."""
+    """Under use("torch"), sorted by length, each run of steps with a constant batch is one padded oneDNN
+    call; exact states."""
     torch.manual_seed(2)
     cell = rk.BasicLSTMCell(6, forget_bias=0.5, input_size=4)
     x = torch.randn(16, 6, 4, requires_grad=True)
     lengths = torch.tensor([16, 8, 0, 16, 8, 16])
     state = cell.zero_state(6)
     with torch.no_grad():
-        assert engine.explain(cell, x, lengths) == ["torch"]  # auto in inference (training: the fused kernel)
+        assert engine.explain(cell, x, lengths) == ["fused"]  # auto: the fused kernels skip finished sequences
     with engine.use("torch"):
         out, final = engine.unroll(cell, x, state, lengths, reverse)
     ref, ref_final = engine.reference_unroll(cell, x, state, lengths, reverse)

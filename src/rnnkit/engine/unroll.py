@@ -85,17 +85,17 @@ def reference_unroll(
 # ---- choosing ---------------------------------------------------------------------------------
 
 
-def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool, segmented: bool) -> bool:
+def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool) -> bool:
     """Under ``auto``: is torch's kernel the faster choice for this leaf?"""
     if leaf.torch_mode is None or masked:
         return False
     if x.device.type != "cpu":
         return True  # cuDNN; rnnkit has no GPU kernel of its own yet
     # CPU: only the LSTM without lengths has a oneDNN kernel; GRU, vanilla RNN and packed input take
-    # torch's native per-step loop, which the fused kernels beat.
-    # (oneDNN has no projection: torch warns and falls back to its native loop.) With lengths the LSTM runs
-    # oneDNN segment by segment when the segments are few (``segmented_ok``).
-    if leaf.torch_mode != "LSTM" or (has_lengths and not segmented) or x.dtype not in _FUSED_DTYPES:
+    # torch's native per-step loop, which the fused kernels beat (oneDNN has no projection: torch warns and
+    # falls back to its native loop). With lengths the fused kernels, which skip finished sequences, beat
+    # oneDNN run segment by segment (measured at every benchmark shape; ``use("torch")`` still runs that).
+    if leaf.torch_mode != "LSTM" or has_lengths or x.dtype not in _FUSED_DTYPES:
         return False
     if getattr(leaf, "has_proj", False):
         return False
@@ -135,7 +135,7 @@ def _consistent(spec: Spec, x: Tensor, state: Any) -> bool:
 
 
 def choose_path(
-    spec: Spec | None, x: Tensor, has_lengths: bool, state: Any = None, segmented: bool = False
+    spec: Spec | None, x: Tensor, has_lengths: bool, state: Any = None
 ) -> dict[int, str] | None:
     """``{id(leaf): "torch" | "fused"}`` for the active backend, or ``None`` for the reference loop."""
     backend = current()[0]
@@ -151,7 +151,7 @@ def choose_path(
         return {id(leaf): "fused" for leaf in leaves} if fused_ok else None
     route = {}
     for leaf in leaves:
-        if _leaf_prefers_torch(leaf, x, has_lengths, masked, segmented):
+        if _leaf_prefers_torch(leaf, x, has_lengths, masked):
             route[id(leaf)] = "torch"
         elif fused_ok:
             route[id(leaf)] = "fused"
@@ -164,7 +164,7 @@ def explain(cell: RNNCell, inputs: Tensor, lengths: Tensor | None = None) -> lis
     """The path each leaf of ``cell`` would take for ``inputs`` ``(T, B, D)`` (for ``backend_info`` and tests)."""
     spec = lowering_for(cell)
     plan = make_plan(inputs.shape[0], inputs.shape[1], lengths, False, inputs.device)
-    route = choose_path(spec, inputs, plan.lengths is not None, None, segmented_ok(plan))
+    route = choose_path(spec, inputs, plan.lengths is not None, None)
     if route is None:
         return ["reference"]
     return [route[id(leaf)] for leaf in spec.leaves()]
@@ -285,12 +285,6 @@ def _segments(plan: Plan) -> list[tuple[int, int, int]]:
     return runs
 
 
-def segmented_ok(plan: Plan) -> bool:
-    """Variable lengths on CPU: oneDNN over each run of steps with a constant batch is worth it when the runs
-    are few and long (each call has a fixed cost); the state of a sequence that ends is simply left behind."""
-    return plan.lengths is not None and len(_segments(plan)) * 8 <= max(8, int(plan.batch_sizes.numel()))
-
-
 def _run_torch(leaf: Spec, plan: Plan, x: Tensor, state: Any) -> tuple[Tensor, Any]:
     """One layer on ``torch._VF``: padded ``(T, B, I)`` when every sequence is full, else packed rows
     (on CPU, an LSTM runs segment by segment: one padded call per run of steps with a constant batch)."""
@@ -348,7 +342,7 @@ def unroll(
     if spec is not None:
         plan = make_plan(steps, batch, lengths, reverse, inputs.device)
         has_lengths = plan.lengths is not None
-        route = choose_path(spec, inputs, has_lengths, state, segmented_ok(plan)) if plan.total else None
+        route = choose_path(spec, inputs, has_lengths, state) if plan.total else None
     else:
         route = None
     if route is None:
