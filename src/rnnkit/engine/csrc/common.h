@@ -246,6 +246,10 @@ struct PanelWeights {
 bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n);  // n % 8 == 0
 void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc);
 
+// Sequences shorter than this multiply through BLAS or the small-row kernel: packing panels costs about one
+// step's multiply.
+constexpr int64_t kMinPanelSteps = 4;
+
 // The recurrent multiply of a step split over threads by units: chunk c owns units [lo, lo + w) of every gate
 // block of W (K, gates * units) and writes C[:, q*w : (q+1)*w] = X @ W[:, q*units + lo : q*units + lo + w], its
 // gates side by side. float32 sequences of several steps use panels packed once per call; the rest BLAS.
@@ -257,7 +261,7 @@ struct ChunkGemm {
   ChunkGemm(const Mat<T>& w_, int64_t gates_, int64_t units_, const Units& u, int64_t steps)
       : w(w_), gates(gates_), units(units_) {
     if constexpr (std::is_same_v<T, float>) {
-      if (steps < kMinPanelSteps) return;  // packing costs about one step's multiply
+      if (steps < kMinPanelSteps) return;
       panels.resize(u.chunks() * gates);
       for (int64_t c = 0; c < u.chunks(); ++c) {
         for (int64_t q = 0; q < gates; ++q) {
@@ -270,7 +274,6 @@ struct ChunkGemm {
       }
     }
   }
-  static constexpr int64_t kMinPanelSteps = 4;
   // beta: 0 (C = X @ W) or 1 (C += X @ W).
   void operator()(int64_t c, int64_t lo, int64_t wd, int64_t m, const T* X, int64_t ldx, T* C, int64_t ldc,
                   T beta = T(0)) const {
@@ -286,11 +289,12 @@ struct ChunkGemm {
   }
 };
 
-// A recurrent weight as the forward steps read it: row-major when a small batch will take rnnkit's own
-// multiply (which reads rows of W; torch-layout weights arrive transposed), else as given (BLAS reads both).
+// A recurrent weight as the steps read it: row-major when rnnkit's small-row multiply will read rows of it
+// (a small batch over a sequence too short for panels; torch-layout weights arrive transposed), else as
+// given (BLAS and the panel packing read both orientations).
 template <typename T>
-Mat<T> step_weights(const Tensor& w, int64_t rows) {
-  const bool small = std::is_same_v<T, float> && rows <= kSmallGemmRows;
+Mat<T> step_weights(const Tensor& w, int64_t rows, int64_t steps = 0) {
+  const bool small = std::is_same_v<T, float> && rows <= kSmallGemmRows && steps < kMinPanelSteps;
   return mat_of<T>(small ? w.contiguous() : w);
 }
 

@@ -23,7 +23,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0);
+  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0, s.steps());
   Tensor bx_c = has(bias_x) ? contig(*bias_x) : at::zeros({G3}, x.options());
   Tensor bh_c = has(bias_h) ? contig(*bias_h) : at::zeros({G3}, x.options());
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
@@ -221,7 +221,7 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
                             const Tensor& h0, const Tensor& w_h, const OptT& mask_h_, bool relu, bool save) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1);
-  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, s.steps() ? s.n[0] : 0);
+  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, s.steps() ? s.n[0] : 0, s.steps());
   Tensor b_c = has(bias) ? contig(*bias) : at::zeros({H}, x.options());
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
   const T* bp = b_c.data_ptr<T>();

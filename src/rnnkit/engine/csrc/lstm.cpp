@@ -36,7 +36,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const int64_t B = h0_.size(0), P = h0_.size(1), H = c0_.size(1), G4 = 4 * H;
   const bool proj = has(w_proj);
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0);
+  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0, s.steps());
   Mat<T> wp;
   if (proj) wp = step_weights<T>(*w_proj, rows0);
   Tensor bias_c = has(bias) ? contig(*bias) : at::zeros({G4}, x.options());
