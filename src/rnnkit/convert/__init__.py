@@ -37,15 +37,8 @@ Example::
     >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state_dict)
 """
 
-from ._cells import (
-    TFCellStack,
-    cells_from_tf_variables,
-    cells_to_torch,
-    load_tf_checkpoint,
-    load_tf_variables,
-    tf_variable_names,
-    torch_to_cells,
-)
+from ._cell_variables import load_tf_variables, tf_variable_names
+from ._cells import TFCellStack, cells_from_tf_variables, cells_to_torch, load_tf_checkpoint, torch_to_cells
 from ._config import LayerConfig
 from ._keras_io import keras_to_torch, read_keras
 from ._keras_layout import KerasRecurrentLayer, keras_layer_to_torch, keras_layers_to_torch, torch_to_keras

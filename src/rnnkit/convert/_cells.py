@@ -8,7 +8,8 @@ and wrappers (``DropoutWrapper``, ``ResidualWrapper``) add no scope, as in TF.
 `TFCellStack` holds the cells of one stack in one of the three TF topologies and runs them with the
 matching runner; `load_tf_checkpoint` builds one from a checkpoint, `cells_to_torch` and
 `torch_to_cells` move it to and from the torch layout (so a ``MultiRNNCell`` of ``BasicLSTMCell``s
-becomes an LSTM state dict + `LayerConfig`, and back).
+becomes an LSTM state dict + `LayerConfig`, and back). Loading variables into cells a user built is
+``rnnkit.convert._cell_variables``.
 """
 
 from __future__ import annotations
@@ -35,14 +36,12 @@ from ..runners import bidirectional_dynamic_rnn, dynamic_rnn, stack_bidirectiona
 from ._config import LayerConfig
 from ._tf_checkpoint import read_tf_checkpoint
 from ._tf_stack import layout_from_torch, layout_to_torch
-from ._tf_variables import _DEFAULT_SCOPE, _SCOPE_OF, TFCellVariables, TFRNNVariables, parse_tf_variables
+from ._tf_variables import _DEFAULT_SCOPE, TFCellVariables, TFRNNVariables, parse_tf_variables
 
 __all__ = [
     "TFCellStack",
     "load_tf_checkpoint",
     "cells_from_tf_variables",
-    "load_tf_variables",
-    "tf_variable_names",
     "cells_to_torch",
     "torch_to_cells",
 ]
@@ -297,142 +296,6 @@ def load_tf_checkpoint(
         activation=activation,
         dtype=dtype,
     )
-
-
-# -- TF variables -> user-made cells -------------------------------------------------------------------
-def _scope_name(cell: RNNCell) -> str:
-    if type(cell).__name__ in _SCOPE_OF:
-        return _SCOPE_OF[type(cell).__name__]
-    raise TypeError(f"load_tf_variables: no TF scope name known for a {type(cell).__name__}")
-
-
-def _walk(module: RNNCell, tf_prefix: str, param_prefix: str) -> list[tuple[RNNCell, str, str]]:
-    """``(leaf cell, its TF scope, its parameter prefix)`` for every leaf under ``module``."""
-    if isinstance(module, MultiRNNCell):
-        out = []
-        for k, child in enumerate(module.cells):
-            out += _walk(child, f"{tf_prefix}/multi_rnn_cell/cell_{k}", f"{param_prefix}cell_{k}.")
-        return out
-    if isinstance(module, RNNCellWrapper):
-        return _walk(module.cell, tf_prefix, f"{param_prefix}cell.")
-    return [(module, f"{tf_prefix}/{_scope_name(module)}", param_prefix)]
-
-
-def _roots(stack: TFCellStack) -> list[tuple[RNNCell, str]]:
-    """``(runnable cell, its TF scope)`` for every direction/layer the runner calls separately."""
-    if stack.topology == "unidirectional":
-        return [(stack.cell_fw, stack.scope)]
-    if stack.topology == "bidirectional":
-        return [(stack.cell_fw, f"{stack.scope}/fw"), (stack.cell_bw, f"{stack.scope}/bw")]
-    out = []
-    for k, (fw, bw) in enumerate(zip(stack.cells_fw, stack.cells_bw, strict=True)):
-        base = f"{stack.scope}/cell_{k}/bidirectional_rnn"
-        out += [(fw, f"{base}/fw"), (bw, f"{base}/bw")]
-    return out
-
-
-def _user_stack(cells: Any, scope: str | None, component: str) -> TFCellStack:
-    if isinstance(cells, TFCellStack):
-        return (
-            cells
-            if scope is None
-            else TFCellStack(
-                cells.topology, cells.cells_fw, cells.cells_bw, multi_rnn_cell=cells.multi_rnn_cell, scope=scope
-            )
-        )
-    stack = _as_stack(cells, component)
-    if isinstance(cells, (tuple, list)):  # keep the user's own (wrapped) cells as the runnable ones
-        fw, bw = cells
-        if isinstance(fw, RNNCell):
-            stack.cell_fw, stack.cell_bw = fw, bw
-    else:
-        stack.cell_fw = cells
-    if scope is not None:
-        stack.scope = scope.strip("/")
-    return stack
-
-
-def tf_variable_names(cells: Any, scope: str | None = None) -> dict[str, str]:
-    """``{rnnkit parameter name: TF1 variable name}`` for a cell, a MultiRNNCell, a ``(fw, bw)`` pair ...
-
-    Parameter names are relative to each runnable cell (``cell_0.kernel``), prefixed ``fw.``/``bw.``
-    for two directions and ``fw.k.``/``bw.k.`` for stacked bidirectional layers.
-    """
-    stack = _user_stack(cells, scope, "tf_variable_names")
-    names = {}
-    roots = _roots(stack)
-    for index, (root, tf_scope) in enumerate(roots):
-        prefix = _root_prefix(stack, index)
-        for leaf, leaf_scope, param_prefix in _walk(root, tf_scope, ""):
-            for name, _ in leaf.named_parameters():
-                names[f"{prefix}{param_prefix}{name}"] = f"{leaf_scope}/{name.replace('.', '/')}"
-    return names
-
-
-def _root_prefix(stack: TFCellStack, index: int) -> str:
-    if stack.topology == "unidirectional":
-        return ""
-    side = "fw" if index % 2 == 0 else "bw"
-    return f"{side}." if stack.topology == "bidirectional" else f"{side}.{index // 2}."
-
-
-def load_tf_variables(cells: Any, variables: Mapping[str, Any], scope: str | None = None) -> Any:
-    """Copy TF1 variables into rnnkit cells you built yourself (like ``Saver.restore``); returns ``cells``.
-
-    ``cells``: a cell or ``MultiRNNCell`` (run with ``dynamic_rnn``, default scope ``"rnn"``), a
-    ``(cell_fw, cell_bw)`` pair (``bidirectional_dynamic_rnn``, ``"bidirectional_rnn"``), a
-    ``(cells_fw, cells_bw)`` pair of lists (``stack_bidirectional_dynamic_rnn``,
-    ``"stack_bidirectional_rnn"``) or a `TFCellStack`. Cells that are not built yet are built for
-    the input depth the variables imply. Every parameter must find its variable with its shape:
-    errors name the TF variable, the cell and both shapes. Variables the cells do not use
-    (optimizer slots, other layers) are ignored, as TF's ``Saver`` ignores them.
-
-    Example::
-
-        >>> cell = MultiRNNCell([BasicLSTMCell(4) for _ in range(2)])
-        >>> load_tf_variables(cell, read_tf_checkpoint("ckpt"))
-    """
-    stack = _user_stack(cells, scope, "load_tf_variables")
-    for root, tf_scope in _roots(stack):
-        leaves = _walk(root, tf_scope, "")
-        if not root.built:
-            first, leaf_scope, _ = leaves[0]
-            kernel_name = f"{leaf_scope}/{'gates/kernel' if isinstance(first, GRUCell) else 'kernel'}"
-            if kernel_name not in variables:
-                raise ValueError(f"load_tf_variables: missing variable {kernel_name!r} (to build the unbuilt cell)")
-            depth = int(variables[kernel_name].shape[0]) - first.output_size
-            if depth <= 0:
-                raise ValueError(
-                    f"load_tf_variables: {kernel_name!r} has shape {tuple(variables[kernel_name].shape)}, too few "
-                    f"rows for a {type(first).__name__} with output size {first.output_size}"
-                )
-            root.build(depth)
-        for leaf, leaf_scope, _ in leaves:
-            _assign(leaf, leaf_scope, variables)
-    return cells
-
-
-def _assign(leaf: RNNCell, leaf_scope: str, variables: Mapping[str, Any]) -> None:
-    pending = []
-    for name, param in leaf.named_parameters():
-        tf_name = f"{leaf_scope}/{name.replace('.', '/')}"
-        if tf_name not in variables:
-            present = sorted(v for v in variables if v.startswith(leaf_scope + "/"))
-            raise ValueError(
-                f"load_tf_variables: missing variable {tf_name!r} (shape {tuple(param.shape)}) for the "
-                f"{type(leaf).__name__}'s {name!r}; variables under {leaf_scope!r}: {present}"
-            )
-        value = variables[tf_name]
-        value = value.detach() if isinstance(value, torch.Tensor) else torch.from_numpy(value.copy())
-        if tuple(value.shape) != tuple(param.shape):
-            raise ValueError(
-                f"load_tf_variables: variable {tf_name!r} has shape {tuple(value.shape)}, but the "
-                f"{type(leaf).__name__}'s {name!r} expects {tuple(param.shape)}"
-            )
-        pending.append((param, value))
-    with torch.no_grad():
-        for param, value in pending:
-            param.copy_(value)
 
 
 # -- cells <-> torch layout ----------------------------------------------------------------------------
