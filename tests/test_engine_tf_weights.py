@@ -12,7 +12,7 @@ import importlib
 import pytest
 import torch
 
-lowering = importlib.import_module("rnnkit.engine.lowering")
+_tf_weights = importlib.import_module("rnnkit.engine._tf_weights")
 
 
 def _definition(kernel, bias, depth, forget_bias):
@@ -35,7 +35,7 @@ def test_weight_map_is_exact_with_gradients(dtype, shape):
     ref = _definition(kernel, bias, depth, 0.7)
     upstream = [torch.randn_like(r) for r in ref]
     ref_grads = torch.autograd.grad(ref, (kernel, bias), upstream)
-    got = lowering._TFKernelAsTorch.apply(kernel, bias, depth, 0.7)
+    got = _tf_weights._TFKernelAsTorch.apply(kernel, bias, depth, 0.7)
     for a, b in zip(got, ref, strict=True):
         assert a.is_contiguous() and torch.equal(a, b)
     grads = torch.autograd.grad(got, (kernel, bias), upstream)
@@ -49,6 +49,6 @@ def test_weight_map_is_exact_with_gradients(dtype, shape):
 def test_weight_map_second_order():
     kernel = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
-    fn = lambda k, b: lowering._TFKernelAsTorch.apply(k, b, 4, 0.5)  # noqa: E731
+    fn = lambda k, b: _tf_weights._TFKernelAsTorch.apply(k, b, 4, 0.5)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (kernel, bias))
     assert torch.autograd.gradgradcheck(fn, (kernel, bias))

@@ -134,9 +134,7 @@ def _consistent(spec: Spec, x: Tensor, state: Any) -> bool:
     return all(t.dtype == dtype and t.device == device for t in tensors)
 
 
-def choose_path(
-    spec: Spec | None, x: Tensor, has_lengths: bool, state: Any = None
-) -> dict[int, str] | None:
+def choose_path(spec: Spec | None, x: Tensor, has_lengths: bool, state: Any = None) -> dict[int, str] | None:
     """``{id(leaf): "torch" | "fused"}`` for the active backend, or ``None`` for the reference loop."""
     backend = current()[0]
     if spec is None or backend == "reference" or x.device.type not in _DEVICES or not _consistent(spec, x, state):
