@@ -50,7 +50,7 @@ def _route(layer: Any, x: Tensor, lengths: Tensor | None) -> bool:
         return False
     if backend == "auto" and x.device.type == "cpu" and (layer.mode != "LSTM" or layer.proj_size):
         return False  # decided without looking further (this runs on every call of a small layer)
-    weight = layer._flat_weights[0]
+    weight = getattr(layer, layer._flat_weights_names[0])
     if weight.dtype != x.dtype or weight.device != x.device or x.device.type not in ("cpu", "cuda"):
         return False
     if lengths is not None and not bool((lengths > 0).all()):
@@ -105,7 +105,8 @@ def fused_stack(layer: Any, cells: list[list[Any]], x: Tensor, states: Any, leng
     backend = current()[0]
     if backend not in ("auto", "fused") or lengths is not None or layer.bidirectional:
         return None
-    if x.device.type != "cpu" or x.dtype not in _FUSED_DTYPES or layer._flat_weights[0].device != x.device:
+    weight = getattr(layer, layer._flat_weights_names[0])
+    if x.device.type != "cpu" or x.dtype not in _FUSED_DTYPES or weight.device != x.device:
         return None
     if layer.training and layer.dropout and layer.num_layers > 1:
         return None  # dropout between layers: the runner's
