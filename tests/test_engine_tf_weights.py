@@ -52,3 +52,47 @@ def test_weight_map_second_order():
     fn = lambda k, b: _tf_weights._TFKernelAsTorch.apply(k, b, 4, 0.5)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (kernel, bias))
     assert torch.autograd.gradgradcheck(fn, (kernel, bias))
+
+
+def _saved_bytes(fn, exclude):
+    """Bytes of distinct storages autograd keeps for backward during ``fn()``, ``exclude`` left out."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in skip:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+def test_tf_gru_keeps_its_kernels_not_their_copies_for_backward():
+    """TF's GRUCell has two kernels; the fused kernel takes them side by side (a copy). Backward makes that copy
+    again from the kernels instead of keeping it: what stays is the activations only, here by formula
+    G (T*B, 3H) + y (T*B, H) float32 (the input is excluded, h0 is T*B-independent: (B, H))."""
+    import rnnkit as rk
+    from rnnkit import engine
+
+    T, B, I, H = 20, 2, 6, 8
+    cell = rk.GRUCell(H)
+    cell.build(I)
+    x = torch.randn(T, B, I)
+    with engine.use("fused"):
+        saved, (out, _) = _saved_bytes(lambda: rk.dynamic_rnn(cell, x, time_major=True), [x, *cell.parameters()])
+    activations = 4 * (T * B * 3 * H + T * B * H)
+    assert activations <= saved <= activations + 4 * B * H + 4 * 16  # + h0 and the 0-size markers' storage
+    with engine.use("reference"):
+        ref, _ = rk.dynamic_rnn(cell, x, time_major=True)
+    grads = torch.autograd.grad(out.pow(2).sum(), list(cell.parameters()))
+    ref_grads = torch.autograd.grad(ref.pow(2).sum(), list(cell.parameters()))
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with engine.use("fused"):
+        out, _ = rk.dynamic_rnn(cell, x, time_major=True)
+    with torch.no_grad():
+        cell.candidate.kernel.add_(1.0)  # an optimizer step before backward: refused, as autograd refuses it
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._tf_weights import rebuild, rebuild_recipe
+
 __all__ = ["lstm_layer", "lnlstm_layer", "gru_layer", "rnn_layer", "needs_grad"]
 
 
@@ -49,16 +51,29 @@ class _FusedLayer(torch.autograd.Function):
         x, w_x, bias, *rest = inputs
         out = getattr(kern, f"{family.name}_forward")(x, w_x, bias, batch_sizes, *rest, *cfg, True)
         ctx.kern, ctx.family, ctx.cfg, ctx.batch_sizes, ctx.n_inputs = kern, family, cfg, batch_sizes, len(inputs)
-        # A bias is often a fresh tensor (b_ih + b_hh): keeping it for backward would cost memory for nothing.
-        kept = [t.new_empty(0) if k in family.biases and t is not None else t for k, t in enumerate(inputs)]
-        ctx.save_for_backward(*kept, out[0], *out[family.outputs :])
+        # Keep no copies for backward: a bias is often a fresh tensor (b_ih + b_hh) whose values backward never
+        # reads, and weights re-laid out from several TF kernels are made again from the kernels (parameters).
+        kept, kernels, ctx.rebuilds = [], [], []
+        for k, t in enumerate(inputs):
+            recipe = None if t is None else rebuild_recipe(t)
+            if recipe is not None:
+                ctx.rebuilds.append((k, len(recipe[0]), recipe[1], recipe[2]))
+                kernels.extend(recipe[0])
+            kept.append(t.new_empty(0) if t is not None and (recipe is not None or k in family.biases) else t)
+        activations = out[family.outputs :]
+        ctx.n_activations = 1 + len(activations)
+        ctx.save_for_backward(*kept, out[0], *activations, *kernels)
         return tuple(out[: family.outputs])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):  # noqa: ANN001
         saved = ctx.saved_tensors
-        (x, w_x, bias, *rest), activations = saved[: ctx.n_inputs], saved[ctx.n_inputs :]
+        end = ctx.n_inputs + ctx.n_activations
+        inputs, activations, kernels = list(saved[: ctx.n_inputs]), saved[ctx.n_inputs : end], saved[end:]
+        for k, count, depth, which in ctx.rebuilds:
+            inputs[k], kernels = rebuild(kernels[:count], depth, which), kernels[count:]
+        x, w_x, bias, *rest = inputs
         family = ctx.family
         need_dx = ctx.needs_input_grad[4]
         backward = getattr(ctx.kern, f"{family.name}_backward")

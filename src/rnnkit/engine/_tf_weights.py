@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["split_kernels", "tf_lstm_as_torch"]
+__all__ = ["split_kernels", "rebuild_recipe", "rebuild", "tf_lstm_as_torch"]
 
 
 class _SplitKernels(torch.autograd.Function):
@@ -63,10 +64,31 @@ def _joined_rows(top: Tensor | None, bottom: Tensor | None) -> Tensor | None:
 def split_kernels(depth: int, *kernels: Tensor) -> tuple[Tensor, Tensor]:
     """``(w_x (I, N), w_h (R, N))`` from TF kernels ``(I + R, N_k)`` stacked along their columns."""
     if torch.is_grad_enabled() and any(k.requires_grad for k in kernels):
-        return _SplitKernels.apply(depth, *kernels)
+        w_x, w_h = _SplitKernels.apply(depth, *kernels)
+        if len(kernels) > 1:  # copies: a kernel that keeps them for backward can make them again instead
+            _REBUILD[w_x] = (kernels, depth, 0)
+            _REBUILD[w_h] = (kernels, depth, 1)
+        return w_x, w_h
     if len(kernels) == 1:
         return kernels[0][:depth], kernels[0][depth:]
     return torch.cat([k[:depth] for k in kernels], 1), torch.cat([k[depth:] for k in kernels], 1)
+
+
+# w_x / w_h made by split_kernels as copies -> (kernels, depth, which): how to make them again.
+_REBUILD: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def rebuild_recipe(t: Tensor) -> tuple[tuple[Tensor, ...], int, int] | None:
+    """``(kernels, depth, which)`` when ``t`` is a copy ``split_kernels`` made (``which``: 0 w_x, 1 w_h), else None.
+    A kernel function that keeps its weights for backward can keep the kernels instead (parameters, alive
+    anyway) and ``rebuild`` the copy there: one copy of the weights per call less held until backward."""
+    return _REBUILD.get(t)
+
+
+def rebuild(kernels: tuple[Tensor, ...], depth: int, which: int) -> Tensor:
+    """``w_x`` (which 0) or ``w_h`` (which 1) of ``split_kernels(depth, *kernels)``, without autograd."""
+    with torch.no_grad():
+        return torch.cat([k[depth:] if which else k[:depth] for k in kernels], 1)
 
 
 _SWAP_JF: dict[torch.device, Tensor] = {}
