@@ -47,6 +47,7 @@ from ..cells import (
     ResidualWrapper,
 )
 from ..cells._base import RNNCell
+from ..cells.layer_norm import _TF_LAYER_NORM_EPS
 from ._tf_weights import split_kernels, tf_lstm_as_torch
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
 
 _TF_ORDER = (0, 1, 2, 3)  # blocks of (i, g, f, o) in TF's columns i, j, f, o
 _TORCH_ORDER = (0, 2, 1, 3)  # ... in torch's rows i, f, g, o
-_TF_LAYER_NORM_EPS = 1e-12
 
 try:  # the torch-layout cells of rnnkit.RNN/LSTM/GRU (absent in older checkouts)
     from ..cells.torch_layout import TorchGRUCell, TorchLSTMCell, TorchRNNCell
@@ -174,6 +174,7 @@ class LNLSTMSpec(_Leaf):
         self.forget_bias = float(forget_bias)
         self.gate_order = _TF_ORDER if layout == "tf" else _TORCH_ORDER
         self.state_is_tuple = True
+        self.eps = _TF_LAYER_NORM_EPS  # the cells' own (one definition)
 
     to_internal = LSTMSpec.to_internal
     from_internal = LSTMSpec.from_internal

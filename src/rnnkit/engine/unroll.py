@@ -238,7 +238,7 @@ def _run_fused(leaf: Spec, run: _Run, x: Tensor, state: Any, masks: Any) -> tupl
                 m_c,
                 leaf.gate_order,
                 leaf.forget_bias,
-                1e-12,
+                leaf.eps,
             )
         else:
             y, h, c = F.lstm_layer(

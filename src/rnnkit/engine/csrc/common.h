@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <type_traits>
-#include <tuple>
 #include <utility>
 #include <cmath>
 #include <cstdint>
@@ -359,30 +358,34 @@ Tensor project_inputs(const Tensor& x, const Mat<T>& wx) {
   return out;
 }
 
-// dW_x (I, G) and dW_h (R, G) as the two row blocks of one (I + R, G) tensor: TF's joint kernel
-// (I + R, G) then takes its gradient without a copy (rnnkit.engine.lowering joins the blocks back).
-inline std::pair<Tensor, Tensor> joint_weight_grads(int64_t I, int64_t R, int64_t G, const Tensor& like) {
-  Tensor dW = at::empty({I + R, G}, like.options());
-  return {dW.narrow(0, 0, I), dW.narrow(0, I, R)};
-}
+// What every backward ends with, single matmuls over all steps: dW_x = x^T dG, dW_h = Hprev^T dG_h and (when
+// asked) dx = dG W_x^T. dW_x (I, G) and dW_h (R, G) are the two row blocks of one (I + R, G) tensor, so TF's
+// joint kernel (I + R, G) takes its gradient without a copy (rnnkit.engine._tf_weights joins them back).
+// dG_h: the recurrent side's d pre-activations (dG, but for the reset-after GRU); nullptr: the caller fills dW_h.
+struct WeightGrads {
+  Tensor dx, dwx, dwh;
+};
 
-// dx = dG @ W_x^T and dW_x = x^T @ dG: the input side of every backward, single matmuls over all steps.
-// dwx: the (I, G) block from joint_weight_grads.
 template <typename T>
-void input_grads(const Tensor& x, const Mat<T>& wx, const Tensor& dG, bool need_dx, Tensor& dx, Tensor& dwx) {
+WeightGrads weight_grads(const Tensor& x, const Mat<T>& wx, const Tensor& dG, const Tensor& hprev, const T* dgh,
+                            bool need_dx) {
   Tensor xc = contig(x);
-  const int64_t total = xc.size(0), I = wx.rows, G = wx.cols;
+  const int64_t total = xc.size(0), I = wx.rows, G = wx.cols, R = hprev.size(1);
+  Tensor dW = at::empty({I + R, G}, x.options());
+  WeightGrads g{Tensor(), dW.narrow(0, 0, I), dW.narrow(0, I, R)};
+  if (dgh) gemm_atd<T>(total, R, G, hprev.data_ptr<T>(), R, dgh, G, T(0), g.dwh.data_ptr<T>(), G);
   if (total == 0) {  // nothing ran: the gradients are zero
-    dwx.zero_();
-    if (need_dx) dx = at::zeros({total, I}, x.options());
-    return;
+    g.dwx.zero_();
+    if (need_dx) g.dx = at::zeros({total, I}, x.options());
+    return g;
   }
   gemm_atd<T>(total, I, G, xc.data_ptr<T>(), std::max<int64_t>(1, I), dG.data_ptr<T>(), dG.size(1), T(0),
-              dwx.data_ptr<T>(), dwx.stride(0));
+              g.dwx.data_ptr<T>(), G);
   if (need_dx) {  // written whole by the beta = 0 product
-    dx = at::empty({total, I}, x.options());
-    gemm_dwt<T>(total, dG.data_ptr<T>(), dG.size(1), wx, T(1), T(0), dx.data_ptr<T>(), I);
+    g.dx = at::empty({total, I}, x.options());
+    gemm_dwt<T>(total, dG.data_ptr<T>(), dG.size(1), wx, T(1), T(0), g.dx.data_ptr<T>(), I);
   }
+  return g;
 }
 
 // The recurrent state of a forward pass over packed steps: h_{t-1} and h_t buffers that swap after each

@@ -27,7 +27,8 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   Tensor bx_c = has(bias_x) ? contig(*bias_x) : at::zeros({G3}, x.options());
   Tensor bh_c = has(bias_h) ? contig(*bias_h) : at::zeros({G3}, x.options());
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
-  const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>();
+  Tensor brz_c = bx_c.narrow(0, 0, 2 * H).add(bh_c.narrow(0, 0, 2 * H));  // r and z see both biases: added once
+  const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
   // reset-after: one multiply by all three blocks; reset-before: r, z first, then n on r * h.
   const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one packed multiply
@@ -68,8 +69,8 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         const T* __restrict__ a = ap + b * G3 + ga * lo;
         const T* __restrict__ h = hp + b * H + lo;
         for (int64_t j = 0; j < w; ++j) {
-          r[j] += a[j] + bx[lo + j] + bh[lo + j];
-          z[j] += a[w + j] + bx[H + lo + j] + bh[H + lo + j];
+          r[j] += a[j] + brz[lo + j];
+          z[j] += a[w + j] + brz[H + lo + j];
         }
         sigmoid_inplace(r, w);
         sigmoid_inplace(z, w);
@@ -199,21 +200,17 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
     }
   }
 
-  Tensor dwx, dwh;
-  std::tie(dwx, dwh) = joint_weight_grads(wx.rows, H, G3, x);
-  T* dwhp = dwh.data_ptr<T>();
-  if (reset_after) {
-    gemm_atd<T>(s.total, H, G3, hpp, H, ep, G3, T(0), dwhp, G3);
-  } else {
+  // reset-before: dW_h has two parts (h_prev for r, z; r * h_prev for the candidate), filled here.
+  const WeightGrads wg = weight_grads<T>(x, wx, D, Hprev, reset_after ? ep : nullptr, need_dx);
+  if (!reset_after) {
+    T* dwhp = wg.dwh.data_ptr<T>();
     Tensor RH = G.narrow(1, 0, H).mul(Hprev);  // r * h_prev, the candidate's recurrent input
     gemm_atd<T>(s.total, H, 2 * H, hpp, H, dp, G3, T(0), dwhp, G3);
     gemm_atd<T>(s.total, H, H, RH.data_ptr<T>(), H, dp + 2 * H, G3, T(0), dwhp + 2 * H, G3);
   }
-  Tensor dx;
-  input_grads<T>(x, wx, D, need_dx, dx, dwx);
   Tensor dbx = has(bias_x) ? D.sum(0) : Tensor();
   Tensor dbh = has(bias_h) ? (reset_after ? E.sum(0) : at::zeros({G3}, x.options())) : Tensor();
-  return {dx, dwx, dbx, dh, dwh, dbh};
+  return {wg.dx, wg.dwx, dbx, dh, wg.dwh, dbh};
 }
 
 template <typename T>
@@ -302,13 +299,9 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
     });
     step_wt(n, dp + off * H, H, T(0), dhp, H);
   }
-  Tensor dwx, dwh;
-  std::tie(dwx, dwh) = joint_weight_grads(wx.rows, H, H, x);
-  gemm_atd<T>(s.total, H, H, Hprev.data_ptr<T>(), H, dp, H, T(0), dwh.data_ptr<T>(), H);
-  Tensor dx;
-  input_grads<T>(x, wx, D, need_dx, dx, dwx);
+  const WeightGrads wg = weight_grads<T>(x, wx, D, Hprev, dp, need_dx);
   Tensor db = has(bias) ? D.sum(0) : Tensor();
-  return {dx, dwx, db, dh, dwh};
+  return {wg.dx, wg.dwx, db, dh, wg.dwh};
 }
 
 }  // namespace

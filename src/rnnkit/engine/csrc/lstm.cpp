@@ -294,11 +294,7 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
     step_wt(n, dgp + off * G4, G4, T(0), dhp, P);
   }
 
-  Tensor dwx, dwh;
-  std::tie(dwx, dwh) = joint_weight_grads(wx.rows, P, G4, x);
-  gemm_atd<T>(s.total, P, G4, Hprev.data_ptr<T>(), P, dgp, G4, T(0), dwh.data_ptr<T>(), G4);
-  Tensor dx;
-  input_grads<T>(x, wx, dG, need_dx, dx, dwx);
+  const WeightGrads wg = weight_grads<T>(x, wx, dG, Hprev, dgp, need_dx);
   Tensor dbias = has(bias) ? dG.sum(0) : Tensor();
   Tensor dpeep;
   if (pp) {
@@ -310,7 +306,7 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
     dwp = at::empty({H, P}, x.options());
     gemm_atd<T>(s.total, H, P, Mall.data_ptr<T>(), H, dpp, P, T(0), dwp.data_ptr<T>(), P);
   }
-  return {dx, dwx, dbias, dh, dc, dwh, dpeep, dwp};
+  return {wg.dx, wg.dwx, dbias, dh, dc, wg.dwh, dpeep, dwp};
 }
 
 // ---- layer-normalised LSTM (TF contrib's LayerNormBasicLSTMCell) ------------------------------
@@ -540,13 +536,9 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
     step_wt(n, dgp + off * G4, G4, T(0), dhp, H);
   }
   Tensor sums = acc.sum(0);  // (2, 5, H)
-  Tensor dwx, dwh;
-  std::tie(dwx, dwh) = joint_weight_grads(wx.rows, H, G4, x);
-  gemm_atd<T>(s.total, H, G4, Hprev.data_ptr<T>(), H, dgp, G4, T(0), dwh.data_ptr<T>(), G4);
-  Tensor dx;
-  input_grads<T>(x, wx, dG, need_dx, dx, dwx);
+  const WeightGrads wg = weight_grads<T>(x, wx, dG, Hprev, dgp, need_dx);
   Tensor dbias = has(bias) ? dG.sum(0) : Tensor();
-  return {dx, dwx, dbias, dh, dc, dwh, sums[0], sums[1]};
+  return {wg.dx, wg.dwx, dbias, dh, dc, wg.dwh, sums[0], sums[1]};
 }
 
 }  // namespace
