@@ -33,6 +33,10 @@ class _Family(NamedTuple):
     masks: int  # trailing mask tensors among the inputs (never differentiated)
     biases: tuple[int, ...]  # inputs whose backward needs only their presence (their gradient is a sum)
 
+    @property
+    def forward(self) -> str:
+        return f"{self.name}_forward"
+
 
 _LSTM = _Family("lstm", 3, 2, (2,))
 _LNLSTM = _Family("lnlstm", 3, 2, (2,))
@@ -49,7 +53,7 @@ class _FusedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kern, family, cfg, batch_sizes, *inputs):  # noqa: ANN001
         x, w_x, bias, *rest = inputs
-        out = getattr(kern, f"{family.name}_forward")(x, w_x, bias, batch_sizes, *rest, *cfg, True)
+        out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, True)
         ctx.kern, ctx.family, ctx.cfg, ctx.batch_sizes, ctx.n_inputs = kern, family, cfg, batch_sizes, len(inputs)
         # Keep no copies for backward: a bias is often a fresh tensor (b_ih + b_hh) whose values backward never
         # reads, and weights re-laid out from several TF kernels are made again from the kernels (parameters).
@@ -84,9 +88,9 @@ class _FusedLayer(torch.autograd.Function):
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
     if needs_grad(*inputs[: len(inputs) - family.masks]):
         return _FusedLayer.apply(kern, family, cfg, batch_sizes, *inputs)
+    # No input needs a gradient, so the kernel's outputs need no graph: no no_grad() block needed around it.
     x, w_x, bias, *rest = inputs
-    with torch.no_grad():
-        out = getattr(kern, f"{family.name}_forward")(x, w_x, bias, batch_sizes, *rest, *cfg, False)
+    out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, False)
     return tuple(out[: family.outputs])
 
 

@@ -17,6 +17,7 @@ runs each layer as one fused kernel call, skipping the per-call decisions of ``r
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -25,10 +26,13 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ._select import current, fused_kernels
 from .lowering import lowering_for
-from .plan import make_plan
-from .unroll import _FUSED_DTYPES, _Run, _run_fused
+from .plan import full_batch_sizes
+from .unroll import _FUSED_DTYPES, _run_fused
 
 __all__ = ["torch_math", "run_layer", "fused_stack"]
+
+# cell -> (training, its spec): see _lowered. Weak, so that caching never keeps a cell alive.
+_LOWERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 _VF_CALLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 
@@ -94,6 +98,15 @@ def run_layer(layer: Any, x: Tensor, hx: Any, lengths: Tensor | None) -> tuple[T
     return out, tuple(f.index_select(1, back) for f in final)
 
 
+def _lowered(cell: Any) -> Any:
+    """``lowering_for(cell)``, kept per cell and training mode. A layer's cells keep their options (the layer
+    builds a new cell when an option or a parameter object changes), so only the mode can change the spec."""
+    hit = _LOWERED.get(cell)
+    if hit is None or hit[0] != cell.training:
+        hit = _LOWERED[cell] = (cell.training, lowering_for(cell))
+    return hit[1]
+
+
 def fused_stack(layer: Any, cells: list[list[Any]], x: Tensor, states: Any, lengths: Tensor | None) -> Any:
     """A one-direction stack of full-length sequences on CPU: each layer one fused kernel call, or ``None``.
 
@@ -102,25 +115,23 @@ def fused_stack(layer: Any, cells: list[list[Any]], x: Tensor, states: Any, leng
     fifth of the whole call. ``cells[k][0]`` is layer ``k``'s cell, ``states[k][0]`` its state or ``None`` for
     zeros (``states`` may be ``None``). Returns ``(outputs (T, B, R), [[final state] per layer])``.
     """
-    backend = current()[0]
-    if backend not in ("auto", "fused") or lengths is not None or layer.bidirectional:
+    if lengths is not None or layer.bidirectional or current()[0] not in ("auto", "fused"):
         return None
-    weight = getattr(layer, layer._flat_weights_names[0])
+    weight = layer._parameters[layer._flat_weights_names[0]]
     if x.device.type != "cpu" or x.dtype not in _FUSED_DTYPES or weight.device != x.device:
         return None
     if layer.training and layer.dropout and layer.num_layers > 1:
         return None  # dropout between layers: the runner's
-    specs = [lowering_for(row[0]) for row in cells]
+    specs = [_lowered(row[0]) for row in cells]
     if any(spec is None for spec in specs):
         return None  # zoneout, recurrent dropout in training, a projected layer norm: the reference loop
     steps, batch = x.shape[0], x.shape[1]
-    run = _Run(make_plan(steps, batch, None, False, x.device), {id(s): "fused" for s in specs}, fused_kernels("cpu"))
+    kern, batch_sizes = fused_kernels("cpu"), full_batch_sizes(steps, batch)
     h = x.reshape(steps * batch, x.shape[-1])  # (T * B, I): full batches are already packed rows
     finals = []
-    for k, (row, spec) in enumerate(zip(cells, specs, strict=True)):
+    for k, spec in enumerate(specs):
         state = None if states is None else states[k][0]
-        if state is None:
-            state = row[0].zero_state(batch, x.dtype, device=x.device)
-        h, final = _run_fused(spec, run, h, state, None)
-        finals.append((final,))
+        internal = spec.zero_internal(batch, x) if state is None else spec.to_internal(state)
+        h, final = _run_fused(spec, kern, batch_sizes, h, internal, None)  # h: (T * B, R)
+        finals.append((spec.from_internal(*final),))
     return h.view(steps, batch, h.shape[-1]), finals

@@ -94,6 +94,10 @@ class _Leaf(Spec):
     def __init__(self, cell: RNNCell):
         self.cell = cell
 
+    def zero_internal(self, batch: int, like: Tensor) -> tuple[Tensor, ...]:
+        """The kernels' zero state ``(h (B, O),)`` (LSTMs: ``(h, c (B, H))``), without building the cell's."""
+        return (like.new_zeros(batch, self.cell.output_size),)
+
 
 # ---- LSTM ------------------------------------------------------------------------------------
 
@@ -127,6 +131,9 @@ class LSTMSpec(_Leaf):
 
     def from_internal(self, h: Tensor, c: Tensor) -> Any:
         return LSTMStateTuple(c, h) if self.state_is_tuple else torch.cat([c, h], 1)
+
+    def zero_internal(self, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        return like.new_zeros(batch, self.cell.output_size), like.new_zeros(batch, self.num_units)
 
     def split_masks(self, masks: Any) -> tuple[Tensor | None, Tensor | None]:
         """``(mask_h, mask_c)`` from masks in the state's structure."""
@@ -178,6 +185,7 @@ class LNLSTMSpec(_Leaf):
 
     to_internal = LSTMSpec.to_internal
     from_internal = LSTMSpec.from_internal
+    zero_internal = LSTMSpec.zero_internal
     split_masks = LSTMSpec.split_masks
 
     def fused_params(self) -> dict[str, Tensor | None]:

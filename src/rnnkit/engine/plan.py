@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Plan", "make_plan"]
+__all__ = ["Plan", "make_plan", "full_batch_sizes"]
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Plan:
 _FULL: dict[tuple[int, int], Tensor] = {}
 
 
-def _full_batches(steps: int, batch: int) -> Tensor:
+def full_batch_sizes(steps: int, batch: int) -> Tensor:
     """``batch_sizes`` of a batch without lengths, shared between calls (read-only: kernels never write it)."""
     bs = _FULL.get((steps, batch))
     if bs is None:
@@ -79,7 +79,7 @@ def make_plan(steps: int, batch: int, lengths: Tensor | None, reverse: bool, dev
     if lengths is not None and batch and bool((lengths == steps).all()):
         lengths = None  # every sequence is full: plain time-major rows
     if lengths is None:
-        bs = _full_batches(steps, batch)
+        bs = full_batch_sizes(steps, batch)
         index = None
         if reverse and steps > 1:
             t = torch.arange(steps - 1, -1, -1, device=device).unsqueeze(1)  # (T, 1)

@@ -213,60 +213,35 @@ def _run(node: Spec, run: _Run, x: Tensor, state: Any, masks: Any) -> tuple[Tens
     path = run.route[id(node)]
     if path == "torch":
         return _run_torch(node, run.plan, x, state)
-    return _run_fused(node, run, x, state, masks)
+    y, final = _run_fused(node, run.kern, run.plan.batch_sizes, x, node.to_internal(state), masks)
+    return y, node.from_internal(*final)
 
 
-def _run_fused(leaf: Spec, run: _Run, x: Tensor, state: Any, masks: Any) -> tuple[Tensor, Any]:
-    bs = run.plan.batch_sizes
+def _run_fused(leaf: Spec, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any) -> tuple[Tensor, tuple]:
+    """One leaf on the fused kernels: packed ``x (total, I)`` from the kernels' state ``internal`` (``(h, c)`` or
+    ``(h,)``, see ``Spec.to_internal``) over ``batch_sizes`` ``bs`` -> ``(y (total, O), final internal state)``."""
     p = leaf.fused_params()
     if isinstance(leaf, (LSTMSpec, LNLSTMSpec)):
-        h0, c0 = leaf.to_internal(state)
+        h0, c0 = internal
         m_h, m_c = leaf.split_masks(masks)
         if isinstance(leaf, LNLSTMSpec):
             y, h, c = F.lnlstm_layer(
-                run.kern,
-                bs,
-                x,
-                p["w_x"],
-                p["bias"],
-                h0,
-                c0,
-                p["w_h"],
-                p["gamma"],
-                p["beta"],
-                m_h,
-                m_c,
-                leaf.gate_order,
-                leaf.forget_bias,
-                leaf.eps,
+                kern, bs, x, p["w_x"], p["bias"], h0, c0, p["w_h"], p["gamma"], p["beta"], m_h, m_c,
+                leaf.gate_order, leaf.forget_bias, leaf.eps,
             )
         else:
             y, h, c = F.lstm_layer(
-                run.kern,
-                bs,
-                x,
-                p["w_x"],
-                p["bias"],
-                h0,
-                c0,
-                p["w_h"],
-                p["peep"],
-                p["w_proj"],
-                m_h,
-                m_c,
-                leaf.gate_order,
-                leaf.forget_bias,
-                leaf.cell_clip,
-                leaf.proj_clip,
+                kern, bs, x, p["w_x"], p["bias"], h0, c0, p["w_h"], p["peep"], p["w_proj"], m_h, m_c,
+                leaf.gate_order, leaf.forget_bias, leaf.cell_clip, leaf.proj_clip,
             )
-        return y, leaf.from_internal(h, c)
-    (h0,) = leaf.to_internal(state)
+        return y, (h, c)
+    (h0,) = internal
     if isinstance(leaf, GRUSpec):
-        y, h = F.gru_layer(run.kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], masks, leaf.reset_after)
+        y, h = F.gru_layer(kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], masks, leaf.reset_after)
     else:
         assert isinstance(leaf, RNNSpec)
-        y, h = F.rnn_layer(run.kern, bs, x, p["w_x"], p["bias"], h0, p["w_h"], masks, leaf.relu)
-    return y, leaf.from_internal(h)
+        y, h = F.rnn_layer(kern, bs, x, p["w_x"], p["bias"], h0, p["w_h"], masks, leaf.relu)
+    return y, (h,)
 
 
 _VF_CALLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}

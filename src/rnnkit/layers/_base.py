@@ -217,12 +217,14 @@ class RNNLayer(nn.Module):
         per call cost more than the whole fused kernel at batch 1. (In-place changes to the parameters need no
         rebuild: the cell holds the same tensors.)
         """
-        weights = {role: getattr(self, self._parameter_name(role, layer, direction)) for role in self._roles}
+        params = self._parameters  # nn.Module keeps parameters here: reading it skips Module.__getattr__
+        names = self._all_weights[layer * self._directions + direction]
         options = self._cell_options()
-        key = (tuple(id(w) for w in weights.values()), tuple(options.items()))
+        key = (tuple(id(params[n]) for n in names), tuple(options.items()))
         cache = _CELLS.setdefault(self, {})
         hit = cache.get((layer, direction))
         if hit is None or hit[0] != key:
+            weights = {role: params[n] for role, n in zip(self._roles, names, strict=True)}
             hit = cache[(layer, direction)] = (key, self.cell_class(weights, **options))
         cell = hit[1]
         return cell if cell.training == self.training else cell.train(self.training)
@@ -316,7 +318,10 @@ class RNNLayer(nn.Module):
 
     def _format_hidden(self, final_states: list, unbatched: bool) -> Any:
         flat = [self._from_cell_state(s) for layer in final_states for s in layer]
-        parts = tuple(torch.stack(p) for p in zip(*flat, strict=True))  # each (L*D, B, size)
+        if len(flat) == 1:
+            parts = tuple(p.unsqueeze(0) for p in flat[0])  # each (1, B, size), as torch.stack would give
+        else:
+            parts = tuple(torch.stack(p) for p in zip(*flat, strict=True))  # each (L*D, B, size)
         if unbatched:
             parts = tuple(p.squeeze(1) for p in parts)
         return parts[0] if len(parts) == 1 else parts

@@ -126,7 +126,11 @@ struct StepGemm {
   Mat<T> w;
   PackedWeights packed;
   StepGemm(const Mat<T>& w_, int64_t rows) : w(w_) {
-    if constexpr (std::is_same_v<T, float>) pack_recurrent_weights(packed, w.p, w.trans, w.ld, rows, w.rows, w.cols);
+    // 1-8 rows of a row-major W take the small-row multiply: MKL's packed one measured 2-3x slower there.
+    const bool small = rows <= kSmallGemmRows && !w.trans && w.cols % 8 == 0;
+    if constexpr (std::is_same_v<T, float>) {
+      if (!small) pack_recurrent_weights(packed, w.p, w.trans, w.ld, rows, w.rows, w.cols);
+    }
   }
   bool is_packed() const { return !packed.buf.empty(); }
   // C (n x W.cols, ldc) = X (n x W.rows, ldx) @ W + beta * C
@@ -299,8 +303,8 @@ Mat<T> step_weights(const Tensor& w, int64_t rows, int64_t steps = 0) {
 
 // W_h^T as the backward steps read it (dh = dG @ W_h^T): row-major for a small batch (as step_weights).
 template <typename T>
-Mat<T> step_weights_t(const Tensor& w, int64_t rows) {
-  return step_weights<T>(w.t(), rows);
+Mat<T> step_weights_t(const Tensor& w, int64_t rows, int64_t steps) {
+  return step_weights<T>(w.t(), rows, steps);
 }
 
 // Rows [r0, r0 + nr) of a matrix, without a copy.
@@ -333,6 +337,31 @@ inline void for_chunks(const Units& u, const F& f) {
     });
   }
 }
+
+// C (n x N) = X (n x K) @ W (K x N) + beta * C at every step of a sequence, for steps without an elementwise
+// update of their own between multiply and barrier (the backward's dh = dG @ W_h^T): split over threads by
+// columns of W when the work is worth it, each thread multiplying by its own panels of W (packed once per call);
+// else one multiply (MKL's packed W when one chunk has more than a few rows). beta: 0 or 1.
+template <typename T>
+struct SplitGemm {
+  Units u;
+  StepGemm<T> whole;
+  ChunkGemm<T> chunks;
+  SplitGemm(const Mat<T>& w, int64_t rows, int64_t steps)
+      : u(split_units(w.cols, rows, w.rows, 1)),
+        whole(w, pack_rows(u, rows)),
+        chunks(w, 1, w.cols, u, whole.is_packed() ? 0 : steps) {}
+  void operator()(int64_t n, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
+    if (whole.is_packed()) {
+      whole(n, X, ldx, beta, C, ldc);
+      return;
+    }
+    for_chunks(u, [&](int64_t c) {
+      const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
+      if (w > 0) chunks(c, lo, w, n, X, ldx, C + lo, ldc, beta);
+    });
+  }
+};
 
 template <typename T>
 inline const T* opt_ptr(const c10::optional<Tensor>& t) {

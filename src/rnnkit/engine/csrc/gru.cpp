@@ -143,8 +143,15 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   T* ep = reset_after ? E.data_ptr<T>() : nullptr;
   const std::vector<T> ones(H, T(1));  // stands for an absent mask, so the loops stay branch-free
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const Mat<T> wt = step_weights_t<T>(w_h, rows0);  // W_h^T (3H, H): rows of r, z, then n
-  const StepGemm<T> step_all(wt, rows0), step_rz(rows_of(wt, 0, 2 * H), rows0), step_n(rows_of(wt, 2 * H, H), rows0);
+  const Mat<T> wt = step_weights_t<T>(w_h, rows0, s.steps());  // W_h^T (3H, H): rows of r, z, then n
+  const int64_t steps = s.steps();
+  std::optional<SplitGemm<T>> step_all, step_rz, step_n;
+  if (reset_after) {
+    step_all.emplace(wt, rows0, steps);
+  } else {
+    step_rz.emplace(rows_of(wt, 0, 2 * H), rows0, steps);
+    step_n.emplace(rows_of(wt, 2 * H, H), rows0, steps);
+  }
 
   for (int64_t t = s.steps() - 1; t >= 0; --t) {
     const int64_t n = s.n[t], off = s.off[t];
@@ -179,9 +186,9 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
       }
     });
     if (reset_after) {
-      step_all(n, ep + off * G3, G3, T(1), dhp, H);
+      (*step_all)(n, ep + off * G3, G3, T(1), dhp, H);
     } else {
-      step_n(n, dp + off * G3 + 2 * H, G3, T(0), rp, H);
+      (*step_n)(n, dp + off * G3 + 2 * H, G3, T(0), rp, H);
       for_rows(n, G3, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t row = off + b;
@@ -196,7 +203,7 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
           }
         }
       });
-      step_rz(n, dp + off * G3, G3, T(1), dhp, H);
+      (*step_rz)(n, dp + off * G3, G3, T(1), dhp, H);
     }
   }
 
@@ -278,7 +285,8 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   Tensor dh = dhT.contiguous().clone();
   T *dp = D.data_ptr<T>(), *dhp = dh.data_ptr<T>();
   const std::vector<T> ones(H, T(1));
-  const StepGemm<T> step_wt(step_weights_t<T>(w_h, s.steps() ? s.n[0] : 0), s.steps() ? s.n[0] : 0);
+  const int64_t rows0 = s.steps() ? s.n[0] : 0;
+  const SplitGemm<T> step_wt(step_weights_t<T>(w_h, rows0, s.steps()), rows0, s.steps());  // dh = dG @ W_h^T
   for (int64_t t = s.steps() - 1; t >= 0; --t) {
     const int64_t n = s.n[t], off = s.off[t];
     if (n == 0) continue;

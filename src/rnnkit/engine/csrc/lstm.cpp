@@ -254,7 +254,7 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
   Tensor dh = dhT.contiguous().clone(), dc = dcT.contiguous().clone();
   Tensor dM = at::empty({B, H}, x.options());
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const StepGemm<T> step_wt(step_weights_t<T>(w_h, rows0), rows0);  // dh = dG @ W_h^T
+  const SplitGemm<T> step_wt(step_weights_t<T>(w_h, rows0, s.steps()), rows0, s.steps());  // dh = dG @ W_h^T
   std::optional<StepGemm<T>> step_pt;
   if (proj) step_pt.emplace(transposed(wp), rows0);
   T *dgp = dG.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>(), *dmp = dM.data_ptr<T>();
@@ -474,7 +474,8 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
   Tensor acc = at::zeros({nthreads, 2, 5, H}, x.options());
   T* accp = acc.data_ptr<T>();
   const std::vector<T> ones(H, T(1));
-  const StepGemm<T> step_wt(step_weights_t<T>(w_h, s.steps() ? s.n[0] : 0), s.steps() ? s.n[0] : 0);
+  const int64_t rows0 = s.steps() ? s.n[0] : 0;
+  const SplitGemm<T> step_wt(step_weights_t<T>(w_h, rows0, s.steps()), rows0, s.steps());  // dh = dG @ W_h^T
 
   for (int64_t t = s.steps() - 1; t >= 0; --t) {
     const int64_t n = s.n[t], off = s.off[t];
