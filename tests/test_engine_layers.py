@@ -15,6 +15,7 @@ import rnnkit as rk
 from rnnkit import engine
 from rnnkit.engine import _ext
 from rnnkit.engine import layers as engine_layers
+from rnnkit.engine.unroll import FUSED_MAX_BATCH
 
 CONFIGS = {
     "lstm": lambda: rk.LSTM(3, 20, num_layers=2, bidirectional=True),
@@ -59,24 +60,52 @@ def test_layer_paths_agree(name, lengths, split):
         torch.testing.assert_close(f, r, atol=1e-10, rtol=1e-10)
 
 
-def test_default_layers_take_torchs_kernel_on_cpu_as_torch_nn_does():
-    x = torch.randn(5, 2, 3)
+def test_default_lstm_takes_torchs_kernel_in_inference_above_a_small_batch():
+    """Under auto on CPU, oneDNN runs rnnkit.LSTM in inference at a batch above FUSED_MAX_BATCH (then it equals
+    torch.nn.LSTM bit for bit); training, small batches, lengths, the GRU and non-torch math run fused."""
+    big, small = torch.randn(5, 6, 3), torch.randn(5, 2, 3)
+    assert big.shape[1] > FUSED_MAX_BATCH >= small.shape[1]
     lstm, gru = rk.LSTM(3, 8, num_layers=2), rk.GRU(3, 8)
-    assert engine_layers._route(lstm, x, None)  # oneDNN
-    assert not engine_layers._route(lstm, x, torch.tensor([5, 3]))  # lengths: the fused kernels
-    assert not engine_layers._route(gru, x, None)  # torch's GRU on CPU is its slow native loop
-    assert not engine_layers._route(rk.LSTM(3, 8, forget_bias=1.0), x, None)  # not torch's math
-    assert not engine_layers._route(rk.LSTM(3, 8, zoneout=0.1), x, None)
-    with engine.use("torch"):
-        assert engine_layers._route(gru, x, torch.tensor([5, 3]))
-    with engine.use("fused"):
-        assert not engine_layers._route(lstm, x, None)
-    # Same flat weights, same call: rnnkit.LSTM equals torch.nn.LSTM bit for bit.
+    with torch.no_grad():
+        assert engine_layers._route(lstm, big, None)  # oneDNN
+        assert not engine_layers._route(lstm, small, None)  # oneDNN's fixed cost per call dominates
+        assert not engine_layers._route(lstm, big, torch.tensor([5, 3, 5, 5, 5, 5]))  # lengths: fused
+        assert not engine_layers._route(gru, big, None)  # torch's GRU on CPU is its slow native loop
+        assert not engine_layers._route(rk.LSTM(3, 8, forget_bias=1.0), big, None)  # not torch's math
+        assert not engine_layers._route(rk.LSTM(3, 8, zoneout=0.1), big, None)
+    assert not engine_layers._route(lstm, big, None)  # training: fused
+    with torch.no_grad(), engine.use("torch"):
+        assert engine_layers._route(gru, big, torch.tensor([5, 3, 5, 5, 5, 5]))
+        assert engine_layers._route(lstm, small, None)
+    with torch.no_grad(), engine.use("fused"):
+        assert not engine_layers._route(lstm, big, None)
+    # Same flat weights, same call: rnnkit.LSTM equals torch.nn.LSTM bit for bit on torch's kernel.
     ref = torch.nn.LSTM(3, 8, num_layers=2)
     ref.load_state_dict(lstm.state_dict())
-    out, (h, c) = lstm(x)
-    r_out, (r_h, r_c) = ref(x)
+    with torch.no_grad():
+        out, (h, c) = lstm(big)
+        r_out, (r_h, r_c) = ref(big)
     assert torch.equal(out, r_out) and torch.equal(h, r_h) and torch.equal(c, r_c)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_default_lstm_on_the_fused_kernel_matches_torch_nn(grad):
+    """Where auto takes rnnkit's fused kernel for torch's math (small batches, training), outputs, final states
+    and parameter gradients still match torch.nn.LSTM to float32 rounding (tolerance 1e-5 absolute, 1e-5
+    relative; measured differences are about 1e-7)."""
+    torch.manual_seed(4)
+    lstm, ref = rk.LSTM(6, 16, num_layers=2), torch.nn.LSTM(6, 16, num_layers=2)
+    ref.load_state_dict(lstm.state_dict())
+    x = torch.randn(30, 3 if not grad else 7, 6)
+    with torch.set_grad_enabled(grad):
+        assert not engine_layers._route(lstm, x, None)
+        got, want = lstm(x), ref(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if grad:
+        loss, r_loss = (o.pow(2).sum() + c.sum() for o, (_, c) in (got, want))
+        grads = torch.autograd.grad(loss, list(lstm.parameters()))
+        r_grads = torch.autograd.grad(r_loss, list(ref.parameters()))
+        torch.testing.assert_close(grads, r_grads, atol=1e-5, rtol=1e-5)
 
 
 def test_layer_with_packed_lengths_on_torchs_kernel_matches_reference():

@@ -121,20 +121,25 @@ def test_auto_matches_reference(name):
 
 @torch.no_grad()
 def test_auto_routes():
-    """Under auto on CPU: the oneDNN LSTM when torch's math and no lengths, the fused kernels otherwise."""
+    """Under auto on CPU: the oneDNN LSTM when torch's math, no lengths, inference and a batch above 4; the fused
+    kernels otherwise."""
     x = torch.randn(3, 8, 4)
     lstm = rk.BasicLSTMCell(5, input_size=4)
     assert engine.explain(lstm, x) == ["torch"]
     assert engine.explain(lstm, x, torch.tensor([3, 1, 2, 3, 3, 3, 3, 2])) == ["fused"]
     assert engine.explain(lstm, x, torch.full((8,), 3)) == ["torch"]  # full lengths are no lengths
-    assert engine.explain(lstm, x[:, :4]) == ["fused"]  # TF's layout at a batch of 1-4 rows: the fused kernel
+    assert engine.explain(lstm, x[:, :4]) == ["fused"]  # a batch of 1-4 rows: the fused kernel
+    assert engine.explain(lstm, x[:, :5]) == ["torch"]
     with torch.enable_grad():
-        assert engine.explain(lstm, x) == ["fused"]  # TF's layout in training: the fused kernel
+        assert engine.explain(lstm, x) == ["fused"]  # training: the fused kernel
         lstm.requires_grad_(False)
         assert engine.explain(lstm, x) == ["torch"]  # ... unless nothing of the cell is trained
         lstm.requires_grad_(True)
-    torch_layout = rk.LSTM(4, 5)._cell(0, 0)
-    assert engine.explain(torch_layout, x[:, :1]) == ["torch"]  # torch's layout: oneDNN at any batch
+    torch_layout = rk.LSTM(4, 5)._cell(0, 0)  # torch's layout: the same rule
+    assert engine.explain(torch_layout, x) == ["torch"]
+    assert engine.explain(torch_layout, x[:, :1]) == ["fused"]
+    with torch.enable_grad():
+        assert engine.explain(torch_layout, x) == ["fused"]
     assert engine.explain(rk.GRUCell(5, input_size=4), x) == ["fused"]
     assert engine.explain(rk.BasicRNNCell(5, input_size=4), x) == ["fused"]
     assert engine.explain(rk.LSTMCell(5, num_proj=2, input_size=4), x) == ["fused"]  # oneDNN cannot project

@@ -7,9 +7,10 @@ layer norm; ``GRU(reset_after=True)``; any ``RNN``; no zoneout; no recurrent dro
 inter-layer dropout included. ``run_layer`` returns ``None`` whenever the predicate does not hold, and the
 layer then unrolls cell by cell through ``rnnkit.engine.unroll`` (fused kernels or the reference loop).
 
-Under ``auto`` on CPU only the LSTM without projection and without ``lengths`` takes this path (oneDNN);
-GRU, vanilla RNN, projections and variable lengths run faster on rnnkit's fused kernels. On CUDA every
-torch-math layer takes it (cuDNN), ``lengths`` included (packed).
+Under ``auto`` on CPU only the LSTM without projection and without ``lengths``, in inference at a batch above
+``FUSED_MAX_BATCH`` (4) rows, takes this path (oneDNN); GRU, vanilla RNN, projections, variable lengths, training
+and small batches run faster on rnnkit's fused kernels. On CUDA every torch-math layer takes it (cuDNN),
+``lengths`` included (packed).
 
 ``fused_stack`` is the fused kernels' whole-layer path: a one-direction stack of full-length sequences on CPU
 runs each layer as one fused kernel call, skipping the per-call decisions of ``rnnkit.engine.unroll``.
@@ -27,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ._select import current, fused_kernels
 from .lowering import lowering_for
 from .plan import full_batch_sizes
-from .unroll import _FUSED_DTYPES, _run_fused
+from .unroll import _FUSED_DTYPES, FUSED_MAX_BATCH, _run_fused
 
 __all__ = ["torch_math", "run_layer", "fused_stack"]
 
@@ -61,9 +62,13 @@ def _route(layer: Any, x: Tensor, lengths: Tensor | None) -> bool:
         return False  # torch's packing refuses empty sequences; the cell-by-cell path handles them
     if backend == "torch" or x.device.type != "cpu":
         return True
-    # CPU under auto: oneDNN runs the LSTM without projection on whole sequences; the rest is faster fused.
+    # CPU under auto: oneDNN runs the LSTM without projection on whole sequences, in inference above a batch of
+    # FUSED_MAX_BATCH rows; the rest is faster fused (see rnnkit.engine.unroll.FUSED_MAX_BATCH).
     fast_dtype = x.dtype in (torch.float32, torch.float64)
-    return layer.mode == "LSTM" and not layer.proj_size and lengths is None and fast_dtype
+    if not (layer.mode == "LSTM" and not layer.proj_size and lengths is None and fast_dtype):
+        return False
+    trains = torch.is_grad_enabled() and any(p.requires_grad for p in layer._parameters.values())
+    return x.shape[1] > FUSED_MAX_BATCH and not trains
 
 
 def run_layer(layer: Any, x: Tensor, hx: Any, lengths: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]] | None:

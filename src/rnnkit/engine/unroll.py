@@ -10,10 +10,10 @@ Three paths, chosen by explicit predicates (``choose_path``), never by catching 
    call over the packed sequence, with a hand-written backward through time.
 
 Under ``use("auto")`` (the default) a leaf runs on torch's kernel when that is the fast choice
-(CUDA; on CPU the oneDNN LSTM without lengths, for TF's kernel layout only in inference at a batch
-above 4) and on rnnkit's fused kernels otherwise (CPU GRU and vanilla RNN, variable lengths, cells torch
-has no kernel for). On CUDA a cell torch cannot
-run goes to the reference loop until a GPU kernel is registered (``register_device_kernels``).
+(CUDA; on CPU the oneDNN LSTM without lengths, in inference at a batch above ``FUSED_MAX_BATCH``) and
+on rnnkit's fused kernels otherwise (CPU GRU and vanilla RNN, variable lengths, LSTMs in training or at
+small batches, cells torch has no kernel for). On CUDA a cell torch cannot run goes to the reference
+loop until a GPU kernel is registered (``register_device_kernels``).
 """
 
 from __future__ import annotations
@@ -99,14 +99,16 @@ def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool) 
         return False
     if getattr(leaf, "has_proj", False):
         return False
-    # TF's kernel reaches oneDNN only re-laid out (gates reordered, transposed): the fused kernel reads it as it
-    # is. Measured on 2 cores, the fused kernel is the faster in training (and keeps no copy of the weights for
-    # backward) and at a batch of 1-4 rows, where oneDNN's fixed cost per call dominates.
-    tf_layout = getattr(leaf, "layout", "torch") != "torch"
-    return not (tf_layout and (x.shape[1] <= _FUSED_MAX_BATCH_TF or _trains(leaf)))
+    return not (x.shape[1] <= FUSED_MAX_BATCH or _trains(leaf))
 
 
-_FUSED_MAX_BATCH_TF = 4  # see _leaf_prefers_torch
+# Measured on 2 cores (python -m benchmarks.run and wider sweeps): in training rnnkit's fused LSTM is at par with
+# oneDNN's or faster at every shape tried (0.9-1.05 of its time at batch 1-8, 0.75-0.9 at batch 16-64), and it keeps
+# only the activations for backward, once per step. In inference it is faster at a batch of 1-4 rows, where
+# oneDNN's fixed cost per call dominates; above that the two are within a few percent, and torch's kernel keeps
+# torch.nn's results bit for bit. TF's kernel layout reaches oneDNN only re-laid out (a copy of the weights); the
+# fused kernel reads it as it is.
+FUSED_MAX_BATCH = 4
 
 
 def _trains(leaf: Spec) -> bool:
