@@ -102,20 +102,28 @@ def test_layer_norm_lstm_gradcheck(kind, with_bias):
 
 
 @pytest.mark.parametrize("kind", ["compiled", "python"])
+@pytest.mark.parametrize("apart", [False, True], ids=["one_block", "candidate_apart"])
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_gru_gradcheck(kind, reset_after):
+def test_gru_gradcheck(kind, reset_after, apart):
+    """Both GRUs; the candidate's columns in the same tensors as r, z, or in tensors of their own (TF's GRUCell:
+    w_x, w_h then hold r, z only, and w_xn, w_hn get their own gradients)."""
     torch.manual_seed(2)
     kern = _kernels(kind)
     I, H = 3, 4
-    x, w_x, b_x, h0, w_h = _p(TOTAL, I), _p(I, 3 * H), _p(3 * H), _p(3, H), _p(H, 3 * H)
+    rz = 2 * H if apart else 3 * H
+    x, w_x, b_x, h0, w_h = _p(TOTAL, I), _p(I, rz), _p(3 * H), _p(3, H), _p(H, rz)
+    w_xn, w_hn = (_p(I, H), _p(H, H)) if apart else (None, None)
     b_h = _p(3 * H) if reset_after else None
     m_h = _mask(3, H)
 
-    def f(x, w_x, b_x, h0, w_h, *b):
-        return _functions.gru_layer(kern, BATCH_SIZES, x, w_x, b_x, h0, w_h, b[0] if b else None, m_h, reset_after)
+    def f(x, w_x, b_x, h0, w_h, *extra):
+        it = iter(extra)
+        b = next(it) if b_h is not None else None
+        xn, hn = (next(it), next(it)) if apart else (None, None)
+        return _functions.gru_layer(kern, BATCH_SIZES, x, w_x, b_x, h0, w_h, b, xn, hn, m_h, reset_after)
 
-    args = (x, w_x, b_x, h0, w_h) + ((b_h,) if b_h is not None else ())
-    assert torch.autograd.gradcheck(f, args, atol=1e-6)
+    extra = [t for t in (b_h, w_xn, w_hn) if t is not None]
+    assert torch.autograd.gradcheck(f, (x, w_x, b_x, h0, w_h, *extra), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["compiled", "python"])
@@ -149,7 +157,7 @@ def test_compiled_kernels_equal_twins_on_a_transposed_weight_layout(name):
             return (x, w1, b, BATCH_SIZES, h0, c0, w2, None, None, None, None, [0, 2, 1, 3], 0.0, 0.0, 0.0, False)
 
     elif name == "gru":
-        args = lambda w1, w2: (x, w1, b, BATCH_SIZES, h0, w2, b.flip(0), None, True, False)  # noqa: E731
+        args = lambda w1, w2: (x, w1, b, BATCH_SIZES, h0, w2, b.flip(0), None, None, None, True, False)  # noqa: E731
     else:
         args = lambda w1, w2: (x, w1, b, BATCH_SIZES, h0, w2, None, False, False)  # noqa: E731
     fn = f"{name}_forward"

@@ -22,8 +22,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._tf_weights import rebuild, rebuild_recipe
-
 __all__ = ["lstm_layer", "lnlstm_layer", "gru_layer", "rnn_layer", "needs_grad"]
 
 
@@ -40,7 +38,7 @@ class _Family(NamedTuple):
 
 _LSTM = _Family("lstm", 3, 2, (2,))
 _LNLSTM = _Family("lnlstm", 3, 2, (2,))
-_GRU = _Family("gru", 2, 1, (2, 5))
+_GRU = _Family("gru", 2, 1, (2, 5))  # x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h
 _RNN = _Family("rnn", 2, 1, (2,))
 
 
@@ -56,27 +54,16 @@ class _FusedLayer(torch.autograd.Function):
         out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, True)
         ctx.kern, ctx.family, ctx.cfg, ctx.batch_sizes, ctx.n_inputs = kern, family, cfg, batch_sizes, len(inputs)
         # Keep no copies for backward: a bias is often a fresh tensor (b_ih + b_hh) whose values backward never
-        # reads, and weights re-laid out from several TF kernels are made again from the kernels (parameters).
-        kept, kernels, ctx.rebuilds = [], [], []
-        for k, t in enumerate(inputs):
-            recipe = None if t is None else rebuild_recipe(t)
-            if recipe is not None:
-                ctx.rebuilds.append((k, len(recipe[0]), recipe[1], recipe[2]))
-                kernels.extend(recipe[0])
-            kept.append(t.new_empty(0) if t is not None and (recipe is not None or k in family.biases) else t)
-        activations = out[family.outputs :]
-        ctx.n_activations = 1 + len(activations)
-        ctx.save_for_backward(*kept, out[0], *activations, *kernels)
+        # reads (its gradient is a sum), so only its presence is kept.
+        kept = [t.new_empty(0) if t is not None and k in family.biases else t for k, t in enumerate(inputs)]
+        ctx.save_for_backward(*kept, out[0], *out[family.outputs :])  # inputs, y, the saved activations
         return tuple(out[: family.outputs])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):  # noqa: ANN001
         saved = ctx.saved_tensors
-        end = ctx.n_inputs + ctx.n_activations
-        inputs, activations, kernels = list(saved[: ctx.n_inputs]), saved[ctx.n_inputs : end], saved[end:]
-        for k, count, depth, which in ctx.rebuilds:
-            inputs[k], kernels = rebuild(kernels[:count], depth, which), kernels[count:]
+        inputs, activations = saved[: ctx.n_inputs], saved[ctx.n_inputs :]
         x, w_x, bias, *rest = inputs
         family = ctx.family
         need_dx = ctx.needs_input_grad[4]
@@ -152,11 +139,18 @@ def gru_layer(
     h0: Tensor,
     w_h: Tensor,
     bias_h: Tensor | None,
+    w_xn: Tensor | None,
+    w_hn: Tensor | None,
     mask_h: Tensor | None,
     reset_after: bool,
 ) -> tuple[Tensor, Tensor]:
-    """One GRU layer (blocks r, z, n): ``w_x (I, 3H)``, ``w_h (H, 3H)``; ``bias_h`` only with ``reset_after``."""
-    return _layer(kern, _GRU, (bool(reset_after),), batch_sizes, x, w_x, bias_x, h0, w_h, bias_h, mask_h)
+    """One GRU layer (blocks r, z, n): ``w_x (I, 3H)``, ``w_h (H, 3H)``; ``bias_h`` only with ``reset_after``.
+
+    ``w_xn (I, H)``, ``w_hn (H, H)``: the candidate's columns in tensors of their own (TF's GRUCell keeps them in
+    a kernel apart), then ``w_x (I, 2H)``, ``w_h (H, 2H)`` hold r, z only; both or neither.
+    """
+    inputs = (x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h)
+    return _layer(kern, _GRU, (bool(reset_after),), batch_sizes, *inputs)
 
 
 def rnn_layer(

@@ -1,7 +1,7 @@
 """TF's kernels as the fused and torch kernels take them: row blocks for the fused kernels, torch's layout
 for oneDNN/cuDNN. Each is one autograd node whose backward is the same re-layout of the gradient.
 
-* ``split_kernels``: TF kernels ``(I + R, N)`` -> ``w_x (I, N)``, ``w_h (R, N)`` (views for a single kernel).
+* ``split_kernel``: a TF kernel ``(I + R, N)`` -> ``w_x (I, N)``, ``w_h (R, N)``, views.
 * ``tf_lstm_as_torch``: TF's LSTM ``kernel (I + P, 4H)`` (i, j, f, o) + ``bias`` + ``forget_bias`` -> torch's
   ``w_ih, w_hh, b_ih, b_hh(, w_hr)``, cached without autograd until a parameter changes.
 """
@@ -13,42 +13,35 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["split_kernels", "rebuild_recipe", "rebuild", "tf_lstm_as_torch"]
+__all__ = ["split_kernel", "tf_lstm_as_torch"]
 
 
-class _SplitKernels(torch.autograd.Function):
-    """TF kernels ``(I + R, N_k)`` -> ``w_x (I, sum N_k)``, ``w_h (R, sum N_k)`` (views for a single kernel).
+class _SplitKernel(torch.autograd.Function):
+    """TF kernel ``(I + R, N)`` -> ``w_x (I, N)``, ``w_h (R, N)``: two views, one autograd node.
 
-    One autograd node whose backward writes each kernel's gradient with one ``cat``. Slicing under autograd
-    instead gives every slice a zero-filled gradient of the whole kernel and then adds them: at small sizes
-    those fills cost more than the recurrent kernel's own backward over a step.
+    Its backward returns the two gradients joined as the kernel's without a copy when they are adjacent rows of
+    one buffer (the fused kernels write them so). Slicing under autograd instead gives each slice a zero-filled
+    gradient of the whole kernel and then adds them: at small sizes those fills cost more than the recurrent
+    kernel's own backward over a step.
     """
 
     @staticmethod
-    def forward(ctx: Any, depth: int, *kernels: Tensor) -> Any:
-        ctx.depth, ctx.shapes = depth, [k.shape for k in kernels]
-        if len(kernels) == 1:
-            return kernels[0][:depth], kernels[0][depth:]
-        return torch.cat([k[:depth] for k in kernels], 1), torch.cat([k[depth:] for k in kernels], 1)
+    def forward(ctx: Any, depth: int, kernel: Tensor) -> Any:
+        ctx.depth, ctx.shape = depth, kernel.shape
+        return kernel[:depth], kernel[depth:]
 
     @staticmethod
     def backward(ctx: Any, g_x: Tensor | None, g_h: Tensor | None) -> Any:
+        joined = _joined_rows(g_x, g_h)
+        if joined is not None:
+            return None, joined
         like = g_x if g_x is not None else g_h
         assert like is not None
-        rows, width = ctx.shapes[0][0], sum(shape[1] for shape in ctx.shapes)
-        joined = _joined_rows(g_x, g_h) if len(ctx.shapes) == 1 else None
-        if joined is not None:  # the fused kernels write both blocks into one (I + R, N) buffer
-            return None, joined
+        rows, width = ctx.shape
         g_x = g_x if g_x is not None else like.new_zeros(ctx.depth, width)
         g_h = g_h if g_h is not None else like.new_zeros(rows - ctx.depth, width)
-        grads, col = [], 0
-        for shape, needed in zip(ctx.shapes, ctx.needs_input_grad[1:], strict=True):
-            piece = torch.cat([g_x[:, col : col + shape[1]], g_h[:, col : col + shape[1]]])  # (I + R, N_k)
-            grads.append(piece if needed else None)
-            col += shape[1]
-        return (None, *grads)
+        return None, torch.cat([g_x, g_h])  # (I + R, N)
 
 
 def _joined_rows(top: Tensor | None, bottom: Tensor | None) -> Tensor | None:
@@ -61,34 +54,11 @@ def _joined_rows(top: Tensor | None, bottom: Tensor | None) -> Tensor | None:
     return top.as_strided((top.shape[0] + bottom.shape[0], top.shape[1]), top.stride(), top.storage_offset())
 
 
-def split_kernels(depth: int, *kernels: Tensor) -> tuple[Tensor, Tensor]:
-    """``(w_x (I, N), w_h (R, N))`` from TF kernels ``(I + R, N_k)`` stacked along their columns."""
-    if torch.is_grad_enabled() and any(k.requires_grad for k in kernels):
-        w_x, w_h = _SplitKernels.apply(depth, *kernels)
-        if len(kernels) > 1:  # copies: a kernel that keeps them for backward can make them again instead
-            _REBUILD[w_x] = (kernels, depth, 0)
-            _REBUILD[w_h] = (kernels, depth, 1)
-        return w_x, w_h
-    if len(kernels) == 1:
-        return kernels[0][:depth], kernels[0][depth:]
-    return torch.cat([k[:depth] for k in kernels], 1), torch.cat([k[depth:] for k in kernels], 1)
-
-
-# w_x / w_h made by split_kernels as copies -> (kernels, depth, which): how to make them again.
-_REBUILD: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def rebuild_recipe(t: Tensor) -> tuple[tuple[Tensor, ...], int, int] | None:
-    """``(kernels, depth, which)`` when ``t`` is a copy ``split_kernels`` made (``which``: 0 w_x, 1 w_h), else None.
-    A kernel function that keeps its weights for backward can keep the kernels instead (parameters, alive
-    anyway) and ``rebuild`` the copy there: one copy of the weights per call less held until backward."""
-    return _REBUILD.get(t)
-
-
-def rebuild(kernels: tuple[Tensor, ...], depth: int, which: int) -> Tensor:
-    """``w_x`` (which 0) or ``w_h`` (which 1) of ``split_kernels(depth, *kernels)``, without autograd."""
-    with torch.no_grad():
-        return torch.cat([k[depth:] if which else k[:depth] for k in kernels], 1)
+def split_kernel(depth: int, kernel: Tensor) -> tuple[Tensor, Tensor]:
+    """``(w_x (I, N), w_h (R, N))``: the row blocks of a TF kernel ``(I + R, N)``, as views."""
+    if torch.is_grad_enabled() and kernel.requires_grad:
+        return _SplitKernel.apply(depth, kernel)
+    return kernel[:depth], kernel[depth:]
 
 
 _SWAP_JF: dict[torch.device, Tensor] = {}

@@ -48,7 +48,7 @@ from ..cells import (
 )
 from ..cells._base import RNNCell
 from ..cells.layer_norm import _TF_LAYER_NORM_EPS
-from ._tf_weights import split_kernels, tf_lstm_as_torch
+from ._tf_weights import split_kernel, tf_lstm_as_torch
 
 __all__ = [
     "lowering_for",
@@ -155,7 +155,7 @@ class LSTMSpec(_Leaf):
         depth = cell.input_depth
         peep = torch.stack([cell.w_i_diag, cell.w_f_diag, cell.w_o_diag]) if self.peepholes else None
         w_proj = cell.projection.kernel if self.has_proj else None
-        w_x, w_h = split_kernels(depth, cell.kernel)
+        w_x, w_h = split_kernel(depth, cell.kernel)
         return dict(w_x=w_x, w_h=w_h, bias=cell.bias, peep=peep, w_proj=w_proj)
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
@@ -192,7 +192,7 @@ class LNLSTMSpec(_Leaf):
         cell = self.cell
         if self.layout == "tf":
             norms = [getattr(cell, s) for s in ("input", "transform", "forget", "output", "state")]
-            w_x, w_h = split_kernels(cell.input_depth, cell.kernel)
+            w_x, w_h = split_kernel(cell.input_depth, cell.kernel)
             return dict(
                 w_x=w_x,
                 w_h=w_h,
@@ -231,20 +231,20 @@ class GRUSpec(_Leaf):
 
     def fused_params(self) -> dict[str, Tensor | None]:
         cell = self.cell
-        if self.layout == "tf":
-            w_x, w_h = split_kernels(cell.input_depth, cell.gates.kernel, cell.candidate.kernel)  # (I|H, 3H)
-            return dict(
-                w_x=w_x,
-                w_h=w_h,
-                bias_x=torch.cat([cell.gates.bias, cell.candidate.bias]),
-                bias_h=None,
-            )
+        apart: dict[str, Tensor | None] = dict(w_xn=None, w_hn=None)
+        if self.layout == "tf":  # two kernels, (I + H, 2H) for r, u and (I + H, H) for the candidate: read as views
+            w_x, w_h = split_kernel(cell.input_depth, cell.gates.kernel)
+            w_xn, w_hn = split_kernel(cell.input_depth, cell.candidate.kernel)
+            bias_x = torch.cat([cell.gates.bias, cell.candidate.bias])
+            return dict(w_x=w_x, w_h=w_h, bias_x=bias_x, bias_h=None, w_xn=w_xn, w_hn=w_hn)
         if not cell.bias:
-            return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias_x=None, bias_h=None)
+            return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias_x=None, bias_h=None, **apart)
         if self.reset_after:
-            return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias_x=cell.bias_ih, bias_h=cell.bias_hh)
+            w_x, w_h = cell.weight_ih.t(), cell.weight_hh.t()
+            return dict(w_x=w_x, w_h=w_h, bias_x=cell.bias_ih, bias_h=cell.bias_hh, **apart)
         # reset-before: b_hn sits outside r * (...), so both biases act as one input-side bias.
-        return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias_x=cell.bias_ih + cell.bias_hh, bias_h=None)
+        w_x, w_h = cell.weight_ih.t(), cell.weight_hh.t()
+        return dict(w_x=w_x, w_h=w_h, bias_x=cell.bias_ih + cell.bias_hh, bias_h=None, **apart)
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
         cell = self.cell
@@ -270,7 +270,7 @@ class RNNSpec(_Leaf):
     def fused_params(self) -> dict[str, Tensor | None]:
         cell = self.cell
         if self.layout == "tf":
-            w_x, w_h = split_kernels(cell.input_depth, cell.kernel)
+            w_x, w_h = split_kernel(cell.input_depth, cell.kernel)
             return dict(w_x=w_x, w_h=w_h, bias=cell.bias)
         bias = cell.bias_ih + cell.bias_hh if cell.bias else None
         return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias=bias)

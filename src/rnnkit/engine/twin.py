@@ -3,7 +3,7 @@
 Each function has the signature and results of the ``torch.ops.rnnkit`` op of the same name
 (``csrc/ops.h``), so the engine swaps one for the other. They run where the compiled kernels
 cannot be built, and on any device. They are called without autograd (inside an
-``autograd.Function`` or under ``no_grad``) and write into their buffers in place.
+``autograd.Function``, or on inputs that need no gradient) and write into their buffers in place.
 
 Layout: packed rows (``total, features``); step ``t`` owns rows ``off[t] : off[t] + n[t]``, where
 ``n = batch_sizes`` is non-increasing (sequences sorted longest first). Weights are ``(in, out)``
@@ -310,7 +310,9 @@ def lnlstm_backward(
 # ---- GRU ------------------------------------------------------------------------------------
 
 
-def gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, reset_after, save):
+def gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, reset_after, save):
+    if w_xn is not None:  # the candidate's columns apart: w_x, w_h hold r, z only
+        w_x, w_h = torch.cat([w_x, w_xn], 1), torch.cat([w_h, w_hn], 1)
     steps = _schedule(batch_sizes)
     hidden = h0.shape[1]
     g_all = x @ w_x  # (total, 3H)
@@ -346,7 +348,12 @@ def gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, reset_afte
     return [y, hs, g_all, s_all if s_all is not None else x.new_empty(0)]
 
 
-def gru_backward(dy, dh_t, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, y, g_all, s_all, reset_after, need_dx):
+def gru_backward(
+    dy, dh_t, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, y, g_all, s_all, reset_after, need_dx
+):
+    apart = w_xn is not None
+    if apart:
+        w_x, w_h = torch.cat([w_x, w_xn], 1), torch.cat([w_h, w_hn], 1)
     steps = _schedule(batch_sizes)
     hidden = h0.shape[1]
     h_prev = _previous(steps, h0, y, mask_h)
@@ -380,7 +387,10 @@ def gru_backward(dy, dh_t, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h,
     dbh = None
     if bias_h is not None:
         dbh = e_all.sum(0) if reset_after else d_all.new_zeros(d_all.shape[1])  # (3H,): bias_h may be a marker
-    return [dx, dwx, dbx, dh, dwh, dbh]
+    if not apart:
+        return [dx, dwx, dbx, dh, dwh, dbh, None, None]
+    rz = 2 * hidden
+    return [dx, dwx[:, :rz], dbx, dh, dwh[:, :rz], dbh, dwx[:, rz:], dwh[:, rz:]]
 
 
 # ---- vanilla RNN ----------------------------------------------------------------------------

@@ -239,7 +239,9 @@ def _run_fused(leaf: Spec, kern: Any, bs: Tensor, x: Tensor, internal: tuple, ma
         return y, (h, c)
     (h0,) = internal
     if isinstance(leaf, GRUSpec):
-        y, h = F.gru_layer(kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], masks, leaf.reset_after)
+        y, h = F.gru_layer(
+            kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], p["w_xn"], p["w_hn"], masks, leaf.reset_after
+        )
     else:
         assert isinstance(leaf, RNNSpec)
         y, h = F.rnn_layer(kern, bs, x, p["w_x"], p["bias"], h0, p["w_h"], masks, leaf.relu)

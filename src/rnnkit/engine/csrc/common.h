@@ -22,6 +22,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <type_traits>
 #include <utility>
 #include <cmath>
@@ -338,27 +339,35 @@ inline void for_chunks(const Units& u, const F& f) {
   }
 }
 
-// C (n x N) = X (n x K) @ W (K x N) + beta * C at every step of a sequence, for steps without an elementwise
-// update of their own between multiply and barrier (the backward's dh = dG @ W_h^T): split over threads by
-// columns of W when the work is worth it, each thread multiplying by its own panels of W (packed once per call);
-// else one multiply (MKL's packed W when one chunk has more than a few rows). beta: 0 or 1.
+// C (n x N) = X_1 @ W_1 + X_2 @ W_2 ... + beta * C at every step of a sequence (W_k: K_k x N, the row blocks of
+// one W or from different tensors), for steps without an elementwise update of their own between multiply and
+// barrier (the backward's dh = dG @ W_h^T): split over threads by columns of W when the work is worth it, each
+// thread multiplying by its own panels of W (packed once per call); else one multiply per block (MKL's packed W
+// when one chunk has more than a few rows). beta: 0 or 1.
 template <typename T>
 struct SplitGemm {
   Units u;
-  StepGemm<T> whole;
-  ChunkGemm<T> chunks;
-  SplitGemm(const Mat<T>& w, int64_t rows, int64_t steps)
-      : u(split_units(w.cols, rows, w.rows, 1)),
-        whole(w, pack_rows(u, rows)),
-        chunks(w, 1, w.cols, u, whole.is_packed() ? 0 : steps) {}
-  void operator()(int64_t n, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
-    if (whole.is_packed()) {
-      whole(n, X, ldx, beta, C, ldc);
+  std::vector<StepGemm<T>> whole;
+  std::vector<ChunkGemm<T>> chunks;
+  SplitGemm(const std::vector<Mat<T>>& ws, int64_t rows, int64_t steps) {
+    int64_t depth = 0;
+    for (const Mat<T>& w : ws) depth += w.rows;
+    u = split_units(ws[0].cols, rows, depth, 1);
+    for (const Mat<T>& w : ws) whole.emplace_back(w, pack_rows(u, rows));
+    for (const Mat<T>& w : ws) chunks.emplace_back(w, 1, w.cols, u, whole[0].is_packed() ? 0 : steps);
+  }
+  // xs: X_k (n x K_k), row stride ldx each.
+  void operator()(int64_t n, std::initializer_list<const T*> xs, int64_t ldx, T beta, T* C, int64_t ldc) const {
+    if (whole[0].is_packed()) {
+      size_t k = 0;
+      for (const T* X : xs) whole[k](n, X, ldx, k ? T(1) : beta, C, ldc), ++k;
       return;
     }
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
-      if (w > 0) chunks(c, lo, w, n, X, ldx, C + lo, ldc, beta);
+      if (w == 0) return;
+      size_t k = 0;
+      for (const T* X : xs) chunks[k](c, lo, w, n, X, ldx, C + lo, ldc, k ? T(1) : beta), ++k;
     });
   }
 };
@@ -375,44 +384,58 @@ Tensor contig(const Tensor& t);
 // The entry points' input check: packed (total, features) float32/float64 CPU tensors.
 void check_float(const Tensor& x, const char* name);
 
-// The input projection of every step in one matrix multiply: (total, I) @ W_x -> (total, G).
+// The input projection of every step in one matrix multiply per column block of W_x: (total, I) @ [W_1 | W_2 ...]
+// -> (total, N_1 + N_2 ...). The blocks may live in different tensors (TF's GRU keeps its candidate apart).
 template <typename T>
-Tensor project_inputs(const Tensor& x, const Mat<T>& wx) {
+Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks) {
   Tensor xc = contig(x);
   const int64_t total = xc.size(0);
-  Tensor out = at::empty({total, wx.cols}, x.options());
-  if (total > 0 && wx.cols > 0) {
-    gemm_xw<T>(total, xc.data_ptr<T>(), std::max<int64_t>(1, xc.size(1)), wx, T(1), T(0), out.data_ptr<T>(), wx.cols);
+  int64_t width = 0;
+  for (const Mat<T>& w : blocks) width += w.cols;
+  Tensor out = at::empty({total, width}, x.options());
+  int64_t col = 0;
+  for (const Mat<T>& w : blocks) {
+    if (total > 0 && w.cols > 0) {
+      gemm_xw<T>(total, xc.data_ptr<T>(), std::max<int64_t>(1, xc.size(1)), w, T(1), T(0), out.data_ptr<T>() + col,
+                 width);
+    }
+    col += w.cols;
   }
   return out;
 }
 
 // What every backward ends with, single matmuls over all steps: dW_x = x^T dG, dW_h = Hprev^T dG_h and (when
-// asked) dx = dG W_x^T. dW_x (I, G) and dW_h (R, G) are the two row blocks of one (I + R, G) tensor, so TF's
-// joint kernel (I + R, G) takes its gradient without a copy (rnnkit.engine._tf_weights joins them back).
-// dG_h: the recurrent side's d pre-activations (dG, but for the reset-after GRU); nullptr: the caller fills dW_h.
+// asked) dx = dG W_x^T. W_x comes in column blocks (see project_inputs); block k's dW_x (I, N_k) and dW_h (R, N_k)
+// are the two row blocks of one (I + R, N_k) tensor, so a TF kernel (I + R, N_k) takes its gradient without a
+// copy (rnnkit.engine._tf_weights joins them back). dG_h: the recurrent side's d pre-activations (dG, but for
+// the reset-after GRU), with dG's row stride; nullptr: the caller fills dW_h.
 struct WeightGrads {
-  Tensor dx, dwx, dwh;
+  Tensor dx;
+  std::vector<Tensor> dwx, dwh;  // per column block
 };
 
 template <typename T>
-WeightGrads weight_grads(const Tensor& x, const Mat<T>& wx, const Tensor& dG, const Tensor& hprev, const T* dgh,
-                            bool need_dx) {
+WeightGrads weight_grads(const Tensor& x, const std::vector<Mat<T>>& wx, const Tensor& dG, const Tensor& hprev,
+                         const T* dgh, bool need_dx) {
   Tensor xc = contig(x);
-  const int64_t total = xc.size(0), I = wx.rows, G = wx.cols, R = hprev.size(1);
-  Tensor dW = at::empty({I + R, G}, x.options());
-  WeightGrads g{Tensor(), dW.narrow(0, 0, I), dW.narrow(0, I, R)};
-  if (dgh) gemm_atd<T>(total, R, G, hprev.data_ptr<T>(), R, dgh, G, T(0), g.dwh.data_ptr<T>(), G);
-  if (total == 0) {  // nothing ran: the gradients are zero
-    g.dwx.zero_();
-    if (need_dx) g.dx = at::zeros({total, I}, x.options());
-    return g;
-  }
-  gemm_atd<T>(total, I, G, xc.data_ptr<T>(), std::max<int64_t>(1, I), dG.data_ptr<T>(), dG.size(1), T(0),
-              g.dwx.data_ptr<T>(), G);
-  if (need_dx) {  // written whole by the beta = 0 product
-    g.dx = at::empty({total, I}, x.options());
-    gemm_dwt<T>(total, dG.data_ptr<T>(), dG.size(1), wx, T(1), T(0), g.dx.data_ptr<T>(), I);
+  const int64_t total = xc.size(0), I = xc.size(1), R = hprev.size(1), ldg = dG.size(1);
+  WeightGrads g;
+  if (need_dx) g.dx = total > 0 ? at::empty({total, I}, x.options()) : at::zeros({total, I}, x.options());
+  int64_t col = 0;
+  for (size_t k = 0; k < wx.size(); ++k) {
+    const int64_t N = wx[k].cols;
+    Tensor dW = at::empty({I + R, N}, x.options());
+    g.dwx.push_back(dW.narrow(0, 0, I));
+    g.dwh.push_back(dW.narrow(0, I, R));
+    if (dgh) gemm_atd<T>(total, R, N, hprev.data_ptr<T>(), R, dgh + col, ldg, T(0), g.dwh[k].data_ptr<T>(), N);
+    if (total == 0) {  // nothing ran: the gradients are zero
+      g.dwx[k].zero_();
+    } else {
+      const T* dg = dG.data_ptr<T>() + col;
+      gemm_atd<T>(total, I, N, xc.data_ptr<T>(), std::max<int64_t>(1, I), dg, ldg, T(0), g.dwx[k].data_ptr<T>(), N);
+      if (need_dx) gemm_dwt<T>(total, dg, ldg, wx[k], T(1), k ? T(1) : T(0), g.dx.data_ptr<T>(), I);
+    }
+    col += N;
   }
   return g;
 }

@@ -6,6 +6,8 @@
 //   reset-before (TF1 GRUCell, Keras reset_after=False), two dependent matmuls:
 //     r, z = sig(x_rz + h @ W_h[:, :2H]);  n = tanh(x_n + (r * h) @ W_h[:, 2H:])
 //   h' = z * h + (1 - z) * n
+// The candidate's columns W_x[:, 2H:], W_h[:, 2H:] may come apart from the r, z ones (w_xn, w_hn: TF's GRUCell keeps
+// them in a kernel of their own), read where they are and given their own gradients, so no weight is copied.
 // Saved: r, z, n (total, 3H) and, reset-after, a_n (total, H). Vanilla RNN: h' = act(x + h @ W_h + b),
 // saving only the outputs.
 #include "common.h"
@@ -18,30 +20,31 @@ namespace {
 
 template <typename T>
 std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
-                            const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& mask_h_,
-                            bool reset_after, bool save) {
+                            const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
+                            const OptT& w_hn, const OptT& mask_h_, bool reset_after, bool save) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0, s.steps());
+  const bool apart = has(w_xn);  // the candidate's columns in tensors of their own
+  const Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0, s.steps());
+  const Mat<T> wx_rz = cols_of(wx, 0, 2 * H), wh_rz = cols_of(wh, 0, 2 * H);
+  const Mat<T> wx_n = apart ? mat_of<T>(*w_xn) : cols_of(wx, 2 * H, H);
+  const Mat<T> wh_n = apart ? step_weights<T>(*w_hn, rows0, s.steps()) : cols_of(wh, 2 * H, H);
   Tensor bx_c = has(bias_x) ? contig(*bias_x) : at::zeros({G3}, x.options());
   Tensor bh_c = has(bias_h) ? contig(*bias_h) : at::zeros({G3}, x.options());
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
   Tensor brz_c = bx_c.narrow(0, 0, 2 * H).add(bh_c.narrow(0, 0, 2 * H));  // r and z see both biases: added once
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
-  // reset-after: one multiply by all three blocks; reset-before: r, z first, then n on r * h.
+  // h @ W_rz every step; h @ W_n with it (reset-after) or, reset-before, (r * h) @ W_n after it.
   const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one packed multiply
-  const StepGemm<T> step_a(reset_after ? wh : cols_of(wh, 0, 2 * H), pack_rows(u, rows0));
-  std::optional<StepGemm<T>> step_n;
-  if (!reset_after) step_n.emplace(cols_of(wh, 2 * H, H), pack_rows(u, rows0));
-  const bool packed = step_a.is_packed();
-  const Mat<T> wn = cols_of(wh, 2 * H, H);
+  const StepGemm<T> step_rz(wh_rz, pack_rows(u, rows0)), step_n(wh_n, pack_rows(u, rows0));
+  const bool packed = step_rz.is_packed();
   const int64_t ga = reset_after ? 3 : 2;  // gate blocks in the first multiply
   const int64_t panel_steps = packed ? 0 : s.steps();
-  const ChunkGemm<T> chunk_a(wh, ga, H, u, panel_steps), chunk_n(wn, 1, H, u, reset_after ? 0 : panel_steps);
+  const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, panel_steps), chunk_n(wh_n, 1, H, u, panel_steps);
 
-  Tensor G = project_inputs<T>(x, wx);  // (total, 3H) -> activated r, z, n
+  Tensor G = project_inputs<T>(x, {wx_rz, wx_n});  // (total, 3H) -> activated r, z, n
   StepStates<T> hs(h0);
   Tensor Y = at::empty({s.total, H}, x.options());
   Tensor Sv = reset_after ? at::empty({save ? s.total : B, H}, x.options()) : Tensor();
@@ -58,9 +61,11 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
       const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
       if (w == 0) return;
       if (packed) {
-        step_a(n, hp, H, T(0), ap, G3);
+        step_rz(n, hp, H, T(0), ap, G3);
+        if (reset_after) step_n(n, hp, H, T(0), ap + 2 * H, G3);
       } else {
-        chunk_a(c, lo, w, n, hp, H, ap + ga * lo, G3);
+        chunk_rz(c, lo, w, n, hp, H, ap + ga * lo, G3);
+        if (reset_after) chunk_n(c, lo, w, n, hp, H, ap + ga * lo + 2 * w, G3);
       }
       for (int64_t b = 0; b < n; ++b) {
         T* __restrict__ r = g + b * G3 + lo;
@@ -95,7 +100,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         if (w == 0) return;
         // (r * h) @ W_n for this chunk's units, into the free first columns of the chunk's rows of A.
         if (packed) {
-          (*step_n)(n, ap + 2 * H, G3, T(0), ap, G3);
+          step_n(n, ap + 2 * H, G3, T(0), ap, G3);
         } else {
           chunk_n(c, lo, w, n, ap + 2 * H, G3, ap + ga * lo, G3);
         }
@@ -122,11 +127,13 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
 template <typename T>
 std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                             const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
-                            const OptT& bias_h, const OptT& mask_h_, const Tensor& Y, const Tensor& G_,
-                            const Tensor& S_, bool reset_after, bool need_dx) {
+                            const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h_,
+                            const Tensor& Y, const Tensor& G_, const Tensor& S_, bool reset_after, bool need_dx) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
-  Mat<T> wx = mat_of<T>(w_x);
+  const bool apart = has(w_xn);
+  const Mat<T> wx = mat_of<T>(w_x);
+  const std::vector<Mat<T>> wx_blocks = apart ? std::vector<Mat<T>>{wx, mat_of<T>(*w_xn)} : std::vector<Mat<T>>{wx};
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
   Tensor G = contig(G_), dY = contig(dY_), Yc = contig(Y);
@@ -143,14 +150,16 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   T* ep = reset_after ? E.data_ptr<T>() : nullptr;
   const std::vector<T> ones(H, T(1));  // stands for an absent mask, so the loops stay branch-free
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const Mat<T> wt = step_weights_t<T>(w_h, rows0, s.steps());  // W_h^T (3H, H): rows of r, z, then n
-  const int64_t steps = s.steps();
+  // W_h^T's rows of r, z and of n: dh += dG_rz @ W_rz^T + dG_n @ W_n^T.
+  const Mat<T> wt = step_weights_t<T>(w_h, rows0, s.steps());
+  const Mat<T> wt_rz = rows_of(wt, 0, 2 * H);
+  const Mat<T> wt_n = apart ? step_weights_t<T>(*w_hn, rows0, s.steps()) : rows_of(wt, 2 * H, H);
   std::optional<SplitGemm<T>> step_all, step_rz, step_n;
   if (reset_after) {
-    step_all.emplace(wt, rows0, steps);
+    step_all.emplace(std::vector<Mat<T>>{wt_rz, wt_n}, rows0, s.steps());
   } else {
-    step_rz.emplace(rows_of(wt, 0, 2 * H), rows0, steps);
-    step_n.emplace(rows_of(wt, 2 * H, H), rows0, steps);
+    step_rz.emplace(std::vector<Mat<T>>{wt_rz}, rows0, s.steps());
+    step_n.emplace(std::vector<Mat<T>>{wt_n}, rows0, s.steps());
   }
 
   for (int64_t t = s.steps() - 1; t >= 0; --t) {
@@ -186,9 +195,9 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
       }
     });
     if (reset_after) {
-      (*step_all)(n, ep + off * G3, G3, T(1), dhp, H);
+      (*step_all)(n, {ep + off * G3, ep + off * G3 + 2 * H}, G3, T(1), dhp, H);
     } else {
-      (*step_n)(n, dp + off * G3 + 2 * H, G3, T(0), rp, H);
+      (*step_n)(n, {dp + off * G3 + 2 * H}, G3, T(0), rp, H);
       for_rows(n, G3, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t row = off + b;
@@ -203,21 +212,24 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
           }
         }
       });
-      (*step_rz)(n, dp + off * G3, G3, T(1), dhp, H);
+      (*step_rz)(n, {dp + off * G3}, G3, T(1), dhp, H);
     }
   }
 
   // reset-before: dW_h has two parts (h_prev for r, z; r * h_prev for the candidate), filled here.
-  const WeightGrads wg = weight_grads<T>(x, wx, D, Hprev, reset_after ? ep : nullptr, need_dx);
+  const WeightGrads wg = weight_grads<T>(x, wx_blocks, D, Hprev, reset_after ? ep : nullptr, need_dx);
+  // dW_h's r, z columns and the candidate's: views into one (H, 3H) gradient, or the two blocks' own.
+  Tensor dwh_rz = apart ? wg.dwh[0] : wg.dwh[0].narrow(1, 0, 2 * H);
+  Tensor dwh_n = apart ? wg.dwh[1] : wg.dwh[0].narrow(1, 2 * H, H);
   if (!reset_after) {
-    T* dwhp = wg.dwh.data_ptr<T>();
     Tensor RH = G.narrow(1, 0, H).mul(Hprev);  // r * h_prev, the candidate's recurrent input
-    gemm_atd<T>(s.total, H, 2 * H, hpp, H, dp, G3, T(0), dwhp, G3);
-    gemm_atd<T>(s.total, H, H, RH.data_ptr<T>(), H, dp + 2 * H, G3, T(0), dwhp + 2 * H, G3);
+    gemm_atd<T>(s.total, H, 2 * H, hpp, H, dp, G3, T(0), dwh_rz.data_ptr<T>(), dwh_rz.stride(0));
+    gemm_atd<T>(s.total, H, H, RH.data_ptr<T>(), H, dp + 2 * H, G3, T(0), dwh_n.data_ptr<T>(), dwh_n.stride(0));
   }
   Tensor dbx = has(bias_x) ? D.sum(0) : Tensor();
   Tensor dbh = has(bias_h) ? (reset_after ? E.sum(0) : at::zeros({G3}, x.options())) : Tensor();
-  return {wg.dx, wg.dwx, dbx, dh, wg.dwh, dbh};
+  if (!apart) return {wg.dx, wg.dwx[0], dbx, dh, wg.dwh[0], dbh, Tensor(), Tensor()};
+  return {wg.dx, wg.dwx[0], dbx, dh, wg.dwh[0], dbh, wg.dwx[1], wg.dwh[1]};
 }
 
 template <typename T>
@@ -233,7 +245,7 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const Units u = split_units(H, s.steps() ? s.n[0] : 0, H, 1);
   const StepGemm<T> step_w(wh, pack_rows(u, s.steps() ? s.n[0] : 0));
   const ChunkGemm<T> chunk_w(wh, 1, H, u, step_w.is_packed() ? 0 : s.steps());
-  Tensor Y = project_inputs<T>(x, wx);  // pre-activations, activated in place: the outputs
+  Tensor Y = project_inputs<T>(x, {wx});  // pre-activations, activated in place: the outputs
   StepStates<T> hs(h0);
   Tensor A = at::empty({B, H}, x.options());
   T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
@@ -286,7 +298,7 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   T *dp = D.data_ptr<T>(), *dhp = dh.data_ptr<T>();
   const std::vector<T> ones(H, T(1));
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const SplitGemm<T> step_wt(step_weights_t<T>(w_h, rows0, s.steps()), rows0, s.steps());  // dh = dG @ W_h^T
+  const SplitGemm<T> step_wt({step_weights_t<T>(w_h, rows0, s.steps())}, rows0, s.steps());  // dh = dG @ W_h^T
   for (int64_t t = s.steps() - 1; t >= 0; --t) {
     const int64_t n = s.n[t], off = s.off[t];
     if (n == 0) continue;
@@ -305,34 +317,36 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
         }
       }
     });
-    step_wt(n, dp + off * H, H, T(0), dhp, H);
+    step_wt(n, {dp + off * H}, H, T(0), dhp, H);
   }
-  const WeightGrads wg = weight_grads<T>(x, wx, D, Hprev, dp, need_dx);
+  const WeightGrads wg = weight_grads<T>(x, {wx}, D, Hprev, dp, need_dx);
   Tensor db = has(bias) ? D.sum(0) : Tensor();
-  return {wg.dx, wg.dwx, db, dh, wg.dwh};
+  return {wg.dx, wg.dwx[0], db, dh, wg.dwh[0]};
 }
 
 }  // namespace
 
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
-                                const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& mask_h,
-                                bool reset_after, bool save) {
+                                const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
+                                const OptT& w_hn, const OptT& mask_h, bool reset_after, bool save) {
   check_float(x, "gru_forward");
+  TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_forward: w_xn and w_hn come together or not at all");
   if (x.scalar_type() == at::kDouble)
-    return gru_fwd<double>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, reset_after, save);
-  return gru_fwd<float>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, reset_after, save);
+    return gru_fwd<double>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, reset_after, save);
+  return gru_fwd<float>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, reset_after, save);
 }
 
 std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                                  const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
-                                 const OptT& bias_h, const OptT& mask_h, const Tensor& Y, const Tensor& G,
-                                 const Tensor& S, bool reset_after, bool need_dx) {
+                                 const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h,
+                                 const Tensor& Y, const Tensor& G, const Tensor& S, bool reset_after, bool need_dx) {
   check_float(x, "gru_backward");
+  TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_backward: w_xn and w_hn come together or not at all");
   if (x.scalar_type() == at::kDouble)
-    return gru_bwd<double>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, Y, G, S, reset_after,
-                           need_dx);
-  return gru_bwd<float>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, mask_h, Y, G, S, reset_after,
-                        need_dx);
+    return gru_bwd<double>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, Y, G, S,
+                           reset_after, need_dx);
+  return gru_bwd<float>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, Y, G, S,
+                        reset_after, need_dx);
 }
 
 std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,

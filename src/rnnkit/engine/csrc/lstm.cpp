@@ -58,7 +58,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   if (proj) step_p.emplace(wp, pack_rows(up, rows0));
   const ChunkGemm<T> chunk_w(wh, 4, H, u, step_w.is_packed() ? 0 : s.steps());
 
-  Tensor G = project_inputs<T>(x, wx);  // (total, 4H): becomes the saved activated gates
+  Tensor G = project_inputs<T>(x, {wx});  // (total, 4H): becomes the saved activated gates
   StepStates<T> hs(h0_);
   Tensor cs = c0_.contiguous().clone();
   Tensor Y = at::empty({s.total, P}, x.options());
@@ -254,7 +254,7 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
   Tensor dh = dhT.contiguous().clone(), dc = dcT.contiguous().clone();
   Tensor dM = at::empty({B, H}, x.options());
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const SplitGemm<T> step_wt(step_weights_t<T>(w_h, rows0, s.steps()), rows0, s.steps());  // dh = dG @ W_h^T
+  const SplitGemm<T> step_wt({step_weights_t<T>(w_h, rows0, s.steps())}, rows0, s.steps());  // dh = dG @ W_h^T
   std::optional<StepGemm<T>> step_pt;
   if (proj) step_pt.emplace(transposed(wp), rows0);
   T *dgp = dG.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>(), *dmp = dM.data_ptr<T>();
@@ -291,10 +291,10 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
                         dcs, di, dg, df, dO);
       }
     });
-    step_wt(n, dgp + off * G4, G4, T(0), dhp, P);
+    step_wt(n, {dgp + off * G4}, G4, T(0), dhp, P);
   }
 
-  const WeightGrads wg = weight_grads<T>(x, wx, dG, Hprev, dgp, need_dx);
+  const WeightGrads wg = weight_grads<T>(x, {wx}, dG, Hprev, dgp, need_dx);
   Tensor dbias = has(bias) ? dG.sum(0) : Tensor();
   Tensor dpeep;
   if (pp) {
@@ -306,7 +306,7 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
     dwp = at::empty({H, P}, x.options());
     gemm_atd<T>(s.total, H, P, Mall.data_ptr<T>(), H, dpp, P, T(0), dwp.data_ptr<T>(), P);
   }
-  return {wg.dx, wg.dwx, dbias, dh, dc, wg.dwh, dpeep, dwp};
+  return {wg.dx, wg.dwx[0], dbias, dh, dc, wg.dwh[0], dpeep, dwp};
 }
 
 // ---- layer-normalised LSTM (TF contrib's LayerNormBasicLSTMCell) ------------------------------
@@ -380,7 +380,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   const T fb = static_cast<T>(k.forget_bias), eps = static_cast<T>(eps_);
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
 
-  Tensor XH = project_inputs<T>(x, wx);  // pre-activations, normalised in place: saved
+  Tensor XH = project_inputs<T>(x, {wx});  // pre-activations, normalised in place: saved
   if (has(bias)) XH.add_(*bias);
   Tensor hs = h0.contiguous().clone(), cs = c0.contiguous().clone();
   Tensor Y = at::empty({s.total, H}, x.options());
@@ -475,7 +475,7 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
   T* accp = acc.data_ptr<T>();
   const std::vector<T> ones(H, T(1));
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const SplitGemm<T> step_wt(step_weights_t<T>(w_h, rows0, s.steps()), rows0, s.steps());  // dh = dG @ W_h^T
+  const SplitGemm<T> step_wt({step_weights_t<T>(w_h, rows0, s.steps())}, rows0, s.steps());  // dh = dG @ W_h^T
 
   for (int64_t t = s.steps() - 1; t >= 0; --t) {
     const int64_t n = s.n[t], off = s.off[t];
@@ -534,12 +534,12 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
         }
       }
     });
-    step_wt(n, dgp + off * G4, G4, T(0), dhp, H);
+    step_wt(n, {dgp + off * G4}, G4, T(0), dhp, H);
   }
   Tensor sums = acc.sum(0);  // (2, 5, H)
-  const WeightGrads wg = weight_grads<T>(x, wx, dG, Hprev, dgp, need_dx);
+  const WeightGrads wg = weight_grads<T>(x, {wx}, dG, Hprev, dgp, need_dx);
   Tensor dbias = has(bias) ? dG.sum(0) : Tensor();
-  return {wg.dx, wg.dwx, dbias, dh, dc, wg.dwh, sums[0], sums[1]};
+  return {wg.dx, wg.dwx[0], dbias, dh, dc, wg.dwh[0], sums[0], sums[1]};
 }
 
 }  // namespace

@@ -4,7 +4,8 @@
 // backward returns the gradients of the forward's tensor inputs in the order of its signature
 // (undefined where a gradient was not asked for or an input was absent). Gate blocks: LSTM
 // gate_order = block index of (i, g, f, o) in the weights' columns (TF: 0, 1, 2, 3 for i, j, f, o;
-// torch: 0, 2, 1, 3); GRU blocks are always r, z(u), n(candidate).
+// torch: 0, 2, 1, 3); GRU blocks are always r, z(u), n(candidate), the candidate's optionally in tensors of its
+// own (w_xn, w_hn; then w_x, w_h hold r, z only).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -44,13 +45,13 @@ std::vector<Tensor> lnlstm_backward(const Tensor& dY, const Tensor& dhT, const T
                                     bool need_dx);
 
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
-                                const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& mask_h,
-                                bool reset_after, bool save);
+                                const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
+                                const OptT& w_hn, const OptT& mask_h, bool reset_after, bool save);
 
 std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                                  const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
-                                 const OptT& bias_h, const OptT& mask_h, const Tensor& Y, const Tensor& G,
-                                 const Tensor& S, bool reset_after, bool need_dx);
+                                 const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h,
+                                 const Tensor& Y, const Tensor& G, const Tensor& S, bool reset_after, bool need_dx);
 
 std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
                                 const Tensor& h0, const Tensor& w_h, const OptT& mask_h, bool relu, bool save);
