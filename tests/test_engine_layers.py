@@ -144,6 +144,22 @@ def test_layer_cells_follow_parameter_changes():
     torch.testing.assert_close(layer(x)[0], fresh(x)[0], atol=0, rtol=0)
 
 
+def test_layers_caches_do_not_keep_layers_alive():
+    """The per-layer cell cache and the cells' cached lowering must not keep a dropped layer (or its cells)
+    alive: counted by weak references after a forward in each mode."""
+    import gc
+    import weakref
+
+    refs = []
+    for training in (False, True):
+        layer = rk.GRU(4, 8, num_layers=2).train(training)
+        out, _ = layer(torch.randn(3, 2, 4))
+        refs += [weakref.ref(layer), *(weakref.ref(layer._cell(k, 0)) for k in range(2))]
+        del layer, out
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs)
+
+
 TF_CELLS = {
     "basic_lstm": lambda: rk.BasicLSTMCell(24, forget_bias=0.5),
     "lstm_full": lambda: rk.LSTMCell(24, use_peepholes=True, cell_clip=0.8, num_proj=16),

@@ -18,7 +18,6 @@ runs each layer as one fused kernel call, skipping the per-call decisions of ``r
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -31,9 +30,6 @@ from .plan import full_batch_sizes
 from .unroll import _FUSED_DTYPES, FUSED_MAX_BATCH, _run_fused
 
 __all__ = ["torch_math", "run_layer", "fused_stack"]
-
-# cell -> (training, its spec): see _lowered. Weak, so that caching never keeps a cell alive.
-_LOWERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 _VF_CALLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 
@@ -104,11 +100,12 @@ def run_layer(layer: Any, x: Tensor, hx: Any, lengths: Tensor | None) -> tuple[T
 
 
 def _lowered(cell: Any) -> Any:
-    """``lowering_for(cell)``, kept per cell and training mode. A layer's cells keep their options (the layer
-    builds a new cell when an option or a parameter object changes), so only the mode can change the spec."""
-    hit = _LOWERED.get(cell)
+    """``lowering_for(cell)``, kept on the cell per training mode. A layer's cells keep their options (the layer
+    builds a new cell when an option or a parameter object changes), so only the mode can change the spec. (On
+    the cell, not in a weak map: the spec refers to its cell, which would keep a weak map's key alive.)"""
+    hit = cell.__dict__.get("_engine_spec")
     if hit is None or hit[0] != cell.training:
-        hit = _LOWERED[cell] = (cell.training, lowering_for(cell))
+        hit = cell.__dict__["_engine_spec"] = (cell.training, lowering_for(cell))
     return hit[1]
 
 
