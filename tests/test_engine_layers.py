@@ -144,6 +144,43 @@ def test_layer_cells_follow_parameter_changes():
     torch.testing.assert_close(layer(x)[0], fresh(x)[0], atol=0, rtol=0)
 
 
+RECURRENT_DROPOUT = {
+    "lstm": lambda: rk.LSTM(3, 16, num_layers=2, recurrent_dropout=0.3),
+    "lstm_bi_proj": lambda: rk.LSTM(3, 16, proj_size=8, bidirectional=True, recurrent_dropout=0.3),
+    "lstm_ln": lambda: rk.LSTM(3, 16, layer_norm=True, recurrent_dropout=0.3),
+    "rnn": lambda: rk.RNN(3, 16, num_layers=2, recurrent_dropout=0.4),
+}
+
+
+@pytest.mark.parametrize("lengths", [None, [6, 2, 0, 5]], ids=["full", "lengths"])
+@pytest.mark.parametrize("name", sorted(RECURRENT_DROPOUT))
+def test_recurrent_dropout_in_training_runs_fused_with_the_reference_masks(name, lengths):
+    """Training-time recurrent dropout of the LSTM and RNN runs on the fused kernels (the h the matmul reads is
+    masked, the carried and final h are not), drawing the reference loop's masks in its order: with the same seed,
+    outputs, final states and gradients equal the reference loop's (float64, 1e-10)."""
+    torch.manual_seed(0)
+    layer = RECURRENT_DROPOUT[name]().double().train()
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    lens = None if lengths is None else torch.tensor(lengths)
+    assert engine.explain(layer._cell(0, 0), x) == ["fused"]
+    runs = []
+    for backend in ("auto", "reference"):
+        torch.manual_seed(5)
+        runs.append(_run(layer, x, lens, backend))
+    for a, r in zip(*runs, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-10, rtol=1e-10)
+    torch.manual_seed(6)  # another seed, other masks: the dropout is really drawn
+    assert not torch.allclose(_run(layer, x, lens, "auto")[0], runs[0][0])
+
+
+def test_gru_recurrent_dropout_and_zoneout_in_training_stay_on_the_reference_loop():
+    """The GRU's h also feeds z * h, which the kernels' state mask would drop too; zoneout changes the update."""
+    x = torch.randn(4, 2, 3)
+    assert engine.explain(rk.GRU(3, 8, recurrent_dropout=0.2).train()._cell(0, 0), x) == ["reference"]
+    assert engine.explain(rk.LSTM(3, 8, zoneout=0.1).train()._cell(0, 0), x) == ["reference"]
+    assert engine.explain(rk.GRU(3, 8, recurrent_dropout=0.2).eval()._cell(0, 0), x) == ["fused"]
+
+
 def test_layers_caches_do_not_keep_layers_alive():
     """The per-layer cell cache and the cells' cached lowering must not keep a dropped layer (or its cells)
     alive: counted by weak references after a forward in each mode."""

@@ -215,6 +215,7 @@ def _run(node: Spec, run: _Run, x: Tensor, state: Any, masks: Any) -> tuple[Tens
     path = run.route[id(node)]
     if path == "torch":
         return _run_torch(node, run.plan, x, state)
+    masks = combine_masks(masks, node.own_masks(run.plan.sort))
     y, final = _run_fused(node, run.kern, run.plan.batch_sizes, x, node.to_internal(state), masks)
     return y, node.from_internal(*final)
 
@@ -236,7 +237,7 @@ def _run_fused(leaf: Spec, kern: Any, bs: Tensor, x: Tensor, internal: tuple, ma
                 kern, bs, x, p["w_x"], p["bias"], h0, c0, p["w_h"], p["peep"], p["w_proj"], m_h, m_c,
                 leaf.gate_order, leaf.forget_bias, leaf.cell_clip, leaf.proj_clip,
             )
-        return y, (h, c)
+        return y, (_unmasked_final(leaf, y, bs, h), c)
     (h0,) = internal
     if isinstance(leaf, GRUSpec):
         y, h = F.gru_layer(
@@ -245,7 +246,22 @@ def _run_fused(leaf: Spec, kern: Any, bs: Tensor, x: Tensor, internal: tuple, ma
     else:
         assert isinstance(leaf, RNNSpec)
         y, h = F.rnn_layer(kern, bs, x, p["w_x"], p["bias"], h0, p["w_h"], masks, leaf.relu)
-    return y, (h,)
+    return y, (_unmasked_final(leaf, y, bs, h),)
+
+
+def _unmasked_final(leaf: Spec, y: Tensor, bs: Tensor, h: Tensor) -> Tensor:
+    """The final ``h`` (B, O) when the kernel carried it through a recurrent-dropout mask: each sequence's output
+    at its last step (outputs are never masked); a sequence of no step keeps ``h``'s row (its initial state)."""
+    if getattr(leaf, "recurrent_keep", 1.0) == 1.0 or bs.numel() == 0:
+        return h
+    batch = h.shape[0]
+    if int(bs[-1]) == batch:  # every sequence runs every step: the last step's rows
+        return y[-batch:]
+    rows = torch.arange(batch)
+    lengths = (bs.unsqueeze(0) > rows.unsqueeze(1)).sum(1)  # (B,), sorted order
+    last = (torch.cumsum(bs, 0) - bs)[(lengths - 1).clamp(min=0)] + rows  # packed row of each last step
+    ran = (lengths > 0).to(y.device).unsqueeze(1)
+    return torch.where(ran, y.index_select(0, last.to(y.device)), h)
 
 
 _VF_CALLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
