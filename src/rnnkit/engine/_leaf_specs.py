@@ -68,6 +68,13 @@ class _Leaf(Spec):
         mask = sort(self.recurrent_mask)
         return (None, mask) if isinstance(self, (LSTMSpec, LNLSTMSpec)) else mask  # LSTMs: (c, h)
 
+    # -- state: the kernels take (h,), LSTMs (h, c) (they override these) --------------------------------
+    def to_internal(self, state: Any) -> tuple[Tensor, ...]:
+        return (state,)
+
+    def from_internal(self, *internal: Tensor) -> Any:
+        return internal[0]
+
     def zero_internal(self, batch: int, like: Tensor) -> tuple[Tensor, ...]:
         """The kernels' zero state ``(h (B, O),)`` (LSTMs: ``(h, c (B, H))``), without building the cell's."""
         return (like.new_zeros(batch, self.cell.output_size),)
@@ -196,28 +203,21 @@ class GRUSpec(_Leaf):
         self.reset_after = reset_after
         self.torch_mode = "GRU" if (layout == "torch" and reset_after) else None
 
-    def to_internal(self, state: Tensor) -> tuple[Tensor]:
-        return (state,)
-
-    def from_internal(self, h: Tensor) -> Tensor:
-        return h
-
     def fused_params(self) -> dict[str, Tensor | None]:
         cell = self.cell
-        apart: dict[str, Tensor | None] = dict(w_xn=None, w_hn=None)
         if self.layout == "tf":  # two kernels, (I + H, 2H) for r, u and (I + H, H) for the candidate: read as views
             w_x, w_h = split_kernel(cell.input_depth, cell.gates.kernel)
             w_xn, w_hn = split_kernel(cell.input_depth, cell.candidate.kernel)
             bias_x = torch.cat([cell.gates.bias, cell.candidate.bias])
             return dict(w_x=w_x, w_h=w_h, bias_x=bias_x, bias_h=None, w_xn=w_xn, w_hn=w_hn)
+        w_x, w_h = cell.weight_ih.t(), cell.weight_hh.t()  # (I, 3H), (H, 3H)
         if not cell.bias:
-            return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias_x=None, bias_h=None, **apart)
-        if self.reset_after:
-            w_x, w_h = cell.weight_ih.t(), cell.weight_hh.t()
-            return dict(w_x=w_x, w_h=w_h, bias_x=cell.bias_ih, bias_h=cell.bias_hh, **apart)
-        # reset-before: b_hn sits outside r * (...), so both biases act as one input-side bias.
-        w_x, w_h = cell.weight_ih.t(), cell.weight_hh.t()
-        return dict(w_x=w_x, w_h=w_h, bias_x=cell.bias_ih + cell.bias_hh, bias_h=None, **apart)
+            bias_x = bias_h = None
+        elif self.reset_after:
+            bias_x, bias_h = cell.bias_ih, cell.bias_hh
+        else:  # reset-before: b_hn sits outside r * (...), so both biases act as one input-side bias.
+            bias_x, bias_h = cell.bias_ih + cell.bias_hh, None
+        return dict(w_x=w_x, w_h=w_h, bias_x=bias_x, bias_h=bias_h, w_xn=None, w_hn=None)
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
         cell = self.cell
@@ -233,12 +233,6 @@ class RNNSpec(_Leaf):
         self.layout = layout
         self.relu = relu
         self.torch_mode = "RNN_RELU" if relu else "RNN_TANH"
-
-    def to_internal(self, state: Tensor) -> tuple[Tensor]:
-        return (state,)
-
-    def from_internal(self, h: Tensor) -> Tensor:
-        return h
 
     def fused_params(self) -> dict[str, Tensor | None]:
         cell = self.cell
