@@ -102,11 +102,13 @@ def test_layer_norm_lstm_gradcheck(kind, with_bias):
 
 
 @pytest.mark.parametrize("kind", ["compiled", "python"])
+@pytest.mark.parametrize("masks", ["state", "recurrent", "both"])
 @pytest.mark.parametrize("apart", [False, True], ids=["one_block", "candidate_apart"])
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_gru_gradcheck(kind, reset_after, apart):
+def test_gru_gradcheck(kind, reset_after, apart, masks):
     """Both GRUs; the candidate's columns in the same tensors as r, z, or in tensors of their own (TF's GRUCell:
-    w_x, w_h then hold r, z only, and w_xn, w_hn get their own gradients)."""
+    w_x, w_h then hold r, z only, and w_xn, w_hn get their own gradients); a state mask (mask_h, dropping the
+    carried h), a recurrent-dropout mask (mask_r, on the h the matmuls read only), or both."""
     torch.manual_seed(2)
     kern = _kernels(kind)
     I, H = 3, 4
@@ -114,13 +116,14 @@ def test_gru_gradcheck(kind, reset_after, apart):
     x, w_x, b_x, h0, w_h = _p(TOTAL, I), _p(I, rz), _p(3 * H), _p(3, H), _p(H, rz)
     w_xn, w_hn = (_p(I, H), _p(H, H)) if apart else (None, None)
     b_h = _p(3 * H) if reset_after else None
-    m_h = _mask(3, H)
+    m_h = _mask(3, H) if masks in ("state", "both") else None
+    m_r = _mask(3, H) if masks in ("recurrent", "both") else None
 
     def f(x, w_x, b_x, h0, w_h, *extra):
         it = iter(extra)
         b = next(it) if b_h is not None else None
         xn, hn = (next(it), next(it)) if apart else (None, None)
-        return _functions.gru_layer(kern, BATCH_SIZES, x, w_x, b_x, h0, w_h, b, xn, hn, m_h, reset_after)
+        return _functions.gru_layer(kern, BATCH_SIZES, x, w_x, b_x, h0, w_h, b, xn, hn, m_h, m_r, reset_after)
 
     extra = [t for t in (b_h, w_xn, w_hn) if t is not None]
     assert torch.autograd.gradcheck(f, (x, w_x, b_x, h0, w_h, *extra), atol=1e-6)
@@ -157,7 +160,7 @@ def test_compiled_kernels_equal_twins_on_a_transposed_weight_layout(name):
             return (x, w1, b, BATCH_SIZES, h0, c0, w2, None, None, None, None, [0, 2, 1, 3], 0.0, 0.0, 0.0, False)
 
     elif name == "gru":
-        args = lambda w1, w2: (x, w1, b, BATCH_SIZES, h0, w2, b.flip(0), None, None, None, True, False)  # noqa: E731
+        args = lambda w1, w2: (x, w1, b, BATCH_SIZES, h0, w2, b.flip(0), None, None, None, None, True, False)  # noqa: E731,E501
     else:
         args = lambda w1, w2: (x, w1, b, BATCH_SIZES, h0, w2, None, False, False)  # noqa: E731
     fn = f"{name}_forward"

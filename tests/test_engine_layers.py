@@ -149,14 +149,16 @@ RECURRENT_DROPOUT = {
     "lstm_bi_proj": lambda: rk.LSTM(3, 16, proj_size=8, bidirectional=True, recurrent_dropout=0.3),
     "lstm_ln": lambda: rk.LSTM(3, 16, layer_norm=True, recurrent_dropout=0.3),
     "rnn": lambda: rk.RNN(3, 16, num_layers=2, recurrent_dropout=0.4),
+    "gru": lambda: rk.GRU(3, 16, num_layers=2, recurrent_dropout=0.3),
+    "gru_tf_bi": lambda: rk.GRU(3, 16, reset_after=False, bidirectional=True, recurrent_dropout=0.3),
 }
 
 
 @pytest.mark.parametrize("lengths", [None, [6, 2, 0, 5]], ids=["full", "lengths"])
 @pytest.mark.parametrize("name", sorted(RECURRENT_DROPOUT))
 def test_recurrent_dropout_in_training_runs_fused_with_the_reference_masks(name, lengths):
-    """Training-time recurrent dropout of the LSTM and RNN runs on the fused kernels (the h the matmul reads is
-    masked, the carried and final h are not), drawing the reference loop's masks in its order: with the same seed,
+    """Training-time recurrent dropout runs on the fused kernels (the h the matmuls read is masked; the carried and
+    final h, and the GRU's z * h, are not), drawing the reference loop's masks in its order: with the same seed,
     outputs, final states and gradients equal the reference loop's (float64, 1e-10)."""
     torch.manual_seed(0)
     layer = RECURRENT_DROPOUT[name]().double().train()
@@ -173,12 +175,13 @@ def test_recurrent_dropout_in_training_runs_fused_with_the_reference_masks(name,
     assert not torch.allclose(_run(layer, x, lens, "auto")[0], runs[0][0])
 
 
-def test_gru_recurrent_dropout_and_zoneout_in_training_stay_on_the_reference_loop():
-    """The GRU's h also feeds z * h, which the kernels' state mask would drop too; zoneout changes the update."""
+def test_zoneout_stays_on_the_reference_loop():
+    """Zoneout changes the kernels' update (h_t = lerp(h~_t, h_t-1, z)): the reference loop runs it, in training
+    and in eval."""
     x = torch.randn(4, 2, 3)
-    assert engine.explain(rk.GRU(3, 8, recurrent_dropout=0.2).train()._cell(0, 0), x) == ["reference"]
-    assert engine.explain(rk.LSTM(3, 8, zoneout=0.1).train()._cell(0, 0), x) == ["reference"]
-    assert engine.explain(rk.GRU(3, 8, recurrent_dropout=0.2).eval()._cell(0, 0), x) == ["fused"]
+    for layer in (rk.LSTM(3, 8, zoneout=0.1), rk.GRU(3, 8, zoneout=0.1), rk.RNN(3, 8, zoneout=0.1)):
+        assert engine.explain(layer.train()._cell(0, 0), x) == ["reference"]
+        assert engine.explain(layer.eval()._cell(0, 0), x) == ["reference"]
 
 
 def test_layers_caches_do_not_keep_layers_alive():

@@ -38,7 +38,7 @@ class _Family(NamedTuple):
 
 _LSTM = _Family("lstm", 3, 2, (2,))
 _LNLSTM = _Family("lnlstm", 3, 2, (2,))
-_GRU = _Family("gru", 2, 1, (2, 5))  # x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h
+_GRU = _Family("gru", 2, 2, (2, 5))  # x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r
 _RNN = _Family("rnn", 2, 1, (2,))
 
 
@@ -142,14 +142,17 @@ def gru_layer(
     w_xn: Tensor | None,
     w_hn: Tensor | None,
     mask_h: Tensor | None,
+    mask_r: Tensor | None,
     reset_after: bool,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer (blocks r, z, n): ``w_x (I, 3H)``, ``w_h (H, 3H)``; ``bias_h`` only with ``reset_after``.
 
     ``w_xn (I, H)``, ``w_hn (H, H)``: the candidate's columns in tensors of their own (TF's GRUCell keeps them in
-    a kernel apart), then ``w_x (I, 2H)``, ``w_h (H, 2H)`` hold r, z only; both or neither.
+    a kernel apart), then ``w_x (I, 2H)``, ``w_h (H, 2H)`` hold r, z only; both or neither. ``mask_h (B, H)``
+    multiplies the carried state (a DropoutWrapper's); ``mask_r (B, H)`` only the ``h`` the matmuls read
+    (recurrent dropout: ``z * h`` keeps ``h``).
     """
-    inputs = (x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h)
+    inputs = (x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r)
     return _layer(kern, _GRU, (bool(reset_after),), batch_sizes, *inputs)
 
 

@@ -46,9 +46,8 @@ class Spec:
 class _Leaf(Spec):
     def __init__(self, cell: RNNCell):
         self.cell = cell
-        # Recurrent dropout of a torch-layout LSTM or RNN in training (Keras / Gal & Ghahramani): one mask per
-        # sequence on the h the recurrent matmul reads. There h feeds nothing else but the final state, so the
-        # kernels' state mask computes it, and the final h is read back unmasked (see unroll._run_fused).
+        # Recurrent dropout of a torch-layout cell in training (Keras / Gal & Ghahramani): one mask per sequence
+        # on the h the recurrent matmul reads (see unroll._run_fused for how each kernel takes it).
         self.recurrent_keep = 1.0
         self.recurrent_mask: Tensor | None = None  # (B, O), drawn by draw_masks, in the batch's order
 
@@ -61,12 +60,9 @@ class _Leaf(Spec):
             shape = (batch, self.cell.output_size)
             self.recurrent_mask = torch.bernoulli(torch.full(shape, keep, dtype=like.dtype, device=like.device)) / keep
 
-    def own_masks(self, sort: Any) -> Any:
-        """The recurrent mask in the state's structure (``sort`` puts rows in the kernels' order), or None."""
-        if self.recurrent_mask is None:
-            return None
-        mask = sort(self.recurrent_mask)
-        return (None, mask) if isinstance(self, (LSTMSpec, LNLSTMSpec)) else mask  # LSTMs: (c, h)
+    def recurrent_rows(self, sort: Any) -> Tensor | None:
+        """The recurrent-dropout mask (B, O) with its rows in the kernels' order (``sort``), or None."""
+        return None if self.recurrent_mask is None else sort(self.recurrent_mask)
 
     # -- state: the kernels take (h,), LSTMs (h, c) (they override these) --------------------------------
     def to_internal(self, state: Any) -> tuple[Tensor, ...]:

@@ -126,7 +126,7 @@ def fused_stack(layer: Any, cells: list[list[Any]], x: Tensor, states: Any, leng
         return None  # dropout between layers: the runner's
     specs = [_lowered(row[0]) for row in cells]
     if any(spec is None for spec in specs):
-        return None  # zoneout, the GRU's recurrent dropout in training, a projected layer norm: the reference loop
+        return None  # zoneout, a projected layer norm: the reference loop
     steps, batch = x.shape[0], x.shape[1]
     kern, batch_sizes = fused_kernels("cpu"), full_batch_sizes(steps, batch)
     h = x.reshape(steps * batch, x.shape[-1])  # (T * B, I): full batches are already packed rows
@@ -135,7 +135,7 @@ def fused_stack(layer: Any, cells: list[list[Any]], x: Tensor, states: Any, leng
         state = None if states is None else states[k][0]
         internal = spec.zero_internal(batch, x) if state is None else spec.to_internal(state)
         spec.draw_masks(batch, x, h.shape[-1])  # recurrent dropout: where the reference loop draws it, layer by layer
-        masks = spec.own_masks(lambda m: m)  # full batches: rows in the batch's order
-        h, final = _run_fused(spec, kern, batch_sizes, h, internal, masks)  # h: (T * B, R)
+        recurrent = spec.recurrent_rows(lambda m: m)  # full batches: rows in the batch's order
+        h, final = _run_fused(spec, kern, batch_sizes, h, internal, None, recurrent)  # h: (T * B, R)
         finals.append((spec.from_internal(*final),))
     return h.view(steps, batch, h.shape[-1]), finals

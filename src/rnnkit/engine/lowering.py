@@ -13,9 +13,8 @@ loop can run it (a user's subclass, a non-tanh activation, per-step dropout, zon
 * ``GRUSpec``: TF's ``GRUCell`` (reset-before, fused only) and torch-layout GRUs (reset-after =
   ``torch.gru``).
 * ``RNNSpec``: ``BasicRNNCell`` and the torch-layout RNN, tanh or relu (= ``torch.rnn_tanh/relu``).
-* The leaves (defined in ``_leaf_specs``) of torch-layout LSTM and RNN cells in training with
-  ``recurrent_dropout`` carry its per-sequence mask (``recurrent_keep``): the ``h`` the matmul reads is the
-  kernels' masked state, and the final ``h`` is read back unmasked.
+* The leaves (defined in ``_leaf_specs``) of torch-layout cells in training with ``recurrent_dropout`` carry its
+  per-sequence mask on the ``h`` the matmul reads (``recurrent_keep``, ``recurrent_rows``).
 * ``StackSpec`` (``MultiRNNCell``, layer by layer), ``DropoutSpec`` (``DropoutWrapper``: identity in
   eval; in training only ``variational_recurrent=True``, whose masks are fixed per-sequence
   multipliers), ``ResidualSpec`` (``ResidualWrapper`` without ``residual_fn``).
@@ -242,8 +241,7 @@ def _lower(cell: Any) -> Spec | None:
 
 def _lower_torch_layout(cell: Any) -> Spec | None:
     """The torch-layout cells of ``rnnkit.RNN/LSTM/GRU``. Training-time recurrent dropout (a mask on the matmul's
-    ``h`` only) runs fused for the LSTM and RNN; zoneout and the GRU's recurrent dropout (its ``h`` also feeds
-    ``z * h``, which the kernels' state mask would drop too) stay on the reference loop."""
+    ``h`` only) runs fused, its mask drawn by ``draw_masks``; zoneout stays on the reference loop."""
     spec = _lower_torch_layout_step(cell)
     if spec is not None and cell.training and cell.recurrent_dropout:
         spec.recurrent_keep = 1.0 - cell.recurrent_dropout
@@ -251,7 +249,7 @@ def _lower_torch_layout(cell: Any) -> Spec | None:
 
 
 def _lower_torch_layout_step(cell: Any) -> _Leaf | None:
-    if cell.zoneout or (isinstance(cell, TorchGRUCell) and cell.training and cell.recurrent_dropout):
+    if cell.zoneout:
         return None
     if isinstance(cell, TorchLSTMCell):
         if cell.layer_norm:

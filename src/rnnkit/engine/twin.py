@@ -310,7 +310,7 @@ def lnlstm_backward(
 # ---- GRU ------------------------------------------------------------------------------------
 
 
-def gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, reset_after, save):
+def gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, reset_after, save):
     if w_xn is not None:  # the candidate's columns apart: w_x, w_h hold r, z only
         w_x, w_h = torch.cat([w_x, w_xn], 1), torch.cat([w_h, w_hn], 1)
     steps = _schedule(batch_sizes)
@@ -324,8 +324,9 @@ def gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h
     for off, n in steps:
         g = g_all[off : off + n]
         hp = hs[:n]
+        hm = hp * mask_r[:n] if mask_r is not None else hp  # the matmuls' h (recurrent dropout)
         if reset_after:
-            a = hp @ w_h
+            a = hm @ w_h
             if bias_h is not None:
                 a += bias_h
             g[:, : 2 * hidden] += a[:, : 2 * hidden]
@@ -335,9 +336,9 @@ def gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h
             if save:
                 s_all[off : off + n] = an
         else:
-            g[:, : 2 * hidden] += hp @ w_h[:, : 2 * hidden]
+            g[:, : 2 * hidden] += hm @ w_h[:, : 2 * hidden]
             g[:, : 2 * hidden].sigmoid_()
-            g[:, 2 * hidden :] += (g[:, :hidden] * hp) @ w_h[:, 2 * hidden :]
+            g[:, 2 * hidden :] += (g[:, :hidden] * hm) @ w_h[:, 2 * hidden :]
         g[:, 2 * hidden :].tanh_()
         z, nn = g[:, hidden : 2 * hidden], g[:, 2 * hidden :]
         h = nn + z * (hp - nn)
@@ -349,7 +350,8 @@ def gru_forward(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h
 
 
 def gru_backward(
-    dy, dh_t, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, y, g_all, s_all, reset_after, need_dx
+    dy, dh_t, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, y, g_all, s_all, reset_after,
+    need_dx,
 ):
     apart = w_xn is not None
     if apart:
@@ -357,6 +359,9 @@ def gru_backward(
     steps = _schedule(batch_sizes)
     hidden = h0.shape[1]
     h_prev = _previous(steps, h0, y, mask_h)
+    hm_prev = h_prev  # the matmuls' h: masked by the recurrent-dropout mask when there is one
+    if mask_r is not None:
+        hm_prev = torch.cat([h_prev[off : off + n] * mask_r[:n] for off, n in steps]) if steps else h_prev
     r, z, nn = g_all[:, :hidden], g_all[:, hidden : 2 * hidden], g_all[:, 2 * hidden :]
     d_all = torch.empty_like(g_all)
     e_all = torch.empty_like(g_all) if reset_after else None
@@ -373,15 +378,16 @@ def gru_backward(
             dr = dn * s_all[rows] * r[rows] * (1 - r[rows])
             d_all[rows, :hidden] = dr
             e_all[rows] = torch.cat([dr, dz, dn * r[rows]], 1)
-            dh[:n] = dhn + e_all[rows] @ w_h.t()
+            dhm = e_all[rows] @ w_h.t()
         else:
             drh = dn @ w_h[:, 2 * hidden :].t()
-            d_all[rows, :hidden] = drh * h_prev[rows] * r[rows] * (1 - r[rows])
-            dh[:n] = dhn + drh * r[rows] + d_all[rows, : 2 * hidden] @ w_h[:, : 2 * hidden].t()
+            d_all[rows, :hidden] = drh * hm_prev[rows] * r[rows] * (1 - r[rows])
+            dhm = drh * r[rows] + d_all[rows, : 2 * hidden] @ w_h[:, : 2 * hidden].t()
+        dh[:n] = dhn + (dhm * mask_r[:n] if mask_r is not None else dhm)
     if reset_after:
-        dwh = h_prev.t() @ e_all
+        dwh = hm_prev.t() @ e_all
     else:
-        dwh = torch.cat([h_prev.t() @ d_all[:, : 2 * hidden], (r * h_prev).t() @ d_all[:, 2 * hidden :]], 1)
+        dwh = torch.cat([hm_prev.t() @ d_all[:, : 2 * hidden], (r * hm_prev).t() @ d_all[:, 2 * hidden :]], 1)
     dx, dwx = _input_grads(x, w_x, d_all, need_dx)
     dbx = d_all.sum(0) if bias_x is not None else None
     dbh = None

@@ -215,18 +215,27 @@ def _run(node: Spec, run: _Run, x: Tensor, state: Any, masks: Any) -> tuple[Tens
     path = run.route[id(node)]
     if path == "torch":
         return _run_torch(node, run.plan, x, state)
-    masks = combine_masks(masks, node.own_masks(run.plan.sort))
-    y, final = _run_fused(node, run.kern, run.plan.batch_sizes, x, node.to_internal(state), masks)
+    recurrent = node.recurrent_rows(run.plan.sort)
+    y, final = _run_fused(node, run.kern, run.plan.batch_sizes, x, node.to_internal(state), masks, recurrent)
     return y, node.from_internal(*final)
 
 
-def _run_fused(leaf: Spec, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any) -> tuple[Tensor, tuple]:
+def _run_fused(
+    leaf: Spec, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Tensor | None = None
+) -> tuple[Tensor, tuple]:
     """One leaf on the fused kernels: packed ``x (total, I)`` from the kernels' state ``internal`` (``(h, c)`` or
-    ``(h,)``, see ``Spec.to_internal``) over ``batch_sizes`` ``bs`` -> ``(y (total, O), final internal state)``."""
+    ``(h,)``, see ``Spec.to_internal``) over ``batch_sizes`` ``bs`` -> ``(y (total, O), final internal state)``.
+
+    ``masks``: state masks in the state's structure (a DropoutWrapper's: they drop the carried state).
+    ``recurrent``: a recurrent-dropout mask (B, O) on the ``h`` the matmul reads. The GRU kernel takes it as such
+    (its ``h`` also feeds ``z * h``, unmasked); in the LSTM and the RNN ``h`` feeds nothing but the matmul and the
+    final state, so it is their state mask, and the final ``h`` is read back unmasked from the outputs.
+    """
     p = leaf.fused_params()
     if isinstance(leaf, (LSTMSpec, LNLSTMSpec)):
         h0, c0 = internal
         m_h, m_c = leaf.split_masks(masks)
+        m_h = _times(m_h, recurrent)
         if isinstance(leaf, LNLSTMSpec):
             y, h, c = F.lnlstm_layer(
                 kern, bs, x, p["w_x"], p["bias"], h0, c0, p["w_h"], p["gamma"], p["beta"], m_h, m_c,
@@ -237,22 +246,27 @@ def _run_fused(leaf: Spec, kern: Any, bs: Tensor, x: Tensor, internal: tuple, ma
                 kern, bs, x, p["w_x"], p["bias"], h0, c0, p["w_h"], p["peep"], p["w_proj"], m_h, m_c,
                 leaf.gate_order, leaf.forget_bias, leaf.cell_clip, leaf.proj_clip,
             )
-        return y, (_unmasked_final(leaf, y, bs, h), c)
+        return y, (_unmasked_final(recurrent, y, bs, h), c)
     (h0,) = internal
     if isinstance(leaf, GRUSpec):
         y, h = F.gru_layer(
-            kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], p["w_xn"], p["w_hn"], masks, leaf.reset_after
+            kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], p["w_xn"], p["w_hn"], masks, recurrent,
+            leaf.reset_after,
         )
-    else:
-        assert isinstance(leaf, RNNSpec)
-        y, h = F.rnn_layer(kern, bs, x, p["w_x"], p["bias"], h0, p["w_h"], masks, leaf.relu)
-    return y, (_unmasked_final(leaf, y, bs, h),)
+        return y, (h,)
+    assert isinstance(leaf, RNNSpec)
+    y, h = F.rnn_layer(kern, bs, x, p["w_x"], p["bias"], h0, p["w_h"], _times(masks, recurrent), leaf.relu)
+    return y, (_unmasked_final(recurrent, y, bs, h),)
 
 
-def _unmasked_final(leaf: Spec, y: Tensor, bs: Tensor, h: Tensor) -> Tensor:
+def _times(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    return a if b is None else (b if a is None else a * b)
+
+
+def _unmasked_final(recurrent: Tensor | None, y: Tensor, bs: Tensor, h: Tensor) -> Tensor:
     """The final ``h`` (B, O) when the kernel carried it through a recurrent-dropout mask: each sequence's output
     at its last step (outputs are never masked); a sequence of no step keeps ``h``'s row (its initial state)."""
-    if getattr(leaf, "recurrent_keep", 1.0) == 1.0 or bs.numel() == 0:
+    if recurrent is None or bs.numel() == 0:
         return h
     batch = h.shape[0]
     if int(bs[-1]) == batch:  # every sequence runs every step: the last step's rows

@@ -477,6 +477,20 @@ inline void store_state(T* __restrict__ h, const T* __restrict__ y, const T* __r
   }
 }
 
+// Packed rows (total, W) times a per-sequence mask (B, W): row b of every step times mask row b.
+template <typename T>
+Tensor masked_rows(const Schedule& s, const Tensor& rows, const T* mask) {
+  const int64_t W = rows.size(1);
+  Tensor out = at::empty_like(rows);
+  const T* in = rows.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  for (int64_t t = 0; t < s.steps(); ++t) {
+    const int64_t base = s.off[t] * W;
+    for (int64_t i = 0; i < s.n[t] * W; ++i) o[base + i] = in[base + i] * mask[i];
+  }
+  return out;
+}
+
 // Rows of the previous state for every step, packed like the outputs: step 0 reads h0, step t
 // reads the outputs of step t - 1 (times the per-sequence state mask when there is one).
 template <typename T>

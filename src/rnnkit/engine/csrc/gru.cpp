@@ -8,6 +8,8 @@
 //   h' = z * h + (1 - z) * n
 // The candidate's columns W_x[:, 2H:], W_h[:, 2H:] may come apart from the r, z ones (w_xn, w_hn: TF's GRUCell keeps
 // them in a kernel of their own), read where they are and given their own gradients, so no weight is copied.
+// mask_r (B, H), recurrent dropout: the matmuls read h * mask_r while z * h keeps h (mask_h, the state mask of a
+// DropoutWrapper, drops the carried state itself).
 // Saved: r, z, n (total, 3H) and, reset-after, a_n (total, H). Vanilla RNN: h' = act(x + h @ W_h + b),
 // saving only the outputs.
 #include "common.h"
@@ -21,7 +23,8 @@ namespace {
 template <typename T>
 std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
                             const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
-                            const OptT& w_hn, const OptT& mask_h_, bool reset_after, bool save) {
+                            const OptT& w_hn, const OptT& mask_h_, const OptT& mask_r_, bool reset_after,
+                            bool save) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
@@ -36,6 +39,10 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   Tensor brz_c = bx_c.narrow(0, 0, 2 * H).add(bh_c.narrow(0, 0, 2 * H));  // r and z see both biases: added once
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
+  Tensor mr_c = has(mask_r_) ? contig(*mask_r_) : Tensor();
+  const T* mr = mr_c.defined() ? mr_c.data_ptr<T>() : nullptr;
+  Tensor HM = mr ? at::empty({B, H}, x.options()) : Tensor();  // h * mask_r: what the recurrent matmuls read
+  T* hmp = mr ? HM.data_ptr<T>() : nullptr;
   // h @ W_rz every step; h @ W_n with it (reset-after) or, reset-before, (r * h) @ W_n after it.
   const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one packed multiply
   const StepGemm<T> step_rz(wh_rz, pack_rows(u, rows0)), step_n(wh_n, pack_rows(u, rows0));
@@ -55,17 +62,22 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   for (int64_t t = 0; t < s.steps() && hs.start(s, t); ++t) {
     const int64_t n = s.n[t], off = s.off[t];
     T* hp = hs.h();
+    const T* hin = hp;  // the matmuls' h: masked by the recurrent-dropout mask when there is one
+    if (mr) {
+      for (int64_t i = 0; i < n * H; ++i) hmp[i] = hp[i] * mr[i];
+      hin = hmp;
+    }
     T* g = gp + off * G3;
     T* sb = reset_after ? (save ? svp + off * H : svp) : nullptr;
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
       if (w == 0) return;
       if (packed) {
-        step_rz(n, hp, H, T(0), ap, G3);
-        if (reset_after) step_n(n, hp, H, T(0), ap + 2 * H, G3);
+        step_rz(n, hin, H, T(0), ap, G3);
+        if (reset_after) step_n(n, hin, H, T(0), ap + 2 * H, G3);
       } else {
-        chunk_rz(c, lo, w, n, hp, H, ap + ga * lo, G3);
-        if (reset_after) chunk_n(c, lo, w, n, hp, H, ap + ga * lo + 2 * w, G3);
+        chunk_rz(c, lo, w, n, hin, H, ap + ga * lo, G3);
+        if (reset_after) chunk_n(c, lo, w, n, hin, H, ap + ga * lo + 2 * w, G3);
       }
       for (int64_t b = 0; b < n; ++b) {
         T* __restrict__ r = g + b * G3 + lo;
@@ -90,7 +102,8 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
           for (int64_t j = 0; j < w; ++j) y[j] = nn[j] + z[j] * (h[j] - nn[j]);
         } else {
           T* __restrict__ rh = ap + b * G3 + 2 * H + lo;  // r * h, read by every chunk in phase two
-          for (int64_t j = 0; j < w; ++j) rh[j] = r[j] * h[j];
+          const T* __restrict__ hm = hin + b * H + lo;
+          for (int64_t j = 0; j < w; ++j) rh[j] = r[j] * hm[j];
         }
       }
     });
@@ -128,7 +141,8 @@ template <typename T>
 std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                             const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
                             const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h_,
-                            const Tensor& Y, const Tensor& G_, const Tensor& S_, bool reset_after, bool need_dx) {
+                            const OptT& mask_r_, const Tensor& Y, const Tensor& G_, const Tensor& S_, bool reset_after,
+                            bool need_dx) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
   const bool apart = has(w_xn);
@@ -138,7 +152,12 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
   Tensor G = contig(G_), dY = contig(dY_), Yc = contig(Y);
   Tensor Hprev = previous_states<T>(s, contig(h0), Yc, mh);
-  const T *gp = G.data_ptr<T>(), *hpp = Hprev.data_ptr<T>(), *dyp = dY.data_ptr<T>();
+  // The matmuls read h * mask_r (recurrent dropout): their d(h) is masked too, the update's z * h is not.
+  Tensor mr_c = has(mask_r_) ? contig(*mask_r_) : Tensor();
+  const T* mr = mr_c.defined() ? mr_c.data_ptr<T>() : nullptr;
+  Tensor HMprev = mr ? masked_rows<T>(s, Hprev, mr) : Hprev;
+  Tensor DHM = mr ? at::empty({B, H}, x.options()) : Tensor();  // d(h * mask_r) of a step
+  const T *gp = G.data_ptr<T>(), *hpp = Hprev.data_ptr<T>(), *hmpp = HMprev.data_ptr<T>(), *dyp = dY.data_ptr<T>();
   Tensor Sc = reset_after ? contig(S_) : Tensor();
   const T* sp = reset_after ? Sc.data_ptr<T>() : nullptr;
 
@@ -147,6 +166,7 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   Tensor R = at::empty({B, H}, x.options());  // reset-before: d(r * h)
   Tensor dh = dhT.contiguous().clone();
   T *dp = D.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *rp = R.data_ptr<T>();
+  T* dmp = mr ? DHM.data_ptr<T>() : dhp;  // where the matmuls' d(h) goes: straight into dh without a mask
   T* ep = reset_after ? E.data_ptr<T>() : nullptr;
   const std::vector<T> ones(H, T(1));  // stands for an absent mask, so the loops stay branch-free
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
@@ -175,9 +195,9 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
         T* dhs = dhp + b * H;
         T* dr = dp + row * G3;
         T *dz = dr + H, *dn = dr + 2 * H;
-        const T* mr = mh ? mh + b * H : ones.data();
+        const T* ms = mh ? mh + b * H : ones.data();
         for (int64_t j = 0; j < H; ++j) {
-          const T dy = dyo[j] + mr[j] * dhs[j];
+          const T dy = dyo[j] + ms[j] * dhs[j];
           dn[j] = dy * (T(1) - z[j]) * (T(1) - nn[j] * nn[j]);
           dz[j] = dy * (hp[j] - nn[j]) * z[j] * (T(1) - z[j]);
           dhs[j] = dy * z[j];
@@ -195,35 +215,38 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
       }
     });
     if (reset_after) {
-      (*step_all)(n, {ep + off * G3, ep + off * G3 + 2 * H}, G3, T(1), dhp, H);
+      (*step_all)(n, {ep + off * G3, ep + off * G3 + 2 * H}, G3, mr ? T(0) : T(1), dmp, H);
     } else {
       (*step_n)(n, {dp + off * G3 + 2 * H}, G3, T(0), rp, H);
       for_rows(n, G3, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t row = off + b;
           const T* r = gp + row * G3;
-          const T* hp = hpp + row * H;
+          const T* hm = hmpp + row * H;
           const T* drh = rp + b * H;
           T* dr = dp + row * G3;
-          T* dhs = dhp + b * H;
+          T* dm = dmp + b * H;
           for (int64_t j = 0; j < H; ++j) {
-            dr[j] = drh[j] * hp[j] * r[j] * (T(1) - r[j]);
-            dhs[j] += drh[j] * r[j];
+            dr[j] = drh[j] * hm[j] * r[j] * (T(1) - r[j]);
+            dm[j] = (mr ? T(0) : dm[j]) + drh[j] * r[j];
           }
         }
       });
-      (*step_rz)(n, {dp + off * G3}, G3, T(1), dhp, H);
+      (*step_rz)(n, {dp + off * G3}, G3, T(1), dmp, H);
+    }
+    if (mr) {
+      for (int64_t i = 0; i < n * H; ++i) dhp[i] += dmp[i] * mr[i];
     }
   }
 
   // reset-before: dW_h has two parts (h_prev for r, z; r * h_prev for the candidate), filled here.
-  const WeightGrads wg = weight_grads<T>(x, wx_blocks, D, Hprev, reset_after ? ep : nullptr, need_dx);
+  const WeightGrads wg = weight_grads<T>(x, wx_blocks, D, HMprev, reset_after ? ep : nullptr, need_dx);
   // dW_h's r, z columns and the candidate's: views into one (H, 3H) gradient, or the two blocks' own.
   Tensor dwh_rz = apart ? wg.dwh[0] : wg.dwh[0].narrow(1, 0, 2 * H);
   Tensor dwh_n = apart ? wg.dwh[1] : wg.dwh[0].narrow(1, 2 * H, H);
   if (!reset_after) {
-    Tensor RH = G.narrow(1, 0, H).mul(Hprev);  // r * h_prev, the candidate's recurrent input
-    gemm_atd<T>(s.total, H, 2 * H, hpp, H, dp, G3, T(0), dwh_rz.data_ptr<T>(), dwh_rz.stride(0));
+    Tensor RH = G.narrow(1, 0, H).mul(HMprev);  // r * h_prev, the candidate's recurrent input
+    gemm_atd<T>(s.total, H, 2 * H, hmpp, H, dp, G3, T(0), dwh_rz.data_ptr<T>(), dwh_rz.stride(0));
     gemm_atd<T>(s.total, H, H, RH.data_ptr<T>(), H, dp + 2 * H, G3, T(0), dwh_n.data_ptr<T>(), dwh_n.stride(0));
   }
   Tensor dbx = has(bias_x) ? D.sum(0) : Tensor();
@@ -328,24 +351,27 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
 
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
                                 const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
-                                const OptT& w_hn, const OptT& mask_h, bool reset_after, bool save) {
+                                const OptT& w_hn, const OptT& mask_h, const OptT& mask_r, bool reset_after,
+                                bool save) {
   check_float(x, "gru_forward");
   TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_forward: w_xn and w_hn come together or not at all");
   if (x.scalar_type() == at::kDouble)
-    return gru_fwd<double>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, reset_after, save);
-  return gru_fwd<float>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, reset_after, save);
+    return gru_fwd<double>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, reset_after,
+                           save);
+  return gru_fwd<float>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, reset_after, save);
 }
 
 std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                                  const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
                                  const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h,
-                                 const Tensor& Y, const Tensor& G, const Tensor& S, bool reset_after, bool need_dx) {
+                                 const OptT& mask_r, const Tensor& Y, const Tensor& G, const Tensor& S,
+                                 bool reset_after, bool need_dx) {
   check_float(x, "gru_backward");
   TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_backward: w_xn and w_hn come together or not at all");
   if (x.scalar_type() == at::kDouble)
-    return gru_bwd<double>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, Y, G, S,
-                           reset_after, need_dx);
-  return gru_bwd<float>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, Y, G, S,
+    return gru_bwd<double>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, Y, G,
+                           S, reset_after, need_dx);
+  return gru_bwd<float>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, Y, G, S,
                         reset_after, need_dx);
 }
 

@@ -46,12 +46,14 @@ std::vector<Tensor> lnlstm_backward(const Tensor& dY, const Tensor& dhT, const T
 
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
                                 const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
-                                const OptT& w_hn, const OptT& mask_h, bool reset_after, bool save);
+                                const OptT& w_hn, const OptT& mask_h, const OptT& mask_r, bool reset_after,
+                                bool save);
 
 std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                                  const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
                                  const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h,
-                                 const Tensor& Y, const Tensor& G, const Tensor& S, bool reset_after, bool need_dx);
+                                 const OptT& mask_r, const Tensor& Y, const Tensor& G, const Tensor& S,
+                                 bool reset_after, bool need_dx);
 
 std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
                                 const Tensor& h0, const Tensor& w_h, const OptT& mask_h, bool relu, bool save);
