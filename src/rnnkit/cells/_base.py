@@ -11,7 +11,7 @@ from torch import nn
 
 from .._structure import check_float_dtype, check_state, zero_state_for
 
-__all__ = ["RNNCell", "Dense", "get_activation", "glorot_uniform_", "check_units"]
+__all__ = ["RNNCell", "Dense", "get_activation", "glorot_uniform_", "check_units", "dropout_mask"]
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
@@ -33,6 +33,15 @@ def get_activation(activation: Any, default: Callable = torch.tanh) -> Callable:
     if not callable(activation):
         raise TypeError(f"activation: expected a callable or a name, got {type(activation).__name__}")
     return activation
+
+
+def dropout_mask(shape: tuple[int, ...], keep: float, like: torch.Tensor) -> torch.Tensor:
+    """An inverted-dropout mask of ``shape``: 0 with probability ``1 - keep``, else ``1 / keep``.
+
+    The one draw of every variational (per-sequence) mask, in the cells and in the engine alike, so that the
+    fused paths consume the random stream exactly as the reference loop does.
+    """
+    return torch.bernoulli(torch.full(shape, keep, dtype=like.dtype, device=like.device)) / keep
 
 
 def glorot_uniform_(tensor: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ import torch
 from torch.nn import functional as F
 
 from .._structure import LSTMStateTuple
-from ._base import RNNCell, get_activation
+from ._base import RNNCell, dropout_mask, get_activation
 from .basic import basic_rnn_pointwise
 from .gru import gru_reset_after_pointwise, gru_reset_before_step
 from .layer_norm import _LayerNorm, layer_norm_lstm_pointwise
@@ -148,7 +148,7 @@ class TorchLayoutCell(RNNCell):
             return h
         if self._recurrent_mask is None or self._recurrent_mask.shape != h.shape:
             keep = 1.0 - self.recurrent_dropout
-            self._recurrent_mask = torch.bernoulli(torch.full_like(h, keep)) / keep
+            self._recurrent_mask = dropout_mask(tuple(h.shape), keep, h)
         return h * self._recurrent_mask
 
     def _zoneout(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

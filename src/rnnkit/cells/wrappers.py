@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .._structure import LSTMStateTuple, flatten, map_structure, pack_as
-from ._base import RNNCell
+from ._base import RNNCell, dropout_mask
 
 __all__ = ["RNNCellWrapper", "DropoutWrapper", "ResidualWrapper"]
 
@@ -102,7 +102,7 @@ class DropoutWrapper(RNNCellWrapper):
         if self.variational_recurrent:
             mask = self._masks.get(key)
             if mask is None or mask.shape != x.shape:
-                mask = self._masks[key] = torch.bernoulli(torch.full_like(x, keep_prob)) / keep_prob
+                mask = self._masks[key] = dropout_mask(tuple(x.shape), keep_prob, x)
             return x * mask
         return torch.nn.functional.dropout(x, p=1.0 - keep_prob)
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .._structure import LSTMStateTuple
-from ..cells._base import RNNCell
+from ..cells._base import RNNCell, dropout_mask
 from ..cells.layer_norm import _TF_LAYER_NORM_EPS
 from ._tf_weights import split_kernel, tf_lstm_as_torch
 
@@ -55,10 +55,8 @@ class _Leaf(Spec):
         return self.recurrent_keep < 1.0
 
     def draw_masks(self, batch: int, like: Tensor, input_depth: int) -> None:
-        if self.recurrent_keep < 1.0:  # as the cell draws it at its first step: bernoulli(full_like(h, keep)) / keep
-            keep = self.recurrent_keep
-            shape = (batch, self.cell.output_size)
-            self.recurrent_mask = torch.bernoulli(torch.full(shape, keep, dtype=like.dtype, device=like.device)) / keep
+        if self.recurrent_keep < 1.0:  # as the cell draws it at its first step, on its h (B, O)
+            self.recurrent_mask = dropout_mask((batch, self.cell.output_size), self.recurrent_keep, like)
 
     def recurrent_rows(self, sort: Any) -> Tensor | None:
         """The recurrent-dropout mask (B, O) with its rows in the kernels' order (``sort``), or None."""

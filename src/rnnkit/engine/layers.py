@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ._select import current, fused_kernels
 from .lowering import lowering_for
 from .plan import full_batch_sizes
-from .unroll import _FUSED_DTYPES, FUSED_MAX_BATCH, _run_fused
+from .unroll import _FUSED_DTYPES, FUSED_MAX_BATCH, _run_fused, trains
 
 __all__ = ["torch_math", "run_layer", "fused_stack"]
 
@@ -63,8 +63,7 @@ def _route(layer: Any, x: Tensor, lengths: Tensor | None) -> bool:
     fast_dtype = x.dtype in (torch.float32, torch.float64)
     if not (layer.mode == "LSTM" and not layer.proj_size and lengths is None and fast_dtype):
         return False
-    trains = torch.is_grad_enabled() and any(p.requires_grad for p in layer._parameters.values())
-    return x.shape[1] > FUSED_MAX_BATCH and not trains
+    return x.shape[1] > FUSED_MAX_BATCH and not trains(layer)
 
 
 def run_layer(layer: Any, x: Tensor, hx: Any, lengths: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]] | None:

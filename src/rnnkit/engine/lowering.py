@@ -48,7 +48,7 @@ from ..cells import (
     MultiRNNCell,
     ResidualWrapper,
 )
-from ..cells._base import RNNCell
+from ..cells._base import RNNCell, dropout_mask
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec, _Leaf
 
 __all__ = [
@@ -117,7 +117,7 @@ class DropoutSpec(Spec):
         return self.cell.state_keep_prob < 1.0 or self.inner.state_masked()
 
     def _mask(self, key: str, shape: tuple[int, int], like: Tensor, keep: float) -> Tensor:
-        mask = torch.bernoulli(torch.full(shape, keep, dtype=like.dtype, device=like.device)) / keep
+        mask = dropout_mask(shape, keep, like)
         self.cell._masks[key] = mask  # the wrapper ends the unroll holding the masks, as after the loop
         return mask
 

@@ -99,7 +99,7 @@ def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool) 
         return False
     if getattr(leaf, "has_proj", False):
         return False
-    return not (x.shape[1] <= FUSED_MAX_BATCH or _trains(leaf))
+    return not (x.shape[1] <= FUSED_MAX_BATCH or trains(leaf.cell))
 
 
 # Measured on 2 cores (python -m benchmarks.run and wider sweeps): in training rnnkit's fused LSTM is at par with
@@ -111,9 +111,9 @@ def _leaf_prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool) 
 FUSED_MAX_BATCH = 4
 
 
-def _trains(leaf: Spec) -> bool:
-    """Whether autograd will differentiate this leaf's parameters."""
-    return torch.is_grad_enabled() and any(p.requires_grad for p in _own_parameters(leaf.cell))
+def trains(module: torch.nn.Module) -> bool:
+    """Whether autograd will differentiate ``module``'s parameters (a cell's, or a layer's)."""
+    return torch.is_grad_enabled() and any(p.requires_grad for p in _own_parameters(module))
 
 
 def _own_parameters(module: torch.nn.Module) -> list[Tensor]:

@@ -318,10 +318,7 @@ class RNNLayer(nn.Module):
 
     def _format_hidden(self, final_states: list, unbatched: bool) -> Any:
         flat = [self._from_cell_state(s) for layer in final_states for s in layer]
-        if len(flat) == 1:
-            parts = tuple(p.unsqueeze(0) for p in flat[0])  # each (1, B, size), as torch.stack would give
-        else:
-            parts = tuple(torch.stack(p) for p in zip(*flat, strict=True))  # each (L*D, B, size)
+        parts = tuple(torch.stack(p) for p in zip(*flat, strict=True))  # each (L*D, B, size)
         if unbatched:
             parts = tuple(p.squeeze(1) for p in parts)
         return parts[0] if len(parts) == 1 else parts

@@ -214,63 +214,7 @@ inline v8f load8_reg(const float* p) {
   return v;
 }
 
-// Rows [0, M) of C = A @ W (+ C when acc) over columns [j0, j1), in tiles of V vectors: M x V independent
-// accumulators (8 of them keep both FMA pipes busy), and W streams once per tile for all M rows.
-template <int M, int V>
-int64_t small_tiles(const float* A, int64_t lda, const float* W, int64_t ldw, int64_t k, int64_t j0, int64_t j1,
-                    bool acc, float* C, int64_t ldc) {
-  int64_t j = j0;
-  for (; j + 8 * V <= j1; j += 8 * V) {
-    v8f c[M][V];
-    for (int i = 0; i < M; ++i)
-      for (int v = 0; v < V; ++v) c[i][v] = v8f{};
-    for (int64_t p = 0; p < k; ++p) {
-      v8f w[V];
-      for (int v = 0; v < V; ++v) w[v] = load8_reg(W + p * ldw + j + 8 * v);
-      for (int i = 0; i < M; ++i) {
-        const float a = A[i * lda + p];
-        for (int v = 0; v < V; ++v) c[i][v] += a * w[v];
-      }
-    }
-    for (int i = 0; i < M; ++i) {
-      for (int v = 0; v < V; ++v) {
-        float* out = C + i * ldc + j + 8 * v;
-        store8(out, acc ? load8(out) + c[i][v] : c[i][v]);
-      }
-    }
-  }
-  return j;
-}
-
-// M rows: wide tiles while they fit, then single vectors for the remaining columns (n % 8 == 0).
-template <int M>
-void small_rows(const float* A, int64_t lda, const float* W, int64_t ldw, int64_t k, int64_t n, bool acc, float* C,
-                int64_t ldc) {
-  constexpr int V = M >= 8 ? 1 : 8 / M;
-  int64_t j = small_tiles<M, V>(A, lda, W, ldw, k, 0, n, acc, C, ldc);
-  if constexpr (V > 1) small_tiles<M, 1>(A, lda, W, ldw, k, j, n, acc, C, ldc);
-}
-}  // namespace
-
-bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* W, int64_t ldw, float beta,
-                float* C, int64_t ldc) {
-  if (m < 1 || m > kSmallGemmRows || n % 8 != 0 || k <= 0 || (beta != 0.0f && beta != 1.0f)) return false;
-  const bool acc = beta == 1.0f;
-  switch (m) {  // kSmallGemmRows == 8: every row count has its own unrolled kernel
-    case 1: small_rows<1>(A, lda, W, ldw, k, n, acc, C, ldc); break;
-    case 2: small_rows<2>(A, lda, W, ldw, k, n, acc, C, ldc); break;
-    case 3: small_rows<3>(A, lda, W, ldw, k, n, acc, C, ldc); break;
-    case 4: small_rows<4>(A, lda, W, ldw, k, n, acc, C, ldc); break;
-    case 5: small_rows<5>(A, lda, W, ldw, k, n, acc, C, ldc); break;
-    case 6: small_rows<6>(A, lda, W, ldw, k, n, acc, C, ldc); break;
-    case 7: small_rows<7>(A, lda, W, ldw, k, n, acc, C, ldc); break;
-    default: small_rows<8>(A, lda, W, ldw, k, n, acc, C, ldc); break;
-  }
-  return true;
-}
-
-namespace {
-// One M x 8V tile of C = A @ P (+ C when acc), P a panel: k rows of `width` contiguous floats. U interleaved
+// One M x 8V tile of C = A @ P (+ C when acc), P a panel: k rows of `width` floats apart. U interleaved
 // partial sums over k keep at least 8 independent accumulators when M is small (FMA latency, not throughput,
 // bounds a single chain).
 template <int M, int V>
@@ -337,6 +281,39 @@ void panel_rows(int64_t m, const float* A, int64_t lda, const float* P, int64_t 
   }
 }
 }  // namespace
+
+namespace {
+// M rows of C = A @ W (+ C when acc), W row-major (k x n, row stride ldw): tiles of M rows x V vectors, V wide
+// enough for 8 accumulators (both FMA pipes busy), then single vectors for the remaining columns (n % 8 == 0).
+// A tile is panel_tile's, reading W's rows in place of a panel's (its row stride ldw instead of the width).
+template <int M>
+void small_rows(const float* A, int64_t lda, const float* W, int64_t ldw, int64_t k, int64_t n, bool acc, float* C,
+                int64_t ldc) {
+  constexpr int V = M >= 8 ? 1 : 8 / M;
+  int64_t j = 0;
+  for (; j + 8 * V <= n; j += 8 * V) panel_tile<M, V>(A, lda, W + j, ldw, k, acc, C + j, ldc);
+  if constexpr (V > 1) {
+    for (; j < n; j += 8) panel_tile<M, 1>(A, lda, W + j, ldw, k, acc, C + j, ldc);
+  }
+}
+}  // namespace
+
+bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* W, int64_t ldw, float beta,
+                float* C, int64_t ldc) {
+  if (m < 1 || m > kSmallGemmRows || n % 8 != 0 || k <= 0 || (beta != 0.0f && beta != 1.0f)) return false;
+  const bool acc = beta == 1.0f;
+  switch (m) {  // kSmallGemmRows == 8: every row count has its own unrolled kernel
+    case 1: small_rows<1>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 2: small_rows<2>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 3: small_rows<3>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 4: small_rows<4>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 5: small_rows<5>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 6: small_rows<6>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    case 7: small_rows<7>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+    default: small_rows<8>(A, lda, W, ldw, k, n, acc, C, ldc); break;
+  }
+  return true;
+}
 
 bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n) {
   if (n <= 0 || n % 8 != 0 || k <= 0) return false;

@@ -254,18 +254,21 @@ void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, 
 // step's multiply.
 constexpr int64_t kMinPanelSteps = 4;
 
-// The recurrent multiply of a step split over threads by units: chunk c owns units [lo, lo + w) of every gate
+// The recurrent multiply of a step, split over threads by units: chunk c owns units [lo, lo + w) of every gate
 // block of W (K, gates * units) and writes C[:, q*w : (q+1)*w] = X @ W[:, q*units + lo : q*units + lo + w], its
-// gates side by side. float32 sequences of several steps use panels packed once per call; the rest BLAS.
+// gates side by side. A step of one chunk (lo = 0, w = units: the layout of W itself) multiplies W whole, on MKL's
+// packed copy when it has more than a few rows; otherwise float32 sequences of several steps use panels packed
+// once per call, the rest BLAS or the small-row multiply.
 template <typename T>
 struct ChunkGemm {
   Mat<T> w;
   int64_t gates, units;
+  StepGemm<T> whole;                 // MKL-packed W when the step is one chunk (see pack_rows)
   std::vector<PanelWeights> panels;  // [chunk * gates + q]; empty: BLAS
-  ChunkGemm(const Mat<T>& w_, int64_t gates_, int64_t units_, const Units& u, int64_t steps)
-      : w(w_), gates(gates_), units(units_) {
+  ChunkGemm(const Mat<T>& w_, int64_t gates_, int64_t units_, const Units& u, int64_t rows, int64_t steps)
+      : w(w_), gates(gates_), units(units_), whole(w_, pack_rows(u, rows)) {
     if constexpr (std::is_same_v<T, float>) {
-      if (steps < kMinPanelSteps) return;
+      if (whole.is_packed() || steps < kMinPanelSteps) return;
       panels.resize(u.chunks() * gates);
       for (int64_t c = 0; c < u.chunks(); ++c) {
         for (int64_t q = 0; q < gates; ++q) {
@@ -281,6 +284,10 @@ struct ChunkGemm {
   // beta: 0 (C = X @ W) or 1 (C += X @ W).
   void operator()(int64_t c, int64_t lo, int64_t wd, int64_t m, const T* X, int64_t ldx, T* C, int64_t ldc,
                   T beta = T(0)) const {
+    if (whole.is_packed()) {  // one chunk: all of W at once
+      whole(m, X, ldx, beta, C, ldc);
+      return;
+    }
     for (int64_t q = 0; q < gates; ++q) {
       if constexpr (std::is_same_v<T, float>) {
         if (!panels.empty()) {
@@ -341,41 +348,28 @@ inline void for_chunks(const Units& u, const F& f) {
 
 // C (n x N) = X_1 @ W_1 + X_2 @ W_2 ... + beta * C at every step of a sequence (W_k: K_k x N, the row blocks of
 // one W or from different tensors), for steps without an elementwise update of their own between multiply and
-// barrier (the backward's dh = dG @ W_h^T): split over threads by columns of W when the work is worth it, each
-// thread multiplying by its own panels of W (packed once per call); else one multiply per block (MKL's packed W
-// when one chunk has more than a few rows). beta: 0 or 1.
+// barrier (the backward's dh = dG @ W_h^T): split over threads by columns of W when the work is worth it (see
+// ChunkGemm). beta: 0 or 1.
 template <typename T>
 struct SplitGemm {
   Units u;
-  std::vector<StepGemm<T>> whole;
-  std::vector<ChunkGemm<T>> chunks;
+  std::vector<ChunkGemm<T>> blocks;
   SplitGemm(const std::vector<Mat<T>>& ws, int64_t rows, int64_t steps) {
     int64_t depth = 0;
     for (const Mat<T>& w : ws) depth += w.rows;
     u = split_units(ws[0].cols, rows, depth, 1);
-    for (const Mat<T>& w : ws) whole.emplace_back(w, pack_rows(u, rows));
-    for (const Mat<T>& w : ws) chunks.emplace_back(w, 1, w.cols, u, whole[0].is_packed() ? 0 : steps);
+    for (const Mat<T>& w : ws) blocks.emplace_back(w, 1, w.cols, u, rows, steps);
   }
   // xs: X_k (n x K_k), row stride ldx each.
   void operator()(int64_t n, std::initializer_list<const T*> xs, int64_t ldx, T beta, T* C, int64_t ldc) const {
-    if (whole[0].is_packed()) {
-      size_t k = 0;
-      for (const T* X : xs) whole[k](n, X, ldx, k ? T(1) : beta, C, ldc), ++k;
-      return;
-    }
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
       if (w == 0) return;
       size_t k = 0;
-      for (const T* X : xs) chunks[k](c, lo, w, n, X, ldx, C + lo, ldc, k ? T(1) : beta), ++k;
+      for (const T* X : xs) blocks[k](c, lo, w, n, X, ldx, C + lo, ldc, k ? T(1) : beta), ++k;
     });
   }
 };
-
-template <typename T>
-inline const T* opt_ptr(const c10::optional<Tensor>& t) {
-  return (t.has_value() && t->defined()) ? t->data_ptr<T>() : nullptr;
-}
 
 inline bool has(const c10::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 

@@ -44,12 +44,9 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   Tensor HM = mr ? at::empty({B, H}, x.options()) : Tensor();  // h * mask_r: what the recurrent matmuls read
   T* hmp = mr ? HM.data_ptr<T>() : nullptr;
   // h @ W_rz every step; h @ W_n with it (reset-after) or, reset-before, (r * h) @ W_n after it.
-  const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one packed multiply
-  const StepGemm<T> step_rz(wh_rz, pack_rows(u, rows0)), step_n(wh_n, pack_rows(u, rows0));
-  const bool packed = step_rz.is_packed();
-  const int64_t ga = reset_after ? 3 : 2;  // gate blocks in the first multiply
-  const int64_t panel_steps = packed ? 0 : s.steps();
-  const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, panel_steps), chunk_n(wh_n, 1, H, u, panel_steps);
+  const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one (packed) multiply
+  const int64_t ga = reset_after ? 3 : 2;          // gate blocks in the first multiply
+  const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, rows0, s.steps()), chunk_n(wh_n, 1, H, u, rows0, s.steps());
 
   Tensor G = project_inputs<T>(x, {wx_rz, wx_n});  // (total, 3H) -> activated r, z, n
   StepStates<T> hs(h0);
@@ -72,13 +69,8 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
       if (w == 0) return;
-      if (packed) {
-        step_rz(n, hin, H, T(0), ap, G3);
-        if (reset_after) step_n(n, hin, H, T(0), ap + 2 * H, G3);
-      } else {
-        chunk_rz(c, lo, w, n, hin, H, ap + ga * lo, G3);
-        if (reset_after) chunk_n(c, lo, w, n, hin, H, ap + ga * lo + 2 * w, G3);
-      }
+      chunk_rz(c, lo, w, n, hin, H, ap + ga * lo, G3);
+      if (reset_after) chunk_n(c, lo, w, n, hin, H, ap + ga * lo + 2 * w, G3);
       for (int64_t b = 0; b < n; ++b) {
         T* __restrict__ r = g + b * G3 + lo;
         T* __restrict__ z = r + H;
@@ -112,11 +104,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
         if (w == 0) return;
         // (r * h) @ W_n for this chunk's units, into the free first columns of the chunk's rows of A.
-        if (packed) {
-          step_n(n, ap + 2 * H, G3, T(0), ap, G3);
-        } else {
-          chunk_n(c, lo, w, n, ap + 2 * H, G3, ap + ga * lo, G3);
-        }
+        chunk_n(c, lo, w, n, ap + 2 * H, G3, ap + ga * lo, G3);
         for (int64_t b = 0; b < n; ++b) {
           T* __restrict__ z = g + b * G3 + H + lo;
           T* __restrict__ nn = g + b * G3 + 2 * H + lo;
@@ -266,8 +254,7 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const T* bp = b_c.data_ptr<T>();
   const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
   const Units u = split_units(H, s.steps() ? s.n[0] : 0, H, 1);
-  const StepGemm<T> step_w(wh, pack_rows(u, s.steps() ? s.n[0] : 0));
-  const ChunkGemm<T> chunk_w(wh, 1, H, u, step_w.is_packed() ? 0 : s.steps());
+  const ChunkGemm<T> chunk_w(wh, 1, H, u, s.steps() ? s.n[0] : 0, s.steps());
   Tensor Y = project_inputs<T>(x, {wx});  // pre-activations, activated in place: the outputs
   StepStates<T> hs(h0);
   Tensor A = at::empty({B, H}, x.options());
@@ -280,11 +267,7 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
       if (w == 0) return;
-      if (step_w.is_packed()) {
-        step_w(n, hp, H, T(0), ap, H);
-      } else {
-        chunk_w(c, lo, w, n, hp, H, ap + lo, H);
-      }
+      chunk_w(c, lo, w, n, hp, H, ap + lo, H);
       for (int64_t b = 0; b < n; ++b) {
         T* __restrict__ yr = y + b * H + lo;
         const T* __restrict__ a = ap + b * H + lo;

@@ -38,7 +38,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
   Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0, s.steps());
   Mat<T> wp;
-  if (proj) wp = step_weights<T>(*w_proj, rows0);
+  if (proj) wp = step_weights<T>(*w_proj, rows0, s.steps());
   Tensor bias_c = has(bias) ? contig(*bias) : at::zeros({G4}, x.options());
   Tensor peep_c = has(peep) ? contig(*peep) : Tensor();
   Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
@@ -53,10 +53,9 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   // update: threads meet once per step); otherwise one multiply on MKL's packed weights.
   const Units u = split_units(H, rows0, P, 4);
   const Units up = !proj ? Units() : split_units(P, rows0, H, 1);
-  const StepGemm<T> step_w(wh, pack_rows(u, rows0));
-  std::optional<StepGemm<T>> step_p;
-  if (proj) step_p.emplace(wp, pack_rows(up, rows0));
-  const ChunkGemm<T> chunk_w(wh, 4, H, u, step_w.is_packed() ? 0 : s.steps());
+  const ChunkGemm<T> chunk_w(wh, 4, H, u, rows0, s.steps());
+  std::optional<ChunkGemm<T>> chunk_p;
+  if (proj) chunk_p.emplace(wp, 1, P, up, rows0, s.steps());
 
   Tensor G = project_inputs<T>(x, {wx});  // (total, 4H): becomes the saved activated gates
   StepStates<T> hs(h0_);
@@ -79,11 +78,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
       if (w == 0) return;
-      if (step_w.is_packed()) {
-        step_w(n, hp, P, T(0), sp, G4);
-      } else {
-        chunk_w(c, lo, w, n, hp, P, sp + 4 * lo, G4);
-      }
+      chunk_w(c, lo, w, n, hp, P, sp + 4 * lo, G4);
       for (int64_t b = 0; b < n; ++b) {
         T* gr = g + b * G4;
         const T* sr = sp + b * G4 + 4 * lo;
@@ -134,11 +129,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
       for_chunks(up, [&](int64_t c) {
         const int64_t lo = up.lo[c], w = up.hi[c] - up.lo[c];
         if (w == 0) return;
-        if (step_p->is_packed()) {
-          (*step_p)(n, mp, H, T(0), y, P);
-        } else {
-          gemm_xw<T>(n, mp, H, cols_of(wp, lo, w), T(1), T(0), y + lo, P);
-        }
+        (*chunk_p)(c, lo, w, n, mp, H, y + lo, P);
         for (int64_t b = 0; b < n; ++b) {
           T* yr = y + b * P + lo;
           T* hr = hn + b * P + lo;
@@ -391,8 +382,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   // norms by rows (a second); a step not worth splitting runs one MKL-packed multiply.
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
   const Units cols = split_units(G4, rows0, H, 1);
-  const StepGemm<T> step_w(wh, pack_rows(cols, rows0));
-  const ChunkGemm<T> chunk_w(wh, 1, G4, cols, step_w.is_packed() ? 0 : s.steps());
+  const ChunkGemm<T> chunk_w(wh, 1, G4, cols, rows0, s.steps());
   const std::vector<T> ones(H, T(1));           // stands for an absent mask: branch-free loops
   T *xh = XH.data_ptr<T>(), *hsp = hs.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(),
     *chp = CH.data_ptr<T>(), *rsp = RS.data_ptr<T>(), *ap = A.data_ptr<T>();
@@ -401,14 +391,10 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
     const int64_t n = s.n[t], off = s.off[t];
     if (n == 0) break;
     T* g = xh + off * G4;
-    if (step_w.is_packed()) {
-      step_w(n, hsp, H, T(1), g, G4);
-    } else {
-      for_chunks(cols, [&](int64_t c) {
-        const int64_t lo = cols.lo[c], w = cols.hi[c] - cols.lo[c];
-        if (w > 0) chunk_w(c, lo, w, n, hsp, H, g + lo, G4, T(1));
-      });
-    }
+    for_chunks(cols, [&](int64_t c) {
+      const int64_t lo = cols.lo[c], w = cols.hi[c] - cols.lo[c];
+      if (w > 0) chunk_w(c, lo, w, n, hsp, H, g + lo, G4, T(1));
+    });
     T* chb = save ? chp + off * H : chp;
     T* rsb = save ? rsp + off * 5 : rsp;
     for_rows(n, G4, [&](int64_t b0, int64_t b1) {
