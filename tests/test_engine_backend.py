@@ -154,7 +154,7 @@ def test_variational_dropout_uses_the_reference_masks(kernels, lengths):
         masks = {k: v.clone() for k, v in cell._masks.items()}
         results.append((out, flatten(state), grads, masks))
     (out, state, grads, masks), (r_out, r_state, r_grads, r_masks) = results
-    assert masks.keys() == r_masks.keys() == {"input", "state0", "state1", "state2", "output"}
+    assert masks.keys() == r_masks.keys() == {"input_0", "state_0", "state_1", "state_2", "output_0"}
     for k in masks:
         torch.testing.assert_close(masks[k], r_masks[k], atol=0, rtol=0)
     torch.testing.assert_close(out, r_out, atol=1e-10, rtol=1e-10)

@@ -118,14 +118,17 @@ def test_bidirectional_over_multi_rnn_cells_is_a_different_network():
     assert not torch.allclose(torch.cat([o_fw, o_bw], -1), stacked)
 
 
-def test_variational_dropout_uses_one_mask_per_sequence():
+def test_variational_dropout_uses_one_mask_per_unroll_shared_by_the_batch():
+    """TF1 draws each variational mask with shape [1, size] (``convert_to_batch_shape`` prepends a 1): every
+    row and every step of an unroll share it."""
     inner = rk.BasicRNNCell(64)
     cell = rk.DropoutWrapper(inner, output_keep_prob=0.5, variational_recurrent=True).train()
     outputs, _ = rk.dynamic_rnn(cell, torch.randn(8, 6, 3))
     dropped = outputs == 0
     assert dropped.any()
     assert torch.equal(dropped, dropped[:, :1].expand_as(dropped)), "same units dropped at every step"
-    assert not torch.equal(dropped[0, 0], dropped[1, 0]), "each sequence has its own mask"
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped)), "every row shares the mask"
+    assert tuple(cell._masks["output_0"].shape) == (1, 64)
     outputs2, _ = rk.dynamic_rnn(cell, torch.randn(8, 6, 3))
     assert not torch.equal(outputs2 == 0, dropped), "a new unroll draws new masks"
 

@@ -35,13 +35,17 @@ def get_activation(activation: Any, default: Callable = torch.tanh) -> Callable:
     return activation
 
 
-def dropout_mask(shape: tuple[int, ...], keep: float, like: torch.Tensor) -> torch.Tensor:
+def dropout_mask(
+    shape: tuple[int, ...], keep: float, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """An inverted-dropout mask of ``shape``: 0 with probability ``1 - keep``, else ``1 / keep``.
 
     The one draw of every variational (per-sequence) mask, in the cells and in the engine alike, so that the
-    fused paths consume the random stream exactly as the reference loop does.
+    fused paths consume the random stream exactly as the reference loop does. ``generator``: a seeded stream
+    of the mask's own (``DropoutWrapper(seed=)``) instead of torch's global one.
     """
-    return torch.bernoulli(torch.full(shape, keep, dtype=like.dtype, device=like.device)) / keep
+    probs = torch.full(shape, keep, dtype=like.dtype, device=like.device)
+    return torch.bernoulli(probs, generator=generator) / keep
 
 
 def glorot_uniform_(tensor: torch.Tensor) -> torch.Tensor:

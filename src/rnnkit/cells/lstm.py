@@ -6,6 +6,7 @@ clipping and no projection, exactly as in TF.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -57,7 +58,8 @@ def _clip(x: torch.Tensor, limit: float | None) -> torch.Tensor:
 def _check_clip(value: Any, name: str, component: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    # `not value > 0` also refuses NaN, which every comparison fails (the engines would disagree on it).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"{component}: {name} must be a positive number or None, got {value!r}")
     return float(value)
 

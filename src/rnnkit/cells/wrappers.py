@@ -6,6 +6,8 @@ A wrapper holds its cell as ``cell`` (parameters ``cell.kernel``, ...), forwards
 
 from __future__ import annotations
 
+import hashlib
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from .._structure import LSTMStateTuple, flatten, map_structure, pack_as
 from ._base import RNNCell, dropout_mask
 
-__all__ = ["RNNCellWrapper", "DropoutWrapper", "ResidualWrapper"]
+__all__ = ["RNNCellWrapper", "DropoutWrapper", "ResidualWrapper", "tf_op_seed"]
 
 
 class RNNCellWrapper(RNNCell):
@@ -47,30 +49,61 @@ def _default_state_filter(substate: Any) -> Any:
 
 
 def _check_keep_prob(p: Any, name: str) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 < p <= 1.0:
         raise ValueError(f"DropoutWrapper: {name} must be a float in (0, 1], got {p!r}")
     return float(p)
 
 
+def _depth(size: Any) -> int | None:
+    """TF's ``input_size`` (an int, a ``TensorShape([d])``, a 1-tuple) as a depth."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)) or hasattr(size, "as_list"):
+        dims = list(size.as_list() if hasattr(size, "as_list") else size)
+        if len(dims) == 1:
+            size = dims[0]
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size <= 0:
+        raise ValueError(f"DropoutWrapper: input_size must be a positive depth (an int), got {size!r}")
+    return int(size)
+
+
+def tf_op_seed(seed: int, salt: str) -> int:
+    """TF1's per-mask seed: ``DropoutWrapper._gen_seed`` (md5 of the seed and ``"input_0"``, ``"state_1"``...)."""
+    digest = hashlib.md5((str(seed) + salt).encode("utf-8")).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
 class DropoutWrapper(RNNCellWrapper):
-    """Dropout on a cell's inputs, outputs and new state (training mode only).
+    """Dropout on a cell's inputs, outputs and new state (training mode only), as TF1's ``DropoutWrapper``.
 
-    ``x -> x / keep_prob * mask`` with ``mask ~ Bernoulli(keep_prob)``, for each of
-    ``input_keep_prob``, ``output_keep_prob`` and ``state_keep_prob``. In eval mode the wrapper
-    is the identity around the cell.
+    ``x -> x / keep_prob * mask`` with ``mask ~ Bernoulli(keep_prob)``, for each of ``input_keep_prob``,
+    ``output_keep_prob`` and ``state_keep_prob``. In eval mode the wrapper is the identity around the cell.
 
-    ``variational_recurrent=True`` (Gal & Ghahramani 2016) draws one mask per sequence and
-    batch element, at the start of each unroll (``begin_sequence``, called by every rnnkit
-    runner), and reuses it at every time step; a cell stepped by hand keeps its masks until
-    ``begin_sequence`` or ``reset_dropout_masks()`` is called.
+    Masks, as TF1 draws them:
 
-    State dropout applies where ``dropout_state_filter_visitor(substate)`` says so; by default,
-    as in TF, everything except the ``c`` of an ``LSTMStateTuple``.
+    - default: a fresh mask of the value's shape ``(batch, depth)`` at every step.
+    - ``variational_recurrent=True`` (Gal & Ghahramani 2016): one mask of shape ``(1, depth)`` per input, state
+      leaf and output, **shared by every row of the batch** and every time step of an unroll (TF prepends a 1
+      for the batch dimension). Each runner call (``begin_sequence``) draws new ones, as each ``session.run``
+      does in TF; a cell stepped by hand keeps its masks until ``begin_sequence`` or ``reset_dropout_masks()``.
+      (``rnnkit.LSTM(recurrent_dropout=)`` differs on purpose: one mask per sequence, i.e. per batch row, on
+      the recurrent ``h`` only, as Keras draws it.)
+
+    ``seed``: each mask gets a ``torch.Generator`` of its own, seeded as TF seeds that mask's op (``tf_op_seed``
+    of ``seed`` and ``"input_0"``, ``"state_k"``, ``"output_0"``), so masks are reproducible and independent of
+    torch's global stream; without it they come from torch's global generator. ``input_size`` and ``dtype`` are
+    accepted as TF takes them (rnnkit reads both from the inputs; an ``input_size`` builds the wrapped cell
+    now, as rnnkit's ``input_size=`` does everywhere).
+
+    State dropout applies where ``dropout_state_filter_visitor(substate)`` says so; by default, as in TF,
+    everything except the ``c`` of an ``LSTMStateTuple``.
 
     Example::
 
-        >>> cell = DropoutWrapper(BasicLSTMCell(16), output_keep_prob=0.5, variational_recurrent=True)
+        >>> cell = DropoutWrapper(BasicLSTMCell(16), output_keep_prob=0.5, variational_recurrent=True, seed=7)
         >>> out, state = cell(torch.randn(4, 8), cell.zero_state(4, torch.float32))
+        >>> tuple(cell._masks["output"].shape)       # one mask for the whole batch
+        (1, 16)
     """
 
     def __init__(
@@ -80,6 +113,9 @@ class DropoutWrapper(RNNCellWrapper):
         output_keep_prob: float = 1.0,
         state_keep_prob: float = 1.0,
         variational_recurrent: bool = False,
+        input_size: Any = None,
+        dtype: torch.dtype | None = None,
+        seed: int | None = None,
         dropout_state_filter_visitor: Callable[[Any], Any] | None = None,
     ):
         super().__init__(cell)
@@ -87,8 +123,19 @@ class DropoutWrapper(RNNCellWrapper):
         self.output_keep_prob = _check_keep_prob(output_keep_prob, "output_keep_prob")
         self.state_keep_prob = _check_keep_prob(state_keep_prob, "state_keep_prob")
         self.variational_recurrent = bool(variational_recurrent)
+        if dropout_state_filter_visitor is not None and not callable(dropout_state_filter_visitor):
+            raise TypeError("DropoutWrapper: dropout_state_filter_visitor must be callable")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"DropoutWrapper: dtype must be a torch.dtype or None, got {dtype!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"DropoutWrapper: seed must be an int or None, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
         self._state_filter = dropout_state_filter_visitor or _default_state_filter
         self._masks: dict[str, Any] = {}
+        self._generators: dict[tuple[str, str], torch.Generator] = {}
+        depth = _depth(input_size)
+        if depth is not None:
+            self.build(depth)
 
     def begin_sequence(self, batch_size: int) -> None:
         self.reset_dropout_masks()
@@ -98,18 +145,36 @@ class DropoutWrapper(RNNCellWrapper):
         """Forget the variational masks; the next step draws new ones."""
         self._masks = {}
 
+    def _generator(self, key: str, like: torch.Tensor) -> torch.Generator | None:
+        """``key``'s own seeded stream (``seed=``), one per device, or ``None`` for torch's global one."""
+        if self.seed is None:
+            return None
+        slot = (key, str(like.device))
+        if slot not in self._generators:
+            self._generators[slot] = torch.Generator(like.device).manual_seed(tf_op_seed(self.seed, key))
+        return self._generators[slot]
+
+    def variational_mask(self, key: str, depth: int, like: torch.Tensor) -> torch.Tensor:
+        """The unroll's mask ``(1, depth)`` for ``key`` (``input_0``, ``state_<k>``, ``output_0``: TF's salts),
+        drawn once: the reference loop and the fused path both take it from here."""
+        mask = self._masks.get(key)
+        if mask is None or mask.shape[-1] != depth:
+            keep = getattr(self, f"{key.split('_')[0]}_keep_prob")
+            mask = self._masks[key] = dropout_mask((1, depth), keep, like, self._generator(key, like))
+        return mask
+
     def _dropout(self, x: torch.Tensor, keep_prob: float, key: str) -> torch.Tensor:
         if self.variational_recurrent:
-            mask = self._masks.get(key)
-            if mask is None or mask.shape != x.shape:
-                mask = self._masks[key] = dropout_mask(tuple(x.shape), keep_prob, x)
-            return x * mask
-        return torch.nn.functional.dropout(x, p=1.0 - keep_prob)
+            return x * self.variational_mask(key, x.shape[-1], x)
+        generator = self._generator(key, x)
+        if generator is None:
+            return torch.nn.functional.dropout(x, p=1.0 - keep_prob)
+        return x * dropout_mask(tuple(x.shape), keep_prob, x, generator)
 
     def _filtered_state_dropout(self, state: Any) -> Any:
         selected = flatten(self._selected(state))
         dropped = [
-            self._dropout(x, self.state_keep_prob, f"state{k}") if use else x
+            self._dropout(x, self.state_keep_prob, f"state_{k}") if use else x
             for k, (x, use) in enumerate(zip(flatten(state), selected, strict=True))
         ]
         return pack_as(state, dropped)
@@ -130,12 +195,12 @@ class DropoutWrapper(RNNCellWrapper):
         if not self.training:
             return self.cell.call(inputs, state)
         if self.input_keep_prob < 1.0:
-            inputs = self._dropout(inputs, self.input_keep_prob, "input")
+            inputs = self._dropout(inputs, self.input_keep_prob, "input_0")
         output, new_state = self.cell.call(inputs, state)
         if self.state_keep_prob < 1.0:
             new_state = self._filtered_state_dropout(new_state)
         if self.output_keep_prob < 1.0:
-            output = self._dropout(output, self.output_keep_prob, "output")
+            output = self._dropout(output, self.output_keep_prob, "output_0")
         return output, new_state
 
 

@@ -145,6 +145,7 @@ def _cell_config(cell: RNNCell, owner: str) -> dict[str, Any]:
             "output_keep_prob": cell.output_keep_prob,
             "state_keep_prob": cell.state_keep_prob,
             "variational_recurrent": cell.variational_recurrent,
+            "seed": cell.seed,
         }
         return {"class": name, "args": args, "cell": _cell_config(cell.cell, f"{where}.cell ")}
     if isinstance(cell, ResidualWrapper):

@@ -12,6 +12,11 @@ packed sequence (saving the activations once per step) and one backward call (ba
 time, weight gradients as single matmuls over all steps). ``kern`` is the compiled op namespace or the
 pure-PyTorch twin module: both expose the same functions. When no input needs a gradient the forward
 kernel runs directly, saving nothing.
+
+Higher-order gradients: autograd runs a backward in grad mode exactly when it was asked for a differentiable
+gradient (``create_graph=True``). Then, and only then, the layer's gradient is taken through its forward
+recomputed in differentiable torch ops (``_autodiff``) instead of the backward kernel, so gradient penalties,
+Hessian-vector products and ``gradgradcheck`` see exact second derivatives on every path.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from . import _autodiff
 
 __all__ = ["lstm_layer", "lnlstm_layer", "gru_layer", "rnn_layer", "needs_grad"]
 
@@ -29,17 +35,16 @@ class _Family(NamedTuple):
     name: str  # the kernels' prefix
     outputs: int  # what a layer returns: (y, h_T) or (y, h_T, c_T)
     masks: int  # trailing mask tensors among the inputs (never differentiated)
-    biases: tuple[int, ...]  # inputs whose backward needs only their presence (their gradient is a sum)
 
     @property
     def forward(self) -> str:
         return f"{self.name}_forward"
 
 
-_LSTM = _Family("lstm", 3, 2, (2,))
-_LNLSTM = _Family("lnlstm", 3, 2, (2,))
-_GRU = _Family("gru", 2, 2, (2, 5))  # x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r
-_RNN = _Family("rnn", 2, 1, (2,))
+_LSTM = _Family("lstm", 3, 2)
+_LNLSTM = _Family("lnlstm", 3, 2)
+_GRU = _Family("gru", 2, 2)  # x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r
+_RNN = _Family("rnn", 2, 1)
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:
@@ -53,23 +58,43 @@ class _FusedLayer(torch.autograd.Function):
         x, w_x, bias, *rest = inputs
         out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, True)
         ctx.kern, ctx.family, ctx.cfg, ctx.batch_sizes, ctx.n_inputs = kern, family, cfg, batch_sizes, len(inputs)
-        # Keep no copies for backward: a bias is often a fresh tensor (b_ih + b_hh) whose values backward never
-        # reads (its gradient is a sum), so only its presence is kept.
-        kept = [t.new_empty(0) if t is not None and k in family.biases else t for k, t in enumerate(inputs)]
-        ctx.save_for_backward(*kept, out[0], *out[family.outputs :])  # inputs, y, the saved activations
+        # The inputs (the biases too: a higher-order backward recomputes the forward from them), y and the
+        # activations the backward kernel reads.
+        ctx.save_for_backward(*inputs, out[0], *out[family.outputs :])
         return tuple(out[: family.outputs])
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, *grads):  # noqa: ANN001
         saved = ctx.saved_tensors
         inputs, activations = saved[: ctx.n_inputs], saved[ctx.n_inputs :]
-        x, w_x, bias, *rest = inputs
         family = ctx.family
-        need_dx = ctx.needs_input_grad[4]
-        backward = getattr(ctx.kern, f"{family.name}_backward")
-        input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *ctx.cfg, need_dx)
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+            input_grads = _differentiable_grads(ctx, inputs, grads)
+        else:
+            x, w_x, bias, *rest = inputs
+            backward = getattr(ctx.kern, f"{family.name}_backward")
+            cfg, need_dx = ctx.cfg, ctx.needs_input_grad[4]
+            input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *cfg, need_dx)
         return (None, None, None, None, *input_grads, *([None] * family.masks))
+
+
+def _differentiable_grads(ctx: Any, inputs: tuple[Tensor | None, ...], grads: tuple[Tensor, ...]) -> list:
+    """The layer's input gradients as functions of its inputs and of ``grads``, by autograd through the forward
+    recomputed in torch ops (``_autodiff``) on the saved inputs, which carry their autograd history."""
+    family = ctx.family
+    wanted = [
+        k for k, t in enumerate(inputs[: ctx.n_inputs - family.masks]) if t is not None and ctx.needs_input_grad[4 + k]
+    ]
+    with torch.enable_grad():
+        x, w_x, bias, *rest = inputs
+        outputs = _autodiff.FAMILIES[family.name](x, w_x, bias, ctx.batch_sizes, *rest, *ctx.cfg)
+        found = torch.autograd.grad(
+            outputs, [inputs[k] for k in wanted], grads, create_graph=True, allow_unused=True
+        )
+    input_grads: list[Tensor | None] = [None] * (ctx.n_inputs - family.masks)
+    for k, g in zip(wanted, found, strict=True):
+        input_grads[k] = g
+    return input_grads
 
 
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:

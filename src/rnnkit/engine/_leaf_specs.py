@@ -91,6 +91,9 @@ class LSTMSpec(_Leaf):
         self.num_units: int = options["num_units"]
         self.gate_order = _TF_ORDER if layout != "torch" else _TORCH_ORDER
         exact = not self.peepholes and not self.cell_clip and not self.proj_clip
+        # torch's kernel infers a projection from h's size differing from c's (and needs proj_size < hidden_size):
+        # a projection to num_units or more has no torch kernel.
+        exact = exact and not (self.has_proj and cell.output_size >= self.num_units)
         if layout == "torch":
             exact = exact and self.forget_bias == 0.0  # torch-layout: biases are stored, fold nothing
         self.torch_mode = "LSTM" if exact else None

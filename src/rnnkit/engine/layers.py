@@ -47,8 +47,8 @@ def torch_math(layer: Any) -> bool:
 
 def _route(layer: Any, x: Tensor, lengths: Tensor | None) -> bool:
     backend = current()[0]
-    if backend not in ("auto", "torch") or not torch_math(layer):
-        return False
+    if backend not in ("auto", "torch") or not torch_math(layer) or not x.shape[0] or not x.shape[1]:
+        return False  # (torch's kernels refuse empty sequences and batches; the runner returns empty outputs)
     if backend == "auto" and x.device.type == "cpu" and (layer.mode != "LSTM" or layer.proj_size):
         return False  # decided without looking further (this runs on every call of a small layer)
     weight = getattr(layer, layer._flat_weights_names[0])

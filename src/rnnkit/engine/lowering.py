@@ -48,7 +48,7 @@ from ..cells import (
     MultiRNNCell,
     ResidualWrapper,
 )
-from ..cells._base import RNNCell, dropout_mask
+from ..cells._base import RNNCell
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec, _Leaf
 
 __all__ = [
@@ -101,14 +101,15 @@ class StackSpec(Spec):
 
 
 class DropoutSpec(Spec):
-    """``DropoutWrapper`` in training with ``variational_recurrent=True``: per-sequence masks (B, depth)
-    on the inputs, the selected state leaves and the outputs, drawn once per unroll in the reference
-    loop's order and with its calls, so both paths see the same masks for the same seed."""
+    """``DropoutWrapper`` in training with ``variational_recurrent=True``: TF's masks ``(1, depth)`` on the
+    inputs, the selected state leaves and the outputs, shared by the batch's rows, drawn once per unroll by the
+    wrapper itself (``variational_mask``) in the reference loop's order, so both paths see the same masks."""
 
     def __init__(self, cell: DropoutWrapper, inner: Spec):
         self.cell = cell
         self.inner = inner
         self.masks: dict[str, Tensor] = {}
+        self.batch = 0
 
     def leaves(self) -> list[Spec]:
         return self.inner.leaves()
@@ -116,31 +117,27 @@ class DropoutSpec(Spec):
     def state_masked(self) -> bool:
         return self.cell.state_keep_prob < 1.0 or self.inner.state_masked()
 
-    def _mask(self, key: str, shape: tuple[int, int], like: Tensor, keep: float) -> Tensor:
-        mask = dropout_mask(shape, keep, like)
-        self.cell._masks[key] = mask  # the wrapper ends the unroll holding the masks, as after the loop
-        return mask
-
     def draw_masks(self, batch: int, like: Tensor, input_depth: int) -> None:
         w = self.cell
-        self.masks = {}
+        self.masks, self.batch = {}, batch
         if w.input_keep_prob < 1.0:
-            self.masks["input"] = self._mask("input", (batch, input_depth), like, w.input_keep_prob)
+            self.masks["input"] = w.variational_mask("input_0", input_depth, like)
         self.inner.draw_masks(batch, like, input_depth)
         if w.state_keep_prob < 1.0:
-            shapes = zero_state_for(w.state_size, batch, like.dtype, like.device)
+            shapes = zero_state_for(w.state_size, 1, like.dtype, like.device)
             selected = flatten(w._selected(shapes))
             for k, (leaf, use) in enumerate(zip(flatten(shapes), selected, strict=True)):
                 if use:
-                    self.masks[f"state{k}"] = self._mask(f"state{k}", tuple(leaf.shape), like, w.state_keep_prob)
+                    self.masks[f"state_{k}"] = w.variational_mask(f"state_{k}", leaf.shape[-1], like)
         if w.output_keep_prob < 1.0:
-            self.masks["output"] = self._mask("output", (batch, w.output_size), like, w.output_keep_prob)
+            self.masks["output"] = w.variational_mask("output_0", w.output_size, like)
 
     def state_masks(self) -> Any:
-        """This wrapper's state masks in the state's structure (None where a leaf is not dropped)."""
+        """This wrapper's state masks in the state's structure, one row per sequence as the kernels take them
+        (None where a leaf is not dropped)."""
         sizes = self.cell.state_size
-        leaves = [self.masks.get(f"state{k}") for k in range(len(flatten(sizes)))]
-        return pack_as(sizes, leaves)
+        leaves = [self.masks.get(f"state_{k}") for k in range(len(flatten(sizes)))]
+        return pack_as(sizes, [None if m is None else m.expand(self.batch, -1).contiguous() for m in leaves])
 
 
 class ResidualSpec(Spec):

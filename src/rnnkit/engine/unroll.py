@@ -181,7 +181,10 @@ class _Run:
     row_batch: Tensor | None = None
 
     def per_row(self, mask: Tensor, y: Tensor) -> Tensor:
-        """``y`` (packed rows) times a per-sequence mask ``(B, D)`` given in the original batch order."""
+        """``y`` (packed rows) times a per-sequence mask ``(B, D)`` given in the original batch order, or a mask
+        ``(1, D)`` shared by every row."""
+        if mask.shape[0] == 1:
+            return y * mask
         mask = self.plan.sort(mask)
         if self.plan.perm is None:
             return (y.view(-1, mask.shape[0], y.shape[-1]) * mask).view_as(y)  # full batches, time-major

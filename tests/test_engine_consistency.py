@@ -1,0 +1,63 @@
+"""Every engine path accepts and refuses the same inputs and returns the same results (cases an audit found)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit as rk
+from rnnkit._structure import flatten
+
+BACKENDS = ["auto", "torch", "fused", "reference"]
+
+
+@pytest.mark.parametrize("num_proj", [3, 4, 6])
+def test_projection_to_num_units_or_more_runs_on_every_path(num_proj):
+    """torch's kernel infers a projection from h's size differing from c's: a projection to ``num_units`` (or
+    more) is none of its business, and must not reach it (it crashed in ``MatrixRef``)."""
+    cell = rk.LSTMCell(4, num_proj=num_proj, input_size=3).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    results = []
+    for backend in BACKENDS:
+        with rk.engine.use(backend):
+            out, state = rk.dynamic_rnn(cell, x)
+        results.append((backend, out, flatten(state)))
+    for backend, out, state in results[:-1]:
+        torch.testing.assert_close(out, results[-1][1], atol=1e-10, rtol=1e-10, msg=backend)
+        for a, b in zip(state, results[-1][2], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("make", [lambda: rk.LSTM(3, 4, 2), lambda: rk.GRU(3, 4, bidirectional=True), rk.RNN])
+def test_empty_sequences_give_empty_outputs_on_every_path(backend, make):
+    layer = make() if not isinstance(make, type) else make(3, 4)
+    with rk.engine.use(backend):
+        out, final = layer(torch.randn(0, 2, 3))
+    directions = 2 if layer.bidirectional else 1
+    assert out.shape == (0, 2, 4 * directions)
+    for h in flatten(final):
+        assert h.shape == (layer.num_layers * directions, 2, 4) and not h.any()
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0])
+def test_nan_and_non_positive_clips_are_refused(value):
+    with pytest.raises(ValueError, match="LSTMCell: cell_clip must be a positive number"):
+        rk.LSTMCell(4, cell_clip=value)
+    with pytest.raises(ValueError, match="LSTMCell: proj_clip must be a positive number"):
+        rk.LSTMCell(4, num_proj=2, proj_clip=value)
+    with pytest.raises(ValueError, match="LSTM: cell_clip must be a positive number"):
+        rk.LSTM(3, 4, cell_clip=value)
+
+
+def test_infinite_clip_is_no_clip_on_every_path():
+    x = torch.randn(2, 6, 3, dtype=torch.float64) * 5
+    cell = rk.LSTMCell(4, cell_clip=float("inf"), num_proj=2, proj_clip=float("inf"), input_size=3).double()
+    plain = rk.LSTMCell(4, num_proj=2, input_size=3).double()
+    plain.load_state_dict(cell.state_dict())
+    with rk.engine.use("reference"):
+        want, _ = rk.dynamic_rnn(plain, x)
+    for backend in BACKENDS:
+        with rk.engine.use(backend):
+            got, _ = rk.dynamic_rnn(cell, x)
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10, msg=backend)
