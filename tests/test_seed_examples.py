@@ -42,10 +42,33 @@ def test_multi_rnn_cell_state_size_and_call():
     assert isinstance(h1, tuple) and [tuple(h.shape) for h in h1] == [(32, 128), (32, 128)]
 
 
-def test_shared_cell_idiom_is_refused_with_the_fix_in_the_message():
+def test_seed_shared_cell_idiom_runs_as_in_tf1_with_shared_weights():
+    """Seed 001's own code: ``MultiRNNCell([rnn_cell] * num_layers)``. TF1 warns that the layers share weights and
+    runs with one kernel; the second layer is the same cell applied to the first layer's output."""
+    num_layers = 2
     rnn_cell = tf.nn.rnn_cell.BasicRNNCell(num_units=128)
-    with pytest.raises(ValueError, match=r"same object.*\[cell\] \* n.*for _ in range"):
-        tf.nn.rnn_cell.MultiRNNCell([rnn_cell] * 2)
+    with pytest.warns(UserWarning, match="same object and will share weights"):
+        mutil_rnn_cell = tf.nn.rnn_cell.MultiRNNCell([rnn_cell] * num_layers)
+    assert mutil_rnn_cell.state_size == (128, 128)
+    inputs = torch.randn(32, 128)
+    h0 = mutil_rnn_cell.zero_state(batch_size=32, dtype=np.float32)
+    output, h1 = mutil_rnn_cell.call(inputs, h0)
+    assert tuple(output.shape) == (32, 128) and [tuple(h.shape) for h in h1] == [(32, 128), (32, 128)]
+    assert [name for name, _ in mutil_rnn_cell.named_parameters()] == ["cell_0.kernel", "cell_0.bias"]
+    first, _ = rnn_cell(inputs, h0[0])  # by hand: the one cell, twice
+    second, _ = rnn_cell(first, h0[1])
+    torch.testing.assert_close(output, second, rtol=0, atol=0)
+
+
+def test_seed_shared_cell_with_a_changing_depth_fails_naming_the_layers():
+    """Seed 002: ``[BasicLSTMCell(2)] * 3`` on 5 inputs fails in TF1 with a shape error (layer 0 reads 5, layer 1
+    reads 2 through the same kernel); rnnkit names the layers and depths, and builds nothing."""
+    lstm_cell = tf.contrib.rnn.BasicLSTMCell(2)
+    with pytest.warns(UserWarning, match="share weights"):
+        stacked = tf.contrib.rnn.MultiRNNCell([lstm_cell] * 3)
+    with pytest.raises(ValueError, match="cell 1 is the same BasicLSTMCell object as cell 0.*depth 5.*depth 2"):
+        tf.nn.dynamic_rnn(stacked, torch.randn(4, 7, 5), dtype=tf.float32)
+    assert not lstm_cell.built
 
 
 def test_contrib_three_layer_lstm_stack():

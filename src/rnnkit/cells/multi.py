@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,9 +24,12 @@ class MultiRNNCell(RNNCell):
 
     Parameters are named ``cell_0.kernel``, ``cell_1.kernel``, ... (TF's ``cell_0/.../kernel``).
 
-    The TF idiom ``MultiRNNCell([cell] * n)`` repeats one cell object: in TF >= 1.0 that is an
-    error or silently shares weights. rnnkit refuses it, since a repeated cell would share its
-    parameters across layers and could not even build when the layers see different depths.
+    The TF idiom ``MultiRNNCell([cell] * n)`` (one cell object repeated) behaves as in TF1: a ``UserWarning``
+    that the layers share weights, then one set of parameters (named after the first layer that holds the
+    cell, e.g. ``cell_0.kernel``) used by every layer that repeats it. As in TF1 this only works where the
+    shared cell sees the same input depth in each of its layers (``[BasicRNNCell(128)] * 2`` on 128-deep
+    inputs); otherwise building raises a ``ValueError`` naming the layers and depths. For independent layers
+    create one cell per layer: ``MultiRNNCell([BasicLSTMCell(n) for _ in range(layers)])``.
 
     Example::
 
@@ -44,11 +48,14 @@ class MultiRNNCell(RNNCell):
         for k, cell in enumerate(cells):
             if not isinstance(cell, RNNCell):
                 raise TypeError(f"MultiRNNCell: cell {k} must be an rnnkit RNNCell, got {type(cell).__name__}")
-            if any(cell is other for other in cells[:k]):
-                raise ValueError(
-                    f"MultiRNNCell: cell {k} is the same object as an earlier cell (the `[cell] * n` idiom); "
-                    "create one cell per layer, e.g. MultiRNNCell([BasicLSTMCell(n) for _ in range(layers)])"
-                )
+        if len({id(c) for c in cells}) < len(cells):
+            # TF1's words (it logs them and shares the variables).
+            warnings.warn(
+                "MultiRNNCell: at least two cells provided to MultiRNNCell are the same object and will share "
+                "weights (the `[cell] * n` idiom); create one cell per layer for independent layers",
+                UserWarning,
+                stacklevel=2,
+            )
         if not state_is_tuple:
             nested = [k for k, c in enumerate(cells) if not isinstance(c.state_size, int)]
             if nested:
@@ -61,7 +68,9 @@ class MultiRNNCell(RNNCell):
         input_size = kwargs.pop("input_size", None)
         super().__init__(**kwargs)
         for k, cell in enumerate(cells):
-            self.add_module(f"cell_{k}", cell)
+            if all(cell is not other for other in cells[:k]):  # a repeated cell's parameters are its first layer's
+                self.add_module(f"cell_{k}", cell)
+        self._layers = tuple(cells)  # every layer, repeats included (children() lists each module once)
         if input_size is not None:
             self.build(input_size)
         elif all(c.built for c in cells):
@@ -70,7 +79,12 @@ class MultiRNNCell(RNNCell):
 
     @property
     def cells(self) -> list[RNNCell]:
-        return list(self.children())  # type: ignore[arg-type]
+        """The cell of each layer, bottom first (a cell repeated by ``[cell] * n`` appears at each of its layers)."""
+        return list(self._layers)
+
+    def first_layer_of(self, k: int) -> int:
+        """The layer whose name holds layer ``k``'s parameters (``k`` itself unless its cell repeats an earlier)."""
+        return next(j for j, c in enumerate(self._layers) if c is self._layers[k])
 
     @property
     def state_size(self) -> tuple | int:
@@ -82,20 +96,29 @@ class MultiRNNCell(RNNCell):
         return self.cells[-1].output_size
 
     def _check_depths(self, input_depth: int) -> None:
-        depth = input_depth
+        depth, seen = input_depth, {}
         for k, cell in enumerate(self.cells):
+            first = self.first_layer_of(k)
+            if first != k and seen[first] != depth:
+                raise ValueError(
+                    f"MultiRNNCell: cell {k} is the same {type(cell).__name__} object as cell {first}, which shares "
+                    f"its weights, but cell {first} reads inputs of depth {seen[first]} and cell {k} of depth "
+                    f"{depth}; one kernel cannot take both: create one cell per layer"
+                )
             if cell.built and cell.input_depth != depth:
                 raise ValueError(
                     f"MultiRNNCell: cell {k} ({type(cell).__name__}) is built for input depth {cell.input_depth}, "
                     f"but the layer below gives depth {depth}"
                 )
+            seen.setdefault(first, depth)
             depth = cell.output_size
 
     def _build(self, input_depth: int) -> None:
         self._check_depths(input_depth)
         depth = input_depth
         for cell in self.cells:
-            self._build_child(cell, depth)
+            if not cell.built:
+                self._build_child(cell, depth)
             depth = cell.output_size
 
     def call(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:

@@ -6,7 +6,8 @@ The text is parsed with ``ast`` and interpreted node by node; nothing is ever ``
   ``LayerNormBasicLSTMCell``, ``MultiRNNCell``, ``DropoutWrapper``, ``ResidualWrapper``), also spelled with
   a module path (``tf.nn.rnn_cell.BasicLSTMCell``, ``tf.contrib.rnn.LSTMCell``, ``rnnkit.GRUCell``);
 * literal arguments: numbers, strings (``activation="relu"``), ``True``/``False``/``None``, lists and tuples;
-* ``[cell(...) for _ in range(n)]`` to repeat a fresh cell ``n`` times.
+* ``[cell(...) for _ in range(n)]`` to repeat a fresh cell ``n`` times, and ``[cell(...)] * n`` for one cell
+  object repeated (its layers share weights, as in TF1).
 
 Example::
 
@@ -89,12 +90,15 @@ class _Interpreter:
         if isinstance(node, ast.ListComp):
             return self.repeat(node)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
-            raise self.fail(
-                node,
-                "`[cell] * n` repeats one cell object (shared weights, an error in TF >= 1.0); "
-                "write [Cell(...) for _ in range(n)]",
-            )
+            return self.times(node)
         raise self.fail(node, f"unsupported syntax ({type(node).__name__}); only constructors and literals")
+
+    def times(self, node: ast.BinOp) -> list:
+        """``[cell] * n``: one cell object repeated, whose layers share weights (as in TF1, which warns)."""
+        items, n = self.value(node.left), self.value(node.right)
+        if not isinstance(items, list) or isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= _MAX_REPEAT:
+            raise self.fail(node, f"only [Cell(...)] * n is supported, with an int n in 1..{_MAX_REPEAT}")
+        return items * n
 
     def repeat(self, node: ast.ListComp) -> list:
         gen = node.generators[0] if len(node.generators) == 1 else None

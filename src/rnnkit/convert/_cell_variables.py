@@ -28,7 +28,8 @@ def _walk(module: RNNCell, tf_prefix: str, param_prefix: str) -> list[tuple[RNNC
     if isinstance(module, MultiRNNCell):
         out = []
         for k, child in enumerate(module.cells):
-            out += _walk(child, f"{tf_prefix}/multi_rnn_cell/cell_{k}", f"{param_prefix}cell_{k}.")
+            if module.first_layer_of(k) == k:  # a repeated cell's variables live once, in its first layer's scope
+                out += _walk(child, f"{tf_prefix}/multi_rnn_cell/cell_{k}", f"{param_prefix}cell_{k}.")
         return out
     if isinstance(module, RNNCellWrapper):
         return _walk(module.cell, tf_prefix, f"{param_prefix}cell.")

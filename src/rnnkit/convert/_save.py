@@ -131,7 +131,12 @@ def _cell_config(cell: RNNCell, owner: str) -> dict[str, Any]:
     where = f"{owner}{name}"
     if isinstance(cell, MultiRNNCell):
         _check_exact(cell, MultiRNNCell, where)
-        cells = [_cell_config(c, f"{where}.cell_{k} ") for k, c in enumerate(cell.cells)]
+        # A cell repeated by `[cell] * n` is saved once; its later layers refer to its first.
+        firsts = [cell.first_layer_of(k) for k in range(len(cell.cells))]
+        cells = [
+            {"same_as": j} if j != k else _cell_config(c, f"{where}.cell_{k} ")
+            for k, (c, j) in enumerate(zip(cell.cells, firsts, strict=True))
+        ]
         return {"class": name, "args": {"state_is_tuple": cell.state_is_tuple}, "cells": cells}
     if isinstance(cell, DropoutWrapper):
         _check_exact(cell, DropoutWrapper, where)
@@ -325,7 +330,12 @@ def _build_cell(config: dict[str, Any], dtype: torch.dtype, where: str) -> RNNCe
     args = _args(config, where)
     try:
         if name == "MultiRNNCell":
-            cells = [_build_cell(c, dtype, f"{where}.cell_{k}") for k, c in enumerate(config.get("cells", []))]
+            cells: list[RNNCell] = []
+            for k, c in enumerate(config.get("cells", [])):
+                same = c.get("same_as") if isinstance(c, dict) else None
+                if same is not None and not (isinstance(same, int) and 0 <= same < k):
+                    raise ValueError(f"cell_{k}: same_as must name an earlier layer, got {same!r}")
+                cells.append(cells[same] if same is not None else _build_cell(c, dtype, f"{where}.cell_{k}"))
             return MultiRNNCell(cells, **args)
         if name in ("DropoutWrapper", "ResidualWrapper"):
             inner = _build_cell(config.get("cell") or {}, dtype, f"{where}.cell")

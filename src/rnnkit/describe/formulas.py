@@ -151,7 +151,8 @@ def cell_rows(cell: RNNCell, input_depth: int, prefix: str = "", layer: int = 0)
     if isinstance(cell, MultiRNNCell):
         rows, depth = [], input_depth
         for k, (pre, sub) in enumerate(cell_layers(cell)):
-            rows += cell_rows(sub, depth, prefix + pre, layer + k)
+            if cell.first_layer_of(k) == k:  # a cell repeated by `[cell] * n` has its parameters once
+                rows += cell_rows(sub, depth, prefix + pre, layer + k)
             depth = sub.output_size
         return rows
     if isinstance(cell, RNNCellWrapper):
