@@ -140,3 +140,42 @@ def test_gradgrad_compiled_and_twin_kernels_agree():
         with rk.engine.use("fused", kernels=kernels):
             results.append(_second_order(fn, (x,))[0])
     torch.testing.assert_close(results[0], results[1], atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rk.DropoutWrapper(rk.LSTMCell(3, num_proj=2), 0.8, 0.7, 0.6, variational_recurrent=True),
+        lambda: rk.MultiRNNCell([rk.GRUCell(3), rk.DropoutWrapper(rk.BasicRNNCell(2), 1.0, 0.7, 0.6, True)]),
+    ],
+)
+def test_gradgrad_training_masks(make):
+    """Training-time variational masks reach the kernels as saved inputs; the same seed gives the same masks on
+    every evaluation, so finite differences see one function."""
+    cell = make()
+    cell.build(INPUT_DEPTH)
+    cell.double().train()
+    _uniform(*cell.parameters())
+    x = torch.randn(B, T, INPUT_DEPTH, dtype=torch.float64, requires_grad=True)
+    params = list(cell.parameters())
+
+    def fn(x, *_params):
+        torch.manual_seed(5)
+        out, state = rk.dynamic_rnn(cell, x, sequence_length=[3, 2, 1])
+        return (out, *flatten(state))
+
+    assert rk.engine.explain(cell, x.transpose(0, 1)) != ["reference"]
+    _check(fn, (x, *params))
+
+
+def test_gradgrad_layer_recurrent_dropout_in_training():
+    layer = rk.LSTM(INPUT_DEPTH, 3, recurrent_dropout=0.3).double().train()
+    _uniform(*layer.parameters())
+    x = torch.randn(T, B, INPUT_DEPTH, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, *_params):
+        torch.manual_seed(5)
+        out, (h, c) = layer(x)
+        return out, h, c
+
+    _check(fn, (x, *layer.parameters()))
