@@ -59,8 +59,7 @@ def regular_file(path: str | os.PathLike, who: str) -> Path:
     except OSError as err:  # absent, a dangling or looping link, an unreadable folder on the way
         if p.is_symlink():
             raise FileNotFoundError(
-                f"{who}: {str(p)!r} is a symbolic link to {os.readlink(p)!r}, which cannot be followed "
-                f"({err.strerror})"
+                f"{who}: {str(p)!r} is a symbolic link to {os.readlink(p)!r}, which cannot be followed ({err.strerror})"
             ) from None
         raise FileNotFoundError(f"{who}: no file {str(p)!r}") from None
     if stat.S_ISREG(mode):
@@ -112,7 +111,9 @@ def loads_json(text: str | bytes, who: str, what: str, max_depth: int = MAX_JSON
     try:
         decoded = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{who}: {what} is not valid JSON: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise ValueError(
+            f"{who}: {what} is not valid JSON: not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
     try:
         return json.loads(decoded)
     except json.JSONDecodeError as err:
@@ -178,5 +179,7 @@ def zip_member(archive: zipfile.ZipFile, name: str, limit: int, who: str) -> byt
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as err:
         raise ValueError(f"{who}: its entry {name!r} cannot be read: damaged archive ({err})") from None
     if len(data) > limit:
-        raise ValueError(f"{who}: its entry {name!r} inflates past {limit:,} bytes (its directory said {info.file_size:,})")
+        raise ValueError(
+            f"{who}: its entry {name!r} inflates past {limit:,} bytes (its directory said {info.file_size:,})"
+        )
     return data

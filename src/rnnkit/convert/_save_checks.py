@@ -28,7 +28,14 @@ MAX_LAYERS = 1024
 MAX_CELLS = 1024
 _SIZES = ("input_size", "hidden_size", "proj_size", "num_units", "num_proj")
 _FLOATS = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_OTHERS = {"I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+_OTHERS = {
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 _TREE_KEYS = {"cells", "cell", "cells_fw", "cells_bw"}
 
 
@@ -120,9 +127,7 @@ def check_config(config: Any, who: str) -> None:
     _check_node(config, f"{who}: the rnnkit configuration", [0])
 
 
-def compare_specs(
-    expected: dict[str, torch.Tensor], specs: dict[str, tuple[str, tuple[int, ...]]], who: str
-) -> None:
+def compare_specs(expected: dict[str, torch.Tensor], specs: dict[str, tuple[str, tuple[int, ...]]], who: str) -> None:
     """Refuse a file whose tensors (``specs``) do not match a module's state dict (``expected``, on meta).
 
     Every expected name must be there with its shape, and a floating dtype where the module's is floating
