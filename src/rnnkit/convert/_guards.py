@@ -41,7 +41,7 @@ __all__ = [
 MAX_JSON_DEPTH = 64  # rnnkit and Keras configurations nest ~10 levels; json's C parser recurses per level
 MAX_JSON_BYTES = 64 << 20  # a model configuration is kilobytes; 64 MiB leaves room and bounds the parse
 MAX_ZIP_ENTRIES = 4096  # a .keras archive holds 3 entries (plus assets)
-MAX_ZIP_RATIO = 200  # deflate reaches ~10:1 on JSON; zip bombs reach 1000:1
+MAX_ZIP_RATIO = 100  # deflate reaches ~10:1 on JSON (Keras stores entries uncompressed); zip bombs ~1000:1
 _RATIO_EXEMPT = 1 << 20  # entries up to 1 MiB inflated may have any ratio (a tiny, very regular file)
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 
