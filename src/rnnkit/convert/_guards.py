@@ -46,12 +46,12 @@ _RATIO_EXEMPT = 1 << 20  # entries up to 1 MiB inflated may have any ratio (a ti
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 
 
-def regular_file(path: str | os.PathLike, who: str) -> Path:
+def regular_file(path: str | os.PathLike, who: str, error: type[ValueError] = ValueError) -> Path:
     """``Path(path)`` if it names a regular file (through symbolic links), else a clear error.
 
     ``FileNotFoundError`` when nothing is there (or a symbolic link leads nowhere), ``ValueError`` for a
-    directory, a FIFO, a device or a socket, which a reader must not open (a FIFO blocks, ``/dev/zero``
-    never ends).
+    directory, a FIFO, a device or a socket (or ``error``, a subclass), which a reader must not open (a FIFO
+    blocks, ``/dev/zero`` never ends).
     """
     p = Path(path)
     try:
@@ -69,20 +69,18 @@ def regular_file(path: str | os.PathLike, who: str) -> Path:
         else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
         else "not a regular file"
     )  # fmt: skip
-    raise ValueError(f"{who}: {str(p)!r} is {kind}, expected a regular file")
+    raise error(f"{who}: {str(p)!r} is {kind}, expected a regular file")
 
 
-def read_bounded(path: Path, limit: int, who: str, what: str) -> bytes:
-    """The bytes of ``path`` (a regular file), refused with ``ValueError`` if there are more than ``limit``."""
+def read_bounded(path: Path, limit: int, who: str, what: str, error: type[ValueError] = ValueError) -> bytes:
+    """The bytes of ``path`` (a regular file), refused with ``error`` if there are more than ``limit``."""
     with path.open("rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
-            raise ValueError(
-                f"{who}: {str(path)!r} is {size:,} bytes; {what} is expected to be at most {limit:,} bytes"
-            )
+            raise error(f"{who}: {str(path)!r} is {size:,} bytes; {what} is expected to be at most {limit:,} bytes")
         data = f.read(limit + 1)  # the size may change under us: never read past the limit
     if len(data) > limit:
-        raise ValueError(f"{who}: {str(path)!r} grew past {limit:,} bytes while being read ({what})")
+        raise error(f"{who}: {str(path)!r} grew past {limit:,} bytes while being read ({what})")
     return data
 
 
