@@ -36,6 +36,7 @@ __all__ = [
     "loads_json",
     "open_zip",
     "zip_member",
+    "one_line",
 ]
 
 MAX_JSON_DEPTH = 64  # rnnkit and Keras configurations nest ~10 levels; json's C parser recurses per level
@@ -44,6 +45,14 @@ MAX_ZIP_ENTRIES = 4096  # a .keras archive holds 3 entries (plus assets)
 MAX_ZIP_RATIO = 100  # deflate reaches ~10:1 on JSON (Keras stores entries uncompressed); zip bombs ~1000:1
 _RATIO_EXEMPT = 1 << 20  # entries up to 1 MiB inflated may have any ratio (a tiny, very regular file)
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")  # CSI, OSC, 2-byte
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` for a one-line error: terminal escape sequences and control characters removed, whitespace runs
+    (newlines, tabs) made single spaces, nothing cut off."""
+    return " ".join(_CONTROLS.sub(" ", _ESCAPES.sub("", text)).split())
 
 
 def regular_file(path: str | os.PathLike, who: str, error: type[ValueError] = ValueError) -> Path:
