@@ -427,8 +427,11 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     except (ConvertError, ValueError, TypeError, KeyError, OSError, ImportError) as err:
+        from ._guards import one_line
+
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"rnnkit convert: error: {message}", file=sys.stderr)
+        # One line, whole, with no terminal escape codes or control characters (a file's bytes may reach it).
+        print(f"rnnkit convert: error: {one_line(str(message))}", file=sys.stderr)
         return EXIT_USAGE
 
 

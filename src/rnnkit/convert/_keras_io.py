@@ -16,10 +16,8 @@ sizes and GRU variant from the shapes (activations are assumed to be Keras's def
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ import numpy as np
 import torch
 
 from ._config import LayerConfig
+from ._guards import MAX_JSON_BYTES, MAX_ZIP_RATIO, loads_json, open_zip, read_bounded, regular_file, zip_member
+from ._keras_checks import attr, check_model_config, child, has, holds_datasets, keys, read_array
 from ._keras_layout import RECURRENT, KerasRecurrentLayer, keras_layers_to_torch
 
 __all__ = ["read_keras", "keras_to_torch"]
@@ -65,100 +65,105 @@ def _sniff(data: bytes, source: str) -> str:
     raise ValueError(f"{source} is neither an HDF5 file nor a .keras zip archive (first bytes {data[:8]!r})")
 
 
-def _open_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None, str]:
-    """``(h5py.File, config or None, source name)`` for a ``.keras`` or an HDF5 weights file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"read_keras: no file {str(path)!r}")
-    data = path.read_bytes()
-    source = str(path)
-    kind = _sniff(data, source)
-    if kind == "hdf5":
-        return _h5py().File(io.BytesIO(data), "r"), None, source
+def _open_h5(data: bytes | Path, source: str) -> Any:
+    """``h5py.File`` over ``data`` (the bytes of an archive's weights, or a path), damage -> ``ValueError``."""
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as err:
-        raise ValueError(f"read_keras: {source} is a damaged zip archive ({err})") from None
-    names = archive.namelist()
-    if any(n.endswith("data.pkl") for n in names):
-        raise ValueError(
-            f"read_keras: {source} is a torch.save archive (a pickle inside a zip), not a Keras model; load "
-            "torch state dicts with rnnkit.convert.load_torch_state_dict (weights_only)"
-        )
-    if "config.json" not in names or "model.weights.h5" not in names:
-        raise ValueError(
-            f"read_keras: {source} is a zip archive without config.json and model.weights.h5, so not a Keras 3 "
-            f".keras file (it holds {names[:6]})"
-        )
-    config = json.loads(archive.read("config.json"))
-    weights = archive.read("model.weights.h5")
+        return _h5py().File(io.BytesIO(data) if isinstance(data, bytes) else data, "r")
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise ValueError(f"read_keras: {source} is a damaged or truncated HDF5 file ({err})") from None
+
+
+def _open_source(path: str | os.PathLike) -> tuple[Any, dict[str, Any] | None, str]:
+    """``(h5py.File, config or None, source name)`` for a ``.keras`` or an HDF5 weights file.
+
+    Only the first bytes are read to tell the kind; an archive's entries are read through the zip guards
+    (declared sizes and compression ratio checked before inflating, bounded reads), its config as guarded JSON.
+    """
+    path = regular_file(path, "read_keras")
+    source = str(path)
+    with path.open("rb") as f:
+        head = f.read(16)
+    if _sniff(head, source) == "hdf5":
+        return _open_h5(path, source), None, source
+    who = f"read_keras: {source}"
+    archive = open_zip(path, who)
+    with archive:
+        names = archive.namelist()
+        if any(n.endswith("data.pkl") for n in names):
+            raise ValueError(
+                f"read_keras: {source} is a torch.save archive (a pickle inside a zip), not a Keras model; load "
+                "torch state dicts with rnnkit.convert.load_torch_state_dict (weights_only)"
+            )
+        if "config.json" not in names or "model.weights.h5" not in names:
+            raise ValueError(
+                f"read_keras: {source} is a zip archive without config.json and model.weights.h5, so not a Keras 3 "
+                f".keras file (it holds {names[:6]})"
+            )
+        config = loads_json(zip_member(archive, "config.json", MAX_JSON_BYTES, who), who, "its config.json")
+        # The weights hold at most the archive's bytes times the accepted compression ratio.
+        weights = zip_member(archive, "model.weights.h5", MAX_ZIP_RATIO * path.stat().st_size + (1 << 20), who)
     if not weights.startswith(_HDF5_MAGIC):
         _sniff(weights, f"{source}:model.weights.h5")
-    return _h5py().File(io.BytesIO(weights), "r"), config, source
+    return _open_h5(weights, f"{source}:model.weights.h5"), config, source
 
 
 def _load_config(config: Any) -> dict[str, Any]:
     if isinstance(config, Mapping):
         return dict(config)
-    path = Path(config)
+    path = regular_file(config, "read_keras: config")
+    who = f"read_keras: {str(path)!r}"
     if path.suffix == ".keras":
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read("config.json"))
-    return json.loads(path.read_text())
+        with open_zip(path, who) as archive:
+            if "config.json" not in archive.namelist():
+                raise ValueError(f"{who} is a zip archive without config.json, so not a Keras 3 .keras file")
+            return loads_json(zip_member(archive, "config.json", MAX_JSON_BYTES, who), who, "its config.json")
+    return loads_json(read_bounded(path, MAX_JSON_BYTES, who, "a config.json"), who, "the config")
 
 
 def _vars(group: Any, where: str) -> list[np.ndarray]:
-    if "vars" not in group:
+    if not has(group, "vars", where):
         raise ValueError(f"{where}: missing weights group 'vars' (the file holds no weights for this layer)")
-    store = group["vars"]
-    keys = sorted(store.keys(), key=int)
-    if keys != [str(k) for k in range(len(keys))]:
-        raise ValueError(f"{where}: weights numbered {keys}, expected 0..{len(keys) - 1}")
-    return [np.asarray(store[k]) for k in keys]
+    store = child(group, "vars", where)
+    names = keys(store, where)
+    if sorted(names) != sorted(str(k) for k in range(len(names))):
+        raise ValueError(f"{where}: weights named {sorted(names)[:8]}, expected 0..{len(names) - 1}")
+    return [read_array(child(store, str(k), where), where) for k in range(len(names))]
 
 
 def _layer_weights(group: Any, class_name: str, where: str) -> list[np.ndarray]:
     if class_name == "Bidirectional":
         weights = []
         for side in ("forward_layer", "backward_layer"):
-            if side not in group:
+            if not has(group, side, where):
                 raise ValueError(f"{where}: missing weights group {side!r}")
-            weights += _vars(_cell(group[side], f"{where} {side}"), f"{where} {side}/cell")
+            side_group = child(group, side, where)
+            weights += _vars(_cell(side_group, f"{where} {side}"), f"{where} {side}/cell")
         return weights
     return _vars(_cell(group, where), f"{where} cell")
 
 
 def _cell(group: Any, where: str) -> Any:
-    if "cell" not in group:
+    if not has(group, "cell", where):
         raise ValueError(f"{where}: missing weights group 'cell' (is this a recurrent layer's weights?)")
-    return group["cell"]
+    return child(group, "cell", where)
 
 
-def _has_weights(group: Any) -> bool:
-    found = []
-    group.visit(lambda name: found.append(name) if isinstance(group[name], _h5py().Dataset) else None)
-    return bool(found)
-
-
-def _groups_by_name(layers_group: Any) -> dict[str, str]:
+def _groups_by_name(layers_group: Any, where: str) -> dict[str, str]:
     """``{layer name: group key}`` from the ``name`` attributes Keras 3 writes on each ``vars`` group."""
     out = {}
-    for key in layers_group:
-        vars_group = layers_group[key].get("vars")
-        name = vars_group.attrs.get("name") if vars_group is not None else None
+    for key in keys(layers_group, where):
+        layer = child(layers_group, key, where)
+        vars_group = child(layer, "vars", where) if has(layer, "vars", where) else None
+        name = attr(vars_group, "name", where) if vars_group is not None else None
         if isinstance(name, bytes):
-            name = name.decode()
+            name = name.decode("utf-8", "replace")
         if name:
             out[str(name)] = key
     return out
 
 
 def _model_layers(config: dict[str, Any], source: str) -> list[dict[str, Any]]:
-    inner = config.get("config", config)
-    layers = inner.get("layers") if isinstance(inner, Mapping) else None
-    if not isinstance(layers, list):
-        raise ValueError(f"read_keras: {source}: the config has no layer list (class {config.get('class_name')!r})")
-    return layers
+    return check_model_config(config, f"read_keras: {source}")
 
 
 def read_keras(path: str | os.PathLike, *, config: Any = None, layer_names: Sequence[str] | None = None):
@@ -179,12 +184,12 @@ def read_keras(path: str | os.PathLike, *, config: Any = None, layer_names: Sequ
     with h5:
         if config is not None:
             archive_config = _load_config(config)
-        if "layers" not in h5:
+        if not has(h5, "layers", f"read_keras: {source}"):
             raise ValueError(
                 f"read_keras: {source} has no 'layers' group: not a Keras 3 weights file (Keras 2 '.h5' files "
                 "keep 'model_weights'; re-save with Keras 3)"
             )
-        layers_group = h5["layers"]
+        layers_group = child(h5, "layers", f"read_keras: {source}")
         if archive_config is None:
             layers = _infer_layers(layers_group, source)
         else:
@@ -200,7 +205,7 @@ def read_keras(path: str | os.PathLike, *, config: Any = None, layer_names: Sequ
 
 
 def _configured_layers(layers_group, config, source, layer_names) -> list[KerasRecurrentLayer]:
-    by_name = _groups_by_name(layers_group)
+    by_name = _groups_by_name(layers_group, f"read_keras: {source}")
     counts: dict[str, int] = {}
     out = []
     for spec in _model_layers(config, source):
@@ -211,7 +216,7 @@ def _configured_layers(layers_group, config, source, layer_names) -> list[KerasR
         key = f"{base}_{counts[base]}" if base in counts else base
         counts[base] = counts.get(base, 0) + 1
         key = by_name.get(name, key)
-        group = layers_group.get(key)
+        group = child(layers_group, key, f"read_keras: {source}") if has(layers_group, key, source) else None
         where = f"{source}: layer {name!r} ({class_name})"
         wanted = layer_names is None or name in layer_names
         if class_name in (*RECURRENT, "Bidirectional"):
@@ -225,7 +230,7 @@ def _configured_layers(layers_group, config, source, layer_names) -> list[KerasR
                 f"{where}: generic keras.layers.RNN(cell) layers are not read yet; rnnkit converts the LSTM, GRU, "
                 "SimpleRNN and Bidirectional layers"
             )
-        elif wanted and (class_name not in _PASS_THROUGH or (group is not None and _has_weights(group))):
+        elif wanted and (class_name not in _PASS_THROUGH or (group is not None and holds_datasets(group, where))):
             raise ValueError(
                 f"{where} is not a recurrent layer; rnnkit converts LSTM, GRU, SimpleRNN and Bidirectional "
                 "layers (pass layer_names= to pick the recurrent layers of a larger model)"
@@ -237,12 +242,13 @@ def _infer_layers(layers_group, source) -> list[KerasRecurrentLayer]:
     """Layers of a bare weights file: kinds from the group names, sizes from the shapes."""
     kinds = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "SimpleRNN", "bidirectional": "Bidirectional"}
     found = []
-    for key in layers_group:
+    where = f"read_keras: {source}"
+    for key in keys(layers_group, where):
         match = re.fullmatch(r"(.*?)(?:_(\d+))?", key)
         base, index = match.group(1), int(match.group(2) or 0)
         if base in kinds:
             found.append((base, index, key))
-        elif _has_weights(layers_group[key]):
+        elif holds_datasets(child(layers_group, key, where), where):
             raise ValueError(
                 f"read_keras: {source}: layer group {key!r} holds weights but is not a recurrent layer; rnnkit "
                 "converts LSTM, GRU, SimpleRNN and Bidirectional layers"
@@ -255,9 +261,9 @@ def _infer_layers(layers_group, source) -> list[KerasRecurrentLayer]:
     out = []
     for base, _, key in sorted(found, key=lambda t: t[1]):
         class_name = kinds[base]
-        group = layers_group[key]
-        name = group["vars"].attrs.get("name", key) if "vars" in group else key
-        name = name.decode() if isinstance(name, bytes) else str(name)
+        group = child(layers_group, key, where)
+        name = attr(child(group, "vars", where), "name", where) if has(group, "vars", where) else None
+        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or key)
         weights = _layer_weights(group, class_name, f"{source}: layer {name!r}")
         out.append(KerasRecurrentLayer(name, class_name, _inferred_config(class_name, weights, source, name), weights))
     return out
@@ -278,6 +284,8 @@ def _inferred_config(class_name: str, weights: list[np.ndarray], source: str, na
         }
     if len(weights) < 2:
         raise ValueError(f"{where}: {len(weights)} weights; a recurrent layer has a kernel and a recurrent kernel")
+    if weights[1].ndim != 2:
+        raise ValueError(f"{where}: its recurrent kernel has shape {weights[1].shape}, expected (units, gates * units)")
     units = int(weights[1].shape[0])
     cfg: dict[str, Any] = {"name": name, "units": units, "use_bias": len(weights) > 2, "return_sequences": True}
     if class_name == "GRU":

@@ -60,6 +60,8 @@ from ..cells.wrappers import _default_state_filter
 from ..layers import GRU, LSTM, RNN
 from ._cells import TFCellStack
 from ._config import LayerConfig
+from ._guards import loads_json, regular_file
+from ._save_checks import check_config, compare_specs, header_specs, torch_dtype
 
 __all__ = ["save", "load", "module_config", "module_from_config", "read_config", "FORMAT_VERSION", "CONFIG_KEY"]
 
@@ -260,7 +262,7 @@ def save(module: Any, path: str | os.PathLike) -> None:
 
 
 # -- file -> configuration and tensors --------------------------------------------------------------------
-def _sniff(path: Path) -> None:
+def _sniff(path: Path, who: str) -> None:
     """Refuse, with what it seems to be, a file that is not safetensors (8-byte header size, then JSON)."""
     size = path.stat().st_size
     with path.open("rb") as f:
@@ -271,57 +273,65 @@ def _sniff(path: Path) -> None:
             return
     for magic, what in _MAGIC.items():
         if head.startswith(magic):
-            raise ValueError(f"rnnkit.convert.load: {str(path)!r} is not a safetensors file: it looks like {what}")
+            raise ValueError(f"{who} is not a safetensors file: it looks like {what}")
     if len(head) < 9:
-        raise ValueError(f"rnnkit.convert.load: {str(path)!r} is not a safetensors file ({size} bytes: too short)")
+        raise ValueError(f"{who} is not a safetensors file ({size} bytes: too short)")
     raise ValueError(
-        f"rnnkit.convert.load: {str(path)!r} is not a safetensors file (or is truncated): its first 8 bytes "
-        f"give a header of {header_size} bytes in a file of {size}"
+        f"{who} is not a safetensors file (or is truncated): its first 8 bytes give a header of {header_size} bytes "
+        f"in a file of {size}"
     )
 
 
-def read_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The rnnkit configuration (parsed JSON) and the tensors of a file written by `save`."""
-    from safetensors import safe_open
+def _read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tuple[str, tuple[int, ...]]], str]:
+    """``(configuration, {tensor name: (dtype, shape)}, who)``: everything but the tensor data, all checked.
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"rnnkit.convert.load: no file {str(path)!r}")
-    _sniff(path)
-    try:
-        with safe_open(os.fspath(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
-    except Exception as err:  # safetensors raises its own SafetensorError, and OSError/ValueError for bad files
-        raise ValueError(f"rnnkit.convert.load: {str(path)!r} is not a readable safetensors file: {err}") from None
+    ``who`` (``"rnnkit.convert.load: 'path'"``) starts every later error about this file.
+    """
+    path = regular_file(path, "rnnkit.convert.load")
+    who = f"rnnkit.convert.load: {str(path)!r}"
+    _sniff(path, who)
+    metadata, specs = header_specs(path, who)
     if CONFIG_KEY not in metadata:
         raise ValueError(
-            f"rnnkit.convert.load: {str(path)!r} is a safetensors file without rnnkit's configuration (metadata keys "
-            f"{sorted(metadata)}); it was not written by rnnkit.convert.save. Read its tensors with "
-            "safetensors.torch.load_file and load them into a module you build"
+            f"{who} is a safetensors file without rnnkit's configuration (metadata keys {sorted(metadata)}); it "
+            "was not written by rnnkit.convert.save. Read its tensors with safetensors.torch.load_file and load "
+            "them into a module you build"
         )
     version = metadata.get("rnnkit.format", "1")
     if not version.isdigit() or int(version) > FORMAT_VERSION:
         raise ValueError(
-            f"rnnkit.convert.load: {str(path)!r} has rnnkit format {version!r}; this rnnkit reads format "
-            f"{FORMAT_VERSION} and older (upgrade rnnkit)"
+            f"{who} has rnnkit format {version[:20]!r}; this rnnkit reads format {FORMAT_VERSION} and older "
+            "(upgrade rnnkit)"
         )
-    try:
-        config = json.loads(metadata[CONFIG_KEY])
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"rnnkit.convert.load: {str(path)!r}: the rnnkit configuration is not valid JSON ({err})"
-        ) from None
+    config = loads_json(metadata[CONFIG_KEY], who, "the rnnkit configuration")
     if not isinstance(config, dict) or "class" not in config:
-        raise ValueError(f"rnnkit.convert.load: {str(path)!r}: the rnnkit configuration has no 'class'")
-    return config, tensors
+        raise ValueError(f"{who}: the rnnkit configuration has no 'class'")
+    check_config(config, who)
+    return config, specs, who
+
+
+def _read_tensors(path: str | os.PathLike, who: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file whose header `_read_header` checked (so at most the file's size)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open has no iteration)
+    except Exception as err:  # safetensors raises its own SafetensorError, and OSError/ValueError for bad files
+        raise ValueError(f"{who} is not a readable safetensors file: {err}") from None
+
+
+def read_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The rnnkit configuration (parsed JSON, its structure checked) and the tensors of a file written by `save`."""
+    config, _, who = _read_header(path)
+    return config, _read_tensors(path, who)
 
 
 # -- configuration -> module --------------------------------------------------------------------------------
 def _args(config: dict[str, Any], where: str) -> dict[str, Any]:
     args = config.get("args", {})
     if not isinstance(args, dict):
-        raise ValueError(f"rnnkit.convert.load: {where}: 'args' must be an object, got {type(args).__name__}")
+        raise ValueError(f"{where}: 'args' must be an object, got {type(args).__name__}")
     return args
 
 
@@ -344,80 +354,74 @@ def _build_cell(config: dict[str, Any], dtype: torch.dtype, where: str) -> RNNCe
             depth = config.get("input_depth")  # None: saved unbuilt, to build lazily on its first inputs
             return _LEAVES[name](**args, input_size=depth, dtype=dtype if depth is not None else None)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"rnnkit.convert.load: {where}: cannot rebuild the {name} from {args}: {err}") from None
-    raise ValueError(f"rnnkit.convert.load: {where}: unknown class {name!r}; rnnkit saves {_KNOWN}")
+        if str(err).startswith(where.split(": ")[0] + ": "):
+            raise  # an inner cell's error, already complete
+        raise ValueError(f"{where}: cannot rebuild the {name} from {args}: {err}") from None
+    raise ValueError(f"{where}: unknown class {name!r}; rnnkit saves {_KNOWN}")
 
 
-def module_from_config(config: dict[str, Any], dtype: torch.dtype = torch.float32) -> Any:
-    """A new module (fresh weights) from `module_config`'s description; `load` then fills in the weights."""
+def module_from_config(
+    config: dict[str, Any], dtype: torch.dtype = torch.float32, who: str = "rnnkit.convert.load"
+) -> Any:
+    """A new module (fresh weights) from `module_config`'s description; `load` then fills in the weights.
+
+    ``who`` starts the error messages (`load` passes ``"rnnkit.convert.load: 'the file'"``). Under
+    ``with torch.device("meta")`` this builds the shapes only, which `load` checks against the file first.
+    """
     name = config.get("class")
-    where = str(name)
+    where = f"{who}: {name}"
     if name in _LAYERS:
         try:
             module = _LAYERS[name](**_args(config, where), dtype=dtype)
         except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"rnnkit.convert.load: cannot rebuild the {name} from {config.get('args')}: {err}"
-            ) from None
+            raise ValueError(f"{where}: cannot rebuild the {name} from {config.get('args')}: {err}") from None
     elif name == "TFCellStack":
-        fw = [_build_cell(c, dtype, f"cells_fw[{k}]") for k, c in enumerate(config.get("cells_fw", []))]
-        bw = [_build_cell(c, dtype, f"cells_bw[{k}]") for k, c in enumerate(config.get("cells_bw", []))]
-        return TFCellStack(cells_fw=fw, cells_bw=bw, **_args(config, where))
+        fw = [_build_cell(c, dtype, f"{who}: cells_fw[{k}]") for k, c in enumerate(config.get("cells_fw", []))]
+        bw = [_build_cell(c, dtype, f"{who}: cells_bw[{k}]") for k, c in enumerate(config.get("cells_bw", []))]
+        try:
+            return TFCellStack(cells_fw=fw, cells_bw=bw, **_args(config, where))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: cannot rebuild the TFCellStack from {config.get('args')}: {err}") from None
     else:
         module = _build_cell(config, dtype, where)
     return module
 
 
-def _load_tensors(module: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    problems = [f"missing {name} {shape}" for name, shape in expected.items() if name not in tensors]
-    problems += [f"unexpected {name}" for name in tensors if name not in expected]
-    problems += [
-        f"{name}: expected shape {shape}, got {tuple(tensors[name].shape)}"
-        for name, shape in expected.items()
-        if name in tensors and tuple(tensors[name].shape) != shape
-    ]
-    if problems:
-        raise ValueError(
-            f"rnnkit.convert.load: {where}: the tensors do not fit the configuration: " + "; ".join(problems)
-        )
-    module.load_state_dict(tensors, strict=True)
-
-
 def load(path: str | os.PathLike, device: Any = None) -> Any:
     """Rebuild the module `save` wrote to ``path``: the same class, options, weights and training flag.
 
-    Errors (``ValueError``): a file that is not safetensors (a pickle, a zip, HDF5, truncated), a safetensors
-    file without rnnkit's configuration, an unknown class, tensors that do not fit the configuration.
-    ``device``: where to put the module (default CPU).
+    Errors (``ValueError``, naming the file): a file that is not safetensors (a pickle, a zip, HDF5,
+    truncated), a safetensors file without rnnkit's configuration, a configuration of the wrong structure,
+    types or sizes, an unknown class, tensors that do not fit the configuration (names, shapes, dtypes).
+    Everything is checked on the header and a ``meta``-device build before any tensor is read or any weight
+    allocated, so a file costs at most about twice its size. ``device``: where to put the module (default CPU).
 
     Example::
 
         >>> cell = load("s.safetensors")       # the MultiRNNCell saved above, weights and all
         >>> outputs, state = rnnkit.dynamic_rnn(cell, torch.randn(2, 5, 3))
     """
-    config, tensors = read_config(path)
-    dtypes = {t.dtype for t in tensors.values() if t.is_floating_point()}
-    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    where = repr(os.fspath(path))
+    config, specs, who = _read_header(path)
+    floats = {torch_dtype(dtype) for dtype, _ in specs.values()} - {None}
+    dtype = floats.pop() if len(floats) == 1 else torch.float32
+    with torch.device("meta"):  # shapes only: checked against the file before anything is allocated
+        skeleton = module_from_config(config, dtype, who)
+    compare_specs(_state_tensors(skeleton), specs, who)
+    tensors = _read_tensors(path, who)
     # Building draws initial weights that the file then overwrites: keep the caller's random stream untouched.
     with torch.random.fork_rng(devices=[]):
-        module = module_from_config(config, dtype)
+        module = module_from_config(config, dtype, who)
     training = bool(config.get("training", False))
     if isinstance(module, TFCellStack):
         for side, cells in (("fw", module.cells_fw), ("bw", module.cells_bw)):
             for k, cell in enumerate(cells):
                 prefix = f"{side}.{k}."
-                part = {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
-                _load_tensors(cell, part, f"{where} cells_{side}[{k}]")
+                cell.load_state_dict({n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)})
                 cell.train(training)
                 if device is not None:
                     cell.to(device)
-        unused = [n for n in tensors if not n.startswith(("fw.", "bw."))]
-        if unused:
-            raise ValueError(f"rnnkit.convert.load: {where}: tensors {unused} belong to no cell of the TFCellStack")
         return module
-    _load_tensors(module, tensors, where)
+    module.load_state_dict(tensors, strict=True)
     module.train(training)
     if device is not None:
         module.to(device)

@@ -27,6 +27,9 @@ __all__ = ["read_table", "TableError"]
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48
 _TRAILER_SIZE = 5
+# Prefix compression lets a few bytes of block stand for a long key: bound what the entries expand to.
+MAX_ENTRIES = 1 << 19  # half a million variables
+MAX_KEY_BYTES = 64 << 20
 
 
 class TableError(ValueError):
@@ -69,7 +72,8 @@ def _read_block(data: bytes, offset: int, size: int, what: str, source: str, ver
     return contents
 
 
-def _block_entries(block: bytes, what: str, source: str) -> list[tuple[bytes, bytes]]:
+def _block_entries(block: bytes, what: str, source: str, budget: list[int]) -> list[tuple[bytes, bytes]]:
+    """The ``(key, value)`` entries of a block; ``budget`` (``[entries, key bytes]`` left) is spent and checked."""
     if len(block) < 4:
         raise TableError(f"{source}: corrupted: the {what} block is {len(block)} bytes, too short for its restarts")
     (num_restarts,) = struct.unpack_from("<I", block, len(block) - 4)
@@ -90,6 +94,13 @@ def _block_entries(block: bytes, what: str, source: str) -> list[tuple[bytes, by
             value_length, pos = read_varint(block, pos)
             if shared > len(key) or pos + non_shared + value_length > limit or (start in restarts and shared):
                 raise WireError(f"bad entry header at byte {start}")
+            budget[0] -= 1
+            budget[1] -= shared + non_shared
+            if budget[0] < 0 or budget[1] < 0:
+                raise TableError(
+                    f"{source}: the table's entries expand past {MAX_ENTRIES:,} entries or {MAX_KEY_BYTES:,} bytes "
+                    "of keys; a checkpoint index holds one short key per variable"
+                )
             key = key[:shared] + block[pos : pos + non_shared]
             pos += non_shared
             entries.append((key, block[pos : pos + value_length]))
@@ -118,14 +129,15 @@ def read_table(data: bytes, source: str, verify_checksums: bool = True) -> list[
     footer = data[len(data) - _FOOTER_SIZE :]
     _meta_offset, _meta_size, pos = _handle(footer, 0, "metaindex", source)
     index_offset, index_size, _ = _handle(footer, pos, "index", source)
+    budget = [MAX_ENTRIES, MAX_KEY_BYTES]
     index = _block_entries(
-        _read_block(data, index_offset, index_size, "index", source, verify_checksums), "index", source
+        _read_block(data, index_offset, index_size, "index", source, verify_checksums), "index", source, budget
     )
     entries: list[tuple[bytes, bytes]] = []
     for separator, handle in index:
         offset, size, _ = _handle(handle, 0, "data", source)
         block = _read_block(data, offset, size, "data", source, verify_checksums)
-        for key, value in _block_entries(block, "data", source):
+        for key, value in _block_entries(block, "data", source, budget):
             if entries and key <= entries[-1][0]:
                 raise TableError(f"{source}: corrupted: keys out of order ({entries[-1][0]!r} then {key!r})")
             if key > separator:

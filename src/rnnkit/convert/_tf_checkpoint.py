@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -27,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._crc32c import crc32c, mask, unmask
+from ._guards import read_bounded, regular_file
 from ._sstable import TableError, read_table
 from ._wire import WireError, as_signed64, iter_fields, read_varint
 
@@ -57,6 +59,9 @@ _DTYPES: dict[int, tuple[str, Any]] = {
     23: ("uint64", np.uint64),
 }
 _DT_STRING, _DT_BFLOAT16 = 7, 14
+MAX_INDEX_BYTES = 64 << 20  # an index holds ~100 bytes per variable: 64 MiB is over half a million variables
+_MAX_STATE_BYTES = 1 << 20  # TF's `checkpoint` state file: a few lines of text
+_MAX_RANK = 254  # TF's TensorShape limit
 
 
 class CheckpointEntry(NamedTuple):
@@ -77,35 +82,50 @@ class _Entry(NamedTuple):
     sliced: bool
 
 
+def _number(field: int, wire_type: int, value: int | bytes) -> int:
+    """A numeric field's value; a field of another wire type is a damaged message, not a number."""
+    if wire_type not in (0, 1, 5):
+        raise WireError(f"field {field} holds {len(value)} bytes where a number belongs")
+    return value
+
+
+def _message(field: int, wire_type: int, value: int | bytes) -> bytes:
+    if wire_type != 2:
+        raise WireError(f"field {field} holds a number where a message belongs")
+    return value
+
+
 def _parse_shape(buf: bytes) -> tuple[int, ...]:
     dims = []
-    for field, _, value in iter_fields(buf):
+    for field, wire_type, value in iter_fields(buf):
         if field == 2:  # Dim { int64 size = 1; string name = 2; }
             size = 0
-            for f, _, v in iter_fields(value):
+            for f, w, v in iter_fields(_message(field, wire_type, value)):
                 if f == 1:
-                    size = as_signed64(v)
+                    size = as_signed64(_number(f, w, v))
             dims.append(size)
         elif field == 3 and value:
             raise CheckpointError("tensor of unknown rank")
+    if len(dims) > _MAX_RANK:
+        raise CheckpointError(f"a shape of rank {len(dims)}, more than TF's {_MAX_RANK}")
     return tuple(dims)
 
 
 def _parse_entry(buf: bytes) -> _Entry:
     fields = {"dtype": 0, "shape": (), "shard_id": 0, "offset": 0, "size": 0, "crc32c": None, "sliced": False}
-    for field, _, value in iter_fields(buf):
+    for field, wire_type, value in iter_fields(buf):
         if field == 1:
-            fields["dtype"] = value
+            fields["dtype"] = _number(field, wire_type, value)
         elif field == 2:
-            fields["shape"] = _parse_shape(value)
+            fields["shape"] = _parse_shape(_message(field, wire_type, value))
         elif field == 3:
-            fields["shard_id"] = value
+            fields["shard_id"] = _number(field, wire_type, value)
         elif field == 4:
-            fields["offset"] = as_signed64(value)
+            fields["offset"] = as_signed64(_number(field, wire_type, value))
         elif field == 5:
-            fields["size"] = as_signed64(value)
+            fields["size"] = as_signed64(_number(field, wire_type, value))
         elif field == 6:
-            fields["crc32c"] = value
+            fields["crc32c"] = _number(field, wire_type, value)
         elif field == 7:
             fields["sliced"] = True
     return _Entry(**fields)
@@ -124,7 +144,8 @@ def _resolve_prefix(path: str | os.PathLike) -> Path:
                 f"TF checkpoint: folder {str(p)!r} has no 'checkpoint' file and "
                 f"{len(indexes)} '.index' files; pass the checkpoint prefix (e.g. 'model.ckpt')"
             )
-        match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', state.read_text(), re.M)
+        text = read_bounded(state, _MAX_STATE_BYTES, "TF checkpoint", "TF's state file", CheckpointError)
+        match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text.decode("utf-8", "replace"), re.M)
         if not match:
             raise CheckpointError(f"TF checkpoint: {str(state)!r} names no model_checkpoint_path")
         named = Path(re.sub(r"\\(.)", r"\1", match.group(1)))  # text-proto escapes: \" and \\
@@ -152,34 +173,37 @@ class TFCheckpointReader:
 
     def __init__(self, path: str | os.PathLike, verify_checksums: bool = True):
         self.prefix = _resolve_prefix(path)
+        self._who = f"TF checkpoint {str(self.prefix)!r}"
         self.verify_checksums = verify_checksums
         index_path = Path(f"{self.prefix}.index")
-        if not index_path.is_file():
+        if not index_path.exists():
             raise FileNotFoundError(
                 f"TF checkpoint: no index file {str(index_path)!r} (expected a checkpoint prefix such as "
                 "'model.ckpt' with 'model.ckpt.index' and 'model.ckpt.data-00000-of-00001' beside it)"
             )
-        source = str(index_path)
+        source = str(regular_file(index_path, "TF checkpoint", CheckpointError))
+        index = read_bounded(index_path, MAX_INDEX_BYTES, "TF checkpoint", "an index", CheckpointError)
         try:
-            table = read_table(index_path.read_bytes(), source, verify_checksums)
+            table = read_table(index, source, verify_checksums)
         except TableError as err:
             raise CheckpointError(str(err)) from None
         if not table or table[0][0] != b"":
             raise CheckpointError(f"{source}: corrupted: no bundle header entry (the empty key)")
         self.num_shards, self.big_endian = 1, False
+        key = b""
         try:
-            for field, _, value in iter_fields(table[0][1]):
+            for field, wire_type, value in iter_fields(table[0][1]):
                 if field == 1:
-                    self.num_shards = value
+                    self.num_shards = _number(field, wire_type, value)
                 elif field == 2:
-                    self.big_endian = value == 1
+                    self.big_endian = _number(field, wire_type, value) == 1
             self._entries: dict[str, _Entry] = {}
             for key, value in table[1:]:
                 if key.startswith(b"\x00"):
                     continue  # encoded keys of the slices of partitioned variables
                 self._entries[key.decode("utf-8")] = _parse_entry(value)
-        except (WireError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{source}: corrupted bundle entry ({err})") from None
+        except (WireError, UnicodeDecodeError, CheckpointError) as err:
+            raise CheckpointError(f"{source}: corrupted bundle entry {key[:200]!r} ({err})") from None
         if self.num_shards < 1:
             raise CheckpointError(f"{source}: corrupted header: num_shards = {self.num_shards}")
 
@@ -213,14 +237,14 @@ class TFCheckpointReader:
 
     def _read_bytes(self, name: str, entry: _Entry) -> bytes:
         if not 0 <= entry.shard_id < self.num_shards:
-            raise CheckpointError(f"TF checkpoint: variable {name!r} names shard {entry.shard_id} of {self.num_shards}")
+            raise CheckpointError(f"{self._who}: variable {name!r} names shard {entry.shard_id} of {self.num_shards}")
         path = self._shard_path(entry.shard_id)
-        if not path.is_file():
-            raise FileNotFoundError(f"TF checkpoint: data file {str(path)!r} (holding {name!r}) is missing")
-        file_size = path.stat().st_size
+        if not path.exists():
+            raise FileNotFoundError(f"{self._who}: data file {str(path)!r} (holding {name!r}) is missing")
+        file_size = regular_file(path, self._who, CheckpointError).stat().st_size
         if entry.offset < 0 or entry.size < 0 or entry.offset + entry.size > file_size:
             raise CheckpointError(
-                f"TF checkpoint: truncated: variable {name!r} needs bytes [{entry.offset}, "
+                f"{self._who}: truncated: variable {name!r} needs bytes [{entry.offset}, "
                 f"{entry.offset + entry.size}) of {str(path)!r}, which has only {file_size} bytes"
             )
         with path.open("rb") as f:
@@ -230,7 +254,7 @@ class TFCheckpointReader:
     def _check_crc(self, name: str, entry: _Entry, crc: int) -> None:
         if self.verify_checksums and entry.crc32c is not None and unmask(entry.crc32c) != crc:
             raise CheckpointError(
-                f"TF checkpoint: corrupted: checksum mismatch for variable {name!r} "
+                f"{self._who}: corrupted: checksum mismatch for variable {name!r} "
                 f"(stored CRC-32C {unmask(entry.crc32c):#010x}, computed {crc:#010x})"
             )
 
@@ -239,23 +263,29 @@ class TFCheckpointReader:
         entry = self._entry(name)
         if entry.sliced:
             raise CheckpointError(
-                f"TF checkpoint: variable {name!r} is partitioned into slices, which rnnkit does not read; "
+                f"{self._who}: variable {name!r} is partitioned into slices, which rnnkit does not read; "
                 "re-save it unpartitioned"
             )
         if entry.dtype not in _DTYPES:
-            raise CheckpointError(f"TF checkpoint: variable {name!r} has dtype DataType({entry.dtype}), not readable")
+            raise CheckpointError(f"{self._who}: variable {name!r} has dtype DataType({entry.dtype}), not readable")
         if any(d < 0 for d in entry.shape):
-            raise CheckpointError(f"TF checkpoint: variable {name!r} has an unknown dimension: {entry.shape}")
+            raise CheckpointError(f"{self._who}: variable {name!r} has an unknown dimension: {entry.shape}")
+        count = math.prod(entry.shape)  # Python ints: an absurd shape must not wrap around as int64 would
+        # The entry's size must fit its shape before anything is read or allocated: a string holds at least a
+        # one-byte length each and a 4-byte checksum; another dtype exactly count * itemsize bytes.
+        dtype = np.dtype(_DTYPES[entry.dtype][1])
+        needed = count + 4 if entry.dtype == _DT_STRING else count * dtype.itemsize
+        if entry.dtype == _DT_STRING and entry.size < needed or entry.dtype != _DT_STRING and entry.size != needed:
+            raise CheckpointError(
+                f"{self._who}: corrupted: variable {name!r} of shape {entry.shape} and dtype "
+                f"{_DTYPES[entry.dtype][0]} needs {'at least ' if entry.dtype == _DT_STRING else ''}{needed:,} bytes, "
+                f"its entry gives {entry.size:,}"
+            )
         raw = self._read_bytes(name, entry)
-        count = int(np.prod(entry.shape, dtype=np.int64))
         if entry.dtype == _DT_STRING:
             return self._decode_strings(name, entry, raw, count)
-        dtype = np.dtype(_DTYPES[entry.dtype][1])
-        if len(raw) != count * dtype.itemsize:
-            raise CheckpointError(
-                f"TF checkpoint: corrupted: variable {name!r} of shape {entry.shape} and dtype "
-                f"{_DTYPES[entry.dtype][0]} needs {count * dtype.itemsize} bytes, its entry gives {len(raw)}"
-            )
+        if len(raw) != entry.size:
+            raise CheckpointError(f"{self._who}: truncated: variable {name!r}: read {len(raw)} of {entry.size} bytes")
         if self.verify_checksums and entry.crc32c is not None:
             self._check_crc(name, entry, crc32c(raw))
         array = np.frombuffer(raw, dtype=dtype.newbyteorder(">" if self.big_endian else "<"))
@@ -272,15 +302,15 @@ class TFCheckpointReader:
                 lengths.append(n)
             (stored_length_crc,) = struct.unpack_from("<I", raw, pos)
         except (WireError, struct.error):
-            raise CheckpointError(f"TF checkpoint: corrupted string tensor {name!r}") from None
+            raise CheckpointError(f"{self._who}: corrupted string tensor {name!r}") from None
         # TF extends the checksum by the low 4 bytes of each uint64 length (sizeof(uint32) in its writer).
         length_bytes = struct.pack(f"<{count}I", *(n & 0xFFFFFFFF for n in lengths))
         if self.verify_checksums and unmask(stored_length_crc) != crc32c(length_bytes):
-            raise CheckpointError(f"TF checkpoint: corrupted: checksum mismatch in the lengths of {name!r}")
+            raise CheckpointError(f"{self._who}: corrupted: checksum mismatch in the lengths of {name!r}")
         pos += 4
         if pos + sum(lengths) != len(raw):
             raise CheckpointError(
-                f"TF checkpoint: corrupted: string tensor {name!r} holds {len(raw) - pos} bytes of text, "
+                f"{self._who}: corrupted: string tensor {name!r} holds {len(raw) - pos} bytes of text, "
                 f"its lengths say {sum(lengths)}"
             )
         crc = crc32c(raw[pos:], crc32c(struct.pack("<I", mask(crc32c(length_bytes))), crc32c(length_bytes)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shlex
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -185,6 +186,34 @@ def _pickle_hint(path: Path) -> str:
     )
 
 
+def _refusal(err: Exception) -> str:
+    """What torch's weights-only unpickler refused, in one clean line (its message has escape codes and advice
+    to allowlist classes, which rnnkit does not take)."""
+    from ._guards import one_line
+
+    text = one_line(str(err))
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it needs the Python object {found.group(1).rstrip('.')}, which weights_only loading refuses"
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: Please use | Check the documentation |$)", text)
+    return found.group(1).strip() if found else text or "truncated"
+
+
+def _nested_hint(obj: Mapping) -> str:
+    """How to pick a state dict nested in a checkpoint dict (the entries that map names to tensors)."""
+    inner = [
+        str(k) for k, v in obj.items()
+        if isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values())
+    ]  # fmt: skip
+    if len(inner) == 1:
+        name = inner[0]
+        cli = f"rnnkit convert: --key {shlex.quote(name)}"
+        return f"the state dict seems to be under {name!r}: pass key={name!r} ({cli})"
+    return "pass key= (rnnkit convert: --key NAME) to pick the state dict inside a checkpoint" + (
+        f"; entries holding tensors: {inner}" if inner else ""
+    )
+
+
 def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
     """Load a ``torch.save``-d state dict with ``torch.load(weights_only=True)``: tensors only, never code.
 
@@ -210,11 +239,11 @@ def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> di
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(_pickle_hint(path) + f" (torch said: {str(err).splitlines()[0]})") from None
+        raise ValueError(f"load_torch_state_dict: {_pickle_hint(path)} ({_refusal(err)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(
             f"load_torch_state_dict: {str(path)!r} is not a readable torch.save file ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'truncated'})"
+            f"{_refusal(err)})"
         ) from None
     for part in key.split(".") if key else []:
         if not isinstance(obj, Mapping) or part not in obj:
@@ -227,6 +256,6 @@ def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> di
     if not_tensors:
         raise ValueError(
             f"load_torch_state_dict: {str(path)!r} is not a flat state dict; entries that are not tensors: "
-            f"{not_tensors} (pass key= to pick the state dict inside a checkpoint)"
+            f"{not_tensors}; {_nested_hint(obj)}"
         )
     return dict(obj)
