@@ -342,9 +342,7 @@ def _build_cell(config: dict[str, Any], dtype: torch.dtype, where: str) -> RNNCe
         if name == "MultiRNNCell":
             cells: list[RNNCell] = []
             for k, c in enumerate(config.get("cells", [])):
-                same = c.get("same_as") if isinstance(c, dict) else None
-                if same is not None and not (isinstance(same, int) and 0 <= same < k):
-                    raise ValueError(f"cell_{k}: same_as must name an earlier layer, got {same!r}")
+                same = c.get("same_as")  # an earlier layer's index (checked by _save_checks)
                 cells.append(cells[same] if same is not None else _build_cell(c, dtype, f"{where}.cell_{k}"))
             return MultiRNNCell(cells, **args)
         if name in ("DropoutWrapper", "ResidualWrapper"):

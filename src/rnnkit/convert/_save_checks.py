@@ -112,6 +112,11 @@ def _check_node(node: Any, where: str, count: list[int]) -> None:
         if not isinstance(children, list):
             raise ValueError(f"{where}: '{key}' must be a list of cells, got {type(children).__name__}")
         for k, child in enumerate(children):
+            if key == "cells" and isinstance(child, dict) and child.keys() == {"same_as"}:
+                same = child["same_as"]  # a MultiRNNCell layer repeating an earlier layer's cell object
+                if isinstance(same, bool) or not isinstance(same, int) or not 0 <= same < k:
+                    raise ValueError(f"{where}.{key}[{k}]: 'same_as' must name an earlier layer, got {same!r}")
+                continue
             _check_node(child, f"{where}.{key}[{k}]", count)
 
 
