@@ -12,6 +12,7 @@ surfacing as a kernel's ``mat1 and mat2 must have the same dtype``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -167,15 +168,18 @@ def _parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def _refuse_parameters(component: str, module: torch.nn.Module) -> None:
+    """Name a parameter whose dtype or device differs from most of the others' (a converted one, typically)."""
     named = list(module.named_parameters(remove_duplicate=False))
-    first_name, first = named[0]
+    places = Counter((p.dtype, p.device) for _, p in named)
+    (dtype, device), _ = places.most_common(1)[0]
+    example = next(name for name, p in named if (p.dtype, p.device) == (dtype, device))
     for name, p in named:
-        if p.dtype != first.dtype or p.device != first.device:
-            error = DtypeError if p.dtype != first.dtype else DeviceError
+        if (p.dtype, p.device) != (dtype, device):
+            error = DtypeError if p.dtype != dtype else DeviceError
             raise error(
-                f"{component}: the parameters disagree: {first_name} is {first.dtype} on {first.device}, but {name} "
-                f"is {p.dtype} on {p.device}; all parameters of a module must share one dtype and device "
-                f"(convert the module with .to({first.dtype}) / .to('{first.device}'))"
+                f"{component}: the parameters disagree: {name} is {p.dtype} on {p.device}, but {example} (like most "
+                f"of the others) is {dtype} on {device}; all parameters of a module must share one dtype and device "
+                f"(convert the module with .to({dtype}) and .to('{device}'), or convert {name} back)"
             )
 
 
@@ -220,7 +224,8 @@ def check_placement(
     if lengths is not None and isinstance(lengths[1], torch.Tensor):
         name, where = lengths[0], lengths[1].device
         if where != device and where.type != "cpu":
+            places = "the CPU" + ("" if device.type == "cpu" else f" or on {device}")
             raise DeviceError(
-                f"{component}: {name} is on device {where}; expected it on the CPU or on {device}, "
-                f"the device of {ref_name} (rnnkit reads the lengths' values)"
+                f"{component}: {name} is on device {where}; expected it on {places}, the device of {ref_name} "
+                "(rnnkit reads the lengths' values)"
             )
