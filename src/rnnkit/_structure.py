@@ -212,14 +212,16 @@ def check_placement(
         owner, dtype, device = "is", ref.dtype, ref.device
     else:
         return
-    for name, t in present:
+    for k, (name, t) in enumerate(present):
         if t is ref:
             continue
+        module_too = params and k == 0  # the input: converting the module is the other way out
         if t.dtype is not dtype:
-            fix = f"convert {name} ({name}.to({dtype}))" + (f" or the module (.to({t.dtype}))" if params else "")
+            module_too = module_too and t.dtype.is_floating_point
+            fix = f"convert {name} ({name}.to({dtype}))" + (f" or the module (.to({t.dtype}))" if module_too else "")
             raise DtypeError(f"{component}: {name} has dtype {t.dtype}, but {ref_name} {owner} {dtype}; {fix}")
         if t.device != device:
-            fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if params else "")
+            fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if module_too else "")
             raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref_name} {owner} on {device}; {fix}")
     if lengths is not None and isinstance(lengths[1], torch.Tensor):
         name, where = lengths[0], lengths[1].device
