@@ -159,6 +159,8 @@ def named_leaves(structure: Any, prefix: str) -> list[tuple[str, Any]]:
 def _parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
     """Every parameter of ``module`` and its submodules, registration order, duplicates allowed (cheaper than
     ``Module.parameters()``, which hashes each tensor; this runs on every call of a small layer)."""
+    if not module._modules:
+        return [p for p in module._parameters.values() if p is not None]
     out, todo = [], [module]
     while todo:
         m = todo.pop(0)
@@ -167,20 +169,34 @@ def _parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def _refuse_parameters(component: str, module: torch.nn.Module) -> None:
-    """Name a parameter whose dtype or device differs from most of the others' (a converted one, typically)."""
+def _refuse_parameters(component: str, module: torch.nn.Module, tensors: Sequence[tuple[str, Any]]) -> None:
+    """Name a parameter whose dtype or device differs from most of the others' (a converted one, typically);
+    between places as common, the input's (the first of ``tensors``) is taken as the expected one."""
     named = list(module.named_parameters(remove_duplicate=False))
     places = Counter((p.dtype, p.device) for _, p in named)
-    (dtype, device), _ = places.most_common(1)[0]
+    first = next(((t.dtype, t.device) for _, t in tensors if t is not None), None)
+    dtype, device = max(places, key=lambda place: (places[place], place == first))
     example = next(name for name, p in named if (p.dtype, p.device) == (dtype, device))
     for name, p in named:
         if (p.dtype, p.device) != (dtype, device):
             error = DtypeError if p.dtype != dtype else DeviceError
             raise error(
-                f"{component}: the parameters disagree: {name} is {p.dtype} on {p.device}, but {example} (like most "
-                f"of the others) is {dtype} on {device}; all parameters of a module must share one dtype and device "
+                f"{component}: the parameters disagree: {name} is {p.dtype} on {p.device}, while {example} is "
+                f"{dtype} on {device}; all parameters of a module must share one dtype and device "
                 f"(convert the module with .to({dtype}) and .to('{device}'), or convert {name} back)"
             )
+
+
+def _refuse_tensor(component: str, name: str, t: torch.Tensor, ref: str, dtype: Any, device: Any, module: bool) -> None:
+    """``t`` (called ``name``) differs from ``ref``'s dtype or device: say which, and the ways out. ``module``:
+    ``t`` is the input and ``ref`` the parameters, so converting the module is the other way out."""
+    verb = "are" if ref == "the parameters" else "is"
+    if t.dtype != dtype:
+        module = module and t.dtype.is_floating_point
+        fix = f"convert {name} ({name}.to({dtype}))" + (f" or the module (.to({t.dtype}))" if module else "")
+        raise DtypeError(f"{component}: {name} has dtype {t.dtype}, but {ref} {verb} {dtype}; {fix}")
+    fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if module else "")
+    raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref} {verb} on {device}; {fix}")
 
 
 def check_placement(
@@ -198,36 +214,33 @@ def check_placement(
 
     Raises ``DtypeError`` or ``DeviceError``: ``ValueError`` and ``RuntimeError`` alike, as torch.nn raises for
     the same mismatches (``ValueError`` for an input against the weights, ``RuntimeError`` from its kernels).
+    (Plain loops, no message built on success: a small layer runs this on every call.)
     """
-    params = [] if module is None else _parameters_of(module)
-    present = [(name, t) for name, t in tensors if t is not None]
+    params = _parameters_of(module) if module is not None else None
     if params:
-        ref_name, ref, owner = "the parameters", params[0], "are"
+        ref, ref_name = params[0], "the parameters"
         dtype, device = ref.dtype, ref.device
         for p in params:
             if p.dtype is not dtype or p.device != device:
-                _refuse_parameters(component, module)
-    elif present:
-        ref_name, ref = present[0]
-        owner, dtype, device = "is", ref.dtype, ref.device
+                _refuse_parameters(component, module, tensors)
     else:
-        return
-    for k, (name, t) in enumerate(present):
-        if t is ref:
+        ref = next((t for _, t in tensors if t is not None), None)
+        if ref is None:
+            return
+        ref_name = next(name for name, t in tensors if t is ref)
+        dtype, device = ref.dtype, ref.device
+    first = True
+    for name, t in tensors:
+        if t is None:
             continue
-        module_too = params and k == 0  # the input: converting the module is the other way out
-        if t.dtype is not dtype:
-            module_too = module_too and t.dtype.is_floating_point
-            fix = f"convert {name} ({name}.to({dtype}))" + (f" or the module (.to({t.dtype}))" if module_too else "")
-            raise DtypeError(f"{component}: {name} has dtype {t.dtype}, but {ref_name} {owner} {dtype}; {fix}")
-        if t.device != device:
-            fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if module_too else "")
-            raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref_name} {owner} on {device}; {fix}")
+        if t is not ref and (t.dtype is not dtype or t.device != device):
+            _refuse_tensor(component, name, t, ref_name, dtype, device, first and bool(params))
+        first = False
     if lengths is not None and isinstance(lengths[1], torch.Tensor):
         name, where = lengths[0], lengths[1].device
         if where != device and where.type != "cpu":
             places = "the CPU" + ("" if device.type == "cpu" else f" or on {device}")
             raise DeviceError(
-                f"{component}: {name} is on device {where}; expected it on {places}, the device of {ref_name} "
-                "(rnnkit reads the lengths' values)"
+                f"{component}: {name} is on device {where}; expected it on {places} (the device of {ref_name}): "
+                "rnnkit reads the lengths' values"
             )
