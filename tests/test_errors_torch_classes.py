@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnkit
 from rnnkit import errors
@@ -55,6 +55,9 @@ CASES: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("dropout negative", "GRU", lambda nn: nn.GRU(4, 3, num_layers=2, dropout=-0.1)),
     ("dropout str", "RNN", lambda nn: nn.RNN(4, 3, dropout="0.1")),
     ("dropout bool", "LSTM", lambda nn: nn.LSTM(4, 3, dropout=True)),
+    ("dropout None", "GRU", lambda nn: nn.GRU(4, 3, dropout=None)),
+    ("num_layers str", "GRU", lambda nn: nn.GRU(4, 3, num_layers="2")),
+    ("hidden_size None", "RNN", lambda nn: nn.RNN(4, None)),
     ("nonlinearity unknown", "RNN", lambda nn: nn.RNN(4, 3, nonlinearity="sigmoid")),
     ("nonlinearity positional", "RNN", lambda nn: nn.RNN(4, 3, 1, "gelu")),
     ("bias not bool", "LSTM", lambda nn: nn.LSTM(4, 3, bias=1)),
@@ -69,6 +72,7 @@ CASES: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("proj_size equal to hidden", "LSTM", lambda nn: nn.LSTM(4, 3, proj_size=3)),
     ("proj_size above hidden", "LSTM", lambda nn: nn.LSTM(4, 3, proj_size=5)),
     ("proj_size float", "LSTM", lambda nn: nn.LSTM(4, 3, proj_size=1.0)),
+    ("proj_size None", "LSTM", lambda nn: nn.LSTM(4, 3, proj_size=None)),
     # forward: the input
     ("input 4-D", "LSTM", lambda nn: nn.LSTM(4, 3)(X.unsqueeze(-1))),
     ("input 1-D", "GRU", lambda nn: nn.GRU(4, 3)(torch.randn(4))),
@@ -79,6 +83,8 @@ CASES: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("input float64", "GRU", lambda nn: nn.GRU(4, 3)(X.double())),
     ("input float32, layer float64", "RNN", lambda nn: nn.RNN(4, 3, dtype=torch.float64)(X)),
     ("input a list", "LSTM", lambda nn: nn.LSTM(4, 3)([[1.0] * 4])),
+    ("input complex", "GRU", lambda nn: nn.GRU(4, 3)(X.to(torch.complex64))),
+    ("input bool", "RNN", lambda nn: nn.RNN(4, 3)(X > 0)),
     # forward: hx shape and rank
     ("hx 2-D for batched input", "RNN", lambda nn: nn.RNN(4, 3)(X, Z(1, 3))),
     ("hx 3-D for unbatched input", "RNN", lambda nn: nn.RNN(4, 3)(X[:, 0], Z(1, 1, 3))),
@@ -98,11 +104,13 @@ CASES: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("LSTM c_0 batch", "LSTM", lambda nn: nn.LSTM(4, 3)(X, (Z(1, 2, 3), Z(1, 3, 3)))),
     ("LSTM h_0 of hidden_size with proj", "LSTM", lambda nn: nn.LSTM(4, 3, proj_size=2)(X, (Z(1, 2, 3), Z(1, 2, 3)))),
     ("LSTM h_0 a list", "LSTM", lambda nn: nn.LSTM(4, 3)(X, ([0.0], Z(1, 2, 3)))),
+    ("LSTM hx (None, None)", "LSTM", lambda nn: nn.LSTM(4, 3)(X, (None, None))),
     # forward: PackedSequence
     ("packed, hx batch", "GRU", lambda nn: nn.GRU(4, 3)(PACKED, Z(1, 3, 3))),
     ("packed, hx 2-D", "GRU", lambda nn: nn.GRU(4, 3)(PACKED, Z(1, 3))),
     ("packed, input size", "GRU", lambda nn: nn.GRU(4, 3)(pack_padded_sequence(torch.randn(5, 2, 6), [5, 3]))),
     ("packed, LSTM c_0 size", "LSTM", lambda nn: nn.LSTM(4, 3)(PACKED, (Z(1, 2, 3), Z(1, 2, 4)))),
+    ("packed, 3-D data", "GRU", lambda nn: nn.GRU(4, 3)(PackedSequence(torch.randn(8, 1, 4), torch.tensor([2] * 4)))),
     ("packed, float64 data", "LSTM", lambda nn: nn.LSTM(4, 3)(pack_padded_sequence(X.double(), [5, 3]))),
     # forward: dtypes of states and parameters
     ("hx float64", "GRU", lambda nn: nn.GRU(4, 3)(X, Z(1, 2, 3, dtype=torch.float64))),

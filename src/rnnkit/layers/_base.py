@@ -22,7 +22,7 @@ from .._structure import as_torch_dtype, check_float_dtype, check_placement
 from ..cells._base import check_units
 from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parameter_
 from ..engine import layers as _engine_layers
-from ..errors import NotATensorError, ShapeError, StateStructureError
+from ..errors import ArgumentTypeError, NotATensorError, ShapeError, StateStructureError
 from ..runners import _check_lengths, _unroll_layers
 
 # layer -> {(layer index, direction): (key, cell)}; weak, so that caching never keeps a layer alive.
@@ -59,10 +59,10 @@ class RNNLayer(nn.Module):
         for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name}: {flag} must be a bool, got {type(value).__name__} {value!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
-            raise ValueError(
-                f"{name}: dropout must be a number in [0, 1] (the probability of zeroing), got {dropout!r}"
-            )
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+            # torch.nn: TypeError where float(dropout) fails (None), ValueError otherwise ("0.5", True, 1.5)
+            error = ValueError if isinstance(dropout, numbers.Real) else ArgumentTypeError
+            raise error(f"{name}: dropout must be a number in [0, 1] (the probability of zeroing), got {dropout!r}")
         if dtype is not None:
             check_float_dtype(as_torch_dtype(dtype), f"{name} dtype")
         self.mode = mode
