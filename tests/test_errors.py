@@ -154,3 +154,111 @@ def test_a_failed_call_changes_nothing():
     assert not cell.built
     out, _ = cell(torch.randn(2, 3), cell.zero_state(2))
     assert tuple(out.shape) == (2, 4)
+
+
+# -- dtype and device mismatches: one up-front check, named, in every runner -------------------------------------
+def _runner_calls(runner: str, cell, x, state=None, lengths=None):
+    """Call ``runner`` on batch-major ``x`` (B, T, D) with ``state`` as the (forward) initial state."""
+    if runner == "dynamic_rnn":
+        return rk.dynamic_rnn(cell, x, lengths, state)
+    if runner == "static_rnn":
+        return rk.static_rnn(cell, list(x.unbind(1)), state, sequence_length=lengths)
+    if runner == "bidirectional_dynamic_rnn":
+        return rk.bidirectional_dynamic_rnn(cell, rk.BasicRNNCell(2), x, lengths, state)
+    if runner == "static_bidirectional_rnn":
+        return rk.static_bidirectional_rnn(cell, rk.BasicRNNCell(2), list(x.unbind(1)), state, sequence_length=lengths)
+    assert runner == "stack_bidirectional_dynamic_rnn"
+    states = None if state is None else [state]
+    return rk.stack_bidirectional_dynamic_rnn([cell], [rk.BasicRNNCell(2)], x, states, sequence_length=lengths)
+
+
+RUNNERS = [
+    "dynamic_rnn",
+    "static_rnn",
+    "bidirectional_dynamic_rnn",
+    "static_bidirectional_rnn",
+    "stack_bidirectional_dynamic_rnn",
+]
+
+
+def _lstm_cell():
+    return rk.BasicLSTMCell(4, input_size=3)
+
+
+def _converted_kernel():
+    cell = _lstm_cell()
+    cell.kernel = torch.nn.Parameter(cell.kernel.detach().double())
+    return cell
+
+
+X3 = torch.randn(2, 5, 3)
+STATE = rk.LSTMStateTuple(torch.zeros(2, 4), torch.zeros(2, 4))
+MISMATCHES = [
+    # (what, make the call's arguments, error class, message after "<runner>...: ")
+    ("inputs float64", lambda: (_lstm_cell(), X3.double(), None, None), rk.errors.DtypeError,
+     r"inputs.* has dtype torch.float64, but the parameters are torch.float32"),
+    ("initial state float64", lambda: (_lstm_cell(), X3, STATE._replace(h=STATE.h.double()), None),
+     rk.errors.DtypeError, r"initial_state.*\.h has dtype torch.float64, but the parameters are torch.float32"),
+    ("a converted parameter", lambda: (_converted_kernel(), X3, None, None), rk.errors.DtypeError,
+     r"the parameters disagree: kernel is torch.float64 on cpu, while bias is torch.float32"),
+    ("inputs on meta", lambda: (_lstm_cell(), X3.to("meta"), None, None), rk.errors.DeviceError,
+     r"inputs.* is on device meta, but the parameters are on cpu"),
+    ("initial state on meta", lambda: (_lstm_cell(), X3, STATE._replace(c=STATE.c.to("meta")), None),
+     rk.errors.DeviceError, r"initial_state.*\.c is on device meta, but the parameters are on cpu"),
+    ("sequence_length on meta", lambda: (_lstm_cell(), X3, None, torch.tensor([5, 2], device="meta")),
+     rk.errors.DeviceError, r"sequence_length is on device meta; expected it on the CPU"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("what, make, error, message", MISMATCHES, ids=[m[0] for m in MISMATCHES])
+def test_runner_mismatches_are_named_by_the_runner(runner, what, make, error, message):
+    """Each runner names itself (static_rnn is not dynamic_rnn) and the tensor; the classes are torch.nn's for
+    the same mismatch (RuntimeError from its kernels, ValueError for an input against the weights)."""
+    with pytest.raises(error, match=rf"^{runner}\b.*: .*{message}") as info:
+        _runner_calls(runner, *make())
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value, ValueError)
+
+
+def test_static_runner_steps_must_agree():
+    steps = [torch.randn(2, 3), torch.randn(2, 3, dtype=torch.float64)]
+    with pytest.raises(rk.errors.DtypeError, match=r"static_rnn: inputs\[1\] has dtype torch.float64, but inputs\[0\]"):
+        rk.static_rnn(rk.BasicRNNCell(2), steps)
+    steps = [torch.randn(2, 3), torch.randn(2, 3, device="meta")]
+    with pytest.raises(rk.errors.DeviceError, match=r"static_bidirectional_rnn: inputs\[1\] is on device meta"):
+        rk.static_bidirectional_rnn(rk.BasicRNNCell(2), rk.BasicRNNCell(2), steps)
+
+
+def test_static_runners_name_themselves():
+    with pytest.raises(ValueError, match=r"^static_rnn: sequence_length values must be in \[0, 3\]"):
+        rk.static_rnn(rk.BasicRNNCell(2), list(torch.randn(3, 2, 2)), sequence_length=[4, 1])
+    with pytest.raises(ValueError, match=r"^static_bidirectional_rnn \(forward\) initial_state_fw: state structure"):
+        rk.static_bidirectional_rnn(rk.GRUCell(2), rk.GRUCell(2), list(torch.randn(3, 2, 2)), (torch.zeros(2, 2),))
+
+
+def test_cell_call_checks_placement():
+    cell = _converted_kernel()
+    with pytest.raises(rk.errors.DtypeError, match=r"BasicLSTMCell: the parameters disagree: kernel is torch.float64"):
+        cell(torch.randn(2, 3), STATE)
+    with pytest.raises(rk.errors.DeviceError, match=r"BasicLSTMCell: state.h is on device meta"):
+        _lstm_cell()(torch.randn(2, 3), STATE._replace(h=STATE.h.to("meta")))
+
+
+def test_reading_a_parameter_before_the_build_says_how_to_build():
+    cell = rk.BasicLSTMCell(8)
+    expected = r"'BasicLSTMCell' object has no attribute 'kernel': the cell is not built"
+    with pytest.raises(AttributeError, match=expected) as info:
+        cell.kernel  # noqa: B018
+    message = str(info.value)
+    assert "lazily on their first call" in message and "input_size=" in message and "cell.build(depth)" in message
+    assert isinstance(info.value, rk.errors.NotBuiltError) and info.value.name == "kernel" and info.value.obj is cell
+    # hasattr / getattr with a default / nn.Module attribute semantics are unchanged
+    assert not hasattr(cell, "kernel") and getattr(cell, "kernel", None) is None
+    assert cell.training and list(cell.parameters()) == []
+    cell.build(3)
+    assert tuple(cell.kernel.shape) == (11, 32) and hasattr(cell, "bias")
+    with pytest.raises(AttributeError) as info:
+        cell.no_such_thing  # noqa: B018
+    assert type(info.value) is AttributeError and "not built" not in str(info.value)  # built: torch's own error
+    with pytest.raises(AttributeError, match=r"'GRUCell' object has no attribute 'gates': the cell is not built"):
+        rk.GRUCell(4).gates  # noqa: B018

@@ -51,9 +51,9 @@ def test_input_errors():
         lstm(torch.randn(5, 2, 6))
     with pytest.raises(ValueError, match=r"LSTM: expected input of rank 3 \(seq_len, batch, input_size\) or rank 2"):
         lstm(torch.randn(5, 2, 4, 1))
-    with pytest.raises(TypeError, match="LSTM: expected a floating-point input, got dtype torch.int64"):
+    with pytest.raises(TypeError, match=r"LSTM: input has dtype torch.int64, but the parameters are torch.float32"):
         lstm(torch.ones(5, 2, 4, dtype=torch.long))
-    with pytest.raises(TypeError, match=r"input dtype torch.float64 does not match the parameters' torch.float32"):
+    with pytest.raises(TypeError, match=r"input has dtype torch.float64, but the parameters are torch.float32"):
         lstm(torch.randn(5, 2, 4, dtype=torch.float64))
     with pytest.raises(TypeError, match="expected input to be a tensor or a PackedSequence, got list"):
         lstm([[1.0] * 4])
@@ -73,7 +73,7 @@ def test_hidden_state_errors():
         lstm(x[:, 0], (h, c))  # unbatched input wants 2-D states
     with pytest.raises(TypeError, match=r"LSTM: expected hx to be a tuple \(h_0, c_0\), got Tensor"):
         lstm(x, h)
-    with pytest.raises(TypeError, match="LSTM: h_0 dtype torch.float64 does not match the input's torch.float32"):
+    with pytest.raises(TypeError, match="LSTM: h_0 has dtype torch.float64, but the parameters are torch.float32"):
         lstm(x, (h.double(), c))
     gru = GRU(4, 3)
     with pytest.raises(ValueError, match=r"GRU: expected hx of shape .* = \(1, 2, 3\), got \(1, 3\)"):

@@ -15,7 +15,7 @@ Example::
 
 import torch as _torch
 
-from . import convert, engine
+from . import convert, engine, errors
 from ._structure import LSTMStateTuple
 from ._tf_namespace import compat, contrib, nn
 from .cells import (
@@ -73,6 +73,7 @@ __all__ = [
     "Summary",
     "convert",
     "engine",
+    "errors",
     "backend_info",
     "save",
     "load",

@@ -1,18 +1,25 @@
-"""Nested state structures: the one `zero_state` builder and the one state validator.
+"""Nested state structures: the one `zero_state` builder, the one state validator, the one placement check.
 
 A *state size* is an ``int`` or a nested tuple of them (``LSTMStateTuple(c=128, h=128)``,
 ``(128, 128)`` for a two-layer ``MultiRNNCell``). A *state* has the same structure with a
 tensor of shape ``(batch, size)`` at every leaf. Every cell, wrapper and runner in rnnkit
 goes through the functions here, so that a state is built, checked and mapped one way.
+
+``check_placement`` is the one dtype-and-device check of a run (layers, runners, cells): it compares
+inputs, states, lengths and parameters before any math, so that a mismatch is named instead of
+surfacing as a kernel's ``mat1 and mat2 must have the same dtype``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from .errors import DeviceError, DtypeError, ShapeError, StateStructureError
 
 __all__ = [
     "LSTMStateTuple",
@@ -22,6 +29,8 @@ __all__ = [
     "zero_state_for",
     "check_state",
     "check_float_dtype",
+    "check_placement",
+    "named_leaves",
     "as_torch_dtype",
 ]
 
@@ -85,7 +94,7 @@ def as_torch_dtype(dtype: Any) -> torch.dtype:
 
 def check_float_dtype(dtype: torch.dtype, component: str) -> None:
     if not dtype.is_floating_point:
-        raise TypeError(f"{component}: expected a floating-point dtype, got {dtype}")
+        raise DtypeError(f"{component}: expected a floating-point dtype, got {dtype}")
 
 
 def zero_state_for(state_size: Any, batch_size: int, dtype: torch.dtype | None = None, device: Any = None) -> Any:
@@ -124,15 +133,114 @@ def check_state(state: Any, state_size: Any, batch_size: int, component: str) ->
     must be exactly ``(batch_size, size)`` and floating point.
     """
     if not _same_nesting(state, state_size):
-        raise ValueError(
+        raise StateStructureError(
             f"{component}: state structure does not match state_size; "
             f"expected {_describe(state_size)}, got {_describe(state)}"
         )
     for leaf, size in zip(flatten(state), flatten(state_size), strict=True):
         if tuple(leaf.shape) != (batch_size, size):
-            raise ValueError(
+            raise ShapeError(
                 f"{component}: expected a state of structure {_describe(state_size)} with leaves "
                 f"(batch={batch_size}, size), got {_describe(state)}"
             )
         check_float_dtype(leaf.dtype, f"{component} state")
     return pack_as(state_size, flatten(state))
+
+
+def named_leaves(structure: Any, prefix: str) -> list[tuple[str, Any]]:
+    """``(name, leaf)`` for each leaf: ``state.c``, ``state[1].h``: the names the error messages use."""
+    if not _is_sequence(structure):
+        return [(prefix, structure)]
+    fields = getattr(structure, "_fields", None)
+    keys = [f".{f}" for f in fields] if fields else [f"[{i}]" for i in range(len(structure))]
+    return [pair for key, item in zip(keys, structure, strict=True) for pair in named_leaves(item, prefix + key)]
+
+
+def _parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Every parameter of ``module`` and its submodules, registration order, duplicates allowed (cheaper than
+    ``Module.parameters()``, which hashes each tensor; this runs on every call of a small layer)."""
+    if not module._modules:
+        return [p for p in module._parameters.values() if p is not None]
+    out, todo = [], [module]
+    while todo:
+        m = todo.pop(0)
+        out.extend(p for p in m._parameters.values() if p is not None)
+        todo.extend(c for c in m._modules.values() if c is not None)
+    return out
+
+
+def _refuse_parameters(component: str, module: torch.nn.Module, tensors: Sequence[tuple[str, Any]]) -> None:
+    """Name a parameter whose dtype or device differs from most of the others' (a converted one, typically);
+    between places as common, the input's (the first of ``tensors``) is taken as the expected one."""
+    named = list(module.named_parameters(remove_duplicate=False))
+    places = Counter((p.dtype, p.device) for _, p in named)
+    first = next(((t.dtype, t.device) for _, t in tensors if t is not None), None)
+    dtype, device = max(places, key=lambda place: (places[place], place == first))
+    example = next(name for name, p in named if (p.dtype, p.device) == (dtype, device))
+    for name, p in named:
+        if (p.dtype, p.device) != (dtype, device):
+            error = DtypeError if p.dtype != dtype else DeviceError
+            raise error(
+                f"{component}: the parameters disagree: {name} is {p.dtype} on {p.device}, while {example} is "
+                f"{dtype} on {device}; all parameters of a module must share one dtype and device "
+                f"(convert the module with .to({dtype}) and .to('{device}'), or convert {name} back)"
+            )
+
+
+def _refuse_tensor(component: str, name: str, t: torch.Tensor, ref: str, dtype: Any, device: Any, module: bool) -> None:
+    """``t`` (called ``name``) differs from ``ref``'s dtype or device: say which, and the ways out. ``module``:
+    ``t`` is the input and ``ref`` the parameters, so converting the module is the other way out."""
+    verb = "are" if ref == "the parameters" else "is"
+    if t.dtype != dtype:
+        module = module and t.dtype.is_floating_point
+        fix = f"convert {name} ({name}.to({dtype}))" + (f" or the module (.to({t.dtype}))" if module else "")
+        raise DtypeError(f"{component}: {name} has dtype {t.dtype}, but {ref} {verb} {dtype}; {fix}")
+    fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if module else "")
+    raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref} {verb} on {device}; {fix}")
+
+
+def check_placement(
+    component: str,
+    module: torch.nn.Module | None,
+    tensors: Sequence[tuple[str, Any]],
+    lengths: tuple[str, Any] | None = None,
+) -> None:
+    """The one dtype-and-device check of a run, before any math: refuse any mismatch, naming both sides.
+
+    * every parameter of ``module`` (``None``: none) has the dtype and device of its first parameter;
+    * every tensor of ``tensors`` (``(name, tensor)`` pairs, input first; ``None`` entries skipped) has the
+      parameters' dtype and device (the first tensor's when there are no parameters);
+    * ``lengths`` (``(name, value)``; checked only when the value is a tensor) is on that device or on the CPU.
+
+    Raises ``DtypeError`` or ``DeviceError``: ``ValueError`` and ``RuntimeError`` alike, as torch.nn raises for
+    the same mismatches (``ValueError`` for an input against the weights, ``RuntimeError`` from its kernels).
+    (Plain loops, no message built on success: a small layer runs this on every call.)
+    """
+    params = _parameters_of(module) if module is not None else None
+    if params:
+        ref, ref_name = params[0], "the parameters"
+        dtype, device = ref.dtype, ref.device
+        for p in params:
+            if p.dtype is not dtype or p.device != device:
+                _refuse_parameters(component, module, tensors)
+    else:
+        ref = next((t for _, t in tensors if t is not None), None)
+        if ref is None:
+            return
+        ref_name = next(name for name, t in tensors if t is ref)
+        dtype, device = ref.dtype, ref.device
+    first = True
+    for name, t in tensors:
+        if t is None:
+            continue
+        if t is not ref and (t.dtype is not dtype or t.device != device):
+            _refuse_tensor(component, name, t, ref_name, dtype, device, first and bool(params))
+        first = False
+    if lengths is not None and isinstance(lengths[1], torch.Tensor):
+        name, where = lengths[0], lengths[1].device
+        if where != device and where.type != "cpu":
+            places = "the CPU" + ("" if device.type == "cpu" else f" or on {device}")
+            raise DeviceError(
+                f"{component}: {name} is on device {where}; expected it on {places} (the device of {ref_name}): "
+                "rnnkit reads the lengths' values"
+            )

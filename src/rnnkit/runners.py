@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from . import engine as _engine
-from ._structure import as_torch_dtype, check_float_dtype, check_state
+from ._structure import as_torch_dtype, check_float_dtype, check_placement, check_state, named_leaves
 from .cells._base import RNNCell
+from .errors import DtypeError, InputValueError, NotATensorError, ShapeError
 
 __all__ = [
     "dynamic_rnn",
@@ -39,11 +40,11 @@ def _check_cell(cell: Any, component: str) -> RNNCell:
 
 def _check_inputs(inputs: Any, component: str, time_major: bool) -> torch.Tensor:
     if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"{component}: expected inputs to be a torch.Tensor, got {type(inputs).__name__}")
+        raise NotATensorError(f"{component}: expected inputs to be a torch.Tensor, got {type(inputs).__name__}")
     check_float_dtype(inputs.dtype, f"{component} inputs")
     if inputs.dim() != 3:
         layout = "(time, batch, depth)" if time_major else "(batch, time, depth)"
-        raise ValueError(f"{component}: expected inputs of rank 3 {layout}, got shape {tuple(inputs.shape)}")
+        raise ShapeError(f"{component}: expected inputs of rank 3 {layout}, got shape {tuple(inputs.shape)}")
     return inputs
 
 
@@ -52,17 +53,18 @@ def _check_lengths(
 ):
     """``sequence_length`` as a ``(batch,)`` int64 tensor on ``device``, each value in ``[0, steps]``.
 
-    ``name`` is the argument's name in the caller's API, for the error messages.
+    ``name`` is the argument's name in the caller's API, for the error messages. The lengths' device is
+    ``check_placement``'s to check, before this reads their values.
     """
     if sequence_length is None:
         return None
     lengths = torch.as_tensor(sequence_length)
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"{component}: {name} must hold integers, got dtype {lengths.dtype}")
+        raise DtypeError(f"{component}: {name} must hold integers, got dtype {lengths.dtype}")
     if lengths.shape != (batch,):
-        raise ValueError(f"{component}: {name} must have shape (batch,) = ({batch},), got {tuple(lengths.shape)}")
+        raise ShapeError(f"{component}: {name} must have shape (batch,) = ({batch},), got {tuple(lengths.shape)}")
     if batch and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
-        raise ValueError(
+        raise InputValueError(
             f"{component}: {name} values must be in [0, {steps}] (the number of time steps), "
             f"got min {int(lengths.min())}, max {int(lengths.max())}"
         )
@@ -82,15 +84,24 @@ def reverse_sequence(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Ten
     return x.gather(0, index)
 
 
-def _initial_state(cell: RNNCell, initial_state: Any, inputs: torch.Tensor, dtype: Any, component: str) -> Any:
-    batch = inputs.shape[1]
-    if dtype is not None:
-        dtype = as_torch_dtype(dtype)
-        if dtype != inputs.dtype:
-            raise TypeError(f"{component}: dtype={dtype} but the inputs are {inputs.dtype}")
+def _check_dtype_argument(dtype: Any, inputs: torch.Tensor, component: str) -> None:
+    if dtype is not None and as_torch_dtype(dtype) != inputs.dtype:
+        raise DtypeError(f"{component}: dtype={as_torch_dtype(dtype)} but the inputs are {inputs.dtype}")
+
+
+def _initial_state(
+    cell: RNNCell, initial_state: Any, inputs: torch.Tensor, component: str, name: str = "initial_state"
+) -> Any:
+    """``initial_state`` checked against ``cell`` (structure, shape, then dtype and device), or zeros.
+
+    ``cell`` must be built (its parameters are what the state's dtype and device are checked against).
+    """
     if initial_state is None:
-        return cell.zero_state(batch, inputs.dtype, device=inputs.device)
-    return check_state(initial_state, cell.state_size, batch, f"{component} initial_state")
+        check_placement(component, cell, [("inputs", inputs)])
+        return cell.zero_state(inputs.shape[1], inputs.dtype, device=inputs.device)
+    state = check_state(initial_state, cell.state_size, inputs.shape[1], f"{component} {name}")
+    check_placement(component, cell, [("inputs", inputs), *named_leaves(state, name)])
+    return state
 
 
 def _unroll(
@@ -108,19 +119,20 @@ def _unroll(
 def _build_checked(cell: RNNCell, x: torch.Tensor, component: str, shape: tuple[int, ...]) -> None:
     """Build ``cell`` for the depth of ``x``, or refuse if it is built for another (``shape``: for the message)."""
     if cell.built and x.shape[-1] != cell.input_depth:
-        raise ValueError(
+        raise ShapeError(
             f"{component}: {type(cell).__name__} is built for input depth {cell.input_depth}, "
             f"got inputs of shape {shape}"
         )
     cell._build_for(x)
 
 
-def _prepare(cell, inputs, sequence_length, time_major, component):
-    """Shared set-up: check ``cell`` and ``inputs``, go time-major, build, check lengths."""
+def _prepare(cell: Any, inputs: Any, sequence_length: Any, time_major: bool, component: str):
+    """Shared set-up: check ``cell`` and ``inputs``, go time-major, build, check the lengths (device, then values)."""
     _check_cell(cell, component)
     inputs = _check_inputs(inputs, component, time_major)
     x = inputs if time_major else inputs.transpose(0, 1)  # (T, B, D)
     _build_checked(cell, x, component, tuple(inputs.shape))
+    check_placement(component, None, [("inputs", x)], ("sequence_length", sequence_length))
     lengths = _check_lengths(sequence_length, x.shape[1], x.shape[0], x.device, component)
     return x, lengths
 
@@ -155,7 +167,7 @@ def _unroll_layers(
             _check_cell(cell, where)
             _build_checked(cell, x, where, tuple(x.shape))
             state = None if initial_states is None else initial_states[k][d]
-            state = _initial_state(cell, state, x, None, where)
+            state = _initial_state(cell, state, x, where)
             out, state = _unroll(cell, x, state, lengths, reverse=d == 1)
             outputs.append(out)
             states.append(state)
@@ -197,8 +209,16 @@ def dynamic_rnn(
         >>> tuple(outputs.shape), tuple(state.h.shape)
         ((32, 10, 128), (32, 128))
     """
-    x, lengths = _prepare(cell, inputs, sequence_length, time_major, "dynamic_rnn")
-    state = _initial_state(cell, initial_state, x, dtype, "dynamic_rnn")
+    return _dynamic_rnn(cell, inputs, sequence_length, initial_state, dtype, time_major, "dynamic_rnn")
+
+
+def _dynamic_rnn(
+    cell: Any, inputs: Any, sequence_length: Any, initial_state: Any, dtype: Any, time_major: bool, component: str
+) -> tuple[torch.Tensor, Any]:
+    """``dynamic_rnn`` under the name of the runner the user called (``static_rnn`` goes through here too)."""
+    x, lengths = _prepare(cell, inputs, sequence_length, time_major, component)
+    _check_dtype_argument(dtype, x, component)
+    state = _initial_state(cell, initial_state, x, component)
     out, state = _unroll(cell, x, state, lengths)
     return (out if time_major else out.transpose(0, 1)), state
 
@@ -217,18 +237,24 @@ def static_rnn(
     the semantics of ``sequence_length`` are ``dynamic_rnn``'s.
     """
     x = _stack_steps(inputs, "static_rnn")
-    outputs, state = dynamic_rnn(cell, x, sequence_length, initial_state, dtype, time_major=True)
+    outputs, state = _dynamic_rnn(cell, x, sequence_length, initial_state, dtype, True, "static_rnn")
     return list(outputs.unbind(0)), state
 
 
 def _stack_steps(inputs: Any, component: str) -> torch.Tensor:
+    """The list of ``(batch, depth)`` steps as one time-major ``(T, B, D)`` tensor; the steps must agree in
+    shape, dtype and device (``torch.stack`` would promote a dtype silently)."""
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, (list, tuple)) or not inputs:
         raise TypeError(
             f"{component}: expected a non-empty list of (batch, depth) tensors, got {type(inputs).__name__}"
         )
+    for t, step in enumerate(inputs):
+        if not isinstance(step, torch.Tensor):
+            raise NotATensorError(f"{component}: expected inputs[{t}] to be a torch.Tensor, got {type(step).__name__}")
     shapes = {tuple(x.shape) for x in inputs}
     if len(shapes) != 1:
-        raise ValueError(f"{component}: all time steps must have one shape, got {sorted(shapes)}")
+        raise ShapeError(f"{component}: all time steps must have one shape, got {sorted(shapes)}")
+    check_placement(component, None, [(f"inputs[{t}]", step) for t, step in enumerate(inputs)])
     return torch.stack(list(inputs))  # (T, B, D)
 
 
@@ -256,11 +282,29 @@ def bidirectional_dynamic_rnn(
     torch's sense (layer k+1 reading both directions of layer k): use
     ``stack_bidirectional_dynamic_rnn`` for that.
     """
-    component = "bidirectional_dynamic_rnn"
+    return _bidirectional_dynamic_rnn(
+        cell_fw, cell_bw, inputs, sequence_length, initial_state_fw, initial_state_bw, dtype, time_major,
+        "bidirectional_dynamic_rnn",
+    )  # fmt: skip
+
+
+def _bidirectional_dynamic_rnn(
+    cell_fw: Any,
+    cell_bw: Any,
+    inputs: Any,
+    sequence_length: Any,
+    initial_state_fw: Any,
+    initial_state_bw: Any,
+    dtype: Any,
+    time_major: bool,
+    component: str,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[Any, Any]]:
+    """``bidirectional_dynamic_rnn`` under the name of the runner the user called."""
     x, lengths = _prepare(cell_fw, inputs, sequence_length, time_major, f"{component} (forward)")
     _prepare(cell_bw, x, None, True, f"{component} (backward)")
-    s_fw = _initial_state(cell_fw, initial_state_fw, x, dtype, f"{component} forward")
-    s_bw = _initial_state(cell_bw, initial_state_bw, x, dtype, f"{component} backward")
+    _check_dtype_argument(dtype, x, component)
+    s_fw = _initial_state(cell_fw, initial_state_fw, x, f"{component} (forward)", "initial_state_fw")
+    s_bw = _initial_state(cell_bw, initial_state_bw, x, f"{component} (backward)", "initial_state_bw")
     out_fw, s_fw = _unroll(cell_fw, x, s_fw, lengths)
     out_bw, s_bw = _unroll(cell_bw, x, s_bw, lengths, reverse=True)
     if not time_major:
@@ -280,9 +324,10 @@ def static_bidirectional_rnn(
 ) -> tuple[list[torch.Tensor], Any, Any]:
     """TF1's ``tf.nn.static_bidirectional_rnn``: returns ``(outputs, state_fw, state_bw)`` with
     ``outputs`` a list of ``(batch, fw_size + bw_size)`` tensors."""
-    x = _stack_steps(inputs, "static_bidirectional_rnn")
-    (out_fw, out_bw), (s_fw, s_bw) = bidirectional_dynamic_rnn(
-        cell_fw, cell_bw, x, sequence_length, initial_state_fw, initial_state_bw, dtype, time_major=True
+    component = "static_bidirectional_rnn"
+    x = _stack_steps(inputs, component)
+    (out_fw, out_bw), (s_fw, s_bw) = _bidirectional_dynamic_rnn(
+        cell_fw, cell_bw, x, sequence_length, initial_state_fw, initial_state_bw, dtype, True, component
     )
     return list(torch.cat([out_fw, out_bw], -1).unbind(0)), s_fw, s_bw
 
@@ -322,8 +367,7 @@ def stack_bidirectional_dynamic_rnn(
         if states is not None and len(states) != n:
             raise ValueError(f"{component}: {name} must hold one state per layer ({n}), got {len(states)}")
     x, lengths = _prepare(cells_fw[0], inputs, sequence_length, time_major, component)
-    if dtype is not None and as_torch_dtype(dtype) != x.dtype:
-        raise TypeError(f"{component}: dtype={as_torch_dtype(dtype)} but the inputs are {x.dtype}")
+    _check_dtype_argument(dtype, x, component)
     initial_states = [
         (
             None if initial_states_fw is None else initial_states_fw[k],

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._structure import check_float_dtype, check_state, zero_state_for
+from .._structure import check_float_dtype, check_placement, check_state, named_leaves, zero_state_for
+from ..errors import ArgumentTypeError, NotATensorError, NotBuiltError, ShapeError
 
 __all__ = ["RNNCell", "Dense", "get_activation", "glorot_uniform_", "check_units", "dropout_mask"]
 
@@ -61,7 +62,11 @@ def glorot_uniform_(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def check_units(value: Any, name: str, component: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    """``value`` if it is a positive ``int``: ``ArgumentTypeError`` for another type (``bool`` included, a
+    ``TypeError`` as torch.nn raises for ``hidden_size=2.0``), ``ValueError`` for ``value <= 0``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{component}: {name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value <= 0:
         raise ValueError(f"{component}: {name} must be a positive int, got {value!r}")
     return value
 
@@ -120,7 +125,7 @@ class RNNCell(nn.Module):
         check_units(input_depth, "input_depth", self._name)
         if self.built:
             if input_depth != self.input_depth:
-                raise ValueError(
+                raise ShapeError(
                     f"{self._name}: built for input depth {self.input_depth}, got inputs of depth {input_depth}"
                 )
             return
@@ -153,14 +158,14 @@ class RNNCell(nn.Module):
 
     def _check_inputs(self, inputs: Any) -> None:
         if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"{self._name}: expected inputs to be a torch.Tensor, got {type(inputs).__name__}")
+            raise NotATensorError(f"{self._name}: expected inputs to be a torch.Tensor, got {type(inputs).__name__}")
         check_float_dtype(inputs.dtype, f"{self._name} inputs")
         if inputs.dim() != 2:
-            raise ValueError(
+            raise ShapeError(
                 f"{self._name}: expected inputs of rank 2 (batch, input_depth), got shape {tuple(inputs.shape)}"
             )
         if self.built and inputs.shape[-1] != self.input_depth:
-            raise ValueError(
+            raise ShapeError(
                 f"{self._name}: built for input depth {self.input_depth}, got inputs of shape {tuple(inputs.shape)}"
             )
 
@@ -169,7 +174,25 @@ class RNNCell(nn.Module):
         self._check_inputs(inputs)
         state = check_state(state, self.state_size, inputs.shape[0], self._name)
         self._build_for(inputs)
+        check_placement(self._name, self, [("inputs", inputs), *named_leaves(state, "state")])
         return self.call(inputs, state)
+
+    def __getattr__(self, name: str) -> Any:
+        # nn.Module.__getattr__ finds parameters and submodules; before the lazy build there are none, so say why
+        # (still an AttributeError: hasattr() and getattr(cell, name, default) keep their meaning).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or self.__dict__.get("input_depth", 0) is not None:
+                raise
+        raise NotBuiltError(
+            f"'{type(self).__name__}' object has no attribute '{name}': the cell is not built yet. rnnkit's cells "
+            "create their parameters lazily on their first call, from the depth of the inputs (TF's build); to "
+            f"build it now, pass input_size= to the constructor ({type(self).__name__}(..., input_size=depth)) "
+            "or call cell.build(depth)",
+            name=name,
+            obj=self,
+        )
 
     def zero_state(self, batch_size: int, dtype: torch.dtype | None = None, device: Any = None) -> Any:
         """Zeros ``(batch_size, size)`` in the structure of ``state_size``, on the cell's device."""

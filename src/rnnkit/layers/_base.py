@@ -18,9 +18,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from .._structure import as_torch_dtype, check_float_dtype, check_placement
 from ..cells._base import check_units
 from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parameter_
 from ..engine import layers as _engine_layers
+from ..errors import ArgumentTypeError, NotATensorError, ShapeError, StateStructureError
 from ..runners import _check_lengths, _unroll_layers
 
 # layer -> {(layer index, direction): (key, cell)}; weak, so that caching never keeps a layer alive.
@@ -57,15 +59,19 @@ class RNNLayer(nn.Module):
         for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name}: {flag} must be a bool, got {type(value).__name__} {value!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
-            raise ValueError(
-                f"{name}: dropout must be a number in [0, 1] (the probability of zeroing), got {dropout!r}"
-            )
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+            # torch.nn: TypeError where float(dropout) fails (None), ValueError otherwise ("0.5", True, 1.5)
+            error = ValueError if isinstance(dropout, numbers.Real) else ArgumentTypeError
+            raise error(f"{name}: dropout must be a number in [0, 1] (the probability of zeroing), got {dropout!r}")
+        if dtype is not None:
+            check_float_dtype(as_torch_dtype(dtype), f"{name} dtype")
         self.mode = mode
         self.input_size = check_units(input_size, "input_size", name)
         self.hidden_size = check_units(hidden_size, "hidden_size", name)
         self.num_layers = check_units(num_layers, "num_layers", name)
-        self.proj_size = 0 if proj_size == 0 else check_units(proj_size, "proj_size", name)
+        if proj_size != 0:
+            check_units(proj_size, "proj_size", name)  # 0 (any falsy number) disables the projection
+        self.proj_size = int(proj_size)
         if proj_size >= hidden_size:
             raise ValueError(f"{name}: proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}")
         if dropout > 0 and num_layers == 1:
@@ -160,22 +166,26 @@ class RNNLayer(nn.Module):
 
     # -- running -------------------------------------------------------------------------------
     def forward(self, input: Any, hx: Any = None, *, lengths: Any = None) -> tuple[Any, Any]:
-        """``output, h_n = layer(input, h_0)`` as ``torch.nn``; ``lengths=`` for padded variable-length input."""
-        x, lengths, packed, unbatched = self._time_major_input(input, lengths)  # x: (T, B, I)
-        states = self._initial_states(hx, x, unbatched)
-        whole = _engine_layers.run_layer(self, x, self._stacked_hidden(hx, unbatched), lengths)
+        """``output, h_n = layer(input, h_0)`` as ``torch.nn``; ``lengths=`` for padded variable-length input.
+
+        Everything is checked before any math: shapes (``ShapeError``), the state's structure, then one
+        ``check_placement`` of the input, the state, the lengths and the parameters (``DtypeError``,
+        ``DeviceError``): each error of the class ``torch.nn`` raises for the same mistake (``rnnkit.errors``).
+        """
+        data, batch, unbatched = self._check_input(input, lengths)
+        parts = self._check_hidden(hx, batch, unbatched)  # each (L * D, B, size), or None
+        what = "PackedSequence data" if isinstance(input, PackedSequence) else "input"
+        named = [(what, data), *zip(self._hidden_names, parts or (), strict=False)]
+        check_placement(type(self).__name__, self, named, ("lengths", lengths))
+        x, lengths, packed = self._time_major(input, lengths, unbatched)  # x: (T, B, I)
+        stacked_hx = None if parts is None else parts if len(parts) > 1 else parts[0]
+        whole = _engine_layers.run_layer(self, x, stacked_hx, lengths)
         if whole is not None:  # torch's math: one call of torch's kernel for all layers and directions
             out, parts = whole
             hidden = tuple(p.squeeze(1) for p in parts) if unbatched else parts
             return self._format_output(out, packed, unbatched), hidden[0] if len(hidden) == 1 else hidden
-        out, final_states = self._run(x, states, lengths)  # (T, B, D * R)
+        out, final_states = self._run(x, self._initial_states(parts), lengths)  # (T, B, D * R)
         return self._format_output(out, packed, unbatched), self._format_hidden(final_states, unbatched)
-
-    def _stacked_hidden(self, hx: Any, unbatched: bool) -> Any:
-        """The (validated) ``h_0`` as torch's kernels take it: ``(L * D, B, size)`` tensors, or ``None``."""
-        if hx is None or not unbatched:
-            return hx
-        return tuple(p.unsqueeze(1) for p in hx) if isinstance(hx, (tuple, list)) else hx.unsqueeze(1)
 
     def step(self, input: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
         """One time step of a one-direction stack, for streaming: ``y_t, state = layer.step(x_t, state)``.
@@ -194,9 +204,12 @@ class RNNLayer(nn.Module):
                 f"{name}.step: recurrent_dropout draws one mask per sequence, which a single step "
                 "cannot keep; call eval() for streaming, or forward on the whole sequence"
             )
-        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
-            shape = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
-            raise ValueError(f"{name}.step: expected x_t of shape (batch, input_size) or (input_size,), got {shape}")
+        if not isinstance(input, torch.Tensor):
+            raise NotATensorError(f"{name}.step: expected x_t to be a tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ShapeError(
+                f"{name}.step: expected x_t of shape (batch, input_size) or (input_size,), got {tuple(input.shape)}"
+            )
         time_dim = 1 if self.batch_first and input.dim() == 2 else 0
         output, hidden = self(input.unsqueeze(time_dim), hx)
         return output.squeeze(time_dim), hidden
@@ -230,53 +243,60 @@ class RNNLayer(nn.Module):
         return cell if cell.training == self.training else cell.train(self.training)
 
     # -- torch's input and output conventions --------------------------------------------------
-    def _time_major_input(self, input: Any, lengths: Any) -> tuple[torch.Tensor, Any, Any, bool]:
+    def _check_input(self, input: Any, lengths: Any) -> tuple[torch.Tensor, int, bool]:
+        """``(the tensor holding the features, batch, unbatched)``, after the checks of torch's ``check_input``
+        (rank, ``input_size``); the dtype is ``check_placement``'s."""
         name = type(self).__name__
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError(
                     f"{name}: lengths= cannot be combined with a PackedSequence input, which carries its own lengths"
                 )
-            self._check_features(input.data, "PackedSequence data", 2)
-            x, lengths = pad_packed_sequence(input)  # (T, B, I) in the caller's batch order
-            return x, lengths.to(x.device), input, False
+            if input.data.dim() != 2:
+                raise ShapeError(
+                    f"{name}: expected PackedSequence data of rank 2 (sum of lengths, input_size), "
+                    f"got shape {tuple(input.data.shape)}"
+                )
+            self._check_features(input.data, "PackedSequence data")
+            return input.data, int(input.batch_sizes[0]), False
         if not isinstance(input, torch.Tensor):
-            raise TypeError(f"{name}: expected input to be a tensor or a PackedSequence, got {type(input).__name__}")
+            raise NotATensorError(
+                f"{name}: expected input to be a tensor or a PackedSequence, got {type(input).__name__}"
+            )
         if input.dim() not in (2, 3):
             layout = "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
-            raise ValueError(
+            raise ShapeError(
                 f"{name}: expected input of rank 3 {layout} or rank 2 (seq_len, input_size) "
                 f"unbatched, got shape {tuple(input.shape)}"
             )
-        self._check_features(input, "input", input.dim())
+        self._check_features(input, "input")
         unbatched = input.dim() == 2
+        return input, 1 if unbatched else input.shape[0 if self.batch_first else 1], unbatched
+
+    def _check_features(self, x: torch.Tensor, what: str) -> None:
+        if x.shape[-1] != self.input_size:
+            raise ShapeError(
+                f"{type(self).__name__}: expected {what} with input_size={self.input_size} features in its last "
+                f"dimension, got shape {tuple(x.shape)}"
+            )
+
+    def _time_major(self, input: Any, lengths: Any, unbatched: bool) -> tuple[torch.Tensor, Any, Any]:
+        """``(x (T, B, I), lengths (B,) int64 or None, the PackedSequence or None)`` of a checked input."""
+        if isinstance(input, PackedSequence):
+            x, lengths = pad_packed_sequence(input)  # (T, B, I) in the caller's batch order
+            return x, lengths.to(x.device), input
         if unbatched:
             x = input.unsqueeze(1)  # (T, 1, I)
             if lengths is not None and torch.as_tensor(lengths).dim() == 0:
                 lengths = torch.as_tensor(lengths).reshape(1)
         else:
             x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
-        lengths = _check_lengths(lengths, x.shape[1], x.shape[0], x.device, name, name="lengths")
-        return x, lengths, None, unbatched
-
-    def _check_features(self, x: torch.Tensor, what: str, rank: int) -> None:
         name = type(self).__name__
-        if not x.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point {what}, got dtype {x.dtype}")
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"{name}: expected {what} with input_size={self.input_size} features in its last "
-                f"dimension, got shape {tuple(x.shape)}"
-            )
-        weight = getattr(self, self._flat_weights_names[0])
-        if x.dtype != weight.dtype:
-            raise TypeError(
-                f"{name}: {what} dtype {x.dtype} does not match the parameters' {weight.dtype}; "
-                f"convert the input (input.to({weight.dtype})) or the layer (layer.to({x.dtype}))"
-            )
+        return x, _check_lengths(lengths, x.shape[1], x.shape[0], x.device, name, name="lengths"), None
 
-    def _initial_states(self, hx: Any, x: torch.Tensor, unbatched: bool) -> list[list[Any]] | None:
-        """``h_0`` (and ``c_0``) ``(num_layers * num_directions, batch, size)`` -> one cell state per (k, d)."""
+    def _check_hidden(self, hx: Any, batch: int, unbatched: bool) -> tuple[torch.Tensor, ...] | None:
+        """``h_0`` (and ``c_0``) checked as torch.nn does, each ``(num_layers * num_directions, batch, size)``
+        (unbatched: given ``(L * D, size)``, returned ``(L * D, 1, size)``), or ``None``."""
         if hx is None:
             return None
         name, names = type(self).__name__, self._hidden_names
@@ -285,21 +305,26 @@ class RNNLayer(nn.Module):
         elif isinstance(hx, (tuple, list)) and len(hx) == len(names):
             parts = tuple(hx)
         else:
-            raise TypeError(f"{name}: expected hx to be a tuple ({', '.join(names)}), got {type(hx).__name__}")
-        stacked = self.num_layers * self._directions
+            got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+            raise StateStructureError(f"{name}: expected hx to be a tuple ({', '.join(names)}), got {got}")
+        stacked, rank = self.num_layers * self._directions, 2 if unbatched else 3
         for part, part_name, size in zip(parts, names, self._hidden_sizes(), strict=True):
-            expected = (stacked, size) if unbatched else (stacked, x.shape[1], size)
             if not isinstance(part, torch.Tensor):
-                raise TypeError(f"{name}: expected {part_name} to be a tensor, got {type(part).__name__}")
+                raise NotATensorError(f"{name}: expected {part_name} to be a tensor, got {type(part).__name__}")
+            expected = (stacked, size) if unbatched else (stacked, batch, size)
             if tuple(part.shape) != expected:
                 layout = "(num_layers * num_directions, " + ("" if unbatched else "batch, ") + "size)"
-                raise ValueError(
+                kind = f"; {'unbatched 2-D' if unbatched else 'batched 3-D'} input takes a {rank}-D {part_name}"
+                raise ShapeError(
                     f"{name}: expected {part_name} of shape {layout} = {expected}, got {tuple(part.shape)}"
+                    + (kind if part.dim() != rank else "")
                 )
-            if part.dtype != x.dtype:
-                raise TypeError(f"{name}: {part_name} dtype {part.dtype} does not match the input's {x.dtype}")
-        if unbatched:
-            parts = tuple(p.unsqueeze(1) for p in parts)  # (L*D, 1, size)
+        return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
+
+    def _initial_states(self, parts: tuple[torch.Tensor, ...] | None) -> list[list[Any]] | None:
+        """The checked ``(L * D, B, size)`` state tensors -> one cell state per (layer, direction)."""
+        if parts is None:
+            return None
         directions = self._directions
         return [
             [self._to_cell_state(tuple(p[k * directions + d] for p in parts)) for d in range(directions)]

@@ -10,6 +10,15 @@ from ._base import RNNLayer
 __all__ = ["RNN", "GRU"]
 
 
+def _refuse_projection(name: str, proj_size: Any) -> None:
+    """torch.nn's ``RNN``/``GRU`` take no ``proj_size`` and refuse it with a ``ValueError``; so do these."""
+    if proj_size is not None:
+        raise ValueError(
+            f"{name}: proj_size is only supported by LSTM (it projects the LSTM's h), not by RNN or GRU; "
+            f"got proj_size={proj_size!r}"
+        )
+
+
 class RNN(RNNLayer):
     r"""Multi-layer Elman RNN with ``torch.nn.RNN``'s contract (arguments, shapes, parameter names, init)::
 
@@ -29,6 +38,8 @@ class RNN(RNNLayer):
 
     Beyond torch: ``recurrent_dropout`` (one mask per sequence on the ``h`` the recurrent matmul reads) and
     ``zoneout`` (training: each unit keeps its previous state with that probability; eval: the expectation).
+    ``proj_size`` is refused with torch's ``ValueError`` (LSTM only). Bad arguments raise the classes torch.nn
+    raises for them (``rnnkit.errors``).
 
     Example::
 
@@ -57,7 +68,9 @@ class RNN(RNNLayer):
         *,
         recurrent_dropout: float = 0.0,
         zoneout: float = 0.0,
+        proj_size: None = None,
     ):
+        _refuse_projection("RNN", proj_size)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -113,7 +126,9 @@ class GRU(RNNLayer):
         reset_after: bool = True,
         recurrent_dropout: float = 0.0,
         zoneout: float = 0.0,
+        proj_size: None = None,
     ):
+        _refuse_projection("GRU", proj_size)
         if not isinstance(reset_after, bool):
             raise TypeError(f"GRU: reset_after must be a bool, got {reset_after!r}")
         self.reset_after = reset_after
