@@ -256,6 +256,9 @@ class RNNLayer(nn.Module):
                 lengths = torch.as_tensor(lengths).reshape(1)
         else:
             x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        if x.shape[0] == 0:  # torch.nn refuses it too (with this message); there is no last step to return
+            raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, got input of shape "
+                               f"{tuple(input.shape)}")
         lengths = _check_lengths(lengths, x.shape[1], x.shape[0], x.device, name, name="lengths")
         return x, lengths, None, unbatched
 
