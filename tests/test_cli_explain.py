@@ -134,7 +134,7 @@ def test_expression_parser_is_safe_and_tf_spelled():
         ("os.BasicRNNCell(4)", "unknown cell constructor"),
         ("MultiRNNCell([BasicLSTMCell(4)] * 100000)", r"only \[Cell\(...\)\] \* n"),
         ("MultiRNNCell(BasicLSTMCell(4) * 2)", r"only \[Cell\(...\)\] \* n"),
-        ("BasicRNNCell(-3)", "num_units must be a positive int"),
+        ("BasicRNNCell(-3)", "num_units must be greater than zero"),
         ("BasicRNNCell(", "not a Python expression"),
         ("[BasicRNNCell(4) for _ in range(10**9)]", "unsupported syntax"),
     ]:

@@ -30,14 +30,25 @@ def test_projection_to_num_units_or_more_runs_on_every_path(num_proj):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("make", [lambda: rk.LSTM(3, 4, 2), lambda: rk.GRU(3, 4, bidirectional=True), rk.RNN])
-def test_empty_sequences_give_empty_outputs_on_every_path(backend, make):
+def test_empty_sequences_are_refused_by_the_layers_on_every_path_as_torch_refuses_them(backend, make):
     layer = make() if not isinstance(make, type) else make(3, 4)
+    torch_layer = getattr(torch.nn, type(layer).__name__)(3, 4)
+    with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        torch_layer(torch.randn(0, 2, 3))
+    with rk.engine.use(backend), pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        layer(torch.randn(0, 2, 3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_sequences_give_empty_outputs_through_the_tf_runners_on_every_path(backend):
+    """TF's dynamic_rnn runs zero steps: empty outputs, the initial state back."""
+    cell = rk.MultiRNNCell([rk.BasicLSTMCell(4), rk.GRUCell(3)], input_size=3)
+    s0 = cell.zero_state(2, torch.float32)
     with rk.engine.use(backend):
-        out, final = layer(torch.randn(0, 2, 3))
-    directions = 2 if layer.bidirectional else 1
-    assert out.shape == (0, 2, 4 * directions)
-    for h in flatten(final):
-        assert h.shape == (layer.num_layers * directions, 2, 4) and not h.any()
+        out, final = rk.dynamic_rnn(cell, torch.randn(2, 0, 3), initial_state=s0)
+    assert out.shape == (2, 0, 3)
+    for a, b in zip(flatten(final), flatten(s0), strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0])

@@ -13,15 +13,15 @@ from rnnkit.layers import GRU, LSTM, RNN
 @pytest.mark.parametrize(
     "make, error, match",
     [
-        (lambda: LSTM(4, 3, proj_size=3), ValueError, r"LSTM: proj_size must be smaller than hidden_size \(3\), got 3"),
-        (lambda: LSTM(4, 3, proj_size=-1), ValueError, "LSTM: proj_size must be a positive int, got -1"),
-        (lambda: GRU(4, 3, dropout=1.5), ValueError, r"GRU: dropout must be a number in \[0, 1\].*got 1.5"),
-        (lambda: RNN(4, 3, dropout=-0.1), ValueError, r"RNN: dropout must be a number in \[0, 1\]"),
-        (lambda: RNN(4, 3, dropout=True), ValueError, "dropout must be a number"),
-        (lambda: RNN(4, 3, nonlinearity="sigmoid"), ValueError, "RNN: nonlinearity must be 'tanh' or 'relu'"),
-        (lambda: RNN(0, 3), ValueError, "RNN: input_size must be a positive int, got 0"),
-        (lambda: GRU(4, 2.5), ValueError, "GRU: hidden_size must be a positive int, got 2.5"),
-        (lambda: LSTM(4, 3, num_layers=0), ValueError, "LSTM: num_layers must be a positive int, got 0"),
+        (lambda: LSTM(4, 3, proj_size=3), ValueError, r"LSTM: proj_size has to be smaller than hidden_size \(3\), got proj_size=3"),
+        (lambda: LSTM(4, 3, proj_size=-1), ValueError, "LSTM: proj_size must be greater than zero \\(a positive int\\), got -1"),
+        (lambda: GRU(4, 3, dropout=1.5), ValueError, r"GRU: dropout should be a number in range \[0, 1\].*got 1.5"),
+        (lambda: RNN(4, 3, dropout=-0.1), ValueError, r"RNN: dropout should be a number in range \[0, 1\]"),
+        (lambda: RNN(4, 3, dropout=True), ValueError, "dropout should be a number"),
+        (lambda: RNN(4, 3, nonlinearity="sigmoid"), ValueError, "RNN: Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'"),
+        (lambda: RNN(0, 3), ValueError, "RNN: input_size must be greater than zero \\(a positive int\\), got 0"),
+        (lambda: GRU(4, 2.5), ValueError, "GRU: hidden_size should be of type int \\(a positive int\\), got: float \\(2.5\\)"),
+        (lambda: LSTM(4, 3, num_layers=0), ValueError, "LSTM: num_layers must be greater than zero \\(a positive int\\), got 0"),
         (lambda: LSTM(4, 3, bias=1), TypeError, "LSTM: bias must be a bool, got int 1"),
         (lambda: GRU(4, 3, reset_after="no"), TypeError, "GRU: reset_after must be a bool"),
         (lambda: LSTM(4, 3, recurrent_dropout=1.0), ValueError, r"LSTM: recurrent_dropout must be .* \[0, 1\)"),
@@ -65,18 +65,18 @@ def test_hidden_state_errors():
     lstm = LSTM(4, 3, num_layers=2, proj_size=2, bidirectional=True)
     x = torch.randn(5, 2, 4)
     h, c = torch.zeros(4, 2, 2), torch.zeros(4, 2, 3)
-    with pytest.raises(ValueError, match=r"LSTM: expected h_0 of shape .* = \(4, 2, 2\), got \(2, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"LSTM: Expected hidden\[0\] size \(4, 2, 2\), got \[2, 2, 2\]: h_0 must be"):
         lstm(x, (h[:2], c))
-    with pytest.raises(ValueError, match=r"LSTM: expected c_0 of shape .* = \(4, 2, 3\), got \(4, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"LSTM: Expected hidden\[1\] size \(4, 2, 3\), got \[4, 2, 2\]: c_0 must be"):
         lstm(x, (h, h))
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(num_layers \* num_directions, size\)"):
+    with pytest.raises(ValueError, match=r"h_0 must be \(num_layers \* num_directions, size\)"):
         lstm(x[:, 0], (h, c))  # unbatched input wants 2-D states
     with pytest.raises(TypeError, match=r"LSTM: expected hx to be a tuple \(h_0, c_0\), got Tensor"):
         lstm(x, h)
     with pytest.raises(TypeError, match="LSTM: h_0 has dtype torch.float64, but the parameters are torch.float32"):
         lstm(x, (h.double(), c))
     gru = GRU(4, 3)
-    with pytest.raises(ValueError, match=r"GRU: expected hx of shape .* = \(1, 2, 3\), got \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"GRU: Expected hidden size \(1, 2, 3\), got \[1, 3\]: hx must be"):
         gru(x, torch.zeros(1, 3))
 
 

@@ -64,10 +64,14 @@ def glorot_uniform_(tensor: torch.Tensor) -> torch.Tensor:
 def check_units(value: Any, name: str, component: str) -> int:
     """``value`` if it is a positive ``int``: ``ArgumentTypeError`` for another type (``bool`` included, a
     ``TypeError`` as torch.nn raises for ``hidden_size=2.0``), ``ValueError`` for ``value <= 0``."""
+    # The messages keep torch.nn's words ("should be of type int", "must be greater than zero"), which code and
+    # tests written against torch.nn match.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentTypeError(f"{component}: {name} must be a positive int, got {value!r} ({type(value).__name__})")
+        raise ArgumentTypeError(
+            f"{component}: {name} should be of type int (a positive int), got: {type(value).__name__} ({value!r})"
+        )
     if value <= 0:
-        raise ValueError(f"{component}: {name} must be a positive int, got {value!r}")
+        raise ValueError(f"{component}: {name} must be greater than zero (a positive int), got {value!r}")
     return value
 
 

@@ -62,7 +62,10 @@ class RNNLayer(nn.Module):
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
             # torch.nn: TypeError where float(dropout) fails (None), ValueError otherwise ("0.5", True, 1.5)
             error = ValueError if isinstance(dropout, numbers.Real) else ArgumentTypeError
-            raise error(f"{name}: dropout must be a number in [0, 1] (the probability of zeroing), got {dropout!r}")
+            raise error(
+                f"{name}: dropout should be a number in range [0, 1] representing the probability of an element "
+                f"being zeroed, got {dropout!r}"
+            )
         if dtype is not None:
             check_float_dtype(as_torch_dtype(dtype), f"{name} dtype")
         self.mode = mode
@@ -73,7 +76,9 @@ class RNNLayer(nn.Module):
             check_units(proj_size, "proj_size", name)  # 0 (any falsy number) disables the projection
         self.proj_size = int(proj_size)
         if proj_size >= hidden_size:
-            raise ValueError(f"{name}: proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}")
+            raise ValueError(
+                f"{name}: proj_size has to be smaller than hidden_size ({hidden_size}), got proj_size={proj_size}"
+            )
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
@@ -291,6 +296,11 @@ class RNNLayer(nn.Module):
                 lengths = torch.as_tensor(lengths).reshape(1)
         else:
             x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        if x.shape[0] == 0:  # torch.nn refuses it too (with this message): there is no last step to return
+            raise ShapeError(
+                f"{type(self).__name__}: Expected sequence length to be larger than 0 in RNN, got input of shape "
+                f"{tuple(input.shape)}"
+            )
         name = type(self).__name__
         return x, _check_lengths(lengths, x.shape[1], x.shape[0], x.device, name, name="lengths"), None
 
@@ -315,9 +325,11 @@ class RNNLayer(nn.Module):
             if tuple(part.shape) != expected:
                 layout = "(num_layers * num_directions, " + ("" if unbatched else "batch, ") + "size)"
                 kind = f"; {'unbatched 2-D' if unbatched else 'batched 3-D'} input takes a {rank}-D {part_name}"
+                # torch.nn's words: "Expected hidden size ..." (the LSTM: "hidden[0]" for h_0, "hidden[1]" for c_0)
+                which = "hidden" if len(names) == 1 else f"hidden[{names.index(part_name)}]"
                 raise ShapeError(
-                    f"{name}: expected {part_name} of shape {layout} = {expected}, got {tuple(part.shape)}"
-                    + (kind if part.dim() != rank else "")
+                    f"{name}: Expected {which} size {expected}, got {list(part.shape)}: {part_name} must be "
+                    f"{layout}" + (kind if part.dim() != rank else "")
                 )
         return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
 

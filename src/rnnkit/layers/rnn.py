@@ -14,7 +14,7 @@ def _refuse_projection(name: str, proj_size: Any) -> None:
     """torch.nn's ``RNN``/``GRU`` take no ``proj_size`` and refuse it with a ``ValueError``; so do these."""
     if proj_size is not None:
         raise ValueError(
-            f"{name}: proj_size is only supported by LSTM (it projects the LSTM's h), not by RNN or GRU; "
+            f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU (it projects the LSTM's h); "
             f"got proj_size={proj_size!r}"
         )
 
@@ -72,7 +72,7 @@ class RNN(RNNLayer):
     ):
         _refuse_projection("RNN", proj_size)
         if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+            raise ValueError(f"RNN: Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
         super().__init__(
