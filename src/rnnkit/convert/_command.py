@@ -342,6 +342,8 @@ def _torch_nn_state(layer: Any) -> tuple[dict[str, torch.Tensor], Any]:
                 state[key][h : 2 * h] += config.forget_bias
         config = LayerConfig(**{**config.to_dict(), "forget_bias": 0.0})
     reasons = config.torch_nn_incompatibilities()
+    if getattr(layer, "zoneout", 0.0):  # not in LayerConfig (no parameters), yet it changes the eval function
+        reasons.append(f"zoneout={layer.zoneout} (torch.nn has no zoneout; its eval output blends in the old state)")
     if reasons:
         raise ConvertError(
             f"no torch.nn.{config.mode} computes this model: " + "; ".join(reasons) + ". Write .safetensors "

@@ -1,0 +1,363 @@
+"""Every configuration rnnkit's layers and TF-style cell trees accept survives save/load, ONNX and ``rnnkit convert``.
+
+One registry drives it all. The layers' options are read from ``rnnkit.RNN/LSTM/GRU.__init__``'s signatures and the
+cells from ``rnnkit.cells.__all__`` (their options from their signatures); ``LAYER_VALUES``/``CELL_VALUES`` give two
+values per option (the first must be the signature's default), and a new option without values fails
+``test_registry_covers_every_option``. Configurations are pairwise combinations (every pair of option values that
+the constructor accepts appears in some case), chosen greedily from all combinations the constructor accepts.
+
+References and tolerances:
+
+* ``save`` -> ``load``: the original module itself, bit-exact (``torch.equal``), in eval and in training mode
+  (same seed), with ``lengths`` and random initial states;
+* ``export_onnx`` -> onnxruntime: the module's eval output, ``atol=1e-5`` in float32, with ``sequence_lens`` and
+  the final states fed back as the next chunk's initial states;
+* ``rnnkit convert`` (in process through ``rnnkit.convert._command.main``; once through ``python -m rnnkit``) to
+  ``.safetensors`` (bit-exact), ``.onnx`` (onnxruntime, and back to ``.safetensors``) and ``.pt`` (read by
+  ``torch.nn`` itself), each against the source module or the cells' own ``dynamic_rnn``, ``atol=1e-5``.
+
+Where a conversion cannot be exact (TF's GRU, peepholes, ``cell_clip``, layer norm or zoneout into ``torch.nn``;
+a ``ResidualWrapper`` or mixed cells into a layer) the test asserts the refusal: exit code 2 and the reason on
+stderr, or the exception class and message of the API.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import warnings
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import rnnkit
+import rnnkit.cells
+from rnnkit.cells import MultiRNNCell, RNNCell, RNNCellWrapper
+from rnnkit.cells.torch_layout import TorchLayoutCell
+from rnnkit.convert import cells_to_torch, export_onnx, load, save
+from rnnkit.convert._command import main as convert_main
+
+from cli_helpers import run_cli
+
+TOL = 1e-5
+INPUT, HIDDEN, STEPS, BATCH = 3, 6, 5, 3  # 6 units: a layer norm over 4 is ill-conditioned (float32 off by 1e-5)
+LENGTHS = [5, 2, 4]
+
+# -- the registry ------------------------------------------------------------------------------------------------
+LAYERS = (rnnkit.RNN, rnnkit.LSTM, rnnkit.GRU)
+_LAYER_SIZES = ("self", "input_size", "hidden_size", "device", "dtype")
+LAYER_VALUES: dict[str, tuple[Any, Any]] = {  # (default, another value)
+    "num_layers": (1, 2),
+    "nonlinearity": ("tanh", "relu"),
+    "bias": (True, False),
+    "batch_first": (False, True),
+    "dropout": (0.0, 0.3),
+    "bidirectional": (False, True),
+    "proj_size": (0, 2),
+    "forget_bias": (0.0, 0.7),
+    "peepholes": (False, True),
+    "cell_clip": (None, 0.5),
+    "layer_norm": (False, True),
+    "reset_after": (True, False),
+    "recurrent_dropout": (0.0, 0.25),
+    "zoneout": (0.0, 0.2),
+}
+_CELL_SIZES = ("self", "num_units", "kwargs", "cell", "cells")
+CELL_VALUES: dict[str, tuple[Any, Any]] = {
+    "activation": (None, "relu"),
+    "forget_bias": (1.0, 0.0),
+    "state_is_tuple": (True, False),
+    "use_peepholes": (False, True),
+    "cell_clip": (None, 0.5),
+    "num_proj": (None, 2),
+    "proj_clip": (None, 0.4),
+    "layer_norm": (True, False),
+    "norm_gain": (1.0, 0.7),
+    "norm_shift": (0.0, 0.2),
+    "dropout_keep_prob": (1.0, 0.8),
+    "input_keep_prob": (1.0, 0.8),
+    "output_keep_prob": (1.0, 0.7),
+    "state_keep_prob": (1.0, 0.9),
+    "variational_recurrent": (False, True),
+}
+# Options whose other value is a Python function: not serialisable, so `save` must refuse it.
+CELL_FUNCTIONS = {
+    "dropout_state_filter_visitor": lambda substate: True,
+    "residual_fn": lambda inputs, outputs: inputs - outputs,
+}
+
+
+def _options(cls: type, skip: tuple[str, ...]) -> dict[str, Any]:
+    """The constructor's options and defaults (everything but sizes, device and dtype), in signature order."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _cell_classes() -> tuple[list[type], list[type], list[type]]:
+    """``rnnkit.cells.__all__`` split into TF leaf cells, TF wrappers (MultiRNNCell too) and torch-layout steps."""
+    classes = [getattr(rnnkit.cells, n) for n in rnnkit.cells.__all__]
+    classes = [c for c in classes if inspect.isclass(c) and issubclass(c, RNNCell) and c not in (RNNCell,)]
+    torch_steps = [c for c in classes if issubclass(c, TorchLayoutCell)]
+    wrappers = [c for c in classes if (issubclass(c, RNNCellWrapper) and c is not RNNCellWrapper) or c is MultiRNNCell]
+    leaves = [c for c in classes if c not in torch_steps and c not in wrappers and c is not RNNCellWrapper]
+    return leaves, wrappers, torch_steps
+
+
+LEAVES, WRAPPERS, TORCH_STEPS = _cell_classes()
+
+
+def _accepts(build) -> bool:
+    """Whether the constructor takes these options (no error, and no warning about them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            build()
+        except (ValueError, TypeError, UserWarning):
+            return False
+    return True
+
+
+def _pairwise(options: dict[str, tuple[Any, Any]], accepts) -> tuple[list[dict[str, Any]], set]:
+    """Few accepted combinations covering every accepted pair of option values (greedy), and the pairs no
+    accepted combination has (``{((name, value), (name, value))}``)."""
+    names = list(options)
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*options.values())]
+    valid = [c for c in combos if accepts(c)]
+
+    def pairs(combo: dict[str, Any]) -> set:
+        return {((a, repr(combo[a])), (b, repr(combo[b]))) for a, b in itertools.combinations(names, 2)}
+
+    every = set().union(*(pairs(c) for c in combos))
+    uncovered = set().union(*(pairs(c) for c in valid))
+    unreachable = every - uncovered
+    chosen = []
+    while uncovered:
+        best = max(valid, key=lambda c: len(pairs(c) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen, unreachable
+
+
+def _non_default(combo: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in combo.items() if v != defaults[k] or (v is None) != (defaults[k] is None)}
+
+
+def _layer_cases() -> list[tuple[type, dict[str, Any]]]:
+    cases = []
+    for cls in LAYERS:
+        defaults = _options(cls, _LAYER_SIZES)
+        values = {name: LAYER_VALUES[name] for name in defaults if name in LAYER_VALUES}
+        chosen, _ = _pairwise(values, lambda c, cls=cls: _accepts(lambda: cls(INPUT, HIDDEN, **c)))
+        cases += [(cls, _non_default(c, defaults)) for c in chosen]
+    return cases
+
+
+def _case_id(case: tuple[type, dict[str, Any]]) -> str:
+    cls, opts = case
+    return f"{cls.__name__}(" + ",".join(f"{k}={v}" for k, v in opts.items()) + ")"
+
+
+LAYER_CASES = _layer_cases()
+
+
+def test_registry_covers_every_option():
+    """Each layer and cell option has values here, the first being the signature's default."""
+    for cls in LAYERS:
+        for name, default in _options(cls, _LAYER_SIZES).items():
+            assert name in LAYER_VALUES, f"{cls.__name__}({name}=) has no values in LAYER_VALUES"
+            assert LAYER_VALUES[name][0] == default, f"{cls.__name__}({name}=): default {default!r}"
+    for cls in LEAVES + WRAPPERS:
+        for name, default in _options(cls, _CELL_SIZES).items():
+            assert name in CELL_VALUES or name in CELL_FUNCTIONS, f"{cls.__name__}({name}=) has no values"
+            if name in CELL_VALUES:
+                assert CELL_VALUES[name][0] == default, f"{cls.__name__}({name}=): default {default!r}"
+    names = {c.__name__ for c in LEAVES + WRAPPERS + TORCH_STEPS}
+    assert {"BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "LayerNormBasicLSTMCell"} <= names
+    assert {"MultiRNNCell", "DropoutWrapper", "ResidualWrapper"} <= names
+
+
+def test_pairwise_covers_every_pair_the_layers_accept():
+    """The only pairs of layer options no case has are the ones the constructors refuse, by design."""
+    refused = {
+        "LSTM": {("layer_norm", "peepholes"), ("layer_norm", "cell_clip"), ("cell_clip", "layer_norm"),
+                 ("peepholes", "layer_norm"), ("num_layers", "dropout")},
+        "GRU": {("num_layers", "dropout")},
+        "RNN": {("num_layers", "dropout")},
+    }  # fmt: skip
+    for cls in LAYERS:
+        defaults = _options(cls, _LAYER_SIZES)
+        values = {name: LAYER_VALUES[name] for name in defaults}
+        _, unreachable = _pairwise(values, lambda c, cls=cls: _accepts(lambda: cls(INPUT, HIDDEN, **c)))
+        assert unreachable, cls
+        assert {(a, b) for (a, _), (b, _) in unreachable} <= refused[cls.__name__], (cls, unreachable)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _perturb(module: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial values for every parameter (layer-norm gains and shifts too, which start at 1 and 0)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return module
+
+
+def _build_layer(case) -> torch.nn.Module:
+    cls, opts = case
+    return _perturb(cls(INPUT, HIDDEN, **opts))
+
+
+def _hidden(layer, batch: int = BATCH) -> tuple[torch.Tensor, ...]:
+    stacked = layer.num_layers * (2 if layer.bidirectional else 1)
+    h0 = torch.randn(stacked, batch, getattr(layer, "proj_size", 0) or layer.hidden_size)
+    return (h0, torch.randn(stacked, batch, layer.hidden_size)) if isinstance(layer, rnnkit.LSTM) else (h0,)
+
+
+def _input(layer, steps: int = STEPS) -> torch.Tensor:
+    return torch.randn((BATCH, steps, INPUT) if layer.batch_first else (steps, BATCH, INPUT))
+
+
+def _run(layer, x, hidden, lengths=None, seed: int | None = None) -> list[torch.Tensor]:
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        out, h_n = layer(x, hidden if len(hidden) > 1 else hidden[0], lengths=lengths)
+    return [out, *(h_n if isinstance(h_n, tuple) else (h_n,))]
+
+
+def _session(path_or_model) -> ort.InferenceSession:
+    source = path_or_model if isinstance(path_or_model, str) else path_or_model.SerializeToString()
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+def _ort_run(session, x, hidden, lengths=None) -> list[torch.Tensor]:
+    names = [i.name for i in session.get_inputs()]
+    feeds = {"input": x.numpy()}
+    feeds.update({n: h.numpy() for n, h in zip(("h_0", "c_0"), hidden, strict=False) if n in names})
+    if "sequence_lens" in names:
+        feeds["sequence_lens"] = np.asarray(lengths, np.int32)
+    return [torch.from_numpy(o) for o in session.run(None, feeds)]
+
+
+def _close(got, want, atol: float = TOL) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=atol)
+
+
+def _equal(got, want) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w), (g - w).abs().max()
+
+
+def _convert(capsys, *argv) -> tuple[int, str, str]:
+    code = convert_main(["convert", *map(str, argv)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# -- layers ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", LAYER_CASES, ids=_case_id)
+def test_layer_save_load_is_exact(case, tmp_path):
+    layer = _build_layer(case)
+    x, hidden = _input(layer), _hidden(layer)
+    for training in (False, True):
+        layer.train(training)
+        save(layer, tmp_path / "m.safetensors")
+        again = load(tmp_path / "m.safetensors")
+        assert type(again) is type(layer) and again.training == training
+        assert again.extra_repr() == layer.extra_repr()
+        _equal(list(again.state_dict().values()), list(layer.state_dict().values()))
+        _equal(_run(again, x, hidden, LENGTHS, seed=7), _run(layer, x, hidden, LENGTHS, seed=7))
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=_case_id)
+def test_layer_onnx_matches_eval_output_with_lengths_and_fed_back_states(case, tmp_path):
+    layer = _build_layer(case).eval()
+    session = _session(export_onnx(layer, sequence_lens=True))
+    hidden = _hidden(layer)
+    for lengths in (LENGTHS, [STEPS] * BATCH):  # the second chunk starts from the first one's final states
+        x = _input(layer)
+        want, got = _run(layer, x, hidden, lengths), _ort_run(session, x, hidden, lengths)
+        _close(got, want)
+        hidden = tuple(got[1:])
+    plain = _session(export_onnx(layer, initial_states=False))
+    x = _input(layer)
+    _close(_ort_run(plain, x, ()), _run(layer, x, tuple(torch.zeros_like(h) for h in _hidden(layer))))
+
+
+_TORCH_NN_OPTIONS = ("num_layers", "nonlinearity", "bias", "batch_first", "dropout", "bidirectional", "proj_size")
+
+
+def _torch_nn_refusals(cls: type, opts: dict[str, Any]) -> list[str]:
+    """What the command must name when a ``.pt`` (a torch.nn state dict) cannot hold the layer's function."""
+    if opts.get("forget_bias") and opts.get("bias") is False:  # checked first: nowhere to fold the forget bias
+        return ["forget_bias=0.7 without biases"]
+    reasons = [k for k in ("peepholes", "cell_clip", "layer_norm", "zoneout") if opts.get(k)]
+    if opts.get("reset_after") is False:
+        reasons.append("reset_after=False")
+    return reasons
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=_case_id)
+def test_layer_convert_command_round_trips(case, tmp_path, capsys):
+    cls, opts = case
+    layer = _build_layer(case).eval()
+    x, hidden = _input(layer), _hidden(layer)
+    want = _run(layer, x, hidden, LENGTHS)
+    src = tmp_path / "src.safetensors"
+    save(layer, src)
+
+    code, out, err = _convert(capsys, src, tmp_path / "copy.safetensors")
+    assert code == 0, err
+    _equal(_run(load(tmp_path / "copy.safetensors"), x, hidden, LENGTHS), want)
+
+    code, out, err = _convert(capsys, src, tmp_path / "m.onnx", "--sequence-lens")
+    assert code == 0, err
+    _close(_ort_run(_session(str(tmp_path / "m.onnx")), x, hidden, LENGTHS), want)
+    code, out, err = _convert(capsys, tmp_path / "m.onnx", tmp_path / "back.safetensors")
+    assert code == 0, err
+    back = load(tmp_path / "back.safetensors")
+    assert back.batch_first == layer.batch_first
+    _close(_run(back, x, hidden, LENGTHS), want)
+
+    code, out, err = _convert(capsys, src, tmp_path / "m.pt")
+    refusals = _torch_nn_refusals(cls, opts)
+    if refusals:
+        assert code == 2 and not (tmp_path / "m.pt").exists()
+        assert err.startswith("rnnkit convert: error: ") and len(err.strip().splitlines()) == 1
+        for reason in refusals:
+            assert reason in err, (reason, err)
+        return
+    assert code == 0, err
+    nn_kwargs = {k: v for k, v in opts.items() if k in _TORCH_NN_OPTIONS}
+    reference = getattr(torch.nn, cls.__name__)(INPUT, HIDDEN, **nn_kwargs)
+    reference.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    reference.eval()
+    with torch.no_grad():  # torch.nn has no lengths=: compare on full-length sequences
+        got, h_n = reference(x, hidden if len(hidden) > 1 else hidden[0])
+    _close([got, *(h_n if isinstance(h_n, tuple) else (h_n,))], _run(layer, x, hidden))
+    extra = ["--nonlinearity", "relu"] if opts.get("nonlinearity") == "relu" else []
+    extra += ["--batch-first"] if opts.get("batch_first") else []
+    code, out, err = _convert(capsys, tmp_path / "m.pt", tmp_path / "from_pt.safetensors", *extra)
+    assert code == 0, err
+    _close(_run(load(tmp_path / "from_pt.safetensors"), x, hidden, LENGTHS), want)
+
+
+def test_python_dash_m_rnnkit_convert_layer_norm_with_projection(tmp_path):
+    """The installed command line (a subprocess), on the case that was refused: layer_norm with proj_size."""
+    layer = _perturb(rnnkit.LSTM(INPUT, HIDDEN, num_layers=2, proj_size=2, layer_norm=True, bidirectional=True))
+    layer.eval()
+    save(layer, tmp_path / "m.safetensors")
+    result = run_cli("convert", str(tmp_path / "m.safetensors"), str(tmp_path / "m.onnx"), "--sequence-lens")
+    assert result.returncode == 0, result.stderr
+    assert "proj_size=2" in result.stdout and "layer_norm=True" in result.stdout
+    x, hidden = _input(layer), _hidden(layer)
+    _close(_ort_run(_session(str(tmp_path / "m.onnx")), x, hidden, LENGTHS), _run(layer, x, hidden, LENGTHS))
