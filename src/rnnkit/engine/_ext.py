@@ -99,10 +99,20 @@ def _build() -> Any:
     from torch.utils import cpp_extension
 
     build = cache_dir(src)
-    build.mkdir(parents=True, exist_ok=True)
+    copied = build / "src"
+    copied.mkdir(parents=True, exist_ok=True)
+    # Compile a copy inside the cache folder (its name is their hash), so that the build commands do not depend
+    # on where this checkout lies: two checkouts of the same sources share one build instead of each rewriting
+    # the other's build.ninja and recompiling everything.
+    for name in _SOURCES + _HEADERS:
+        target, text = copied / name, (src / name).read_bytes()
+        if not target.is_file() or target.read_bytes() != text:
+            tmp = target.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(text)
+            os.replace(tmp, target)
     cpp_extension.load(
         name="rnnkit_fused",
-        sources=[str(src / f) for f in _SOURCES],
+        sources=[str(copied / f) for f in _SOURCES],
         extra_cflags=_cflags(),
         extra_ldflags=_ldflags(),
         build_directory=str(build),
