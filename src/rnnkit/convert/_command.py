@@ -330,6 +330,15 @@ def _torch_nn_state(layer: Any) -> tuple[dict[str, torch.Tensor], Any]:
 
     config = LayerConfig.from_module(layer)
     state = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+    # What torch.nn lacks comes first (a forget bias folds into the biases, if any, so it is no reason here).
+    reasons = LayerConfig(**{**config.to_dict(), "forget_bias": 0.0}).torch_nn_incompatibilities()
+    if getattr(layer, "zoneout", 0.0):  # not in LayerConfig (no parameters), yet it changes the eval function
+        reasons.append(f"zoneout={layer.zoneout} (torch.nn has no zoneout; its eval output blends in the old state)")
+    if reasons:
+        raise ConvertError(
+            f"no torch.nn.{config.mode} computes this model: " + "; ".join(reasons) + ". Write .safetensors "
+            "(rnnkit's format keeps every option) or .onnx instead"
+        )
     if config.forget_bias:  # torch.nn has no forget bias: add it to the forget gate's block (i, f, g, o)
         if not config.bias:
             raise ConvertError(
@@ -341,14 +350,6 @@ def _torch_nn_state(layer: Any) -> tuple[dict[str, torch.Tensor], Any]:
             if key.startswith("bias_ih_l"):
                 state[key][h : 2 * h] += config.forget_bias
         config = LayerConfig(**{**config.to_dict(), "forget_bias": 0.0})
-    reasons = config.torch_nn_incompatibilities()
-    if getattr(layer, "zoneout", 0.0):  # not in LayerConfig (no parameters), yet it changes the eval function
-        reasons.append(f"zoneout={layer.zoneout} (torch.nn has no zoneout; its eval output blends in the old state)")
-    if reasons:
-        raise ConvertError(
-            f"no torch.nn.{config.mode} computes this model: " + "; ".join(reasons) + ". Write .safetensors "
-            "(rnnkit's format keeps every option) or .onnx instead"
-        )
     return state, config
 
 
