@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,17 @@ import rnnkit.cells
 from cli_helpers import run_cli
 from rnnkit.cells import MultiRNNCell, RNNCell, RNNCellWrapper
 from rnnkit.cells.torch_layout import TorchLayoutCell
-from rnnkit.convert import cells_to_torch, export_onnx, load, save
+from rnnkit.convert import (
+    AssumedForgetBiasWarning,
+    cells_from_tf_variables,
+    cells_to_torch,
+    export_onnx,
+    load,
+    load_tf_checkpoint,
+    read_tf_checkpoint,
+    save,
+    tf_to_torch,
+)
 from rnnkit.convert._command import main as convert_main
 from rnnkit.convert._save import module_config
 
@@ -605,3 +617,78 @@ def test_cells_that_hold_functions_or_torch_layout_steps_are_refused_by_save(tmp
         with pytest.raises(TypeError, match=f"cannot save a {cls.__name__}"):
             save(step, tmp_path / "f.safetensors")
     assert not (tmp_path / "f.safetensors").exists()
+
+
+# -- forget_bias: what a TF1 checkpoint does not store -----------------------------------------------------------
+TF_CKPT = Path(__file__).parent / "fixtures" / "tf_ckpt"  # real TF 2.21 compat.v1 checkpoints and outputs
+_ASSUMED = (
+    r"forget_bias=1.0 assumed for the \w+ at '[\w/]+' .* Pass forget_bias= \(rnnkit convert: --forget-bias\) with the "
+    r"value the TF code used"
+)
+
+
+def _tf_readers(case: str) -> dict[str, Any]:
+    """Every reader of TF1 variables that needs a forget bias, as ``name: (**options) -> result``."""
+    variables = read_tf_checkpoint(TF_CKPT / case)
+    return {
+        "load_tf_checkpoint": lambda **kw: load_tf_checkpoint(TF_CKPT / case, **kw),
+        "cells_from_tf_variables": lambda **kw: cells_from_tf_variables(variables, **kw),
+        "tf_to_torch": lambda **kw: tf_to_torch(variables, **kw),
+    }
+
+
+@pytest.mark.parametrize("case", ["multi_basic_lstm", "bidirectional_lstm", "lstm_peephole_proj"])
+def test_tf_readers_warn_once_when_they_assume_the_forget_bias(case):
+    meta = json.loads((TF_CKPT / case / "meta.json").read_text())
+    options = {k: meta[k] for k in ("cell_clip",) if k in meta}  # proj_clip: no torch layout for tf_to_torch
+    for name, read in _tf_readers(case).items():
+        with pytest.warns(AssumedForgetBiasWarning, match=_ASSUMED) as record:
+            assumed = read(**options)
+        assert len(record) == 1 and record[0].filename == __file__, (name, [str(w.message) for w in record])
+        assert str(record[0].message).startswith(f"{name}: ")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # passing it, whatever value, silences the warning
+            explicit = read(forget_bias=1.0, **options)
+            read(forget_bias=0.0, **options)
+        if name == "tf_to_torch":
+            assert assumed[1] == explicit[1] and assumed[1].forget_bias == 1.0
+        else:
+            assert [c.forget_bias for c in assumed.cells_fw + assumed.cells_bw] == [1.0] * len(assumed.cells_fw) * (
+                2 if assumed.cells_bw else 1
+            )
+
+
+def test_the_assumed_forget_bias_is_wrong_for_a_model_trained_with_another():
+    """TF ran lstm_peephole_proj with forget_bias=0.7: assuming 1.0 is off, passing 0.7 matches TF (1e-5)."""
+    expected = np.load(TF_CKPT / "lstm_peephole_proj" / "expected.npz")
+    x, lengths = torch.from_numpy(expected["inputs"]), expected["sequence_length"]
+    want = torch.from_numpy(expected["outputs"])
+    clips = {"cell_clip": 0.5, "proj_clip": 0.4}
+    with pytest.warns(AssumedForgetBiasWarning):
+        assumed = load_tf_checkpoint(TF_CKPT / "lstm_peephole_proj", **clips)
+    assert (assumed.run(x, lengths)[0] - want).abs().max() > 1e-3
+    passed = load_tf_checkpoint(TF_CKPT / "lstm_peephole_proj", forget_bias=0.7, **clips)
+    torch.testing.assert_close(passed.run(x, lengths)[0], want, rtol=0, atol=TOL)
+
+
+def test_tf_readers_do_not_warn_for_stacks_without_lstm_cells():
+    for case in ("gru", "basic_rnn"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for read in _tf_readers(case).values():
+                read()
+
+
+def test_convert_command_reports_the_assumed_forget_bias(tmp_path, capsys):
+    src = TF_CKPT / "multi_basic_lstm"
+    code, out, err = _convert(capsys, src, tmp_path / "a.safetensors")  # no Python warning escapes (filter: error)
+    assert code == 0, err
+    warning_lines = [line.strip() for line in out.splitlines() if "assumed" in line]
+    assert len(warning_lines) == 1 and re.fullmatch("warning: cells_from_tf_variables: " + _ASSUMED, warning_lines[0])
+    assert load(tmp_path / "a.safetensors").forget_bias == 1.0
+    code, out, err = _convert(capsys, src, tmp_path / "b.safetensors", "--forget-bias", "0.0")
+    assert code == 0, err
+    assert "assumed" not in out and "warning" not in out
+    assert load(tmp_path / "b.safetensors").forget_bias == 0.0
+    code, out, err = _convert(capsys, TF_CKPT / "gru", tmp_path / "c.safetensors")
+    assert code == 0 and "assumed" not in out and "warning" not in out, out

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,23 +169,28 @@ def _layer_from(state: dict[str, torch.Tensor], config: Any, batch_first: bool) 
 
 
 def _read_tf(args: argparse.Namespace) -> _Model:
-    from ..cells import LayerNormBasicLSTMCell, LSTMCell
     from ._cells import cells_from_tf_variables
     from ._tf_checkpoint import read_tf_checkpoint
     from ._tf_stack import tf_to_torch
+    from ._tf_variables import TF_DEFAULT_FORGET_BIAS, AssumedForgetBiasWarning
 
     variables = read_tf_checkpoint(args.src)
     options = {
-        "forget_bias": 1.0 if args.forget_bias is None else args.forget_bias,
+        "forget_bias": args.forget_bias,
         "cell_clip": args.cell_clip,
         "proj_clip": args.proj_clip,
         "activation": args.activation or "tanh",
     }
     notes = [f"{len(variables)} variables in the checkpoint"]
-    cells = cells_from_tf_variables(variables, args.scope, **options)
-    lstm = any(isinstance(c, (LSTMCell, LayerNormBasicLSTMCell)) for c in cells.cells_fw)
-    if args.forget_bias is None and lstm:
-        notes.append("forget_bias=1.0 assumed for the LSTM cells (TF's default; a checkpoint does not store it)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cells = cells_from_tf_variables(variables, args.scope, **options)
+    for caught_warning in caught:  # the report shows the assumed forget bias; any other warning goes on as it was
+        if issubclass(caught_warning.category, AssumedForgetBiasWarning):
+            notes.append(f"warning: {caught_warning.message}")
+        else:
+            warnings.warn(caught_warning.message, caught_warning.category, stacklevel=2)
+    options["forget_bias"] = TF_DEFAULT_FORGET_BIAS if args.forget_bias is None else args.forget_bias
     try:
         state, config = tf_to_torch(variables, args.scope, target="rnnkit", **options)
     except ValueError as err:  # no torch-layout layer computes it: keep the cells
