@@ -62,6 +62,7 @@ def resolve_forget_bias(
         )
     return TF_DEFAULT_FORGET_BIAS
 
+
 CELL_SCOPES = {
     "basic_lstm_cell": "BasicLSTMCell",
     "lstm_cell": "LSTMCell",
