@@ -13,11 +13,13 @@ References and tolerances:
 * ``export_onnx`` -> onnxruntime: the module's eval output, ``atol=1e-5`` in float32, with ``sequence_lens`` and
   the final states fed back as the next chunk's initial states;
 * ``rnnkit convert`` (in process through ``rnnkit.convert._command.main``; once through ``python -m rnnkit``) to
-  ``.safetensors`` (bit-exact), ``.onnx`` (onnxruntime, and back to ``.safetensors``) and ``.pt`` (read by
-  ``torch.nn`` itself), each against the source module or the cells' own ``dynamic_rnn``, ``atol=1e-5``.
+  ``.safetensors`` (bit-exact; a layer also ``--as cells``, TF-style cells), ``.onnx`` (onnxruntime, and back to
+  ``.safetensors``) and ``.pt`` (read by ``torch.nn`` itself), each against the source module or the cells' own
+  ``dynamic_rnn``, ``atol=1e-5``.
 
 Where a conversion cannot be exact (TF's GRU, peepholes, ``cell_clip``, layer norm or zoneout into ``torch.nn``;
-a ``ResidualWrapper`` or mixed cells into a layer) the test asserts the refusal: exit code 2 and the reason on
+a ``ResidualWrapper`` or mixed cells into a layer; torch's GRU, zoneout or a projected layer norm into TF cells)
+the test asserts the refusal: exit code 2 and the reason on
 stderr, or the exception class and message of the API.
 """
 
@@ -43,6 +45,7 @@ from rnnkit.cells import MultiRNNCell, RNNCell, RNNCellWrapper
 from rnnkit.cells.torch_layout import TorchLayoutCell
 from rnnkit.convert import (
     AssumedForgetBiasWarning,
+    LayerConfig,
     cells_from_tf_variables,
     cells_to_torch,
     export_onnx,
@@ -51,9 +54,12 @@ from rnnkit.convert import (
     read_tf_checkpoint,
     save,
     tf_to_torch,
+    torch_to_cells,
+    torch_to_tf,
 )
 from rnnkit.convert._command import main as convert_main
 from rnnkit.convert._save import module_config
+from rnnkit.convert._tf_layout import torch_ln_lstm_to_tf
 
 TOL = 1e-5
 INPUT, HIDDEN, STEPS, BATCH = 3, 6, 5, 3  # 6 units: a layer norm over 4 is ill-conditioned (float32 off by 1e-5)
@@ -324,6 +330,19 @@ def _torch_nn_refusals(cls: type, opts: dict[str, Any]) -> list[str]:
     return reasons
 
 
+def _tf_cells_refusal(cls: type, opts: dict[str, Any]) -> str | None:
+    """Why ``--as cells`` (TF1-style cells) cannot hold the layer, or None when it can."""
+    if opts.get("zoneout"):  # checked first: the layer's own option, before its weights
+        return "zoneout"
+    if cls is rnnkit.GRU and opts.get("reset_after", True):
+        return "no TF GRUCell equivalent"
+    if opts.get("layer_norm") and opts.get("proj_size"):
+        return "LayerNormBasicLSTMCell has no projection"
+    if opts.get("layer_norm") and opts.get("bias", True):
+        return "non-zero bias_ih"
+    return None
+
+
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_case_id)
 def test_layer_convert_command_round_trips(case, tmp_path, capsys):
     cls, opts = case
@@ -345,6 +364,19 @@ def test_layer_convert_command_round_trips(case, tmp_path, capsys):
     back = load(tmp_path / "back.safetensors")
     assert back.batch_first == layer.batch_first
     _close(_run(back, x, hidden, LENGTHS), want)
+
+    code, out, err = _convert(capsys, src, tmp_path / "cells.safetensors", "--as", "cells")
+    refusal = _tf_cells_refusal(cls, opts)
+    if refusal is not None:
+        assert code == 2 and refusal in err and not (tmp_path / "cells.safetensors").exists(), err
+    else:
+        assert code == 0, err
+        zeros = tuple(torch.zeros_like(h) for h in hidden)
+        batch_major = x if layer.batch_first else x.transpose(0, 1)  # TF's runners read (batch, time, depth)
+        full = _run(layer, x, zeros, LENGTHS)[0]
+        with torch.no_grad():
+            got = load(tmp_path / "cells.safetensors").run(batch_major, LENGTHS)[0]
+        _close([got], [full if layer.batch_first else full.transpose(0, 1)])
 
     code, out, err = _convert(capsys, src, tmp_path / "m.pt")
     refusals = _torch_nn_refusals(cls, opts)
@@ -692,3 +724,17 @@ def test_convert_command_reports_the_assumed_forget_bias(tmp_path, capsys):
     assert load(tmp_path / "b.safetensors").forget_bias == 0.0
     code, out, err = _convert(capsys, TF_CKPT / "gru", tmp_path / "c.safetensors")
     assert code == 0 and "assumed" not in out and "warning" not in out, out
+
+
+def test_layer_norm_with_projection_has_no_tf_cell():
+    """TF's LayerNormBasicLSTMCell has no projection: the TF converters refuse the layer instead of dropping W_hr."""
+    layer = rnnkit.LSTM(INPUT, HIDDEN, proj_size=2, layer_norm=True, bias=False)
+    config = LayerConfig.from_module(layer)
+    assert (config.layer_norm, config.proj_size) == (True, 2)
+    with pytest.raises(ValueError, match=r"LSTM\(layer_norm=True, proj_size=2\) has no TF1 cell"):
+        torch_to_tf(layer.state_dict(), config)
+    with pytest.raises(ValueError, match=r"LSTM\(layer_norm=True, proj_size=2\) has no TF1 cell"):
+        torch_to_cells(layer.state_dict(), config)
+    params = {k[: -len("_l0")]: v for k, v in layer.state_dict().items()}
+    with pytest.raises(ValueError, match="weight_hr .*no projection"):
+        torch_ln_lstm_to_tf(params)

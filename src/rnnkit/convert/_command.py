@@ -370,6 +370,11 @@ def _write(model: _Model, args: argparse.Namespace, dst_format: str) -> list[str
             cells = model.cells
             if cells is None:
                 layer = model.layer
+                if getattr(layer, "zoneout", 0.0):  # no parameters, so torch_to_cells would drop it silently
+                    raise ConvertError(
+                        f"--as cells: zoneout={layer.zoneout}: no TF1 cell has zoneout (its eval output blends in "
+                        "the old state); save the layer instead (--as layer)"
+                    )
                 try:
                     cells = torch_to_cells(layer.state_dict(), LayerConfig.from_module(layer))
                 except (TypeError, ValueError) as err:

@@ -210,6 +210,12 @@ def layout_from_torch(
     if not multi and config.num_layers > 1 and topology != "stack_bidirectional":
         raise ValueError(f"torch_to_tf: {config.num_layers} layers need multi_rnn_cell=True")
     if config.layer_norm:
+        if config.proj_size:
+            raise ValueError(
+                f"torch_to_tf: an LSTM(layer_norm=True, proj_size={config.proj_size}) has no TF1 cell: TF's "
+                "LayerNormBasicLSTMCell has no projection (and LSTMCell no layer norm); keep it as an rnnkit layer "
+                "(rnnkit.convert.save, export_onnx)"
+            )
         if cell_type not in (None, "LayerNormBasicLSTMCell"):
             raise ValueError(f"torch_to_tf: a layer_norm LSTM becomes a LayerNormBasicLSTMCell, not {cell_type!r}")
         cell_type = "LayerNormBasicLSTMCell"
