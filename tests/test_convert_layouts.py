@@ -229,9 +229,10 @@ def test_layer_norm_cells_and_refusals():
         and "rnn/layer_norm_basic_lstm_cell/bias" not in variables
     )
     with pytest.raises(ValueError, match="LayerNormBasicLSTMCell: torch.nn.LSTM has no layer norm"):
-        tf_to_torch(variables, target="torch.nn")
+        tf_to_torch(variables, target="torch.nn", forget_bias=1.0)
     x = torch.randn(2, 5, 3)
-    torch.testing.assert_close(cells_from_tf_variables(variables).run(x)[0], ln.run(x)[0], rtol=0, atol=0)
+    rebuilt = cells_from_tf_variables(variables, forget_bias=1.0)
+    torch.testing.assert_close(rebuilt.run(x)[0], ln.run(x)[0], rtol=0, atol=0)
     # rnnkit.LSTM(layer_norm=True, bias=False) layout: gains/shifts in blocks i, f, g, o; the forget bias carried
     # exactly, or folded into the forget norm's shift (it is added after that norm).
     with torch.no_grad():

@@ -135,7 +135,7 @@ def test_proj_clip_has_no_torch_layout():
 def test_tf_torch_tf_round_trip_is_exact(case):
     variables = read_tf_checkpoint(FIXTURES / case)
     layout = parse_tf_variables(variables)
-    state_dict, config = tf_to_torch(variables, target="rnnkit")
+    state_dict, config = tf_to_torch(variables, target="rnnkit", forget_bias=1.0)
     back = torch_to_tf(
         state_dict,
         config,
@@ -258,7 +258,7 @@ def test_bidirectional_over_multirnncells_is_cells_only():
     variables = stack.tf_variables()
     assert "bidirectional_rnn/bw/multi_rnn_cell/cell_1/basic_lstm_cell/kernel" in variables
     with pytest.raises(ValueError, match="two independent deep stacks"):
-        tf_to_torch(variables)
-    rebuilt = cells_from_tf_variables(variables)
+        tf_to_torch(variables, forget_bias=1.0)
+    rebuilt = cells_from_tf_variables(variables, forget_bias=1.0)
     x = torch.randn(2, 5, 3)
     torch.testing.assert_close(rebuilt.run(x)[0], stack.run(x)[0], rtol=0, atol=0)

@@ -25,15 +25,17 @@ ONNX i, o, f, c. GRU: TF1 r, u (+ a separate candidate); torch r, z, n; Keras an
 A conversion that cannot be exact is refused with the reason: TF's GRU (reset before the matmul)
 into ``torch.nn.GRU`` (reset after), peepholes or ``cell_clip`` into ``torch.nn``, projections into
 Keras or ONNX's native operators (`export_onnx` runs them in a ``Scan`` over rnnkit's step instead).
-TF1's ``forget_bias`` is never stored: pass it (TF's default is 1.0); it is folded into the forget-gate bias
-for ``target="torch.nn"`` and carried as rnnkit's ``LSTM(forget_bias=)`` otherwise.
+TF1's ``forget_bias`` is never stored: pass it (``load_tf_checkpoint``, ``cells_from_tf_variables``, ``tf_to_torch``,
+``rnnkit convert --forget-bias``); without it TF's default 1.0 is assumed with an `AssumedForgetBiasWarning`
+(ptb and DeepSpeech train with 0.0). It is folded into the forget-gate bias for ``target="torch.nn"`` and
+carried as rnnkit's ``LSTM(forget_bias=)`` otherwise.
 
 Example::
 
     >>> from rnnkit.convert import load_tf_checkpoint, tf_to_torch, read_tf_checkpoint
-    >>> stack = load_tf_checkpoint("ckpt")                     # rnnkit cells, TF's variable names
+    >>> stack = load_tf_checkpoint("ckpt", forget_bias=1.0)    # rnnkit cells, TF's variable names
     >>> outputs, state = stack.run(inputs, sequence_length=lengths)
-    >>> state_dict, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn")
+    >>> state_dict, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn", forget_bias=1.0)
     >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state_dict)
 """
 
@@ -55,7 +57,7 @@ from ._tf_layout import (
     torch_rnn_to_tf,
 )
 from ._tf_stack import tf_to_torch, torch_to_tf
-from ._tf_variables import TFCellVariables, TFRNNVariables, parse_tf_variables
+from ._tf_variables import AssumedForgetBiasWarning, TFCellVariables, TFRNNVariables, parse_tf_variables
 from ._torch_layout import check_state_dict, infer_config, load_torch_state_dict
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "parse_tf_variables",
     "TFRNNVariables",
     "TFCellVariables",
+    "AssumedForgetBiasWarning",
     "tf_to_torch",
     "torch_to_tf",
     "tf_lstm_to_torch",

@@ -36,7 +36,7 @@ from ..runners import bidirectional_dynamic_rnn, dynamic_rnn, stack_bidirectiona
 from ._config import LayerConfig
 from ._tf_checkpoint import read_tf_checkpoint
 from ._tf_stack import layout_from_torch, layout_to_torch
-from ._tf_variables import _DEFAULT_SCOPE, TFCellVariables, TFRNNVariables, parse_tf_variables
+from ._tf_variables import _DEFAULT_SCOPE, TFCellVariables, TFRNNVariables, parse_tf_variables, resolve_forget_bias
 
 __all__ = [
     "TFCellStack",
@@ -129,7 +129,7 @@ class TFCellStack:
 
     Example::
 
-        >>> stack = load_tf_checkpoint("ckpt")           # rnn/multi_rnn_cell/cell_k/basic_lstm_cell/...
+        >>> stack = load_tf_checkpoint("ckpt", forget_bias=1.0)   # rnn/multi_rnn_cell/cell_k/basic_lstm_cell/...
         >>> outputs, state = stack.run(torch.randn(2, 5, 3), sequence_length=[5, 3])
     """
 
@@ -237,7 +237,7 @@ def cells_from_tf_variables(
     variables: Mapping[str, Any],
     scope: str | None = None,
     *,
-    forget_bias: float = 1.0,
+    forget_bias: float | None = None,
     cell_clip: float | None = None,
     proj_clip: float | None = None,
     activation: str = "tanh",
@@ -247,11 +247,30 @@ def cells_from_tf_variables(
 
     Cell classes come from the scope names (``basic_lstm_cell`` -> ``BasicLSTMCell``), sizes from
     the shapes, peepholes and projection from ``w_*_diag`` / ``projection/kernel``. The run-time
-    options a checkpoint does not store are arguments: ``forget_bias`` (TF's default 1.0),
-    ``cell_clip``, ``proj_clip`` (``LSTMCell``), ``activation``.
+    options a checkpoint does not store are arguments: ``forget_bias`` (``None``: TF's default 1.0, with
+    an `AssumedForgetBiasWarning` when there are LSTM cells: pass what the TF code used), ``cell_clip``,
+    ``proj_clip`` (``LSTMCell``), ``activation``.
     """
+    return _cells_from_tf_variables(
+        variables, scope, forget_bias, cell_clip, proj_clip, activation, dtype, "cells_from_tf_variables"
+    )
+
+
+def _cells_from_tf_variables(
+    variables: Mapping[str, Any],
+    scope: str | None,
+    forget_bias: float | None,
+    cell_clip: float | None,
+    proj_clip: float | None,
+    activation: str,
+    dtype: torch.dtype | None,
+    component: str,
+) -> TFCellStack:
     layout = parse_tf_variables(variables, scope)
-    for spec in layout.fw + layout.bw:
+    specs = layout.fw + layout.bw
+    # The caller's caller is the user's code: this frame, the public function, then theirs.
+    forget_bias = resolve_forget_bias(forget_bias, [s.cell_type for s in specs], layout.scope, component, 4)
+    for spec in specs:
         spec.forget_bias, spec.activation = forget_bias, activation
         if spec.cell_type == "LSTMCell":
             spec.cell_clip = cell_clip
@@ -269,7 +288,7 @@ def load_tf_checkpoint(
     path: str | os.PathLike,
     scope: str | None = None,
     *,
-    forget_bias: float = 1.0,
+    forget_bias: float | None = None,
     cell_clip: float | None = None,
     proj_clip: float | None = None,
     activation: str = "tanh",
@@ -278,7 +297,8 @@ def load_tf_checkpoint(
     """Read a TF1 checkpoint (no TensorFlow needed) and build its recurrent stack as rnnkit cells.
 
     ``path``: a checkpoint prefix, its ``.index`` file, or a folder with TF's ``checkpoint`` file.
-    See `cells_from_tf_variables` for the options.
+    See `cells_from_tf_variables` for the options; pass ``forget_bias`` (a checkpoint does not store it:
+    without it TF's default 1.0 is assumed, with an `AssumedForgetBiasWarning`).
 
     Example::
 
@@ -287,14 +307,8 @@ def load_tf_checkpoint(
         TFCellStack('unidirectional', scope='rnn', layers=['BasicLSTMCell', 'BasicLSTMCell'], multi=True)
         >>> outputs, state = stack.run(inputs, sequence_length=lengths)
     """
-    return cells_from_tf_variables(
-        read_tf_checkpoint(path),
-        scope,
-        forget_bias=forget_bias,
-        cell_clip=cell_clip,
-        proj_clip=proj_clip,
-        activation=activation,
-        dtype=dtype,
+    return _cells_from_tf_variables(
+        read_tf_checkpoint(path), scope, forget_bias, cell_clip, proj_clip, activation, dtype, "load_tf_checkpoint"
     )
 
 

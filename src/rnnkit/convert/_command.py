@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,23 +169,28 @@ def _layer_from(state: dict[str, torch.Tensor], config: Any, batch_first: bool) 
 
 
 def _read_tf(args: argparse.Namespace) -> _Model:
-    from ..cells import LayerNormBasicLSTMCell, LSTMCell
     from ._cells import cells_from_tf_variables
     from ._tf_checkpoint import read_tf_checkpoint
     from ._tf_stack import tf_to_torch
+    from ._tf_variables import TF_DEFAULT_FORGET_BIAS, AssumedForgetBiasWarning
 
     variables = read_tf_checkpoint(args.src)
     options = {
-        "forget_bias": 1.0 if args.forget_bias is None else args.forget_bias,
+        "forget_bias": args.forget_bias,
         "cell_clip": args.cell_clip,
         "proj_clip": args.proj_clip,
         "activation": args.activation or "tanh",
     }
     notes = [f"{len(variables)} variables in the checkpoint"]
-    cells = cells_from_tf_variables(variables, args.scope, **options)
-    lstm = any(isinstance(c, (LSTMCell, LayerNormBasicLSTMCell)) for c in cells.cells_fw)
-    if args.forget_bias is None and lstm:
-        notes.append("forget_bias=1.0 assumed for the LSTM cells (TF's default; a checkpoint does not store it)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cells = cells_from_tf_variables(variables, args.scope, **options)
+    for caught_warning in caught:  # the report shows the assumed forget bias; any other warning goes on as it was
+        if issubclass(caught_warning.category, AssumedForgetBiasWarning):
+            notes.append(f"warning: {caught_warning.message}")
+        else:
+            warnings.warn(caught_warning.message, caught_warning.category, stacklevel=2)
+    options["forget_bias"] = TF_DEFAULT_FORGET_BIAS if args.forget_bias is None else args.forget_bias
     try:
         state, config = tf_to_torch(variables, args.scope, target="rnnkit", **options)
     except ValueError as err:  # no torch-layout layer computes it: keep the cells
@@ -330,6 +336,15 @@ def _torch_nn_state(layer: Any) -> tuple[dict[str, torch.Tensor], Any]:
 
     config = LayerConfig.from_module(layer)
     state = {k: v.detach().clone() for k, v in layer.state_dict().items()}
+    # What torch.nn lacks comes first (a forget bias folds into the biases, if any, so it is no reason here).
+    reasons = LayerConfig(**{**config.to_dict(), "forget_bias": 0.0}).torch_nn_incompatibilities()
+    if getattr(layer, "zoneout", 0.0):  # not in LayerConfig (no parameters), yet it changes the eval function
+        reasons.append(f"zoneout={layer.zoneout} (torch.nn has no zoneout; its eval output blends in the old state)")
+    if reasons:
+        raise ConvertError(
+            f"no torch.nn.{config.mode} computes this model: " + "; ".join(reasons) + ". Write .safetensors "
+            "(rnnkit's format keeps every option) or .onnx instead"
+        )
     if config.forget_bias:  # torch.nn has no forget bias: add it to the forget gate's block (i, f, g, o)
         if not config.bias:
             raise ConvertError(
@@ -341,12 +356,6 @@ def _torch_nn_state(layer: Any) -> tuple[dict[str, torch.Tensor], Any]:
             if key.startswith("bias_ih_l"):
                 state[key][h : 2 * h] += config.forget_bias
         config = LayerConfig(**{**config.to_dict(), "forget_bias": 0.0})
-    reasons = config.torch_nn_incompatibilities()
-    if reasons:
-        raise ConvertError(
-            f"no torch.nn.{config.mode} computes this model: " + "; ".join(reasons) + ". Write .safetensors "
-            "(rnnkit's format keeps every option) or .onnx instead"
-        )
     return state, config
 
 
@@ -361,6 +370,11 @@ def _write(model: _Model, args: argparse.Namespace, dst_format: str) -> list[str
             cells = model.cells
             if cells is None:
                 layer = model.layer
+                if getattr(layer, "zoneout", 0.0):  # no parameters, so torch_to_cells would drop it silently
+                    raise ConvertError(
+                        f"--as cells: zoneout={layer.zoneout}: no TF1 cell has zoneout (its eval output blends in "
+                        "the old state); save the layer instead (--as layer)"
+                    )
                 try:
                     cells = torch_to_cells(layer.state_dict(), LayerConfig.from_module(layer))
                 except (TypeError, ValueError) as err:

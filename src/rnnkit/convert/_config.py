@@ -57,7 +57,8 @@ class LayerConfig:
       ``BasicLSTMCell`` semantics; 0 in ``torch.nn``.
     * ``peepholes`` (LSTM): TF ``LSTMCell(use_peepholes=True)`` diagonals (``weight_c{i,f,o}`` keys).
     * ``cell_clip`` (LSTM): the memory clipped to ``[-cell_clip, cell_clip]`` after each step.
-    * ``layer_norm`` (LSTM): TF's ``LayerNormBasicLSTMCell`` step (``weight_ln_*``/``bias_ln_*`` keys).
+    * ``layer_norm`` (LSTM): TF's ``LayerNormBasicLSTMCell`` step (``weight_ln_*``/``bias_ln_*`` keys), with
+      ``proj_size`` followed by the projection ``h = W_hr h`` (no TF cell has that combination).
     * ``reset_after`` (GRU): ``True`` is torch's/cuDNN's ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``;
       ``False`` is TF/Keras's ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)``.
 
@@ -105,10 +106,10 @@ class LayerConfig:
             raise ValueError(
                 f"LayerConfig: forget_bias, peepholes, cell_clip and layer_norm are LSTM options, not {self.mode}'s"
             )
-        if self.layer_norm and (self.peepholes or self.cell_clip is not None or self.proj_size):
+        if self.layer_norm and (self.peepholes or self.cell_clip is not None):
+            # The projection is fine: rnnkit.LSTM(layer_norm=True, proj_size=P) projects the normalised step's h.
             raise ValueError(
-                "LayerConfig: layer_norm=True is TF's LayerNormBasicLSTMCell step, which has no peepholes, "
-                "cell_clip or projection"
+                "LayerConfig: layer_norm=True is TF's LayerNormBasicLSTMCell step, which has no peepholes or cell_clip"
             )
         if self.cell_clip is not None and not self.cell_clip > 0:
             raise ValueError(f"LayerConfig: cell_clip must be a positive number or None, got {self.cell_clip!r}")

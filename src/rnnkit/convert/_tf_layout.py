@@ -190,9 +190,11 @@ def torch_ln_lstm_to_tf(params: Mapping[str, Any], *, forget_bias: float = 0.0) 
     """One rnnkit ``LSTM(layer_norm=True)`` layer-direction -> TF ``LayerNormBasicLSTMCell`` variables.
 
     TF's cell has no bias under layer norm: non-zero ``bias_ih``/``bias_hh`` (added before the norm)
-    are refused. ``forget_bias`` is subtracted from the forget norm's shift.
+    are refused, and so is a projection (``weight_hr``). ``forget_bias`` is subtracted from the forget norm's shift.
     """
     component = "torch_ln_lstm_to_tf"
+    if "weight_hr" in params:
+        raise ValueError(f"{component}: weight_hr (proj_size): TF's LayerNormBasicLSTMCell has no projection")
     for name in ("bias_ih", "bias_hh"):
         if name in params and bool(_get(params, name, component).any()):
             raise ValueError(f"{component}: non-zero {name}: TF's LayerNormBasicLSTMCell has no bias before its norms")

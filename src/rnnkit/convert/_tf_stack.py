@@ -28,7 +28,14 @@ from ._tf_layout import (
     torch_lstm_to_tf,
     torch_rnn_to_tf,
 )
-from ._tf_variables import _DEFAULT_SCOPE, _TOPOLOGIES, TFCellVariables, TFRNNVariables, parse_tf_variables
+from ._tf_variables import (
+    _DEFAULT_SCOPE,
+    _TOPOLOGIES,
+    TFCellVariables,
+    TFRNNVariables,
+    parse_tf_variables,
+    resolve_forget_bias,
+)
 from ._torch_layout import check_state_dict, direction_params, set_direction_params
 
 __all__ = ["tf_to_torch", "torch_to_tf", "layout_to_torch", "layout_from_torch"]
@@ -129,7 +136,7 @@ def tf_to_torch(
     scope: str | None = None,
     *,
     target: str = "rnnkit",
-    forget_bias: float = 1.0,
+    forget_bias: float | None = None,
     fold_forget_bias: bool | None = None,
     cell_clip: float | None = None,
     proj_clip: float | None = None,
@@ -138,7 +145,8 @@ def tf_to_torch(
     """TF1 cell variables (name -> array) -> a torch-layout state dict and its `LayerConfig`.
 
     A checkpoint does not store the cells' run-time options; pass what the TF code used:
-    ``forget_bias`` (TF's default 1.0 for ``BasicLSTMCell`` and ``LSTMCell``), ``cell_clip``,
+    ``forget_bias`` (``None``: TF's default 1.0 for ``BasicLSTMCell``, ``LSTMCell`` and
+    ``LayerNormBasicLSTMCell``, with an `AssumedForgetBiasWarning` when the stack has such cells), ``cell_clip``,
     ``proj_clip``, ``activation`` (``"relu"`` for a ``BasicRNNCell(activation=tf.nn.relu)``).
     ``target``: ``"torch.nn"`` (loads into ``torch.nn.LSTM/GRU/RNN``; forget bias folded into the
     forget-gate bias, exact up to one float rounding of that sum; peepholes, clipping and TF's GRU
@@ -147,11 +155,13 @@ def tf_to_torch(
 
     Example::
 
-        >>> state, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn")
+        >>> state, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn", forget_bias=1.0)
         >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state)
     """
     layout = parse_tf_variables(variables, scope)
-    for cell in layout.fw + layout.bw:
+    cells = layout.fw + layout.bw
+    forget_bias = resolve_forget_bias(forget_bias, [c.cell_type for c in cells], layout.scope, "tf_to_torch")
+    for cell in cells:
         cell.forget_bias, cell.cell_clip, cell.activation = forget_bias, cell_clip, activation
         cell.proj_clip = proj_clip if cell.num_proj is not None else None
     return layout_to_torch(layout, target=target, fold_forget_bias=fold_forget_bias)
@@ -200,6 +210,12 @@ def layout_from_torch(
     if not multi and config.num_layers > 1 and topology != "stack_bidirectional":
         raise ValueError(f"torch_to_tf: {config.num_layers} layers need multi_rnn_cell=True")
     if config.layer_norm:
+        if config.proj_size:
+            raise ValueError(
+                f"torch_to_tf: an LSTM(layer_norm=True, proj_size={config.proj_size}) has no TF1 cell: TF's "
+                "LayerNormBasicLSTMCell has no projection (and LSTMCell no layer norm); keep it as an rnnkit layer "
+                "(rnnkit.convert.save, export_onnx)"
+            )
         if cell_type not in (None, "LayerNormBasicLSTMCell"):
             raise ValueError(f"torch_to_tf: a layer_norm LSTM becomes a LayerNormBasicLSTMCell, not {cell_type!r}")
         cell_type = "LayerNormBasicLSTMCell"

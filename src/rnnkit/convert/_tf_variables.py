@@ -16,6 +16,7 @@ parsed stack to and from the torch layout.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,44 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TFCellVariables", "TFRNNVariables", "parse_tf_variables", "CELL_SCOPES"]
+__all__ = [
+    "TFCellVariables",
+    "TFRNNVariables",
+    "parse_tf_variables",
+    "CELL_SCOPES",
+    "TF_DEFAULT_FORGET_BIAS",
+    "AssumedForgetBiasWarning",
+    "resolve_forget_bias",
+]
+
+# TF1's BasicLSTMCell, LSTMCell and LayerNormBasicLSTMCell add 1.0 to the forget gate unless told otherwise.
+TF_DEFAULT_FORGET_BIAS = 1.0
+
+
+class AssumedForgetBiasWarning(UserWarning):
+    """A TF1 LSTM's ``forget_bias`` was not passed, so TF's default 1.0 was assumed (a checkpoint does not store it)."""
+
+
+def resolve_forget_bias(
+    forget_bias: float | None, cell_types: list[str], scope: str, component: str, stacklevel: int = 3
+) -> float:
+    """``forget_bias``, or TF's default with one `AssumedForgetBiasWarning` when it is ``None`` and the stack has
+    LSTM cells (``cell_types``: their TF class names). A model trained with another forget bias computes other
+    outputs from the same variables (ptb and DeepSpeech train with 0.0: their logits move by about 0.09)."""
+    if forget_bias is not None:
+        return float(forget_bias)
+    lstms = sorted({t for t in cell_types if _MODE.get(t) == "LSTM"})
+    if lstms:
+        warnings.warn(
+            f"{component}: forget_bias={TF_DEFAULT_FORGET_BIAS} assumed for the {', '.join(lstms)} at {scope!r} "
+            "(TF's default; a TF1 checkpoint does not store it, and a model trained with another value, e.g. 0.0 "
+            "as ptb and DeepSpeech are, computes different outputs). Pass forget_bias= (rnnkit convert: "
+            "--forget-bias) with the value the TF code used",
+            AssumedForgetBiasWarning,
+            stacklevel=stacklevel,
+        )
+    return TF_DEFAULT_FORGET_BIAS
+
 
 CELL_SCOPES = {
     "basic_lstm_cell": "BasicLSTMCell",
