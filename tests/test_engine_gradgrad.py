@@ -179,3 +179,20 @@ def test_gradgrad_layer_recurrent_dropout_in_training():
         return out, h, c
 
     _check(fn, (x, *layer.parameters()))
+
+
+@pytest.mark.parametrize("make", [LAYERS["lstm"], LAYERS["gru_reset_before"]])
+def test_functorch_transforms_and_batched_gradients(make):
+    """vmap, jacrev and gradcheck's batched-gradient check (a vmap over the backward) on the fused paths: the
+    compiled kernels have no batching rule, so transforms take the same forward in torch ops."""
+    layer = make().double()
+    _uniform(*layer.parameters())
+    x = torch.randn(T, B, INPUT_DEPTH, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: layer(x)[0], (x,), check_batched_grad=True, **TOL)
+    jac = torch.func.jacrev(lambda x: layer(x)[0])(x)
+    with rk.engine.use("reference"):
+        want = torch.func.jacrev(lambda x: layer(x)[0])(x)
+        batch = torch.randn(4, T, B, INPUT_DEPTH, dtype=torch.float64)
+        want_vmap = torch.stack([layer(b)[0] for b in batch])
+    torch.testing.assert_close(jac, want, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(torch.func.vmap(lambda b: layer(b)[0])(batch), want_vmap, atol=1e-10, rtol=1e-8)

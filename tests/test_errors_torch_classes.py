@@ -157,8 +157,8 @@ def test_enough_cases():
     "call, error, match",
     [
         # torch takes True as 1 and truncates float lengths; rnnkit refuses both by name
-        (lambda: rnnkit.LSTM(4, True), errors.ArgumentTypeError, r"LSTM: hidden_size should be of type int \(a positive int\), got: bool \(True\)"),
-        (lambda: rnnkit.GRU(True, 3), TypeError, r"GRU: input_size should be of type int \(a positive int\), got: bool \(True\)"),
+        (lambda: rnnkit.LSTM(4, True), errors.ArgumentTypeError, r"LSTM: hidden_size should be of type int.*bool"),
+        (lambda: rnnkit.GRU(True, 3), TypeError, r"GRU: input_size should be of type int.*, got: bool \(True\)"),
         (lambda: rnnkit.GRU(4, 3)(X, lengths=[5.0, 2.0]), errors.DtypeError, r"GRU: lengths must hold integers"),
         # torch cannot read lengths on meta either (NotImplementedError: no data); rnnkit names the device
         (

@@ -16,7 +16,9 @@ kernel runs directly, saving nothing.
 Higher-order gradients: autograd runs a backward in grad mode exactly when it was asked for a differentiable
 gradient (``create_graph=True``). Then, and only then, the layer's gradient is taken through its forward
 recomputed in differentiable torch ops (``_autodiff``) instead of the backward kernel, so gradient penalties,
-Hessian-vector products and ``gradgradcheck`` see exact second derivatives on every path.
+Hessian-vector products and ``gradgradcheck`` see exact second derivatives on every path. Under functorch's
+transforms (``torch.func.vmap/grad/jacrev``, gradcheck's batched gradients) the same torch-ops forward runs, since
+the compiled kernels have no batching rules.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class _FusedLayer(torch.autograd.Function):
         saved = ctx.saved_tensors
         inputs, activations = saved[: ctx.n_inputs], saved[ctx.n_inputs :]
         family = ctx.family
-        if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        # create_graph=True (the gradient must itself be differentiable), or a vmap over this backward
+        if torch.is_grad_enabled() or _transformed(grads):
             input_grads = _differentiable_grads(ctx, inputs, grads)
         else:
             x, w_x, bias, *rest = inputs
@@ -78,9 +81,22 @@ class _FusedLayer(torch.autograd.Function):
         return (None, None, None, None, *input_grads, *([None] * family.masks))
 
 
+def _transformed(tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether a functorch transform wraps any of ``tensors`` (``torch.func.vmap/grad/jacrev``, and the legacy vmap
+    of gradcheck's batched-gradient check). The compiled kernels have no batching rule; the differentiable forward
+    (``_autodiff``) is plain torch ops, which every transform knows."""
+    functorch = torch._C._functorch
+    return any(
+        t is not None and (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
+        for t in tensors
+    )
+
+
 def _differentiable_grads(ctx: Any, inputs: tuple[Tensor | None, ...], grads: tuple[Tensor, ...]) -> list:
     """The layer's input gradients as functions of its inputs and of ``grads``, by autograd through the forward
-    recomputed in torch ops (``_autodiff``) on the saved inputs, which carry their autograd history."""
+    recomputed in torch ops (``_autodiff``) on the saved inputs, which carry their autograd history. (Also for
+    batched ``grads``: a vmap over this backward, as gradcheck's batched-gradient check makes.)"""
+    create_graph = torch.is_grad_enabled()
     family = ctx.family
     wanted = [
         k for k, t in enumerate(inputs[: ctx.n_inputs - family.masks]) if t is not None and ctx.needs_input_grad[4 + k]
@@ -89,7 +105,7 @@ def _differentiable_grads(ctx: Any, inputs: tuple[Tensor | None, ...], grads: tu
         x, w_x, bias, *rest = inputs
         outputs = _autodiff.FAMILIES[family.name](x, w_x, bias, ctx.batch_sizes, *rest, *ctx.cfg)
         found = torch.autograd.grad(
-            outputs, [inputs[k] for k in wanted], grads, create_graph=True, allow_unused=True
+            outputs, [inputs[k] for k in wanted], grads, create_graph=create_graph, allow_unused=True
         )
     input_grads: list[Tensor | None] = [None] * (ctx.n_inputs - family.masks)
     for k, g in zip(wanted, found, strict=True):
@@ -98,6 +114,9 @@ def _differentiable_grads(ctx: Any, inputs: tuple[Tensor | None, ...], grads: tu
 
 
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
+    if _transformed(inputs):  # under torch.func transforms: the same forward in torch ops
+        x, w_x, bias, *rest = inputs
+        return _autodiff.FAMILIES[family.name](x, w_x, bias, batch_sizes, *rest, *cfg)
     if needs_grad(*inputs[: len(inputs) - family.masks]):
         return _FusedLayer.apply(kern, family, cfg, batch_sizes, *inputs)
     # No input needs a gradient, so the kernel's outputs need no graph: no no_grad() block needed around it.
