@@ -205,7 +205,7 @@ def tf_case(seed: int) -> dict[str, Any]:
         lengths = [rng.randint(0, steps) for _ in range(batch)]
         lengths[rng.randrange(batch)] = steps
     return {"seed": seed, "runner": runner, "cells": cells, "depth": depth, "steps": steps, "batch": batch,
-            "lengths": lengths, "time_major": rng.random() < 0.4 and not static, "state": rng.random() < 0.5,
+            "lengths": lengths, "time_major": static or rng.random() < 0.4, "state": rng.random() < 0.5,
             "dtype": rng.choice(list(DTYPES))}  # fmt: skip
 
 
@@ -260,7 +260,7 @@ def run_tf(case: dict[str, Any], cells: list, x: torch.Tensor, states: Any, leng
         out, f, b = rk.stack_bidirectional_dynamic_rnn(cells[:n], cells[n:], x, s_fw, s_bw, sequence_length=lengths,
                                                        time_major=tm, **extra)  # fmt: skip
         return out, (f, b)
-    steps = list(x.unbind(0)) if x.dim() == 3 else x  # static: time-major list of (B, D)
+    steps = list(x.unbind(0)) if x.dim() == 3 else x  # static: a list of (B, D), one per step (x is time-major)
     if runner == "static_rnn":
         outs, final = rk.static_rnn(cells[0], steps, fw, sequence_length=lengths, **extra)
         return torch.stack(outs), final

@@ -102,8 +102,8 @@ def _weight(label: str, like: torch.Tensor) -> torch.Tensor:
 
 
 def outcome(results: dict[str, torch.Tensor], structure: Any, leaves: dict[str, Any]) -> Outcome:
-    """``results`` and the gradients of ``sum(w * result)`` with respect to every floating-point leaf."""
-    leaves = {k: v for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    """``results`` and the gradients of ``sum(w * result)`` with respect to every leaf that requires them."""
+    leaves = {k: v for k, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad}
     parts = [(r * _weight(k, r)).sum() for k, r in results.items() if r.requires_grad]
     values = {k: r.detach() for k, r in results.items()}
     grads = [None] * len(leaves)
