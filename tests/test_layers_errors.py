@@ -22,7 +22,7 @@ from rnnkit.layers import GRU, LSTM, RNN
         (lambda: RNN(0, 3), ValueError, "RNN: input_size must be greater than zero.*, got 0"),
         (lambda: GRU(4, 2.5), ValueError, "GRU: hidden_size should be of type int.*, got: float \\(2.5\\)"),
         (lambda: LSTM(4, 3, num_layers=0), ValueError, "LSTM: num_layers must be greater than zero.*, got 0"),
-        (lambda: LSTM(4, 3, bias=1), TypeError, "LSTM: bias must be a bool, got int 1"),
+        (lambda: LSTM(4, 3, bias=1), TypeError, "LSTM: bias should be of type bool, got: int 1"),
         (lambda: GRU(4, 3, reset_after="no"), TypeError, "GRU: reset_after must be a bool"),
         (lambda: LSTM(4, 3, recurrent_dropout=1.0), ValueError, r"LSTM: recurrent_dropout must be .* \[0, 1\)"),
         (lambda: GRU(4, 3, zoneout=-0.5), ValueError, r"GRU: zoneout must be a number in \[0, 1\)"),

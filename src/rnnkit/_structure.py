@@ -133,9 +133,14 @@ def check_state(state: Any, state_size: Any, batch_size: int, component: str) ->
     must be exactly ``(batch_size, size)`` and floating point.
     """
     if not _same_nesting(state, state_size):
+        # TF1's words where it expects a tuple ("Expected state to be a tuple of length 2, but received: ...")
+        expected = (
+            f"a tuple of length {len(state_size)}" if isinstance(state_size, tuple) else "one tensor"
+        )
+        got = _describe(state)
         raise StateStructureError(
-            f"{component}: state structure does not match state_size; "
-            f"expected {_describe(state_size)}, got {_describe(state)}"
+            f"{component}: state structure does not match state_size; expected {_describe(state_size)}, got {got} "
+            f"(Expected state to be {expected}, but received: {got})"
         )
     for leaf, size in zip(flatten(state), flatten(state_size), strict=True):
         if tuple(leaf.shape) != (batch_size, size):
@@ -192,9 +197,13 @@ def _refuse_tensor(component: str, name: str, t: torch.Tensor, ref: str, dtype: 
     ``t`` is the input and ``ref`` the parameters, so converting the module is the other way out."""
     verb = "are" if ref == "the parameters" else "is"
     if t.dtype != dtype:
-        module = module and t.dtype.is_floating_point
-        fix = f"convert {name} ({name}.to({dtype}))" + (f" or the module (.to({t.dtype}))" if module else "")
-        raise DtypeError(f"{component}: {name} has dtype {t.dtype}, but {ref} {verb} {dtype}; {fix}")
+        said = f"{component}: {name} has dtype {t.dtype}, but {ref} {verb} {dtype}"
+        if module and t.dtype.is_floating_point:  # and torch.nn's own words for the input against the weights
+            raise DtypeError(
+                f"{said} (RNN input dtype ({t.dtype}) does not match weight dtype ({dtype})). Convert input: "
+                f"input.to({dtype}), or convert model: model.to({t.dtype})"
+            )
+        raise DtypeError(f"{said}; convert {name} ({name}.to({dtype}))")
     fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if module else "")
     raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref} {verb} on {device}; {fix}")
 

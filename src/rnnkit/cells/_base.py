@@ -68,7 +68,8 @@ def check_units(value: Any, name: str, component: str) -> int:
     # tests written against torch.nn match.
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArgumentTypeError(
-            f"{component}: {name} should be of type int (a positive int), got: {type(value).__name__} ({value!r})"
+            f"{component}: {name} should be of type int, got: {type(value).__name__} ({value!r}); "
+            "expected a positive int"
         )
     if value <= 0:
         raise ValueError(f"{component}: {name} must be greater than zero (a positive int), got {value!r}")

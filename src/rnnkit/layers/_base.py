@@ -58,7 +58,7 @@ class RNNLayer(nn.Module):
         name = type(self).__name__
         for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
             if not isinstance(value, bool):
-                raise TypeError(f"{name}: {flag} must be a bool, got {type(value).__name__} {value!r}")
+                raise TypeError(f"{name}: {flag} should be of type bool, got: {type(value).__name__} {value!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
             # torch.nn: TypeError where float(dropout) fails (None), ValueError otherwise ("0.5", True, 1.5)
             error = ValueError if isinstance(dropout, numbers.Real) else ArgumentTypeError
