@@ -51,14 +51,26 @@ def test_empty_sequences_give_empty_outputs_through_the_tf_runners_on_every_path
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("value", [float("nan"), 0.0, -1.0])
-def test_nan_and_non_positive_clips_are_refused(value):
-    with pytest.raises(ValueError, match="LSTMCell: cell_clip must be a positive number"):
+@pytest.mark.parametrize("value", [float("nan"), -1.0, float("-inf")])
+def test_nan_and_negative_clips_are_refused(value):
+    with pytest.raises(ValueError, match="LSTMCell: cell_clip must be a non-negative number"):
         rk.LSTMCell(4, cell_clip=value)
-    with pytest.raises(ValueError, match="LSTMCell: proj_clip must be a positive number"):
+    with pytest.raises(ValueError, match="LSTMCell: proj_clip must be a non-negative number"):
         rk.LSTMCell(4, num_proj=2, proj_clip=value)
-    with pytest.raises(ValueError, match="LSTM: cell_clip must be a positive number"):
+    with pytest.raises(ValueError, match="LSTM: cell_clip must be a non-negative number"):
         rk.LSTM(3, 4, cell_clip=value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_clip_of_zero_clips_to_zero_as_tf_does(backend):
+    """TF's ``clip_by_value(c, -0.0, 0.0)``: the memory is 0 after every step, so ``h = sigmoid(o) * tanh(0) = 0``
+    (the kernels read a clip of 0 as none, so such a cell runs on the loop)."""
+    cell = rk.LSTMCell(4, cell_clip=0.0, input_size=3)
+    layer = rk.LSTM(3, 4, cell_clip=0.0)
+    with rk.engine.use(backend):
+        out, state = rk.dynamic_rnn(cell, torch.randn(2, 5, 3))
+        y, (h, c) = layer(torch.randn(5, 2, 3))
+    assert not out.any() and not state.c.any() and not y.any() and not c.any()
 
 
 def test_infinite_clip_is_no_clip_on_every_path():

@@ -113,7 +113,7 @@ def test_residual_wrapper_depth_mismatch():
         (lambda: rk.BasicRNNCell(0), r"BasicRNNCell: num_units must be greater than zero.*, got 0"),
         (lambda: rk.BasicLSTMCell(2.5), r"BasicLSTMCell: num_units should be of type int.*, got: float \(2.5\)"),
         (lambda: rk.LSTMCell(4, num_proj=-1), r"LSTMCell: num_proj must be greater than zero.*, got -1"),
-        (lambda: rk.LSTMCell(4, cell_clip=0), r"LSTMCell: cell_clip must be a positive number or None, got 0"),
+        (lambda: rk.LSTMCell(4, cell_clip=-1), r"LSTMCell: cell_clip must be a non-negative number or None, got -1"),
         (lambda: rk.LSTMCell(4, proj_clip=1.0), r"LSTMCell: proj_clip=1.0 needs num_proj"),
         (lambda: rk.GRUCell(4, activation="swish"), r"activation: expected one of .* or a callable, got 'swish'"),
         (lambda: rk.DropoutWrapper(rk.GRUCell(2), 1.5), r"DropoutWrapper: input_keep_prob must be a float in \(0, 1\]"),

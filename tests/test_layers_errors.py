@@ -26,7 +26,7 @@ from rnnkit.layers import GRU, LSTM, RNN
         (lambda: GRU(4, 3, reset_after="no"), TypeError, "GRU: reset_after must be a bool"),
         (lambda: LSTM(4, 3, recurrent_dropout=1.0), ValueError, r"LSTM: recurrent_dropout must be .* \[0, 1\)"),
         (lambda: GRU(4, 3, zoneout=-0.5), ValueError, r"GRU: zoneout must be a number in \[0, 1\)"),
-        (lambda: LSTM(4, 3, cell_clip=0), ValueError, "LSTM: cell_clip must be a positive number or None"),
+        (lambda: LSTM(4, 3, cell_clip=-1), ValueError, "LSTM: cell_clip must be a non-negative number or None"),
         (lambda: LSTM(4, 3, forget_bias="1"), TypeError, "LSTM: forget_bias must be a number"),
         (
             lambda: LSTM(4, 3, layer_norm=True, peepholes=True),

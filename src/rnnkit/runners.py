@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import engine as _engine
 from ._structure import as_torch_dtype, check_float_dtype, check_placement, check_state, named_leaves
@@ -137,6 +138,19 @@ def _prepare(cell: Any, inputs: Any, sequence_length: Any, time_major: bool, com
     return x, lengths
 
 
+def _dropout_between_layers(x: torch.Tensor, p: float, lengths: torch.Tensor | None) -> torch.Tensor:
+    """torch.nn's dropout between layers, with its draws: on the whole ``(T, B, D)`` output, or, where the
+    sequences have lengths, on the packed rows that torch's packed kernels drop (time-major, longest sequence
+    first), so that a seed gives ``torch.nn``'s masks; padding stays zero."""
+    if lengths is None or bool((lengths == x.shape[0]).all()):
+        return torch.nn.functional.dropout(x, p, training=True)
+    ran = (lengths > 0).nonzero().squeeze(1)  # torch cannot pack an empty sequence; it draws nothing for one
+    packed = pack_padded_sequence(x.index_select(1, ran), lengths.index_select(0, ran).cpu(), enforce_sorted=False)
+    dropped = torch.nn.functional.dropout(packed.data, p, training=True)
+    padded, _ = pad_packed_sequence(packed._replace(data=dropped), total_length=x.shape[0])
+    return x.new_zeros(x.shape).index_copy(1, ran, padded)
+
+
 def _unroll_layers(
     layers: Sequence[Sequence[RNNCell]],
     inputs: torch.Tensor,
@@ -160,7 +174,7 @@ def _unroll_layers(
     final_states = []
     for k, cells in enumerate(layers):
         if k and dropout:
-            x = torch.nn.functional.dropout(x, dropout, training=True)
+            x = _dropout_between_layers(x, dropout, lengths)
         outputs, states = [], []
         for d, cell in enumerate(cells):
             where = f"{component} layer {k}" + ((" backward" if d else " forward") if len(cells) > 1 else "")

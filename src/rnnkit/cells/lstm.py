@@ -58,9 +58,10 @@ def _clip(x: torch.Tensor, limit: float | None) -> torch.Tensor:
 def _check_clip(value: Any, name: str, component: str) -> float | None:
     if value is None:
         return None
-    # `not value > 0` also refuses NaN, which every comparison fails (the engines would disagree on it).
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{component}: {name} must be a positive number or None, got {value!r}")
+    # `not value >= 0` also refuses NaN, which every comparison fails (the engines would disagree on it). 0 is TF's
+    # too: it clips to [-0, 0].
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"{component}: {name} must be a non-negative number or None, got {value!r}")
     return float(value)
 
 

@@ -111,8 +111,8 @@ class LayerConfig:
             raise ValueError(
                 "LayerConfig: layer_norm=True is TF's LayerNormBasicLSTMCell step, which has no peepholes or cell_clip"
             )
-        if self.cell_clip is not None and not self.cell_clip > 0:
-            raise ValueError(f"LayerConfig: cell_clip must be a positive number or None, got {self.cell_clip!r}")
+        if self.cell_clip is not None and not self.cell_clip >= 0:
+            raise ValueError(f"LayerConfig: cell_clip must be a non-negative number or None, got {self.cell_clip!r}")
 
     # -- derived sizes -----------------------------------------------------------------------------
     @property

@@ -127,6 +127,8 @@ def fused_stack(layer: Any, cells: list[list[Any]], x: Tensor, states: Any, leng
     if any(spec is None for spec in specs):
         return None  # zoneout, a projected layer norm: the reference loop
     steps, batch = x.shape[0], x.shape[1]
+    if not steps or not batch:
+        return None  # nothing to run: the runner returns the empty outputs and the initial states
     kern, batch_sizes = fused_kernels("cpu"), full_batch_sizes(steps, batch)
     h = x.reshape(steps * batch, x.shape[-1])  # (T * B, I): full batches are already packed rows
     finals = []

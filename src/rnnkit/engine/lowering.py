@@ -191,8 +191,8 @@ def _lower(cell: Any) -> Spec | None:
         return None
     kind = type(cell)
     if kind in (LSTMCell, BasicLSTMCell):
-        if not _is_tanh(cell.activation):
-            return None
+        if not _is_tanh(cell.activation) or 0.0 in (cell.cell_clip, cell.proj_clip):
+            return None  # (the kernels read a clip of 0 as none; TF's clips to 0, which the loop does)
         return LSTMSpec(
             cell,
             "tf",
@@ -249,6 +249,8 @@ def _lower_torch_layout_step(cell: Any) -> _Leaf | None:
     if cell.zoneout:
         return None
     if isinstance(cell, TorchLSTMCell):
+        if cell.cell_clip == 0.0:
+            return None  # (the kernels read a clip of 0 as none; a clip to 0 runs on the loop)
         if cell.layer_norm:
             # The layer-norm kernel has no projection: a projected layer-norm LSTM stays on the loop.
             return None if cell.proj_size else LNLSTMSpec(cell, "torch", cell.hidden_size, cell.forget_bias)

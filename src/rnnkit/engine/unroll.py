@@ -239,17 +239,18 @@ def _run_fused(
         h0, c0 = internal
         m_h, m_c = leaf.split_masks(masks)
         m_h = _times(m_h, recurrent)
+        h_in = _times(h0, recurrent)  # the state mask covers the h each step makes; the first matmul reads h0
         if isinstance(leaf, LNLSTMSpec):
             y, h, c = F.lnlstm_layer(
-                kern, bs, x, p["w_x"], p["bias"], h0, c0, p["w_h"], p["gamma"], p["beta"], m_h, m_c,
+                kern, bs, x, p["w_x"], p["bias"], h_in, c0, p["w_h"], p["gamma"], p["beta"], m_h, m_c,
                 leaf.gate_order, leaf.forget_bias, leaf.eps,
             )
         else:
             y, h, c = F.lstm_layer(
-                kern, bs, x, p["w_x"], p["bias"], h0, c0, p["w_h"], p["peep"], p["w_proj"], m_h, m_c,
+                kern, bs, x, p["w_x"], p["bias"], h_in, c0, p["w_h"], p["peep"], p["w_proj"], m_h, m_c,
                 leaf.gate_order, leaf.forget_bias, leaf.cell_clip, leaf.proj_clip,
             )
-        return y, (_unmasked_final(recurrent, y, bs, h), c)
+        return y, (_unmasked_final(recurrent, y, bs, h, h0), c)
     (h0,) = internal
     if isinstance(leaf, GRUSpec):
         y, h = F.gru_layer(
@@ -258,27 +259,31 @@ def _run_fused(
         )
         return y, (h,)
     assert isinstance(leaf, RNNSpec)
-    y, h = F.rnn_layer(kern, bs, x, p["w_x"], p["bias"], h0, p["w_h"], _times(masks, recurrent), leaf.relu)
-    return y, (_unmasked_final(recurrent, y, bs, h),)
+    h_in = _times(h0, recurrent)
+    y, h = F.rnn_layer(kern, bs, x, p["w_x"], p["bias"], h_in, p["w_h"], _times(masks, recurrent), leaf.relu)
+    return y, (_unmasked_final(recurrent, y, bs, h, h0),)
 
 
 def _times(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a if b is None else (b if a is None else a * b)
 
 
-def _unmasked_final(recurrent: Tensor | None, y: Tensor, bs: Tensor, h: Tensor) -> Tensor:
+def _unmasked_final(recurrent: Tensor | None, y: Tensor, bs: Tensor, h: Tensor, h0: Tensor) -> Tensor:
     """The final ``h`` (B, O) when the kernel carried it through a recurrent-dropout mask: each sequence's output
-    at its last step (outputs are never masked); a sequence of no step keeps ``h``'s row (its initial state)."""
-    if recurrent is None or bs.numel() == 0:
+    at its last step (outputs are never masked); a sequence of no step keeps its initial state ``h0``."""
+    if recurrent is None:
         return h
     batch = h.shape[0]
+    if bs.numel() == 0:
+        return h0
     if int(bs[-1]) == batch:  # every sequence runs every step: the last step's rows
         return y[-batch:]
     rows = torch.arange(batch)
     lengths = (bs.unsqueeze(0) > rows.unsqueeze(1)).sum(1)  # (B,), sorted order
     last = (torch.cumsum(bs, 0) - bs)[(lengths - 1).clamp(min=0)] + rows  # packed row of each last step
+    last = torch.where(lengths > 0, last, 0)  # (rows of no step read row 0, then keep h0)
     ran = (lengths > 0).to(y.device).unsqueeze(1)
-    return torch.where(ran, y.index_select(0, last.to(y.device)), h)
+    return torch.where(ran, y.index_select(0, last.to(y.device)), h0)
 
 
 _VF_CALLS = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}

@@ -422,8 +422,8 @@ WeightGrads weight_grads(const Tensor& x, const std::vector<Mat<T>>& wx, const T
     g.dwx.push_back(dW.narrow(0, 0, I));
     g.dwh.push_back(dW.narrow(0, I, R));
     if (dgh) gemm_atd<T>(total, R, N, hprev.data_ptr<T>(), R, dgh + col, ldg, T(0), g.dwh[k].data_ptr<T>(), N);
-    if (total == 0) {  // nothing ran: the gradients are zero
-      g.dwx[k].zero_();
+    if (total == 0) {  // nothing ran: the gradients are zero (dW_h too: no step wrote it, whoever was to)
+      dW.zero_();
     } else {
       const T* dg = dG.data_ptr<T>() + col;
       gemm_atd<T>(total, I, N, xc.data_ptr<T>(), std::max<int64_t>(1, I), dg, ldg, T(0), g.dwx[k].data_ptr<T>(), N);
