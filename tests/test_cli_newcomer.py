@@ -65,6 +65,18 @@ def test_first_build_is_announced_and_kept_out_of_the_clock(tmp_path, monkeypatc
     assert eta is not None and int(eta.group(1)) < BUILD_S, lines[first_step]
 
 
+def test_sample_announces_a_first_build_too(tmp_path, monkeypatch, capsys):
+    data = write_corpus(tmp_path)
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", data, *ARGS, "--steps", "3", "--out", run]) == 0
+    calls = _fake_extension(monkeypatch, tmp_path, cached=False)  # as if the kernels were never built here
+    capsys.readouterr()
+    assert main(["sample", run, "--prime", "the ", "--length", "20", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert calls == [BUILD_S] and len(out) == len("the ") + 20 + 1
+    assert [line for line in err.splitlines() if "compiling the fused CPU kernels" in line] != []
+
+
 def test_resuming_a_finished_run_says_so_and_trains_nothing(tmp_path, capsys):
     data = write_corpus(tmp_path)
     out = str(tmp_path / "run")
