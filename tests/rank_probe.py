@@ -17,5 +17,7 @@ names = []
 for tid in os.listdir("/proc/self/task"):
     with open(f"/proc/self/task/{tid}/comm", encoding="utf-8") as f:
         names.append(f.read().strip())
-print(f"rank {os.environ.get('RANK')} threads left: {sorted(n for n in names if 'gloo' in n or 'nccl' in n)}")
+left = sorted(n for n in names if "gloo" in n or "nccl" in n)
+sys.stdout.write(f"rank {os.environ.get('RANK')} threads left: {left}\n")  # one write: ranks share the stdout
+sys.stdout.flush()
 sys.exit(code)
