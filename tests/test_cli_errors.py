@@ -84,7 +84,9 @@ def test_other_usage_errors(tmp_path, capsys):
     assert main(["train", "--data", data, *TINY, "--steps", "1", "--eval-every", "1", "--out", out]) == 0
     capsys.readouterr()
     cases = [
-        (["train", "--data", data, *TINY, "--out", out], 2, "already holds a run; continue it with --resume"),
+        (["train", "--data", data, *TINY, "--out", out], 2,
+         "already holds a finished run (step 1 of 1): choose another --out for a new run, or train that one further "
+         "with --resume --steps N (N > 1)"),  # fmt: skip
         (["sample", str(tmp_path / "nothing")], 4, "no checkpoint at"),
         (["sample", out, "--prime", "XYZ"], 2, "--prime has characters the model never saw: 'XYZ'"),
         (["train", "--data", data, *TINY, "--dropout", "1.5", "--out", str(tmp_path / "x")], 2, "--dropout must be"),

@@ -193,3 +193,67 @@ def test_rnnkit_layers_and_their_options_have_formulas(make):
     h_n = state[0] if isinstance(state, tuple) else state
     shapes = {n: v for n, _, v in s.shapes}
     assert shapes["output"] == tuple(out.shape) and shapes["h_0 / h_n"] == tuple(h_n.shape)
+
+
+@pytest.mark.parametrize("mode,bidirectional,proj", [("rnn", False, 0), ("gru", True, 0), ("lstm", True, 7)])
+def test_each_layer_header_names_its_own_input_size(capsys, mode, bidirectional, proj):
+    # Layer k > 0 reads the layer below (num_directions * (proj_size or hidden_size)), not input_size: the
+    # header's number must be the second dimension of that layer's weight_ih in the real torch.nn layer.
+    argv = [mode, "--input-size", "100", "--hidden-size", "20", "--num-layers", "3"]
+    argv += ["--bidirectional"] * bidirectional + (["--proj-size", str(proj)] if proj else [])
+    out = explain(capsys, *argv)
+    kwargs = {"bidirectional": bidirectional, **({"proj_size": proj} if proj else {})}
+    ref = getattr(torch.nn, mode.upper())(100, 20, 3, **kwargs)
+    headers = [line for line in out.splitlines() if line.startswith("  layer ")]
+    assert len(headers) == 3 * (2 if bidirectional else 1)
+    for line in headers:
+        k = int(line.split()[1].rstrip(":"))
+        reads = ref.get_parameter(f"weight_ih_l{k}").shape[1]  # 100, then 20 / 40 / 14
+        inside = line[line.index("(") + 1 : line.rindex(")")]
+        numbers = [int(part.rsplit("=", 1)[1]) for part in inside.split(", ") if part.startswith("input")]
+        assert numbers == [reads], line
+        assert ("input_size=100" in line) == (k == 0), line  # only layer 0 reads input_size
+
+
+def _text_boxes(canvas):
+    """(x0, y0, x1, y1, text) of every text on a Canvas, from a sans-serif glyph advance of 0.6 em."""
+    out = []
+    for shape in canvas.shapes:
+        if shape[0] == "text":
+            _, x, y, text, size, anchor, _, bold = shape
+            w = len(text) * size * 0.6 * (1.1 if bold else 1.0)
+            x0 = {"start": x, "middle": x - w / 2, "end": x - w}[anchor]
+            out.append((x0, y - 0.8 * size, x0 + w, y + 0.25 * size, text))
+    return out
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize(
+    "model,shape",
+    [
+        ("MultiRNNCell([BasicLSTMCell(128), BasicLSTMCell(128)])", (32, 5, 100)),  # the audit's TF-cell diagram
+        ("MultiRNNCell([LSTMCell(128, num_proj=64), GRUCell(32)])", (3200, 9, 1000)),
+        ("MultiRNNCell([LayerNormBasicLSTMCell(100), BasicRNNCell(100)])", (32, 2, 100)),
+        (lambda: rk.LSTM(100, 20, 3, bidirectional=True, proj_size=7), (5, 2, 100)),
+    ],
+)
+def test_diagram_text_overlaps_no_box_and_no_other_text(model, shape):
+    from rnnkit.describe.diagram import stack_canvas
+
+    with torch.device("meta"):
+        module = parse_cell(model) if isinstance(model, str) else model()
+        canvas = stack_canvas(summary(module, shape))
+    texts = _text_boxes(canvas)
+    boxes = [(x, y, x + w, y + h) for kind, x, y, w, h, *_ in canvas.shapes if kind == "box"]
+    for t in texts:
+        inside = [b for b in boxes if b[0] <= t[0] and t[2] <= b[2] and b[1] <= t[1] and t[3] <= b[3]]
+        if inside:  # a step box's own label ("t=0", "fw t=1")
+            continue
+        hit = [b for b in boxes if _overlap(t, b)]
+        assert not hit, f"text {t[4]!r} at {t[:4]} overlaps the box at {hit[0]}"
+        assert t[2] <= canvas.width, f"text {t[4]!r} runs off the right edge"
+    for a, b in itertools.combinations(texts, 2):
+        assert not _overlap(a, b), f"texts {a[4]!r} and {b[4]!r} overlap"

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,16 @@ from safetensors.torch import load_file, save_file
 
 from .errors import EXIT_CHECKPOINT, CLIError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "resolve_checkpoint", "Checkpoint", "atomic_write", "load_weights"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "Checkpoint",
+    "atomic_write",
+    "load_weights",
+    "occupied_message",
+    "finished_reason",
+]
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -124,6 +135,25 @@ class Checkpoint:
     trainer: dict[str, Any] | None
 
 
+def _load_tensors(path: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only. A file that holds other
+    pickled objects (which could run code when unpickled) is refused with a one-line CLIError."""
+    try:
+        with warnings.catch_warnings():
+            # torch's note on a file's pickle protocol is noise next to the refusal below (or to a good load).
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's message is a page of advice; the line naming the offending global or opcode is the news.
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[-1] if lines else "")
+        raise CLIError(
+            f"{path} holds pickled Python objects, not only tensors ({why}); rnnkit loads checkpoints with "
+            "weights_only=True and runs no code from them: it was not written by rnnkit train, or was altered",
+            EXIT_CHECKPOINT,
+        ) from None
+
+
 def load_checkpoint(path: str, full: bool = True) -> Checkpoint:
     """Load a checkpoint (``full=False``: config and weights only, for sampling)."""
     ckpt = resolve_checkpoint(path)
@@ -133,8 +163,8 @@ def load_checkpoint(path: str, full: bool = True) -> Checkpoint:
         weights = load_file(os.path.join(ckpt, "model.safetensors"))
         optimizer = trainer = None
         if full:
-            optimizer = torch.load(os.path.join(ckpt, "optimizer.pt"), map_location="cpu", weights_only=True)
-            trainer = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=True)
+            optimizer = _load_tensors(os.path.join(ckpt, "optimizer.pt"))
+            trainer = _load_tensors(os.path.join(ckpt, "trainer.pt"))
     except (OSError, ValueError, RuntimeError) as err:
         raise CLIError(f"checkpoint {ckpt} is incomplete or damaged: {err}", EXIT_CHECKPOINT) from None
     if config.get("format") != "rnnkit-train" or "model" not in config:
@@ -152,3 +182,35 @@ def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> None:
         raise CLIError(
             f"checkpoint {ckpt.path}: the weights do not match its config.json: {details}", EXIT_CHECKPOINT
         ) from None
+
+
+# ---- the state of a run directory ----------------------------------------------------------------------------
+def occupied_message(out_dir: str) -> str:
+    """Why a new run cannot start in ``out_dir``, which holds one, and what to do instead."""
+    try:
+        ckpt = load_checkpoint(out_dir)
+    except CLIError as err:
+        return f"{out_dir} already holds a run, with a checkpoint that does not load ({err}); choose another --out"
+    step, total = ckpt.trainer["step"], ckpt.config["run"]["steps"]
+    if step >= total:
+        return (
+            f"{out_dir} already holds a finished run (step {step} of {total}): choose another --out for a new run, "
+            f"or train that one further with --resume --steps N (N > {step})"
+        )
+    return (
+        f"{out_dir} already holds a run stopped at step {step} of {total}: continue it with --resume, "
+        "or choose another --out"
+    )
+
+
+def finished_reason(step: int, total: int, history: dict[str, list], o: dict[str, Any], metric: str) -> str:
+    """Why a resumed run at ``step`` has nothing left to do ("" when it has): all steps done, or --target met."""
+    if step >= total:
+        return f"it is at step {step} of --steps {total}; nothing to train (give --steps N > {step} to go on)"
+    target, val = o.get("target"), history["val"]
+    if target is not None and val and val[-1][0] == step and val[-1][1] <= target:
+        return (
+            f"its held-out {metric} {val[-1][1]:.4f} met --target {target} at step {step}; nothing to train "
+            "(give a lower --target to train it further)"
+        )
+    return ""

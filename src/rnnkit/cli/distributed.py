@@ -1,6 +1,12 @@
 """torch.distributed set-up for ``torchrun -m rnnkit train``: one process per rank, DDP, gloo or nccl.
 
 Without ``torchrun`` (``WORLD_SIZE`` unset or 1) everything here is a no-op and the run is one process.
+
+Teardown: :meth:`Dist.close` must really destroy the process group, so that its backend's threads (gloo's
+``pt_gloo_runloop`` and ``gloo_tcp_loop``) are joined while the interpreter is fully alive. A process group
+that outlives ``destroy_process_group`` is destroyed during interpreter finalization instead, and that
+aborts the process in about one exit of ten (``terminate called without an active exception``, SIGABRT,
+torchrun exit 1). The import of ``torch.distributed.nn`` below is what lets it be freed.
 """
 
 from __future__ import annotations
@@ -13,6 +19,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# DistributedDataParallel imports torch.distributed.nn, whose functions take ``group=group.WORLD`` as a default
+# argument. Imported after init_process_group, ten function defaults hold the world group for the life of the
+# interpreter, so destroy_process_group cannot free it and its threads die in finalization (see above).
+# Imported here, before any process group exists, those defaults are None.
+import torch.distributed.nn  # noqa: F401  # isort: skip
 
 from .errors import CLIError
 

@@ -17,6 +17,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, load_weights
 from .distributed import cpu_threads, pick_device
 from .errors import EXIT_CHECKPOINT, CLIError
+from .kernels import prepare_kernels
 from .models import build_model
 
 __all__ = ["add_parser", "run", "generate", "load_model"]
@@ -96,6 +97,7 @@ def _sample(args: argparse.Namespace) -> int:
         )
     vocab = ckpt.config["model"]["vocab"]
     check_prime(args.prime, vocab)
+    prepare_kernels(next(model.parameters()).device, announce=True)  # a first build: said, not a silent pause
     out = sys.stdout
     out.write(args.prime)
     for ch in generate(

@@ -10,9 +10,17 @@ always answering 1.0 scores MSE 0.167. Fresh random batches every step; a fixed 
 
 Checkpoints (``--out DIR``): safetensors weights, JSON config, optimizer state, RNG states, carried state
 and step, written atomically every ``--save-every`` steps and on Ctrl-C/SIGTERM; ``--resume`` continues
-exactly where the run stopped (the same weights as an uninterrupted run). Under ``torchrun
---nproc_per_node=N -m rnnkit train`` each rank trains its slice of every global batch with
-DistributedDataParallel, which gives the same model as one process with the same ``--batch``.
+exactly where the run stopped (the same weights as an uninterrupted run); resuming a finished run says so
+and trains nothing (raise ``--steps`` to train it further). A new run refuses an ``--out`` that holds one.
+
+The compiled CPU kernels are built (first use only, announced on stderr) before the clock starts, so the
+progress line's rate and ETA measure training alone.
+
+Under ``torchrun --nproc_per_node=N -m rnnkit train`` each rank trains its slice of every global batch with
+DistributedDataParallel, which averages the ranks' gradients: the same computation as one process with the
+same ``--batch`` up to float rounding (the gradient sums run in another order; after a few steps the weights
+agree to about 1e-6, and such differences may grow over a long run). With ``--dropout`` the ranks draw their
+masks from their own random streams, so the run differs from one process as another seed would.
 """
 
 from __future__ import annotations
@@ -32,10 +40,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._structure import flatten, map_structure, pack_as
-from .checkpoint import Checkpoint, load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    finished_reason,
+    load_checkpoint,
+    load_weights,
+    occupied_message,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .data import Stream, adding_batch, load_corpus, split
 from .distributed import Dist, cpu_threads, setup
 from .errors import EXIT_CHECKPOINT, EXIT_INTERRUPTED, EXIT_USAGE, CLIError
+from .kernels import prepare_kernels
 from .models import build_model
 from .plot import write_loss_curve
 from .progress import Progress, format_duration
@@ -370,7 +387,7 @@ def _train(args: argparse.Namespace, d: Dist) -> int:
     out_dir = out_dir or o["out"]
     o["out"] = out_dir
     if ckpt is None and os.path.exists(os.path.join(out_dir, "latest")):
-        raise CLIError(f"{out_dir} already holds a run; continue it with --resume, or choose another --out")
+        raise CLIError(occupied_message(out_dir))
     if o["batch"] % d.world_size:
         raise CLIError(f"--batch {o['batch']} must be divisible by the number of processes ({d.world_size})")
 
@@ -382,6 +399,13 @@ def _train(args: argparse.Namespace, d: Dist) -> int:
     start, carry, history, acc = 0, None, {"train": [], "val": []}, [0.0, 0]
     if ckpt is not None:
         start, carry, history, acc = _restore(ckpt, model, optimizer, o["batch"], d)
+        finished = finished_reason(start, task.total_steps, history, o, task.metric)
+        if finished:
+            if d.is_main:
+                print(f"rnnkit train: the run in {out_dir} is finished: {finished}")
+            return 0
+    # Build (first use) or load the compiled kernels now, not inside the first timed step.
+    prepare_kernels(d.device, announce=d.is_main)
     net: nn.Module = model
     if d.enabled:
         net = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)

@@ -92,7 +92,8 @@ def _param_table(s: Summary) -> list[str]:
         key = (r.layer, r.direction)
         if key not in seen:
             seen.add(key)
-            where = ", ".join(f"{k}={v}" for k, v in r.where.items())
+            # Each layer's own input width first: layer k > 0 of a torch.nn stack reads the layer below.
+            where = ", ".join([*([f"input: {r.reads}"] if r.reads else []), *(f"{k}={v}" for k, v in r.where.items())])
             direction = ("", " forward", " backward")[r.direction + 1 if s.directions == 2 else 0]
             out.append(f"  layer {r.layer}{direction}: {totals[key]:,} parameters" + (f"  ({where})" if where else ""))
         out.append(line(c))

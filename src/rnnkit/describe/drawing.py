@@ -19,12 +19,21 @@ import os
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["Canvas", "has_matplotlib"]
+__all__ = ["Canvas", "has_matplotlib", "text_width"]
+
+# Average advance of a sans-serif glyph as a fraction of the font size, rounded up (DejaVu Sans, the common
+# fallback, averages ~0.55 over digits, lower case and punctuation): layouts size their gaps with it.
+_CHAR_WIDTH = 0.6
 
 
 def has_matplotlib() -> bool:
     """Whether matplotlib is installed (checked, not imported)."""
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def text_width(text: str, size: float, bold: bool = False) -> float:
+    """The estimated width in pixels of ``text`` at font ``size`` (bold glyphs run about 10% wider)."""
+    return len(text) * size * _CHAR_WIDTH * (1.1 if bold else 1.0)
 
 
 @dataclass

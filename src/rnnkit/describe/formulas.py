@@ -57,6 +57,8 @@ class ParamRow:
 
     ``formula`` holds one expression per dimension, in the variables ``where``; ``count`` is the product of
     ``shape``. ``layer`` and ``direction`` place the tensor in the stack (``direction`` 1 is backward).
+    ``reads`` names the width of the layer's own input where ``where`` does not (a torch.nn-style layer above
+    the first reads ``num_directions*hidden_size``, not ``input_size``), e.g. ``"num_directions*hidden_size = 40"``.
     """
 
     name: str
@@ -66,6 +68,7 @@ class ParamRow:
     where: dict[str, int] = field(default_factory=dict)
     layer: int = 0
     direction: int = 0
+    reads: str = ""
 
     @property
     def count(self) -> int:
@@ -79,8 +82,11 @@ class ParamRow:
         return " * ".join(_factor(e) for e in self.formula) if len(self.formula) > 1 else self.formula[0]
 
 
-def _row(name: str, formula: tuple[str, ...], where: dict[str, int], blocks: str = "", **place: int) -> ParamRow:
-    return ParamRow(name, tuple(evaluate(e, where) for e in formula), formula, blocks, dict(where), **place)
+def _row(
+    name: str, formula: tuple[str, ...], where: dict[str, int], blocks: str = "", reads: str = "", **place: int
+) -> ParamRow:
+    shape = tuple(evaluate(e, where) for e in formula)
+    return ParamRow(name, shape, formula, blocks, dict(where), reads=reads, **place)
 
 
 # ---- TF1 cells ---------------------------------------------------------------------------------------------------
@@ -202,21 +208,24 @@ def layer_rows(
         w["proj_size"], out = proj_size, "proj_size"
     gate_rows = f"{n_gates}*hidden_size" if n_gates > 1 else "hidden_size"
     below = f"num_directions*{out}" if dirs == 2 else out
+    above = {k: v for k, v in w.items() if k != "input_size"}  # layers above the first never read input_size
     rows = []
     for k in range(num_layers):
+        inp, wk = ("input_size", w) if k == 0 else (below, above)
+        reads = "" if k == 0 else f"{below} = {evaluate(below, w)}"
         for d in range(dirs):
             s = f"_l{k}" + ("_reverse" if d else "")
-            inp = "input_size" if k == 0 else below
-            rows.append(_row(f"weight_ih{s}", (gate_rows, inp), w, order, layer=k, direction=d))
-            rows.append(_row(f"weight_hh{s}", (gate_rows, out), w, order, layer=k, direction=d))
+            place = {"layer": k, "direction": d, "reads": reads}
+            rows.append(_row(f"weight_ih{s}", (gate_rows, inp), wk, order, **place))
+            rows.append(_row(f"weight_hh{s}", (gate_rows, out), wk, order, **place))
             if bias:
-                rows.append(_row(f"bias_ih{s}", (gate_rows,), w, order, layer=k, direction=d))
-                rows.append(_row(f"bias_hh{s}", (gate_rows,), w, order, layer=k, direction=d))
+                rows.append(_row(f"bias_ih{s}", (gate_rows,), wk, order, **place))
+                rows.append(_row(f"bias_hh{s}", (gate_rows,), wk, order, **place))
             if proj_size:
                 proj = "h = W_hr (o*tanh(c))"
-                rows.append(_row(f"weight_hr{s}", ("proj_size", "hidden_size"), w, proj, layer=k, direction=d))
+                rows.append(_row(f"weight_hr{s}", ("proj_size", "hidden_size"), wk, proj, **place))
             for name, shape, note in _layer_extras(peepholes, layer_norm):
-                rows.append(_row(f"{name}{s}", shape, w, note, layer=k, direction=d))
+                rows.append(_row(f"{name}{s}", shape, wk, note, **place))
     return rows
 
 
