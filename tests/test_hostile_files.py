@@ -120,7 +120,7 @@ def test_tensors_of_the_wrong_dtype_or_names(tmp_path):
 def test_a_tfcellstack_with_foreign_tensors(tmp_path):
     from rnnkit.convert import load_tf_checkpoint
 
-    stack = load_tf_checkpoint(FIXTURES / "tf_ckpt" / "multi_basic_lstm")
+    stack = load_tf_checkpoint(FIXTURES / "tf_ckpt" / "multi_basic_lstm", forget_bias=1.0)
     save(stack, tmp_path / "s.safetensors")
     from safetensors.torch import load_file
 

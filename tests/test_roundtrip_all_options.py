@@ -84,7 +84,7 @@ LAYER_VALUES: dict[str, tuple[Any, Any]] = {  # (default, another value)
     "recurrent_dropout": (0.0, 0.25),
     "zoneout": (0.0, 0.2),
 }
-_CELL_SIZES = ("self", "num_units", "kwargs", "cell", "cells")
+_CELL_SIZES = ("self", "num_units", "kwargs", "cell", "cells", "input_size", "dtype")  # (DropoutWrapper: TF's)
 CELL_VALUES: dict[str, tuple[Any, Any]] = {
     "activation": (None, "relu"),
     "forget_bias": (1.0, 0.0),
@@ -97,6 +97,7 @@ CELL_VALUES: dict[str, tuple[Any, Any]] = {
     "norm_gain": (1.0, 0.7),
     "norm_shift": (0.0, 0.2),
     "dropout_keep_prob": (1.0, 0.8),
+    "seed": (None, 3),
     "input_keep_prob": (1.0, 0.8),
     "output_keep_prob": (1.0, 0.7),
     "state_keep_prob": (1.0, 0.9),
@@ -109,9 +110,14 @@ CELL_FUNCTIONS = {
 }
 
 
+# Options a constructor takes only to refuse them, as torch.nn's RNN and GRU refuse proj_size.
+_REFUSED = {"RNN": ("proj_size",), "GRU": ("proj_size",)}
+
+
 def _options(cls: type, skip: tuple[str, ...]) -> dict[str, Any]:
     """The constructor's options and defaults (everything but sizes, device and dtype), in signature order."""
     params = inspect.signature(cls.__init__).parameters.values()
+    skip = skip + _REFUSED.get(cls.__name__, ())
     return {p.name: p.default for p in params if p.name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
@@ -188,6 +194,13 @@ def _case_id(case: tuple[type, dict[str, Any]]) -> str:
 
 
 LAYER_CASES = _layer_cases()
+
+
+def test_refused_options_are_refused():
+    for name, options in _REFUSED.items():
+        for option in options:
+            with pytest.raises(ValueError, match=f"{option} argument is only supported for LSTM"):
+                getattr(rnnkit, name)(INPUT, HIDDEN, **{option: 1})
 
 
 def test_registry_covers_every_option():
