@@ -14,7 +14,7 @@ same state dict.
 
 One deviation, kept visible: upstream's ``gradcheck``/``gradgradcheck`` wrappers also run the
 *batched-gradient* (vmap) sub-check. Here ``test_grad``/``test_gradgrad`` check the gradients with it
-off; the faithful calls (sub-check on) are in ``pending_fixes_upstream.py`` until the engine's ops have
+off; the faithful calls (sub-check on) are in ``test_strict_ports.py`` until the engine's ops have
 batching rules.
 """
 
@@ -251,7 +251,7 @@ def _gradients_helper(module_cls, training, check):
             p.requires_grad = False
 
 
-# Upstream's defaults minus the batched-gradient sub-check (that part: pending_fixes_upstream.py).
+# Upstream's defaults minus the batched-gradient sub-check (that part: test_strict_ports.py).
 GRADCHECK_KWARGS = {**UPSTREAM_GRADCHECK_DEFAULTS, "check_batched_grad": False}
 
 

@@ -458,7 +458,7 @@ def _flatten_out(mod, inp):
 @pytest.mark.parametrize("module", [rnnkit.LSTM, rnnkit.GRU], ids=["LSTM", "GRU"])
 def test_grad_and_gradgrad__gradcheck_part(module):
     """``test_LSTM_grad_and_gradgrad`` / ``test_GRU_grad_and_gradgrad``, their ``gradcheck`` half; the
-    whole test (with ``gradgradcheck``) is in ``pending_fixes_upstream.py`` until second-order
+    whole test (with ``gradgradcheck``) is in ``test_strict_ports.py`` until second-order
     gradients work on the default engine."""
     hsize = 4
     inp = torch.rand(1, 3, hsize, dtype=torch.double, requires_grad=True)

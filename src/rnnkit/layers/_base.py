@@ -282,7 +282,8 @@ class RNNLayer(nn.Module):
         if x.shape[-1] != self.input_size:
             raise ShapeError(
                 f"{type(self).__name__}: input.size(-1) must be equal to input_size. Expected {self.input_size}, got "
-                f"{x.shape[-1]}: {what} has shape {tuple(x.shape)}, whose last dimension holds the features"
+                f"{x.shape[-1]}: expected {what} with input_size={self.input_size} features in its last dimension, "
+                f"got shape {tuple(x.shape)}"
             )
 
     def _time_major(self, input: Any, lengths: Any, unbatched: bool) -> tuple[torch.Tensor, Any, Any]:

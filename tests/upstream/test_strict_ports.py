@@ -1,25 +1,15 @@
-"""Upstream ports that fail today for a known, reported cause; not collected (the name lacks ``test_``).
+"""Faithful upstream ports that failed before issue 11's fixes; the tag above each test names what it guards.
 
-Run them by path: ``python -m pytest tests/upstream/pending_fixes_upstream.py``. Once the fixes below are
-merged, rename this file ``test_pending_fixes_upstream.py`` (or move the tests into their files). Each test
-is a faithful port (see ``NOTES.md``); the comment above it says why it fails now.
-
-Causes:
-  [ERR]   rnnkit's layers raise other exception classes/messages than ``torch.nn`` (ValueError/TypeError
-          "...must be a positive int..." where torch raises RuntimeError / "...must be greater than zero",
-          "...should be of type bool, got: int", "Expected hidden[0] size ..., got ...", "Unknown
-          nonlinearity"); RNN/GRU take no ``proj_size`` argument. Being fixed in src/rnnkit/layers/.
-  [GG]    second-order gradients on the default engine are zero (gradgradcheck: analytical 0.0).
-  [VMAP]  the engine's custom ops (``rnnkit::lstm_backward``, ``gru_backward``, ...) have no vmap batching
-          rule: "Batching rule not implemented for rnnkit::lstm_backward", so upstream's gradcheck with its
-          default ``check_batched_grad=True`` fails.
-  [VAR]   ``DropoutWrapper(variational_recurrent=True)`` draws one mask per batch row; TF1 draws one
-          ``[1, size]`` mask shared by all rows. Being fixed in src/rnnkit/cells/wrappers.py.
-  [MULTI] ``MultiRNNCell`` rejects a non-tuple state with "state structure does not match state_size"; TF's
-          message (upstream's regex) is "Expected state ... a tuple" (src/rnnkit/cells/multi.py).
-  [CLIP]  ``LSTMCell(cell_clip=0.0)`` is refused ("must be a positive number"); TF accepts it and clips
-          ``c`` to 0. Accepting it also needs the engine, which encodes "clip 0" as "no clip"
-          (engine/_leaf_specs.py, engine/_functions.py).
+Each is ported as upstream wrote it (see ``NOTES.md``), with upstream's full checks (the batched-gradient
+sub-check of gradcheck on, gradgradcheck as upstream calls it, upstream's regexes):
+  [ERR]   torch.nn's exception classes and words ("must be greater than zero", "should be of type bool, got:
+          int", "Expected hidden[0] size ..., got ...", "Unknown nonlinearity"; RNN/GRU refuse ``proj_size``).
+  [GG]    second-order gradients on the default engine (the fused kernels' backward, differentiated).
+  [VMAP]  gradcheck's batched gradients (a vmap over the backward; the compiled ops have no batching rule).
+  [VAR]   ``DropoutWrapper(variational_recurrent=True)`` draws TF1's one ``[1, size]`` mask shared by all rows.
+  [MULTI] TF's words for a state that is not the tuple ``MultiRNNCell`` expects ("Expected state ... a tuple").
+  [CLIP]  ``LSTMCell(cell_clip=0.0)`` clips ``c`` to 0, as TF does.
+The full ``gradgradcheck`` runs of the module database are marked ``slow`` (about 5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -64,6 +54,7 @@ def test_module_db_grad(module_cls, training):
 
 
 # [GG] (and [VMAP]) test_gradgrad exactly as upstream (common_utils.gradgradcheck defaults).
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("module_cls", db.MODULES, ids=lambda c: c.__name__)
 def test_module_db_gradgrad(module_cls, training):
@@ -71,6 +62,7 @@ def test_module_db_gradgrad(module_cls, training):
 
 
 # [GG] the same without the batched sub-check: fails on the second-order values alone.
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("module_cls", db.MODULES, ids=lambda c: c.__name__)
 def test_module_db_gradgrad_values(module_cls, training):
