@@ -249,3 +249,25 @@ def test_registers_on_another_parser(capsys, tmp_path):
     args = parser.parse_args(["convert", str(KERAS / "simple_rnn.keras"), str(tmp_path / "s.onnx"), "--opset", "18"])
     assert args.run(args) == 0
     assert "ONNX opset 18, RNN ops" in capsys.readouterr().out
+
+
+def test_a_write_that_fails_midway_leaves_the_existing_file(tmp_path, monkeypatch):
+    """rnnkit convert writes beside DST and renames once whole: a failed write loses nothing already written."""
+    import torch
+
+    import rnnkit
+    from rnnkit.convert import _command
+
+    src, dst = tmp_path / "a.safetensors", tmp_path / "b.pt"
+    rnnkit.save(rnnkit.LSTM(3, 4), src)
+    dst.write_bytes(b"precious")
+
+    def broken_save(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    assert _command.main(["convert", str(src), str(dst)]) == _command.EXIT_USAGE
+    assert dst.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.pt"]

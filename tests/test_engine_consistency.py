@@ -84,3 +84,12 @@ def test_infinite_clip_is_no_clip_on_every_path():
         with rk.engine.use(backend):
             got, _ = rk.dynamic_rnn(cell, x)
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10, msg=backend)
+
+
+def test_meta_tensors_follow_shapes_with_lengths():
+    """Shape inference on the meta device: no value is read (lengths included), every shape is the real one."""
+    y, (h, c) = rk.LSTM(4, 3, 2, device="meta", bidirectional=True)(torch.randn(5, 2, 4, device="meta"), lengths=[5, 2])
+    assert y.device.type == "meta" and y.shape == (5, 2, 6) and h.shape == c.shape == (4, 2, 3)
+    cell = rk.GRUCell(3, input_size=4, device="meta")
+    out, state = rk.dynamic_rnn(cell, torch.randn(2, 5, 4, device="meta"), sequence_length=[5, 2])
+    assert out.shape == (2, 5, 3) and state.shape == (2, 3)

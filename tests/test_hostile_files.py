@@ -526,3 +526,58 @@ def test_convert_keeps_an_existing_output_when_the_read_fails(tmp_path, capsys):
     code, err = _convert(capsys, bomb, out)
     assert code == 2 and "declares 104,857,602 bytes" in err
     assert out.read_bytes() == b"precious"
+
+
+# -- ONNX ---------------------------------------------------------------------------------------------------------
+
+
+def _exported_onnx(tmp_path):
+    import rnnkit
+
+    layer = rnnkit.LSTM(3, 4)
+    path = tmp_path / "lstm.onnx"
+    rnnkit.export_onnx(layer, path)
+    return layer, path
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_onnx_damaged_files_name_the_file(tmp_path, damage):
+    from rnnkit.convert import load_onnx
+
+    _, path = _exported_onnx(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(b"\x0a\xff\xff\xff\xff\x0f" + bytes(64) if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"read_onnx: .*lstm\.onnx"):
+        load_onnx(path)
+
+
+@pytest.mark.parametrize("location", ["/etc/hostname", "../outside.bin", "missing.bin", "small.bin"])
+def test_onnx_external_data_is_read_only_beside_the_model_and_within_its_bytes(tmp_path, location):
+    """ONNX lets an initializer name a file to read its bytes from; onnx.load would follow any path."""
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    from rnnkit.convert import load_onnx
+
+    _, path = _exported_onnx(tmp_path)
+    model = onnx.load(path)
+    (tmp_path / "small.bin").write_bytes(bytes(8))
+    (tmp_path.parent / "outside.bin").write_bytes(bytes(1 << 16))
+    tensor = model.graph.initializer[0]
+    set_external_data(tensor, location=location, length=4 * int(np.prod(tensor.dims)))
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save(model, path)
+    error = FileNotFoundError if location == "missing.bin" else ValueError
+    with pytest.raises(error, match=r"read_onnx: .*lstm\.onnx|read_onnx: no file"):
+        load_onnx(path)
+
+
+def test_onnx_fifo_is_refused(tmp_path):
+    from rnnkit.convert import load_onnx
+
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="FIFO"):
+        load_onnx(fifo)

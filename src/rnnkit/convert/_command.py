@@ -414,6 +414,18 @@ def _write(model: _Model, args: argparse.Namespace, dst_format: str) -> list[str
     )
 
 
+def _write_atomically(model: _Model, args: argparse.Namespace, dst_format: str) -> list[str]:
+    """``_write`` into a file beside DST, renamed over DST once whole: a failed write leaves DST as it was."""
+    dst = Path(args.dst)
+    tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
+    try:
+        lines = _write(model, argparse.Namespace(**{**vars(args), "dst": str(tmp)}), dst_format)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return [line.replace(str(tmp), str(args.dst)) for line in lines]
+
+
 # -- the command --------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     """Run ``rnnkit convert`` with parsed ``args``; prints what it found and wrote, returns the exit code."""
@@ -437,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
         print("found " + lines[0])
         for line in lines[1:]:
             print(line)
-        for line in _write(model, args, dst_format):
+        for line in _write_atomically(model, args, dst_format):
             print(line)
         return 0
     except (ConvertError, ValueError, TypeError, KeyError, OSError, ImportError) as err:

@@ -52,6 +52,8 @@ import numpy as np
 import torch
 
 from ._config import LayerConfig
+from ._onnx_io import load_model as _load_model
+from ._onnx_io import onnx_module as _onnx
 from ._onnx_layout import OnnxRecurrentOp, onnx_to_torch, torch_to_onnx
 from ._torch_layout import check_state_dict, direction_params
 
@@ -60,14 +62,6 @@ __all__ = ["export_onnx", "read_onnx", "load_onnx", "scan_only_options", "DEFAUL
 DEFAULT_OPSET = 17  # LayerNormalization (Scan export of layer_norm) needs 17; onnxruntime 1.32 runs 14-23+
 _MIN_OPSET = 14
 _LN_EPS = 1e-12  # rnnkit's (TF contrib's) layer-norm epsilon
-
-
-def _onnx():
-    try:
-        import onnx
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("ONNX export needs the onnx package: pip install onnx") from err
-    return onnx
 
 
 def scan_only_options(layer: torch.nn.Module) -> list[str]:
@@ -437,19 +431,6 @@ def export_onnx(
 
 # -- reading back --------------------------------------------------------------------------------------------
 _NATIVE = ("LSTM", "GRU", "RNN")
-
-
-def _load_model(source: Any) -> Any:
-    onnx = _onnx()
-    if isinstance(source, onnx.ModelProto):
-        return source
-    path = os.fspath(source)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"read_onnx: no file {path!r}")
-    try:
-        return onnx.load(path)
-    except Exception as err:  # protobuf's DecodeError and friends
-        raise ValueError(f"read_onnx: {path!r} is not an ONNX model ({type(err).__name__}: {err})") from None
 
 
 def read_onnx(source: Any) -> tuple[dict[str, torch.Tensor], LayerConfig]:

@@ -72,6 +72,8 @@ def run_layer(layer: Any, x: Tensor, hx: Any, lengths: Tensor | None) -> tuple[T
     ``x`` is time-major ``(T, B, I)``; ``hx`` the layer's validated ``h_0`` (``(h_0, c_0)`` for the LSTM,
     each ``(L * D, B, size)``) or ``None``; ``lengths`` ``(B,)`` int64 or ``None``.
     """
+    if x.device.type not in ("cpu", "cuda"):
+        return None  # (meta tensors, other accelerators: torch's kernels are not there, nor lengths' values)
     if lengths is not None and bool((lengths == x.shape[0]).all()):
         lengths = None
     if not _route(layer, x, lengths):

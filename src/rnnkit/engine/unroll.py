@@ -61,7 +61,9 @@ def reference_unroll(
     if reverse:
         inputs = reverse_sequence(inputs, lengths)
     cell.begin_sequence(inputs.shape[1])
-    steps = inputs.shape[0] if lengths is None or not len(lengths) else int(lengths.max())
+    # (all steps where the lengths have no values to read: meta tensors, which only follow shapes)
+    whole = lengths is None or not len(lengths) or lengths.device.type == "meta"
+    steps = inputs.shape[0] if whole else int(lengths.max())
     outputs = []
     for t in range(steps):
         output, new_state = cell.call(inputs[t], state)
@@ -352,7 +354,7 @@ def unroll(
         ((5, 3, 16), True)
     """
     steps, batch = inputs.shape[0], inputs.shape[1]
-    spec = lowering_for(cell) if steps and batch else None
+    spec = lowering_for(cell) if steps and batch and inputs.device.type in _DEVICES else None
     plan = None
     if spec is not None:
         plan = make_plan(steps, batch, lengths, reverse, inputs.device)
