@@ -81,15 +81,15 @@ class _FusedLayer(torch.autograd.Function):
         return (None, None, None, None, *input_grads, *([None] * family.masks))
 
 
-def _transformed(tensors: tuple[Tensor | None, ...]) -> bool:
-    """Whether a functorch transform wraps any of ``tensors`` (``torch.func.vmap/grad/jacrev``, and the legacy vmap
-    of gradcheck's batched-gradient check). The compiled kernels have no batching rule; the differentiable forward
-    (``_autodiff``) is plain torch ops, which every transform knows."""
+def _transformed(tensors: tuple[Tensor | None, ...] = ()) -> bool:
+    """Whether a functorch transform is active (``torch.func.vmap/grad/jacrev``), or ``tensors`` hold the legacy
+    vmap's batched tensors (gradcheck's batched-gradient check vmaps the backward so). The compiled kernels have
+    no batching rule; the differentiable forward (``_autodiff``) is plain torch ops, which every transform knows.
+    (The transform level is one cheap call: this runs on every fused layer call.)"""
     functorch = torch._C._functorch
-    return any(
-        t is not None and (functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t))
-        for t in tensors
-    )
+    if functorch.maybe_current_level() is not None:
+        return True
+    return any(t is not None and functorch.is_legacy_batchedtensor(t) for t in tensors)
 
 
 def _differentiable_grads(ctx: Any, inputs: tuple[Tensor | None, ...], grads: tuple[Tensor, ...]) -> list:
@@ -114,7 +114,7 @@ def _differentiable_grads(ctx: Any, inputs: tuple[Tensor | None, ...], grads: tu
 
 
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
-    if _transformed(inputs):  # under torch.func transforms: the same forward in torch ops
+    if _transformed():  # under torch.func transforms: the same forward in torch ops
         x, w_x, bias, *rest = inputs
         return _autodiff.FAMILIES[family.name](x, w_x, bias, batch_sizes, *rest, *cfg)
     if needs_grad(*inputs[: len(inputs) - family.masks]):
