@@ -102,8 +102,7 @@ def _differentiable_grads(ctx: Any, inputs: tuple[Tensor | None, ...], grads: tu
         k for k, t in enumerate(inputs[: ctx.n_inputs - family.masks]) if t is not None and ctx.needs_input_grad[4 + k]
     ]
     with torch.enable_grad():
-        x, w_x, bias, *rest = inputs
-        outputs = _autodiff.FAMILIES[family.name](x, w_x, bias, ctx.batch_sizes, *rest, *ctx.cfg)
+        outputs = _torch_ops_forward(family, ctx.cfg, ctx.batch_sizes, inputs)
         found = torch.autograd.grad(
             outputs, [inputs[k] for k in wanted], grads, create_graph=create_graph, allow_unused=True
         )
@@ -113,10 +112,15 @@ def _differentiable_grads(ctx: Any, inputs: tuple[Tensor | None, ...], grads: tu
     return input_grads
 
 
+def _torch_ops_forward(family: _Family, cfg: tuple, batch_sizes: Tensor, inputs: tuple) -> tuple[Tensor, ...]:
+    """The family's forward in differentiable torch ops (``_autodiff``), with the kernels' arguments."""
+    x, w_x, bias, *rest = inputs
+    return _autodiff.FAMILIES[family.name](x, w_x, bias, batch_sizes, *rest, *cfg)
+
+
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
     if _transformed():  # under torch.func transforms: the same forward in torch ops
-        x, w_x, bias, *rest = inputs
-        return _autodiff.FAMILIES[family.name](x, w_x, bias, batch_sizes, *rest, *cfg)
+        return _torch_ops_forward(family, cfg, batch_sizes, inputs)
     if needs_grad(*inputs[: len(inputs) - family.masks]):
         return _FusedLayer.apply(kern, family, cfg, batch_sizes, *inputs)
     # No input needs a gradient, so the kernel's outputs need no graph: no no_grad() block needed around it.
