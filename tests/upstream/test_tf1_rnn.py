@@ -1,8 +1,10 @@
 """TensorFlow 1's runner tests (``static_rnn``, ``dynamic_rnn``, the bidirectional runners), run on rnnkit.
 
-Source (see ``NOTES.md``): ``tensorflow/python/kernel_tests/rnn_cell_test.py`` (TF 1.15 era), the classes
+Sources (see ``NOTES.md``): ``tensorflow/python/kernel_tests/rnn_cell_test.py`` (TF 1.15 era), the classes
 after ``LSTMTest.testCellClipping``: the rest of ``RNNTest`` and ``LSTMTest``, ``BidirectionalRNNTest`` and
-``GRUTest``, plus ``RNNTest``'s runner tests before it.
+``GRUTest``, plus ``RNNTest``'s runner tests before it; and ``tensorflow/python/kernel_tests/rnn_test.py``
+(``RNNTest``; its eager branch where upstream runs graph and eager modes). Upstream's eager numpy inputs are
+torch tensors here (rnnkit's runners take tensors).
 
 Translation from graph mode to eager rnnkit, as in ``test_tf1_rnn_cell.py``: a placeholder fed in
 ``sess.run`` is the fed value (``max_length * [placeholder]`` is one placeholder repeated: every step gets
@@ -30,13 +32,17 @@ from rnnkit import LSTMStateTuple
 
 
 def assert_all_close(a, b, rtol=1e-6, atol=1e-6):
-    """TF's ``assertAllClose`` (nested structures as arrays)."""
-    np.testing.assert_allclose(_np(a), _np(b), rtol=rtol, atol=atol)
+    """TF's ``assertAllClose`` (nested structures as arrays; TF checks the shapes first)."""
+    a, b = _np(a), _np(b)
+    assert a.shape == b.shape, f"Shape mismatch: expected {a.shape}, got {b.shape}"
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
 
 
 def assert_all_equal(a, b):
-    """TF's ``assertAllEqual``."""
-    np.testing.assert_array_equal(_np(a), _np(b))
+    """TF's ``assertAllEqual`` (shapes first, as TF)."""
+    a, b = _np(a), _np(b)
+    assert a.shape == b.shape, f"Shape mismatch: expected {a.shape}, got {b.shape}"
+    np.testing.assert_array_equal(a, b)
 
 
 def _np(x):
@@ -475,3 +481,57 @@ def test_gru_dynamic():  # GRUTest.testDynamic (smoke test)
     )
     assert tuple(outputs.shape) == (time_steps, batch_size, num_units)
     assert tuple(state.shape) == (batch_size, num_units)
+
+
+# --- rnn_test.py: RNNTest -----------------------------------------------------------------------------
+def test_invalid_sequence_length_shape():  # rnn_test.py RNNTest.testInvalidSequenceLengthShape (eager)
+    cell = Plus1RNNCell()
+    inputs = [torch.as_tensor(np.ones((3, 4)))]
+    with pytest.raises(ValueError, match="must be a vector"):
+        rnnkit.dynamic_rnn(cell, torch.stack(inputs), dtype=torch.float32, sequence_length=[[4]])
+
+
+def test_batch_size_from_input():  # rnn_test.py RNNTest.testBatchSizeFromInput (eager: static batch size)
+    cell = Plus1RNNCell()
+    inputs = torch.as_tensor(np.zeros((3, 4, 5), dtype=np.float32))
+    initial_state = torch.as_tensor(np.zeros((3, 5), dtype=np.float32))
+    # - Without initial_state
+    outputs, state = rnnkit.dynamic_rnn(cell, inputs, dtype=torch.float32)
+    assert outputs.shape[0] == 3
+    assert state.shape[0] == 3
+    # - With initial_state
+    outputs, state = rnnkit.dynamic_rnn(cell, inputs, initial_state=initial_state)
+    assert outputs.shape[0] == 3
+    assert state.shape[0] == 3
+
+
+def _assert_cell_builds(cell_class, dtype, batch_size, in_size, out_size):
+    cell = cell_class(out_size, dtype=dtype)
+    cell.build(in_size)  # TF: build(TensorShape((batch_size, in_size)))
+    # TF: get_initial_state(inputs=None, batch_size, dtype), which is zero_state(batch_size, dtype)
+    state_output = cell.zero_state(batch_size, dtype)
+    cell_output, _ = cell(torch.zeros((batch_size, in_size), dtype=dtype), state_output)
+    assert list(cell_output.shape) == [batch_size, out_size]
+
+
+def test_cells_build():  # rnn_test.py RNNTest.testCellsBuild
+    f32_, f64_ = torch.float32, torch.float64
+    for cell_class in (rnnkit.BasicRNNCell, rnnkit.BasicLSTMCell, rnnkit.GRUCell, rnnkit.LSTMCell):
+        _assert_cell_builds(cell_class, f32_, 5, 7, 3)
+        _assert_cell_builds(cell_class, f64_, 5, 7, 3)
+
+
+def test_basic_lstm_cell_interchange_with_lstm_cell(tmp_path):  # testBasicLSTMCellInterchangeWithLSTMCell
+    """TF saves a ``BasicLSTMCell``'s variables with ``Saver`` and restores them into
+    ``LSTMCell(1, name="basic_lstm_cell")``; here the checkpoint is ``torch.save`` of the state dict."""
+    basic_cell = rnnkit.BasicLSTMCell(1)
+    basic_cell(torch.ones([1, 1]), state=basic_cell.zero_state(1, torch.float32))
+    with torch.no_grad():
+        basic_cell.bias.copy_(torch.tensor([10.0] * 4))
+    save_path = tmp_path / "ckpt"
+    torch.save(basic_cell.state_dict(), save_path)
+
+    lstm_cell = rnnkit.LSTMCell(1)
+    lstm_cell(torch.ones([1, 1]), state=lstm_cell.zero_state(1, torch.float32))
+    lstm_cell.load_state_dict(torch.load(save_path))
+    assert_all_equal([10.0] * 4, lstm_cell.bias)
