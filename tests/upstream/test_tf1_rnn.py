@@ -535,3 +535,38 @@ def test_basic_lstm_cell_interchange_with_lstm_cell(tmp_path):  # testBasicLSTMC
     lstm_cell(torch.ones([1, 1]), state=lstm_cell.zero_state(1, torch.float32))
     lstm_cell.load_state_dict(torch.load(save_path))
     assert_all_equal([10.0] * 4, lstm_cell.bias)
+
+
+# --- rnn_cell_test.py: RNNCellTest / DropoutWrapperTest (the tests core_rnn_cell_test.py does not have) ----
+def test_wrapper_checkpointing(tmp_path):  # RNNCellTest.testWrapperCheckpointing (checkpoint: state dict)
+    for wrapper_type in [rnnkit.DropoutWrapper, rnnkit.ResidualWrapper, lambda cell: rnnkit.MultiRNNCell([cell])]:
+        cell = rnnkit.BasicRNNCell(1)
+        wrapper = wrapper_type(cell)
+        wrapper(torch.ones([1, 1]), state=wrapper.zero_state(batch_size=1, dtype=torch.float32))
+        prefix = tmp_path / "ckpt"
+        with torch.no_grad():
+            cell.bias.copy_(torch.tensor([40.0]))
+        torch.save({"wrapper": wrapper.state_dict()}, prefix)
+        with torch.no_grad():
+            cell.bias.copy_(torch.tensor([0.0]))
+        # .assert_consumed(): every saved value restored into an existing variable (strict loading)
+        wrapper.load_state_dict(torch.load(prefix)["wrapper"], strict=True)
+        assert_all_equal([40.0], cell.bias)
+
+
+def test_dropout_wrapper_properties():  # DropoutWrapperTest.testDropoutWrapperProperties
+    cell = rnnkit.BasicRNNCell(10)
+    wrapper = rnnkit.DropoutWrapper(cell)
+    # Github issue 15810
+    assert wrapper.wrapped_cell == cell
+    assert wrapper.state_size == 10
+    assert wrapper.output_size == 10
+
+
+def test_dropout_wrapper_zero_state():  # DropoutWrapperTest.testDropoutWrapperZeroState
+    class _Cell(rnnkit.BasicRNNCell):
+        def zero_state(self, batch_size=None, dtype=None, device=None):
+            return "wrapped_cell_zero_state"
+
+    wrapper = rnnkit.DropoutWrapper(_Cell(10))
+    assert wrapper.zero_state(10, torch.float32) == "wrapped_cell_zero_state"
