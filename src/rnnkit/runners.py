@@ -63,7 +63,9 @@ def _check_lengths(
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise DtypeError(f"{component}: {name} must hold integers, got dtype {lengths.dtype}")
     if lengths.shape != (batch,):
-        raise ShapeError(f"{component}: {name} must have shape (batch,) = ({batch},), got {tuple(lengths.shape)}")
+        # A rank other than 1 also in TF1's words ("must be a vector"), which code written against TF matches.
+        what = "must be a vector and " if lengths.dim() != 1 else ""
+        raise ShapeError(f"{component}: {name} {what}must have shape (batch,) = ({batch},), got {tuple(lengths.shape)}")
     if batch and (int(lengths.min()) < 0 or int(lengths.max()) > steps):
         raise InputValueError(
             f"{component}: {name} values must be in [0, {steps}] (the number of time steps), "

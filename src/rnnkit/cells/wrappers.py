@@ -37,6 +37,15 @@ class RNNCellWrapper(RNNCell):
     def output_size(self) -> int:
         return self.cell.output_size
 
+    @property
+    def wrapped_cell(self) -> RNNCell:
+        """The wrapped cell (TF's ``wrapped_cell``)."""
+        return self.cell
+
+    def zero_state(self, batch_size: int, dtype: torch.dtype | None = None, device: Any = None) -> Any:
+        """The wrapped cell's ``zero_state``: TF's wrappers delegate, so a cell's own zero state is kept."""
+        return self.cell.zero_state(batch_size, dtype or self._factory["dtype"], device=device)
+
     def _build(self, input_depth: int) -> None:
         self._build_child(self.cell, input_depth)
 
