@@ -94,7 +94,10 @@ def as_torch_dtype(dtype: Any) -> torch.dtype:
 
 def check_float_dtype(dtype: torch.dtype, component: str) -> None:
     if not dtype.is_floating_point:
-        raise DtypeError(f"{component}: expected a floating-point dtype, got {dtype}")
+        raise DtypeError(  # with TF1's words, which code ported from TF matches
+            f"{component}: expected a floating-point dtype, got {dtype} (RNN cell only supports floating point "
+            f"inputs, but saw dtype: {dtype})"
+        )
 
 
 def zero_state_for(state_size: Any, batch_size: int, dtype: torch.dtype | None = None, device: Any = None) -> Any:

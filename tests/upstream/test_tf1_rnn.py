@@ -491,6 +491,15 @@ def test_invalid_sequence_length_shape():  # rnn_test.py RNNTest.testInvalidSequ
         rnnkit.dynamic_rnn(cell, torch.stack(inputs), dtype=torch.float32, sequence_length=[[4]])
 
 
+def test_invalid_dtype():  # rnn_test.py RNNTest.testInvalidDtype (eager)
+    inputs = torch.as_tensor(np.zeros((3, 4, 5), dtype=np.int32))
+    cells = [rnnkit.BasicRNNCell, rnnkit.GRUCell, rnnkit.BasicLSTMCell, rnnkit.LSTMCell]
+    for cell_cls in cells:
+        with pytest.raises(ValueError, match="RNN cell only supports floating"):
+            cell = cell_cls(2, dtype=torch.int32)
+            rnnkit.dynamic_rnn(cell, inputs, dtype=torch.int32)
+
+
 def test_batch_size_from_input():  # rnn_test.py RNNTest.testBatchSizeFromInput (eager: static batch size)
     cell = Plus1RNNCell()
     inputs = torch.as_tensor(np.zeros((3, 4, 5), dtype=np.float32))

@@ -112,9 +112,9 @@ def test_factory_kwargs(module_cls, dtype, training):
         _assert_module_parameters_and_buffer_are(m, device, dtype)
 
 
-# Eval mode only: in train mode upstream also checks that the gradients w.r.t. the weights are contiguous,
-# and rnnkit's fused layer backward returns them transposed (NOTES.md, [MEMFMT]); that half is not collected.
-@pytest.mark.parametrize("training", [False], ids=["eval"])
+# In train mode upstream also checks that the gradients w.r.t. the weights are contiguous ([MEMFMT] in NOTES.md:
+# the fused backward now lays them out as the weights are).
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("module_cls", MODULES, ids=lambda c: c.__name__)
 def test_memory_format(module_cls, dtype, training):

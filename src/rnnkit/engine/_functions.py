@@ -78,7 +78,17 @@ class _FusedLayer(torch.autograd.Function):
             backward = getattr(ctx.kern, f"{family.name}_backward")
             cfg, need_dx = ctx.cfg, ctx.needs_input_grad[4]
             input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *cfg, need_dx)
+            input_grads = [_laid_out_as(g, t) for g, t in zip(input_grads, inputs, strict=False)]
         return (None, None, None, None, *input_grads, *([None] * family.masks))
+
+
+def _laid_out_as(grad: Tensor | None, like: Tensor | None) -> Tensor | None:
+    """``grad`` with the strides of its input ``like`` when that is a transposed matrix (torch-layout weights reach
+    the kernels as ``weight.t()``): after autograd transposes it back, the parameter's gradient is contiguous, as
+    torch.nn's are (a copy of one weight-sized matrix per backward)."""
+    if grad is None or like is None or like.dim() != 2 or like.is_contiguous() or not like.t().is_contiguous():
+        return grad
+    return grad.t().contiguous().t()
 
 
 def _transformed(tensors: tuple[Tensor | None, ...] = ()) -> bool:
