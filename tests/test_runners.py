@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,3 +206,14 @@ def test_gradcheck_stack_bidirectional_dynamic_rnn():
     cells_bw = [rk.BasicRNNCell(3).double(), rk.LSTMCell(2, num_proj=1).double()]
     x = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
     _gradcheck_runner(lambda x, n: rk.stack_bidirectional_dynamic_rnn(cells_fw, cells_bw, x, sequence_length=n), x)
+
+
+def test_tf_runners_take_numpy_arrays_as_tf_converts_them():
+    """TF1's runners convert their inputs (``convert_to_tensor``): ported code often passes numpy arrays."""
+    cell = rk.GRUCell(4, input_size=5)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32)
+    out, state = rk.dynamic_rnn(cell, x, dtype=rk.float32)
+    want, want_state = rk.dynamic_rnn(cell, torch.from_numpy(x))
+    assert torch.equal(out, want) and torch.equal(state, want_state)
+    steps, _ = rk.static_rnn(cell, list(x.transpose(1, 0, 2)), dtype=rk.float32)
+    assert torch.equal(torch.stack(steps, 1), want)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -40,8 +41,12 @@ def _check_cell(cell: Any, component: str) -> RNNCell:
 
 
 def _check_inputs(inputs: Any, component: str, time_major: bool) -> torch.Tensor:
+    if isinstance(inputs, np.ndarray):  # TF's runners convert arrays (convert_to_tensor); TF code passes them
+        inputs = torch.from_numpy(inputs)
     if not isinstance(inputs, torch.Tensor):
-        raise NotATensorError(f"{component}: expected inputs to be a torch.Tensor, got {type(inputs).__name__}")
+        raise NotATensorError(
+            f"{component}: expected inputs to be a torch.Tensor (or a numpy array), got {type(inputs).__name__}"
+        )
     check_float_dtype(inputs.dtype, f"{component} inputs")
     if inputs.dim() != 3:
         layout = "(time, batch, depth)" if time_major else "(batch, time, depth)"
@@ -264,9 +269,12 @@ def _stack_steps(inputs: Any, component: str) -> torch.Tensor:
         raise TypeError(
             f"{component}: expected a non-empty list of (batch, depth) tensors, got {type(inputs).__name__}"
         )
+    inputs = [torch.from_numpy(step) if isinstance(step, np.ndarray) else step for step in inputs]  # as TF converts
     for t, step in enumerate(inputs):
         if not isinstance(step, torch.Tensor):
-            raise NotATensorError(f"{component}: expected inputs[{t}] to be a torch.Tensor, got {type(step).__name__}")
+            raise NotATensorError(
+                f"{component}: expected inputs[{t}] to be a torch.Tensor (or a numpy array), got {type(step).__name__}"
+            )
     shapes = {tuple(x.shape) for x in inputs}
     if len(shapes) != 1:
         raise ShapeError(f"{component}: all time steps must have one shape, got {sorted(shapes)}")
