@@ -225,9 +225,15 @@ def call_layer(layer: Any, inputs: dict[str, Any]) -> Outcome:
     else:
         h0 = tuple(hx) if (len(hx) == 2 or inputs.get("hx_as_tuple")) else hx[0]
     out, h_n = layer(inp, h0, **kw)
-    results = {"output": out.data if isinstance(out, PackedSequence) else out}
+    return _layer_outcome(layer, x, hx, out, out, h_n)
+
+
+def _layer_outcome(module: torch.nn.Module, x: Any, hx: Any, result: Any, out: Any, h_n: Any) -> Outcome:
+    """A layer's ``result`` (its output, or that padded) and ``h_n``, differentiated w.r.t. the input, the
+    initial states and the module's parameters."""
+    results = {"output": result.data if isinstance(result, PackedSequence) else result}
     results.update({f"h_n[{k}]": t for k, t in enumerate(h_n if isinstance(h_n, tuple) else (h_n,))})
-    leaves = {"x": x, **{f"h_0[{k}]": t for k, t in enumerate(hx)}, **dict(layer.named_parameters())}
+    leaves = {"x": x, **{f"h_0[{k}]": t for k, t in enumerate(hx)}, **dict(module.named_parameters())}
     return outcome(results, (out, h_n), leaves)
 
 
@@ -260,10 +266,7 @@ def call_torch_nn(twin: torch.nn.Module, inputs: dict[str, Any]) -> Outcome:
     if inputs["kind"] == "lengths" and lengths is not None:
         result, _ = pad_packed_sequence(out, batch_first=bf, total_length=x.shape[1 if bf else 0])
         out = result
-    results = {"output": result.data if isinstance(result, PackedSequence) else result}
-    results.update({f"h_n[{k}]": t for k, t in enumerate(h_n if isinstance(h_n, tuple) else (h_n,))})
-    leaves = {"x": x, **{f"h_0[{k}]": t for k, t in enumerate(hx)}, **dict(twin.named_parameters())}
-    return outcome(results, (out, h_n), leaves)
+    return _layer_outcome(twin, x, hx, result, out, h_n)
 
 
 @pytest.mark.parametrize("seed", range(_count(40)), ids=lambda s: f"torchnn{s:03d}")
