@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import engine as _engine
 from ._structure import as_torch_dtype, check_float_dtype, check_placement, check_state, named_leaves
-from .cells._base import RNNCell
+from .cells import RNNCell
 from .errors import DtypeError, InputValueError, NotATensorError, ShapeError
 
 __all__ = [

@@ -11,10 +11,11 @@ from torch import nn
 
 from .._structure import check_float_dtype, check_placement, check_state, named_leaves, zero_state_for
 from ..errors import ArgumentTypeError, NotATensorError, NotBuiltError, ShapeError
+from .registry import register_cell
 
-__all__ = ["RNNCell", "Dense", "get_activation", "glorot_uniform_", "check_units", "dropout_mask"]
+__all__ = ["ACTIVATIONS", "RNNCell", "Dense", "get_activation", "glorot_uniform_", "check_units", "dropout_mask"]
 
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
     "relu": torch.relu,
@@ -28,9 +29,9 @@ def get_activation(activation: Any, default: Callable = torch.tanh) -> Callable:
     if activation is None:
         return default
     if isinstance(activation, str):
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)} or a callable, got {activation!r}")
-        return _ACTIVATIONS[activation]
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {sorted(ACTIVATIONS)} or a callable, got {activation!r}")
+        return ACTIVATIONS[activation]
     if not callable(activation):
         raise TypeError(f"activation: expected a callable or a name, got {type(activation).__name__}")
     return activation
@@ -76,6 +77,7 @@ def check_units(value: Any, name: str, component: str) -> int:
     return value
 
 
+@register_cell(kind="base")
 class RNNCell(nn.Module):
     """Base class of every rnnkit cell: the math of one time step.
 

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ._base import RNNCell, check_units, get_activation
+from .registry import register_cell
 
 __all__ = ["BasicRNNCell", "basic_rnn_pointwise"]
 
@@ -20,6 +21,7 @@ def basic_rnn_pointwise(preactivation: torch.Tensor, activation: Any = torch.tan
     return activation(preactivation)
 
 
+@register_cell()
 class BasicRNNCell(RNNCell):
     r"""The most basic RNN cell: ``output = new_state = act([x, h] @ kernel + bias)``.
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ._base import Dense, RNNCell, check_units, get_activation
+from .registry import register_cell
 
 __all__ = ["GRUCell", "gru_update", "gru_reset_before_step", "gru_reset_after_pointwise"]
 
@@ -62,6 +63,7 @@ def gru_reset_after_pointwise(
     return gru_update(z, h, activation(x_n + r * h_n))
 
 
+@register_cell()
 class GRUCell(RNNCell):
     r"""Gated recurrent unit, TF1's math (Cho et al. 2014; "reset before", Keras ``reset_after=False``)::
 

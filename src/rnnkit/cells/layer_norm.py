@@ -10,11 +10,12 @@ from torch import nn
 from .._structure import LSTMStateTuple
 from ._base import RNNCell, check_units, get_activation
 from .lstm import lstm_memory
+from .registry import register_cell
 
-__all__ = ["LayerNormBasicLSTMCell", "layer_norm_lstm_pointwise"]
+__all__ = ["LayerNormBasicLSTMCell", "layer_norm_lstm_pointwise", "TF_LAYER_NORM_EPS"]
 
 # tf.contrib.layers.layer_norm normalises with variance_epsilon=1e-12.
-_TF_LAYER_NORM_EPS = 1e-12
+TF_LAYER_NORM_EPS = 1e-12
 
 
 class _LayerNorm(nn.Module):
@@ -26,7 +27,7 @@ class _LayerNorm(nn.Module):
         self.beta = beta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.layer_norm(x, x.shape[-1:], self.gamma, self.beta, eps=_TF_LAYER_NORM_EPS)
+        return nn.functional.layer_norm(x, x.shape[-1:], self.gamma, self.beta, eps=TF_LAYER_NORM_EPS)
 
 
 def layer_norm_lstm_pointwise(
@@ -53,6 +54,7 @@ def layer_norm_lstm_pointwise(
     return new_c, activation(new_c) * torch.sigmoid(o)
 
 
+@register_cell(namespaces=("contrib.rnn",))
 class LayerNormBasicLSTMCell(RNNCell):
     r"""LSTM with layer normalisation (Ba et al. 2016) and recurrent dropout (Semeniuta et al. 2016),
     as ``tf.contrib.rnn.LayerNormBasicLSTMCell`` in TF 1.15::

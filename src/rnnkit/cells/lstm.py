@@ -13,8 +13,9 @@ import torch
 
 from .._structure import LSTMStateTuple
 from ._base import Dense, RNNCell, check_units, get_activation
+from .registry import register_cell
 
-__all__ = ["LSTMCell", "BasicLSTMCell", "lstm_memory", "lstm_pointwise"]
+__all__ = ["LSTMCell", "BasicLSTMCell", "lstm_memory", "lstm_pointwise", "check_clip"]
 
 
 def lstm_memory(c: torch.Tensor, i: torch.Tensor, g: torch.Tensor, f: torch.Tensor, forget_bias: float) -> torch.Tensor:
@@ -55,7 +56,7 @@ def _clip(x: torch.Tensor, limit: float | None) -> torch.Tensor:
     return x if limit is None else x.clamp(-limit, limit)
 
 
-def _check_clip(value: Any, name: str, component: str) -> float | None:
+def check_clip(value: Any, name: str, component: str) -> float | None:
     if value is None:
         return None
     # `not value >= 0` also refuses NaN, which every comparison fails (the engines would disagree on it). 0 is TF's
@@ -65,6 +66,7 @@ def _check_clip(value: Any, name: str, component: str) -> float | None:
     return float(value)
 
 
+@register_cell()
 class LSTMCell(RNNCell):
     r"""TF1's full LSTM cell: optional peepholes, cell clipping and an output projection.
 
@@ -110,9 +112,9 @@ class LSTMCell(RNNCell):
         name = type(self).__name__
         self.num_units = check_units(num_units, "num_units", name)
         self.use_peepholes = bool(use_peepholes)
-        self.cell_clip = _check_clip(cell_clip, "cell_clip", name)
+        self.cell_clip = check_clip(cell_clip, "cell_clip", name)
         self.num_proj = None if num_proj is None else check_units(num_proj, "num_proj", name)
-        self.proj_clip = _check_clip(proj_clip, "proj_clip", name)
+        self.proj_clip = check_clip(proj_clip, "proj_clip", name)
         if self.proj_clip is not None and self.num_proj is None:
             raise ValueError(f"{name}: proj_clip={proj_clip} needs num_proj")
         self.forget_bias = float(forget_bias)
@@ -161,6 +163,7 @@ class LSTMCell(RNNCell):
         return new_h, new_state
 
 
+@register_cell()
 class BasicLSTMCell(LSTMCell):
     r"""TF1's basic LSTM: ``LSTMCell`` without peepholes, clipping or projection.
 

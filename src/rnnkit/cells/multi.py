@@ -10,10 +10,12 @@ import torch
 
 from .._structure import flatten
 from ._base import RNNCell
+from .registry import register_cell
 
 __all__ = ["MultiRNNCell"]
 
 
+@register_cell(kind="stack")
 class MultiRNNCell(RNNCell):
     """Stack cells: the output of layer ``k`` is the input of layer ``k + 1`` at the same step.
 

@@ -46,7 +46,8 @@ from ._base import RNNCell, dropout_mask, get_activation
 from .basic import basic_rnn_pointwise
 from .gru import gru_reset_after_pointwise, gru_reset_before_step
 from .layer_norm import _LayerNorm, layer_norm_lstm_pointwise
-from .lstm import _check_clip, lstm_pointwise
+from .lstm import check_clip, lstm_pointwise
+from .registry import register_cell
 
 __all__ = [
     "TorchLayoutCell",
@@ -160,6 +161,7 @@ class TorchLayoutCell(RNNCell):
         return torch.lerp(new, old, self.zoneout)  # zoneout * old + (1 - zoneout) * new
 
 
+@register_cell(kind="torch", namespaces=())
 class TorchRNNCell(TorchLayoutCell):
     r"""Elman step in torch's layout, ``torch.nn.RNNCell``'s math (= TF's ``BasicRNNCell``)::
 
@@ -191,6 +193,7 @@ class TorchRNNCell(TorchLayoutCell):
         return h, h
 
 
+@register_cell(kind="torch", namespaces=())
 class TorchGRUCell(TorchLayoutCell):
     r"""GRU step in torch's layout (blocks r, z, n), torch's math or TF's.
 
@@ -231,6 +234,7 @@ class TorchGRUCell(TorchLayoutCell):
         return new_h, new_h
 
 
+@register_cell(kind="torch", namespaces=())
 class TorchLSTMCell(TorchLayoutCell):
     r"""LSTM step in torch's layout (blocks i, f, g, o), with TF's options::
 
@@ -264,7 +268,7 @@ class TorchLSTMCell(TorchLayoutCell):
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
             raise TypeError(f"{name}: forget_bias must be a number, got {forget_bias!r}")
         self.forget_bias = float(forget_bias)
-        self.cell_clip = _check_clip(cell_clip, "cell_clip", name)
+        self.cell_clip = check_clip(cell_clip, "cell_clip", name)
         if self.layer_norm and self.cell_clip is not None:
             raise ValueError(f"{name}: cell_clip cannot be combined with layer norm (TF's LayerNormBasicLSTMCell)")
         if self.layer_norm:

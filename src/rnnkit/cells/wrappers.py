@@ -15,10 +15,12 @@ import torch
 
 from .._structure import LSTMStateTuple, flatten, map_structure, pack_as
 from ._base import RNNCell, dropout_mask
+from .registry import register_cell
 
-__all__ = ["RNNCellWrapper", "DropoutWrapper", "ResidualWrapper", "tf_op_seed"]
+__all__ = ["RNNCellWrapper", "DropoutWrapper", "ResidualWrapper", "tf_op_seed", "default_state_filter"]
 
 
+@register_cell(kind="base", namespaces=())
 class RNNCellWrapper(RNNCell):
     """Base of the wrappers: the wrapped cell's sizes, building and zero state."""
 
@@ -50,7 +52,7 @@ class RNNCellWrapper(RNNCell):
         self._build_child(self.cell, input_depth)
 
 
-def _default_state_filter(substate: Any) -> Any:
+def default_state_filter(substate: Any) -> Any:
     """TF's default: never drop out the memory ``c`` of an ``LSTMStateTuple``."""
     if isinstance(substate, LSTMStateTuple):
         return LSTMStateTuple(c=False, h=True)
@@ -82,6 +84,7 @@ def tf_op_seed(seed: int, salt: str) -> int:
     return int(digest[:8], 16) & 0x7FFFFFFF
 
 
+@register_cell(kind="wrapper")
 class DropoutWrapper(RNNCellWrapper):
     """Dropout on a cell's inputs, outputs and new state (training mode only), as TF1's ``DropoutWrapper``.
 
@@ -139,7 +142,7 @@ class DropoutWrapper(RNNCellWrapper):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"DropoutWrapper: seed must be an int or None, got {seed!r}")
         self.seed = None if seed is None else int(seed)
-        self._state_filter = dropout_state_filter_visitor or _default_state_filter
+        self._state_filter = dropout_state_filter_visitor or default_state_filter
         self._masks: dict[str, Any] = {}
         self._generators: dict[tuple[str, str], torch.Generator] = {}
         depth = _depth(input_size)
@@ -213,6 +216,7 @@ class DropoutWrapper(RNNCellWrapper):
         return output, new_state
 
 
+@register_cell(kind="wrapper")
 class ResidualWrapper(RNNCellWrapper):
     """``output = inputs + cell_output`` (or ``residual_fn(inputs, cell_output)``); the state is the cell's.
 

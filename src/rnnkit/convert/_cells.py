@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..cells import (
+    ACTIVATIONS,
     BasicLSTMCell,
     BasicRNNCell,
     DropoutWrapper,
@@ -31,7 +32,6 @@ from ..cells import (
     RNNCell,
     RNNCellWrapper,
 )
-from ..cells._base import _ACTIVATIONS
 from ..runners import bidirectional_dynamic_rnn, dynamic_rnn, stack_bidirectional_dynamic_rnn
 from ._config import LayerConfig
 from ._tf_checkpoint import read_tf_checkpoint
@@ -56,7 +56,7 @@ _CLASSES: dict[str, type[RNNCell]] = {
 
 
 def _activation_name(fn: Any) -> str:
-    for name, known in _ACTIVATIONS.items():
+    for name, known in ACTIVATIONS.items():
         if fn is known:
             return name
     return getattr(fn, "__name__", repr(fn))

@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..cells import (
+    ACTIVATIONS,
     BasicLSTMCell,
     BasicRNNCell,
     DropoutWrapper,
@@ -54,9 +55,8 @@ from ..cells import (
     MultiRNNCell,
     ResidualWrapper,
     RNNCell,
+    default_state_filter,
 )
-from ..cells._base import _ACTIVATIONS
-from ..cells.wrappers import _default_state_filter
 from ..layers import GRU, LSTM, RNN
 from ._cells import TFCellStack
 from ._config import LayerConfig
@@ -95,7 +95,7 @@ _MAGIC = {
 
 # -- module -> configuration ------------------------------------------------------------------------------
 def _activation_name(fn: Any, owner: str) -> str:
-    for name, known in _ACTIVATIONS.items():
+    for name, known in ACTIVATIONS.items():
         if fn is known:
             return name
     for known, name in _ACTIVATION_ALIASES.items():
@@ -103,7 +103,7 @@ def _activation_name(fn: Any, owner: str) -> str:
             return name
     raise ValueError(
         f"rnnkit.convert.save: the {owner}'s activation {getattr(fn, '__name__', repr(fn))!r} is not serialisable "
-        f"by name: a saved file must reload without your code, so only {sorted(_ACTIVATIONS)} can be saved "
+        f"by name: a saved file must reload without your code, so only {sorted(ACTIVATIONS)} can be saved "
         "(pass activation='relu' etc., or torch.relu / torch.tanh ...)"
     )
 
@@ -142,7 +142,7 @@ def _cell_config(cell: RNNCell, owner: str) -> dict[str, Any]:
         return {"class": name, "args": {"state_is_tuple": cell.state_is_tuple}, "cells": cells}
     if isinstance(cell, DropoutWrapper):
         _check_exact(cell, DropoutWrapper, where)
-        if cell._state_filter is not _default_state_filter:
+        if cell._state_filter is not default_state_filter:
             raise ValueError(
                 f"rnnkit.convert.save: {where} has a custom dropout_state_filter_visitor, a function that is not "
                 "serialisable: only the default filter can be saved"

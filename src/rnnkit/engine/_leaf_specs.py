@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from .._structure import LSTMStateTuple
-from ..cells._base import RNNCell, dropout_mask
-from ..cells.layer_norm import _TF_LAYER_NORM_EPS
+from ..cells import TF_LAYER_NORM_EPS, RNNCell, dropout_mask
 from ._tf_weights import split_kernel, tf_lstm_as_torch
 
 __all__ = ["Spec", "LSTMSpec", "LNLSTMSpec", "GRUSpec", "RNNSpec"]
@@ -158,7 +157,7 @@ class LNLSTMSpec(_Leaf):
         self.forget_bias = float(forget_bias)
         self.gate_order = _TF_ORDER if layout == "tf" else _TORCH_ORDER
         self.state_is_tuple = True
-        self.eps = _TF_LAYER_NORM_EPS  # the cells' own (one definition)
+        self.eps = TF_LAYER_NORM_EPS  # the cells' own (one definition)
 
     to_internal = LSTMSpec.to_internal
     from_internal = LSTMSpec.from_internal

@@ -47,8 +47,8 @@ from ..cells import (
     LSTMCell,
     MultiRNNCell,
     ResidualWrapper,
+    RNNCell,
 )
-from ..cells._base import RNNCell
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec, _Leaf
 
 __all__ = [

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .._structure import flatten, map_structure
-from ..cells._base import RNNCell
+from ..cells import RNNCell
 from . import _functions as F
 from ._select import current, fused_kernels
 from .lowering import (

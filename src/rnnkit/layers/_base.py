@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from .._structure import as_torch_dtype, check_float_dtype, check_placement
-from ..cells._base import check_units
+from ..cells import check_units
 from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parameter_
 from ..engine import layers as _engine_layers
 from ..errors import ArgumentTypeError, NotATensorError, ShapeError, StateStructureError

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .._structure import LSTMStateTuple
-from ..cells.lstm import _check_clip
+from ..cells import check_clip
 from ..cells.torch_layout import TorchLSTMCell
 from ._base import RNNLayer
 
@@ -87,7 +87,7 @@ class LSTM(RNNLayer):
             )
         self.forget_bias = float(forget_bias)
         self.peepholes = peepholes
-        self.cell_clip = _check_clip(cell_clip, "cell_clip", "LSTM")
+        self.cell_clip = check_clip(cell_clip, "cell_clip", "LSTM")
         self.layer_norm = layer_norm
         self._create_parameters(device, dtype)
 
