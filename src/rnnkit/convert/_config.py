@@ -25,12 +25,14 @@ from typing import Any
 
 import torch
 
+from ..gates import FAMILIES, PEEPHOLE_ORDERS, gate_count
+
 __all__ = ["LayerConfig", "GATES", "PEEPHOLE_KEYS", "LAYER_NORM_KEYS", "torch_key"]
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+GATES = {family: gate_count(family) for family in FAMILIES}
 # rnnkit.LSTM's extra parameters, per layer and direction: the peephole diagonals of the input, forget and
 # output gates, and (layer_norm=True) the gains and shifts of the gate norms (blocks i, f, g, o) and the cell norm.
-PEEPHOLE_KEYS = ("weight_ci", "weight_cf", "weight_co")
+PEEPHOLE_KEYS = tuple(f"weight_c{gate}" for gate in PEEPHOLE_ORDERS["torch"])
 LAYER_NORM_KEYS = ("weight_ln_gates", "bias_ln_gates", "weight_ln_cell", "bias_ln_cell")
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from ..gates import PEEPHOLE_ORDERS, add_to_gate, gate_order, relayout
 from ._torch_layout import as_tensor
 
 __all__ = [
@@ -49,18 +50,7 @@ __all__ = [
     "torch_rnn_to_tf",
     "tf_ln_lstm_to_torch",
     "torch_ln_lstm_to_tf",
-    "reorder_blocks",
 ]
-
-_TF_TO_TORCH_LSTM = (0, 2, 1, 3)  # torch (i, f, g, o) from TF (i, j, f, o); the permutation is its own inverse
-
-
-def reorder_blocks(x: torch.Tensor, order: tuple[int, ...], dim: int = 0) -> torch.Tensor:
-    """Split ``x`` into ``len(order)`` equal blocks along ``dim`` and concatenate them as ``order`` says."""
-    if x.shape[dim] % len(order):
-        raise ValueError(f"reorder_blocks: dimension {dim} of size {x.shape[dim]} is not {len(order)} equal blocks")
-    blocks = x.chunk(len(order), dim=dim)
-    return torch.cat([blocks[k] for k in order], dim=dim)
 
 
 def _get(params: Mapping[str, Any], name: str, component: str) -> torch.Tensor:
@@ -74,13 +64,9 @@ def _expect(tensor: torch.Tensor, shape: tuple[int, ...], name: str, component: 
         raise ValueError(f"{component}: variable {name!r} must have shape {shape}, got {tuple(tensor.shape)}")
 
 
-def _add_to_block(bias: torch.Tensor, block: int, blocks: int, value: float) -> torch.Tensor:
-    if not value:
-        return bias
-    n = bias.shape[0] // blocks
-    bias = bias.clone()
-    bias[block * n : (block + 1) * n] += value
-    return bias
+def _add_forget_bias(bias: torch.Tensor, value: float) -> torch.Tensor:
+    """``value`` added to the forget block of a torch-layout LSTM bias (a copy when it is not 0)."""
+    return add_to_gate(bias, value, "LSTM", "torch", "f")
 
 
 def _split_rows(kernel: torch.Tensor, input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,16 +110,16 @@ def tf_lstm_to_torch(params: Mapping[str, Any], *, forget_bias: float = 0.0) -> 
         )
     bias = _get(params, "bias", component)
     _expect(bias, (4 * hidden,), "bias", component)
-    weights = reorder_blocks(kernel, _TF_TO_TORCH_LSTM, dim=1)  # (I+P, 4H) in i, f, g, o
+    weights = relayout(kernel, "LSTM", "tf", "torch", dim=1)  # (I+P, 4H), torch's blocks
     out["weight_ih"], out["weight_hh"] = _split_rows(weights, input_size)
-    out["bias_ih"] = _add_to_block(reorder_blocks(bias, _TF_TO_TORCH_LSTM), 1, 4, forget_bias)
+    out["bias_ih"] = _add_forget_bias(relayout(bias, "LSTM", "tf", "torch"), forget_bias)
     out["bias_hh"] = torch.zeros_like(bias)
     if "projection/kernel" in params:
         out["weight_hr"] = projection.T.contiguous()  # (P, H)
-    diags = [name for name in ("w_i_diag", "w_f_diag", "w_o_diag") if name in params]
+    diags = [f"w_{gate}_diag" for gate in PEEPHOLE_ORDERS["tf"] if f"w_{gate}_diag" in params]
     if diags and len(diags) != 3:
         raise KeyError(f"{component}: peepholes need w_i_diag, w_f_diag and w_o_diag; got only {diags}")
-    for gate in "ifo" if diags else "":
+    for gate in PEEPHOLE_ORDERS["tf"] if diags else "":
         diag = _get(params, f"w_{gate}_diag", component)
         _expect(diag, (hidden,), f"w_{gate}_diag", component)
         out[f"weight_c{gate}"] = diag.clone()
@@ -148,19 +134,20 @@ def torch_lstm_to_tf(params: Mapping[str, Any], *, forget_bias: float = 0.0) -> 
     """
     component = "torch_lstm_to_tf"
     w_ih, w_hh = _get(params, "weight_ih", component), _get(params, "weight_hh", component)
-    kernel = torch.cat([w_ih.T, w_hh.T], 0)  # (I+P, 4H) in i, f, g, o
-    out = {"kernel": reorder_blocks(kernel, _TF_TO_TORCH_LSTM, dim=1)}
+    kernel = torch.cat([w_ih.T, w_hh.T], 0)  # (I+P, 4H), torch's blocks
+    out = {"kernel": relayout(kernel, "LSTM", "torch", "tf", dim=1)}
     bias = _sum_biases(params, w_ih.shape[0], w_ih, component)
-    out["bias"] = reorder_blocks(_add_to_block(bias, 1, 4, -forget_bias), _TF_TO_TORCH_LSTM)
+    out["bias"] = relayout(_add_forget_bias(bias, -forget_bias), "LSTM", "torch", "tf")
     if "weight_hr" in params:
         out["projection/kernel"] = _get(params, "weight_hr", component).T.contiguous()
     if any(k in params for k in ("weight_ci", "weight_cf", "weight_co")):
-        for gate in "ifo":
+        for gate in PEEPHOLE_ORDERS["tf"]:
             out[f"w_{gate}_diag"] = _get(params, f"weight_c{gate}", component).clone()
     return out
 
 
-_NORMS = ("input", "forget", "transform", "output")  # TF's norm scopes in torch's block order i, f, g, o
+_NORM_SCOPES = {"i": "input", "f": "forget", "g": "transform", "o": "output"}  # TF's norm scope of each gate
+_NORMS = tuple(_NORM_SCOPES[gate] for gate in gate_order("LSTM", "torch"))  # in torch's block order
 
 
 def tf_ln_lstm_to_torch(params: Mapping[str, Any], *, forget_bias: float = 0.0) -> dict[str, torch.Tensor]:
@@ -172,7 +159,7 @@ def tf_ln_lstm_to_torch(params: Mapping[str, Any], *, forget_bias: float = 0.0) 
     if kernel.dim() != 2 or kernel.shape[1] % 4 or kernel.shape[0] <= kernel.shape[1] // 4:
         raise ValueError(f"{component}: 'kernel' must be (input + units, 4 * units), got {tuple(kernel.shape)}")
     hidden = kernel.shape[1] // 4
-    weights = reorder_blocks(kernel, _TF_TO_TORCH_LSTM, dim=1)  # (I+H, 4H) in i, f, g, o
+    weights = relayout(kernel, "LSTM", "tf", "torch", dim=1)  # (I+H, 4H), torch's blocks
     out: dict[str, torch.Tensor] = {}
     out["weight_ih"], out["weight_hh"] = _split_rows(weights, kernel.shape[0] - hidden)
     norms = {}
@@ -181,7 +168,7 @@ def tf_ln_lstm_to_torch(params: Mapping[str, Any], *, forget_bias: float = 0.0) 
             norms[scope, part] = _get(params, f"{scope}/{part}", component)
             _expect(norms[scope, part], (hidden,), f"{scope}/{part}", component)
     out["weight_ln_gates"] = torch.cat([norms[s, "gamma"] for s in _NORMS])
-    out["bias_ln_gates"] = _add_to_block(torch.cat([norms[s, "beta"] for s in _NORMS]), 1, 4, forget_bias)
+    out["bias_ln_gates"] = _add_forget_bias(torch.cat([norms[s, "beta"] for s in _NORMS]), forget_bias)
     out["weight_ln_cell"], out["bias_ln_cell"] = norms["state", "gamma"].clone(), norms["state", "beta"].clone()
     return out
 
@@ -199,9 +186,9 @@ def torch_ln_lstm_to_tf(params: Mapping[str, Any], *, forget_bias: float = 0.0) 
         if name in params and bool(_get(params, name, component).any()):
             raise ValueError(f"{component}: non-zero {name}: TF's LayerNormBasicLSTMCell has no bias before its norms")
     w_ih, w_hh = _get(params, "weight_ih", component), _get(params, "weight_hh", component)
-    out = {"kernel": reorder_blocks(torch.cat([w_ih.T, w_hh.T], 0), _TF_TO_TORCH_LSTM, dim=1)}
+    out = {"kernel": relayout(torch.cat([w_ih.T, w_hh.T], 0), "LSTM", "torch", "tf", dim=1)}
     gains = _get(params, "weight_ln_gates", component).chunk(4)
-    shifts = _add_to_block(_get(params, "bias_ln_gates", component), 1, 4, -forget_bias).chunk(4)
+    shifts = _add_forget_bias(_get(params, "bias_ln_gates", component), -forget_bias).chunk(4)
     for k, scope in enumerate(_NORMS):
         out[f"{scope}/gamma"], out[f"{scope}/beta"] = gains[k].clone(), shifts[k].clone()
     out["state/gamma"] = _get(params, "weight_ln_cell", component).clone()
@@ -228,9 +215,9 @@ def tf_gru_to_torch(params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     gates_bias, candidate_bias = _get(params, "gates/bias", component), _get(params, "candidate/bias", component)
     _expect(gates_bias, (2 * hidden,), "gates/bias", component)
     _expect(candidate_bias, (hidden,), "candidate/bias", component)
-    kernel = torch.cat([gates, candidate], 1)  # (I+H, 3H) in r, z, n
+    kernel = relayout(torch.cat([gates, candidate], 1), "GRU", "tf", "torch", dim=1)  # (I+H, 3H), torch's blocks
     w_ih, w_hh = _split_rows(kernel, input_size)
-    bias = torch.cat([gates_bias, candidate_bias])
+    bias = relayout(torch.cat([gates_bias, candidate_bias]), "GRU", "tf", "torch")
     return {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": bias, "bias_hh": torch.zeros_like(bias)}
 
 
@@ -239,8 +226,8 @@ def torch_gru_to_tf(params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     component = "torch_gru_to_tf"
     w_ih, w_hh = _get(params, "weight_ih", component), _get(params, "weight_hh", component)
     hidden = w_hh.shape[1]
-    kernel = torch.cat([w_ih.T, w_hh.T], 0)  # (I+H, 3H) in r, z, n
-    bias = _sum_biases(params, 3 * hidden, w_ih, component)
+    kernel = relayout(torch.cat([w_ih.T, w_hh.T], 0), "GRU", "torch", "tf", dim=1)  # (I+H, 3H): gates, candidate
+    bias = relayout(_sum_biases(params, 3 * hidden, w_ih, component), "GRU", "torch", "tf")
     return {
         "gates/kernel": kernel[:, : 2 * hidden].contiguous(),
         "gates/bias": bias[: 2 * hidden].clone(),
