@@ -95,7 +95,7 @@ def gate_count(family: str) -> int:
 
 
 def gate_order(family: str, layout: str) -> tuple[str, ...]:
-    """The gate blocks of ``layout`` in canonical (torch's) letters: ``gate_order("GRU", "keras") == ("z", "r", "n")``."""
+    """The gate blocks of ``layout`` in canonical (torch's) letters: ``gate_order("GRU", "keras")`` is z, r, n."""
     _check(family, layout)
     aliases = ALIASES[family]
     return tuple(aliases.get(letter, letter) for letter in GATE_ORDERS[family][layout])
