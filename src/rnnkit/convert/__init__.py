@@ -39,14 +39,12 @@ Example::
     >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state_dict)
 """
 
+from ..saving import load, save  # rnnkit's own format lives in rnnkit.saving; kept here for rnnkit.convert.save
 from ._cell_variables import load_tf_variables, tf_variable_names
-from ._cells import TFCellStack, cells_from_tf_variables, cells_to_torch, load_tf_checkpoint, torch_to_cells
-from ._config import LayerConfig
 from ._keras_io import keras_to_torch, read_keras
 from ._keras_layout import KerasRecurrentLayer, keras_layer_to_torch, keras_layers_to_torch, torch_to_keras
 from ._onnx_export import export_onnx, load_onnx, read_onnx
 from ._onnx_layout import OnnxRecurrentOp, onnx_to_torch, torch_to_onnx
-from ._save import load, save
 from ._tf_checkpoint import CheckpointEntry, CheckpointError, TFCheckpointReader, list_tf_checkpoint, read_tf_checkpoint
 from ._tf_layout import (
     tf_gru_to_torch,
@@ -59,6 +57,8 @@ from ._tf_layout import (
 from ._tf_stack import tf_to_torch, torch_to_tf
 from ._tf_variables import AssumedForgetBiasWarning, TFCellVariables, TFRNNVariables, parse_tf_variables
 from ._torch_layout import check_state_dict, infer_config, load_torch_state_dict
+from .cells import TFCellStack, cells_from_tf_variables, cells_to_torch, load_tf_checkpoint, torch_to_cells
+from .config import LayerConfig
 
 __all__ = [
     # the common currency

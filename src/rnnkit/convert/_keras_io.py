@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._config import LayerConfig
-from ._guards import MAX_JSON_BYTES, MAX_ZIP_RATIO, loads_json, open_zip, read_bounded, regular_file, zip_member
 from ._keras_checks import attr, check_model_config, child, has, holds_datasets, keys, read_array
 from ._keras_layout import RECURRENT, KerasRecurrentLayer, keras_layers_to_torch
+from .config import LayerConfig
+from .guards import MAX_JSON_BYTES, MAX_ZIP_RATIO, loads_json, open_zip, read_bounded, regular_file, zip_member
 
 __all__ = ["read_keras", "keras_to_torch"]
 

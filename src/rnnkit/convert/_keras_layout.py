@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from ..gates import add_to_gate, gate_count, relayout
-from ._config import LayerConfig
 from ._torch_layout import as_tensor, check_state_dict, direction_params, set_direction_params
+from .config import LayerConfig
 
 __all__ = ["KerasRecurrentLayer", "keras_layer_to_torch", "keras_layers_to_torch", "torch_to_keras", "RECURRENT"]
 

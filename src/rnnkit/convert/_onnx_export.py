@@ -51,11 +51,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._config import LayerConfig
 from ._onnx_io import load_model as _load_model
 from ._onnx_io import onnx_module as _onnx
 from ._onnx_layout import OnnxRecurrentOp, onnx_to_torch, torch_to_onnx
 from ._torch_layout import check_state_dict, direction_params
+from .config import LAYERS, TORCH_NN_LAYERS, LayerConfig, layer_description, layer_from_state_dict
 
 __all__ = ["export_onnx", "read_onnx", "load_onnx", "scan_only_options", "DEFAULT_OPSET"]
 
@@ -325,8 +325,6 @@ def export_onnx(
         ['input', 'h_0', 'sequence_lens']
     """
     onnx = _onnx()
-    from ._save import _LAYERS, _TORCH_NN, _layer_config
-
     if implementation not in ("auto", "native", "scan"):
         raise ValueError(f"export_onnx: implementation must be 'auto', 'native' or 'scan', got {implementation!r}")
     if (
@@ -337,11 +335,11 @@ def export_onnx(
         raise ValueError(
             f"export_onnx: opset must be an int in [{_MIN_OPSET}, {onnx.defs.onnx_opset_version()}], got {opset!r}"
         )
-    if type(layer) not in _LAYERS.values() and type(layer) not in _TORCH_NN:
+    if type(layer) not in LAYERS.values() and type(layer) not in TORCH_NN_LAYERS:
         raise TypeError(
             f"export_onnx: expected an rnnkit.RNN/LSTM/GRU or torch.nn.RNN/LSTM/GRU layer, got {type(layer).__name__}"
         )
-    layer_config = _layer_config(layer)
+    layer_config = layer_description(layer)
     config = LayerConfig.from_module(layer)
     zoneout = float(getattr(layer, "zoneout", 0.0))
     blockers = scan_only_options(layer)
@@ -497,14 +495,9 @@ def load_onnx(source: Any) -> torch.nn.Module:
 
         >>> layer = load_onnx("lstm.onnx")
     """
-    from ._save import _LAYERS
-
     model = _load_model(source)
     state, config = read_onnx(model)
     props = {p.key: p.value for p in model.metadata_props}
     args = dict(json.loads(props["rnnkit.config"]).get("args", {})) if "rnnkit.config" in props else {}
     args = {k: v for k, v in args.items() if k in ("batch_first", "dropout", "recurrent_dropout", "zoneout")}
-    with torch.random.fork_rng(devices=[]):
-        layer = _LAYERS[config.mode](**config.layer_kwargs(), **args)
-    layer.load_state_dict(state)
-    return layer.eval()
+    return layer_from_state_dict(state, config, **args)

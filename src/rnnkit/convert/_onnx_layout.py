@@ -34,8 +34,8 @@ from typing import Any
 import torch
 
 from ..gates import PEEPHOLE_ORDERS, add_to_gate, gate_block, relayout
-from ._config import GATES, LayerConfig
 from ._torch_layout import as_tensor, check_state_dict, direction_params, set_direction_params
+from .config import GATES, LayerConfig
 
 __all__ = ["OnnxRecurrentOp", "torch_to_onnx", "onnx_to_torch"]
 

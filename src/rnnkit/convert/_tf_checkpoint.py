@@ -28,9 +28,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._crc32c import crc32c, mask, unmask
-from ._guards import read_bounded, regular_file
 from ._sstable import TableError, read_table
 from ._wire import WireError, as_signed64, iter_fields, read_varint
+from .guards import read_bounded, regular_file
 
 __all__ = ["TFCheckpointReader", "CheckpointEntry", "read_tf_checkpoint", "list_tf_checkpoint", "CheckpointError"]
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from ._config import LayerConfig
 from ._tf_layout import (
     tf_gru_to_torch,
     tf_ln_lstm_to_torch,
@@ -37,6 +36,7 @@ from ._tf_variables import (
     resolve_forget_bias,
 )
 from ._torch_layout import check_state_dict, direction_params, set_direction_params
+from .config import LayerConfig
 
 __all__ = ["tf_to_torch", "torch_to_tf", "layout_to_torch", "layout_from_torch"]
 

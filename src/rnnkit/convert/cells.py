@@ -20,23 +20,13 @@ from typing import Any
 
 import torch
 
-from ..cells import (
-    ACTIVATIONS,
-    BasicLSTMCell,
-    BasicRNNCell,
-    DropoutWrapper,
-    GRUCell,
-    LayerNormBasicLSTMCell,
-    LSTMCell,
-    MultiRNNCell,
-    RNNCell,
-    RNNCellWrapper,
-)
+from ..cells import ACTIVATIONS, DropoutWrapper, MultiRNNCell, RNNCell, RNNCellWrapper
+from ..cells.registry import cell_class, cell_names
 from ..runners import bidirectional_dynamic_rnn, dynamic_rnn, stack_bidirectional_dynamic_rnn
-from ._config import LayerConfig
 from ._tf_checkpoint import read_tf_checkpoint
 from ._tf_stack import layout_from_torch, layout_to_torch
 from ._tf_variables import _DEFAULT_SCOPE, TFCellVariables, TFRNNVariables, parse_tf_variables, resolve_forget_bias
+from .config import LayerConfig
 
 __all__ = [
     "TFCellStack",
@@ -45,14 +35,6 @@ __all__ = [
     "cells_to_torch",
     "torch_to_cells",
 ]
-
-_CLASSES: dict[str, type[RNNCell]] = {
-    "BasicLSTMCell": BasicLSTMCell,
-    "LSTMCell": LSTMCell,
-    "GRUCell": GRUCell,
-    "BasicRNNCell": BasicRNNCell,
-    "LayerNormBasicLSTMCell": LayerNormBasicLSTMCell,
-}
 
 
 def _activation_name(fn: Any) -> str:
@@ -70,9 +52,10 @@ def _leaf(cell: RNNCell, component: str) -> RNNCell:
                 f"{component}: a {type(cell).__name__} changes the cell's function; no layer layout expresses it"
             )
         cell = cell.cell
-    if type(cell) not in _CLASSES.values():
+    leaves = cell_names(kind="leaf")  # the registry's cells with TF variables of their own
+    if type(cell) not in [cell_class(name) for name in leaves]:
         raise TypeError(
-            f"{component}: expected one of {sorted(_CLASSES)} (or a MultiRNNCell of them), got {type(cell).__name__}"
+            f"{component}: expected one of {sorted(leaves)} (or a MultiRNNCell of them), got {type(cell).__name__}"
         )
     if not cell.built:
         raise ValueError(f"{component}: the {type(cell).__name__} is not built yet, so it has no weights to convert")
@@ -103,7 +86,7 @@ def _make_cell(spec: TFCellVariables, dtype: torch.dtype | None = None) -> RNNCe
     if spec.cell_type == "LayerNormBasicLSTMCell":
         kwargs["layer_norm"] = spec.layer_norm
     main = next(iter(spec.variables.values()))
-    cell = _CLASSES[spec.cell_type](spec.num_units, input_size=spec.input_size, dtype=dtype or main.dtype, **kwargs)
+    cell = cell_class(spec.cell_type)(spec.num_units, input_size=spec.input_size, dtype=dtype or main.dtype, **kwargs)
     with torch.no_grad():
         for name, param in cell.named_parameters():
             param.copy_(spec.variables[name.replace(".", "/")])
