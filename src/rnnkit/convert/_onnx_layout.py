@@ -37,7 +37,7 @@ from ..gates import PEEPHOLE_ORDERS, add_to_gate, gate_block, relayout
 from ._torch_layout import as_tensor, check_state_dict, direction_params, set_direction_params
 from .config import GATES, LayerConfig
 
-__all__ = ["OnnxRecurrentOp", "torch_to_onnx", "onnx_to_torch"]
+__all__ = ["OnnxRecurrentOp", "torch_to_onnx", "onnx_to_torch", "native_refusals"]
 
 _PEEPHOLES = tuple(f"weight_c{gate}" for gate in PEEPHOLE_ORDERS["onnx"])  # the torch-layout names, in P's order
 
@@ -53,9 +53,8 @@ class OnnxRecurrentOp:
     initializers: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def torch_to_onnx(state_dict: Mapping[str, Any], config: LayerConfig) -> list[OnnxRecurrentOp]:
-    """A torch-layout stack -> one `OnnxRecurrentOp` per layer (see the module docstring for the layout)."""
-    state = check_state_dict(state_dict, config, "torch_to_onnx")
+def native_refusals(config: LayerConfig) -> list[str]:
+    """The options of ``config`` that no native ONNX recurrent operator computes, each with the reason."""
     refused = []
     if config.proj_size:
         refused.append(f"proj_size={config.proj_size} (ONNX's LSTM has no projection)")
@@ -64,7 +63,14 @@ def torch_to_onnx(state_dict: Mapping[str, Any], config: LayerConfig) -> list[On
             f"cell_clip={config.cell_clip} (ONNX's clip attribute clips gate pre-activations, not the cell state)"
         )
     if config.layer_norm:
-        refused.append("layer_norm (ONNX's recurrent ops have no normalisation)")
+        refused.append("layer_norm (ONNX's recurrent operators have no normalisation)")
+    return refused
+
+
+def torch_to_onnx(state_dict: Mapping[str, Any], config: LayerConfig) -> list[OnnxRecurrentOp]:
+    """A torch-layout stack -> one `OnnxRecurrentOp` per layer (see the module docstring for the layout)."""
+    state = check_state_dict(state_dict, config, "torch_to_onnx")
+    refused = native_refusals(config)
     if refused:
         raise ValueError(f"torch_to_onnx: no native ONNX {config.mode} computes " + "; ".join(refused))
     mode, h = config.mode, config.hidden_size
