@@ -32,11 +32,18 @@ carried as rnnkit's ``LSTM(forget_bias=)`` otherwise.
 
 Example::
 
-    >>> from rnnkit.convert import load_tf_checkpoint, tf_to_torch, read_tf_checkpoint
-    >>> stack = load_tf_checkpoint("ckpt", forget_bias=1.0)    # rnnkit cells, TF's variable names
-    >>> outputs, state = stack.run(inputs, sequence_length=lengths)
-    >>> state_dict, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn", forget_bias=1.0)
+    >>> from rnnkit.convert import LayerConfig, cells_from_tf_variables, tf_to_torch, torch_to_tf
+    >>> tf_vars = torch_to_tf(torch.nn.LSTM(3, 8, num_layers=2).state_dict(), LayerConfig("LSTM", 3, 8, 2))
+    >>> sorted(tf_vars)[0]     # as read_tf_checkpoint("ckpt") reads a MultiRNNCell of BasicLSTMCells
+    'rnn/multi_rnn_cell/cell_0/basic_lstm_cell/bias'
+    >>> stack = cells_from_tf_variables(tf_vars, forget_bias=1.0)     # rnnkit cells, TF's variable names
+    >>> outputs, state = stack.run(torch.randn(2, 5, 3), sequence_length=[5, 3])
+    >>> state_dict, cfg = tf_to_torch(tf_vars, target="torch.nn", forget_bias=1.0)
     >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state_dict)
+    <All keys matched successfully>
+
+From a checkpoint on disk: ``load_tf_checkpoint("ckpt", forget_bias=1.0)`` builds the cells, and
+``tf_to_torch(read_tf_checkpoint("ckpt"), ...)`` the torch layout.
 """
 
 from ..saving import load, save  # rnnkit's own format lives in rnnkit.saving; kept here for rnnkit.convert.save

@@ -107,8 +107,12 @@ def load_tf_variables(cells: Any, variables: Mapping[str, Any], scope: str | Non
 
     Example::
 
-        >>> cell = MultiRNNCell([BasicLSTMCell(4) for _ in range(2)])
-        >>> load_tf_variables(cell, read_tf_checkpoint("ckpt"))
+        >>> from rnnkit.convert import LayerConfig, torch_to_tf
+        >>> tf_vars = torch_to_tf(torch.nn.LSTM(3, 4, num_layers=2).state_dict(), LayerConfig("LSTM", 3, 4, 2))
+        >>> cell = rnnkit.MultiRNNCell([rnnkit.BasicLSTMCell(4) for _ in range(2)])
+        >>> _ = load_tf_variables(cell, tf_vars)     # or read_tf_checkpoint("ckpt"); returns the cell
+        >>> torch.equal(cell.cells[1].kernel, tf_vars["rnn/multi_rnn_cell/cell_1/basic_lstm_cell/kernel"])
+        True
     """
     stack = _user_stack(cells, scope, "load_tf_variables")
     for root, tf_scope in _roots(stack):

@@ -14,7 +14,8 @@ Keras keeps ``kernel (I, G*H)``, ``recurrent_kernel (H, G*H)`` and ``bias``, col
 
 Example::
 
-    >>> layer = KerasRecurrentLayer("lstm", "LSTM", {"units": 4}, [np.ones((3, 16)), np.ones((4, 16)), np.ones(16)])
+    >>> weights = [torch.ones(3, 16), torch.ones(4, 16), torch.ones(16)]     # kernel, recurrent_kernel, bias
+    >>> layer = KerasRecurrentLayer("lstm", "LSTM", {"units": 4}, weights)
     >>> state, cfg = keras_layer_to_torch(layer)
     >>> tuple(state["weight_ih_l0"].shape), cfg.mode
     ((16, 3), 'LSTM')

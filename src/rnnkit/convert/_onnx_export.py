@@ -34,10 +34,15 @@ rebuilds an rnnkit layer from an exported file (native ops: forget bias folded; 
 
 Example::
 
+    >>> import numpy as np, onnxruntime
     >>> lstm = rnnkit.LSTM(10, 20, num_layers=2, batch_first=True, forget_bias=1.0, peepholes=True).eval()
-    >>> export_onnx(lstm, "lstm.onnx", sequence_lens=True)
+    >>> model = export_onnx(lstm, "lstm.onnx", sequence_lens=True)
     >>> session = onnxruntime.InferenceSession("lstm.onnx")
+    >>> x, h0, c0 = np.ones((3, 7, 10), np.float32), np.zeros((2, 3, 20), np.float32), np.zeros((2, 3, 20), np.float32)
+    >>> lens = np.array([7, 5, 2], np.int32)
     >>> out, h_n, c_n = session.run(None, {"input": x, "h_0": h0, "c_0": c0, "sequence_lens": lens})
+    >>> out.shape, h_n.shape
+    ((3, 7, 20), (2, 3, 20))
 """
 
 from __future__ import annotations
@@ -212,7 +217,10 @@ def read_onnx(source: Any) -> tuple[dict[str, torch.Tensor], LayerConfig]:
 
     Example::
 
+        >>> _ = export_onnx(torch.nn.LSTM(3, 4), "lstm.onnx")
         >>> state, cfg = read_onnx("lstm.onnx")
+        >>> cfg.mode, cfg.hidden_size
+        ('LSTM', 4)
     """
     onnx = _onnx()
     model = _load_model(source)
@@ -265,7 +273,10 @@ def load_onnx(source: Any) -> torch.nn.Module:
 
     Example::
 
-        >>> layer = load_onnx("lstm.onnx")
+        >>> _ = export_onnx(rnnkit.GRU(3, 4, batch_first=True), "gru.onnx")
+        >>> layer = load_onnx("gru.onnx")
+        >>> type(layer).__name__, layer.batch_first
+        ('GRU', True)
     """
     model = _load_model(source)
     state, config = read_onnx(model)

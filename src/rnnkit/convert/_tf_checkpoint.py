@@ -12,8 +12,8 @@ A checkpoint ``PREFIX`` is ``PREFIX.index`` plus ``PREFIX.data-00000-of-0000N`` 
 
 Example::
 
-    >>> variables = read_tf_checkpoint("model/model.ckpt")       # {name: np.ndarray}
-    >>> [(e.name, e.shape) for e in list_tf_checkpoint("model")]  # a folder with a `checkpoint` file works too
+    variables = read_tf_checkpoint("model/model.ckpt")       # {name: np.ndarray}
+    [(e.name, e.shape) for e in list_tf_checkpoint("model")]  # a folder with a `checkpoint` file works too
 """
 
 from __future__ import annotations
@@ -337,9 +337,8 @@ def read_tf_checkpoint(
 
     Example::
 
-        >>> v = read_tf_checkpoint("ckpt/model.ckpt")
-        >>> v["rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel"].shape   # (input + units, 4 * units)
-        (7, 16)
+        v = read_tf_checkpoint("ckpt/model.ckpt")
+        v["rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel"].shape   # (input + units, 4 * units): (7, 16)
     """
     return TFCheckpointReader(path, verify_checksums=verify_checksums).read_all(names)
 

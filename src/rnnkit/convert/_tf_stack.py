@@ -155,8 +155,10 @@ def tf_to_torch(
 
     Example::
 
-        >>> state, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn", forget_bias=1.0)
+        >>> tf_vars = torch_to_tf(torch.nn.LSTM(3, 4).state_dict(), LayerConfig("LSTM", 3, 4))  # or read_tf_checkpoint
+        >>> state, cfg = tf_to_torch(tf_vars, target="torch.nn", forget_bias=1.0)
         >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state)
+        <All keys matched successfully>
     """
     layout = parse_tf_variables(variables, scope)
     cells = layout.fw + layout.bw

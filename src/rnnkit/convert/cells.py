@@ -112,8 +112,11 @@ class TFCellStack:
 
     Example::
 
-        >>> stack = load_tf_checkpoint("ckpt", forget_bias=1.0)   # rnn/multi_rnn_cell/cell_k/basic_lstm_cell/...
-        >>> outputs, state = stack.run(torch.randn(2, 5, 3), sequence_length=[5, 3])
+        >>> cells_fw, cells_bw = [rnnkit.BasicLSTMCell(8, input_size=3)], [rnnkit.BasicLSTMCell(8, input_size=3)]
+        >>> stack = TFCellStack("bidirectional", cells_fw, cells_bw)
+        >>> outputs, (state_fw, state_bw) = stack.run(torch.randn(2, 5, 3), sequence_length=[5, 3])
+        >>> tuple(outputs.shape)
+        (2, 5, 16)
     """
 
     def __init__(
@@ -285,10 +288,9 @@ def load_tf_checkpoint(
 
     Example::
 
-        >>> stack = load_tf_checkpoint("ckpt/model.ckpt", forget_bias=1.0)
-        >>> stack
-        TFCellStack('unidirectional', scope='rnn', layers=['BasicLSTMCell', 'BasicLSTMCell'], multi=True)
-        >>> outputs, state = stack.run(inputs, sequence_length=lengths)
+        stack = load_tf_checkpoint("ckpt/model.ckpt", forget_bias=1.0)
+        stack   # TFCellStack('unidirectional', scope='rnn', layers=['BasicLSTMCell', 'BasicLSTMCell'], multi=True)
+        outputs, state = stack.run(inputs, sequence_length=lengths)
     """
     return _cells_from_tf_variables(
         read_tf_checkpoint(path), scope, forget_bias, cell_clip, proj_clip, activation, dtype, "load_tf_checkpoint"
@@ -310,9 +312,10 @@ def cells_to_torch(
 
     Example::
 
-        >>> stack = MultiRNNCell([BasicLSTMCell(8, input_size=3), BasicLSTMCell(8, input_size=8)])
+        >>> stack = MultiRNNCell([rnnkit.BasicLSTMCell(8, input_size=3), rnnkit.BasicLSTMCell(8, input_size=8)])
         >>> state, cfg = cells_to_torch(stack, target="torch.nn")
         >>> lstm = cfg.torch_nn_module(); lstm.load_state_dict(state)
+        <All keys matched successfully>
     """
     stack = _as_stack(cells, "cells_to_torch")
     return layout_to_torch(stack.layout(), target=target, fold_forget_bias=fold_forget_bias)
