@@ -46,15 +46,17 @@ __all__ = ["add_parser", "add_subparser", "run", "main", "detect_format", "FORMA
 # -- the argument parser ------------------------------------------------------------------------------------
 def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``convert`` on an argparse ``subparsers`` object; ``args.run(args)`` then runs it."""
-    p = subparsers.add_parser(
-        "convert",
-        help="convert a recurrent model between TF1, Keras, torch, safetensors and ONNX files",
-        description=__doc__.split("\nExample::")[0] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  rnnkit convert model.ckpt lstm.pt --forget-bias 1.0\n"
-        "  rnnkit convert model.keras model.safetensors\n"
-        "  rnnkit convert lstm.pt lstm.onnx --sequence-lens --batch-first",
-    )
+    examples = [
+        "rnnkit convert model.ckpt lstm.pt --forget-bias 1.0",
+        "rnnkit convert model.keras model.safetensors",
+        "rnnkit convert lstm.pt lstm.onnx --sequence-lens --batch-first",
+    ]
+    text = {  # the module docstring above its example is the command's description
+        "help": "convert a recurrent model between TF1, Keras, torch, safetensors and ONNX files",
+        "description": __doc__.split("\nExample::")[0] if __doc__ else None,
+        "epilog": "examples:" + "".join(f"\n  {line}" for line in examples),
+    }
+    p = subparsers.add_parser("convert", formatter_class=argparse.RawDescriptionHelpFormatter, **text)
     p.add_argument("src", help="the file to read (a TF1 checkpoint prefix or folder, .keras, .weights.h5, .pt, ...)")
     p.add_argument("dst", help="the file to write (.safetensors, .pt/.pth, .onnx)")
     p.add_argument("--from", dest="src_format", choices=sorted(FORMATS), help="format of SRC (default: from its name)")

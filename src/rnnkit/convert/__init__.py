@@ -18,10 +18,11 @@ torch.save files       `load_torch_state_dict` + `infer_config`     ``torch.save
 rnnkit modules         `load` (``.safetensors`` + configuration)    `save` (layers, TF-style cell trees)
 =====================  ===========================================  ==========================================
 
-The command line ``rnnkit convert SRC DST`` (``_command.py``) moves a model between these files.
+The command line ``rnnkit convert SRC DST`` (``rnnkit.cli.convert``, on `rnnkit.convert.files`) moves a model
+between these files.
 
-Gate orders (conventions of each format): TF1 LSTM i, j, f, o; torch i, f, g, o; Keras i, f, c, o;
-ONNX i, o, f, c. GRU: TF1 r, u (+ a separate candidate); torch r, z, n; Keras and ONNX z, r, h.
+Gate orders (conventions of each format) are data: the table in `rnnkit.gates`, whose `relayout` every
+converter uses.
 A conversion that cannot be exact is refused with the reason: TF's GRU (reset before the matmul)
 into ``torch.nn.GRU`` (reset after), peepholes or ``cell_clip`` into ``torch.nn``, projections into
 Keras or ONNX's native operators (`export_onnx` runs them in a ``Scan`` over rnnkit's step instead).
@@ -69,50 +70,18 @@ from .config import LayerConfig
 
 __all__ = [
     # the common currency
-    "LayerConfig",
-    "check_state_dict",
-    "infer_config",
-    "load_torch_state_dict",
+    "LayerConfig", "check_state_dict", "infer_config", "load_torch_state_dict",
     # TF1: files, variables, cells
-    "read_tf_checkpoint",
-    "list_tf_checkpoint",
-    "TFCheckpointReader",
-    "CheckpointEntry",
-    "CheckpointError",
-    "parse_tf_variables",
-    "TFRNNVariables",
-    "TFCellVariables",
-    "AssumedForgetBiasWarning",
-    "tf_to_torch",
-    "torch_to_tf",
-    "tf_lstm_to_torch",
-    "torch_lstm_to_tf",
-    "tf_gru_to_torch",
-    "torch_gru_to_tf",
-    "tf_rnn_to_torch",
-    "torch_rnn_to_tf",
-    "TFCellStack",
-    "load_tf_checkpoint",
-    "cells_from_tf_variables",
-    "load_tf_variables",
-    "tf_variable_names",
-    "cells_to_torch",
-    "torch_to_cells",
+    "read_tf_checkpoint", "list_tf_checkpoint", "TFCheckpointReader", "CheckpointEntry", "CheckpointError",
+    "parse_tf_variables", "TFRNNVariables", "TFCellVariables", "AssumedForgetBiasWarning", "tf_to_torch", "torch_to_tf",
+    "tf_lstm_to_torch", "torch_lstm_to_tf", "tf_gru_to_torch", "torch_gru_to_tf", "tf_rnn_to_torch", "torch_rnn_to_tf",
+    "TFCellStack", "load_tf_checkpoint", "cells_from_tf_variables", "load_tf_variables", "tf_variable_names",
+    "cells_to_torch", "torch_to_cells",
     # Keras 3
-    "read_keras",
-    "keras_to_torch",
-    "KerasRecurrentLayer",
-    "keras_layer_to_torch",
-    "keras_layers_to_torch",
+    "read_keras", "keras_to_torch", "KerasRecurrentLayer", "keras_layer_to_torch", "keras_layers_to_torch",
     "torch_to_keras",
     # ONNX
-    "OnnxRecurrentOp",
-    "torch_to_onnx",
-    "onnx_to_torch",
-    "export_onnx",
-    "read_onnx",
-    "load_onnx",
-    # rnnkit's own save format (safetensors)
-    "save",
-    "load",
-]
+    "OnnxRecurrentOp", "torch_to_onnx", "onnx_to_torch", "export_onnx", "read_onnx", "load_onnx",
+    # rnnkit's own save format (rnnkit.saving)
+    "save", "load",
+]  # fmt: skip

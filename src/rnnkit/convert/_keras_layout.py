@@ -2,9 +2,11 @@
 
 Keras keeps ``kernel (I, G*H)``, ``recurrent_kernel (H, G*H)`` and ``bias``, columns in gate blocks:
 
-* ``LSTM``: blocks **i, f, c, o**, torch's i, f, g, o already: ``weight_ih = kernel.T``,
+Gate orders: ``rnnkit.gates`` (converted with its ``relayout``).
+
+* ``LSTM``: Keras's blocks are torch's already: ``weight_ih = kernel.T``,
   ``weight_hh = recurrent_kernel.T``, ``bias_ih = bias``, ``bias_hh = 0``; back ``bias = bias_ih + bias_hh``.
-* ``GRU``: blocks **z, r, h** against torch's r, z, n (swap the first two). ``reset_after=True``
+* ``GRU``: Keras's blocks swap torch's first two. ``reset_after=True``
   (Keras's default, torch's math): ``bias (2, 3H)``, row 0 the input bias, row 1 the recurrent bias
   (``bias_ih``, ``bias_hh``). ``reset_after=False`` (TF1's math, rnnkit ``GRU(reset_after=False)``):
   ``bias (3H,)`` -> ``bias_ih``, ``bias_hh = 0``.
@@ -240,15 +242,13 @@ def torch_to_keras(
     projections, peepholes, ``cell_clip`` and ``layer_norm`` are refused (Keras has none).
     """
     state = check_state_dict(state_dict, config, "torch_to_keras")
-    refused = []
-    if config.proj_size:
-        refused.append(f"proj_size={config.proj_size}")
-    if config.peepholes:
-        refused.append("peepholes")
-    if config.cell_clip is not None:
-        refused.append(f"cell_clip={config.cell_clip}")
-    if config.layer_norm:
-        refused.append("layer_norm")
+    options = {
+        f"proj_size={config.proj_size}": config.proj_size,
+        "peepholes": config.peepholes,
+        f"cell_clip={config.cell_clip}": config.cell_clip is not None,
+        "layer_norm": config.layer_norm,
+    }
+    refused = [option for option, present in options.items() if present]
     if refused:
         raise ValueError(f"torch_to_keras: Keras's {config.mode} has no " + ", ".join(refused))
     class_name = _CLASS[config.mode]

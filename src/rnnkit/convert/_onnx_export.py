@@ -16,7 +16,7 @@ runtime such as onnxruntime.
 
 **Native operators** (``implementation="native"``, and ``"auto"`` whenever possible): one ONNX op per layer,
 ``layout=0`` (onnxruntime rejects ``layout=1``; ``batch_first`` transposes around the ops), initializers from
-`torch_to_onnx` (ONNX gate orders: LSTM i, o, f, c, GRU z, r, h; ``B = [Wb, Rb]``; peepholes ``P`` in order
+`torch_to_onnx` (ONNX's gate orders, ``rnnkit.gates``; ``B = [Wb, Rb]``; peepholes ``P`` in order
 i, o, f; ``forget_bias`` folded into ``Wb``'s f block), ``direction="bidirectional"`` for two directions, GRU
 ``linear_before_reset`` = ``reset_after`` (1: torch's math, 0: TF's), RNN ``activations`` ``Tanh``/``Relu``.
 Layer ``k + 1`` reads layer ``k``'s ``Y [T, D, B, H]`` transposed and reshaped to ``[T, B, D * H]``.

@@ -130,7 +130,7 @@ def _linear(b: Graph, x: str, weight_t: str, bias: str | None) -> str:
 def _lstm_body(b: Graph, s: Step, h: str, c: str, xw: str) -> tuple[str, str]:
     """rnnkit's LSTM step on ``xw = W_ih x + b_ih`` ``[B, 4H]`` and the state -> ``(h', c')``."""
     cfg, H = s.config, s.config.hidden_size
-    gates = b.op("Add", [xw, _linear(b, h, s.w_hh_t, s.b_hh)])  # [B, 4H], blocks i, f, g, o
+    gates = b.op("Add", [xw, _linear(b, h, s.w_hh_t, s.b_hh)])  # [B, 4H], torch's gate blocks
     pre = _split_gates(b, gates, "LSTM", H)
     if cfg.layer_norm:
         pre = {

@@ -3,10 +3,10 @@
 ONNX (opset 7+, ``layout=0``) keeps per op, with ``D`` = 1 (``direction="forward"``) or 2
 (``"bidirectional"``, forward first):
 
-* ``LSTM``: ``W [D, 4H, I]``, ``R [D, 4H, H]`` rows **i, o, f, c**; ``B [D, 8H]`` = ``[Wb, Rb]``;
+* ``LSTM``: ``W [D, 4H, I]``, ``R [D, 4H, H]`` rows in ONNX's gate order (``rnnkit.gates``);
+  ``B [D, 8H]`` = ``[Wb, Rb]``;
   ``P [D, 3H]`` peepholes in order **i, o, f** (i and f peep at ``c_{t-1}``, o at ``c_t``, as TF).
-  From torch's rows i, f, g, o: blocks ``(0, 3, 1, 2)``.
-* ``GRU``: ``W [D, 3H, I]``, ``R [D, 3H, H]`` rows **z, r, h**, ``B [D, 6H]``; torch's r, z, n swap
+* ``GRU``: ``W [D, 3H, I]``, ``R [D, 3H, H]`` rows in ONNX's order, ``B [D, 6H]``; torch's swap
   the first two blocks. ``linear_before_reset=1`` is torch's reset-after math, ``0`` TF/Keras's
   reset-before math (rnnkit ``GRU(reset_after=False)``).
 * ``RNN``: ``W [D, H, I]``, ``R [D, H, H]``, ``B [D, 2H]``; ``activations`` ``["Tanh"]`` or ``["Relu"]``

@@ -3,17 +3,19 @@
 TF1 cells multiply ``[x, h]`` (``x`` rows first) by one kernel, columns in gate blocks; torch keeps
 ``weight_ih (G*H, I)`` and ``weight_hh (G*H, P)`` with rows in gate blocks:
 
-* LSTM (``BasicLSTMCell``, ``LSTMCell``): TF ``kernel (I+P, 4H)`` blocks **i, j, f, o**, ``bias (4H,)``
-  plus a run-time ``forget_bias``; torch rows **i, f, g, o** (``g`` = TF's ``j``), two biases.
-  ``weight_ih = kernel[:I, (i,f,j,o)].T``, ``weight_hh = kernel[I:, (i,f,j,o)].T``,
-  ``bias_ih = bias[(i,f,j,o)] + forget_bias * e_f``, ``bias_hh = 0``;
+Gate blocks are reordered between TF's and torch's orders (``rnnkit.gates``: ``relayout``, written ``R`` here).
+
+* LSTM (``BasicLSTMCell``, ``LSTMCell``): TF ``kernel (I+P, 4H)``, ``bias (4H,)`` plus a run-time
+  ``forget_bias``; torch rows in its own order, two biases.
+  ``weight_ih = R(kernel[:I]).T``, ``weight_hh = R(kernel[I:]).T``,
+  ``bias_ih = R(bias) + forget_bias * e_f``, ``bias_hh = 0``;
   ``projection/kernel (H, P)`` is ``weight_hr.T``; ``w_i_diag, w_f_diag, w_o_diag`` are ``weight_ci/cf/co``.
 * layer-norm LSTM (``LayerNormBasicLSTMCell``, layer_norm=True): the kernel as an LSTM's, no bias;
   the gains and shifts of the ``input, forget, transform, output`` norms are ``weight_ln_gates`` /
-  ``bias_ln_gates`` blocks i, f, g, o, the ``state`` norm's ``weight_ln_cell`` / ``bias_ln_cell``.
+  ``bias_ln_gates`` blocks in torch's order, the ``state`` norm's ``weight_ln_cell`` / ``bias_ln_cell``.
   The forget bias is added after the forget norm, so it folds into ``bias_ln_gates``'s f block.
-* GRU (``GRUCell``, reset before the matmul): TF ``gates/kernel (I+H, 2H)`` blocks **r, u**,
-  ``candidate/kernel (I+H, H)``; torch rows **r, z, n** with ``z = u``:
+* GRU (``GRUCell``, reset before the matmul): TF ``gates/kernel (I+H, 2H)`` (r and u, TF's name for z),
+  ``candidate/kernel (I+H, H)``; torch's rows in the same order:
   ``weight_ih = [gates/kernel[:I].T; candidate/kernel[:I].T]``, ``weight_hh`` the same on rows ``I:``,
   ``bias_ih = [gates/bias, candidate/bias]``, ``bias_hh = 0``. Exact only for rnnkit's
   ``GRU(reset_after=False)``: TF's candidate is ``tanh(W_n x + U_n (r*h) + b)``.
@@ -41,16 +43,10 @@ import torch
 from ..gates import PEEPHOLE_ORDERS, add_to_gate, gate_order, relayout
 from ._torch_layout import as_tensor
 
-__all__ = [
-    "tf_lstm_to_torch",
-    "torch_lstm_to_tf",
-    "tf_gru_to_torch",
-    "torch_gru_to_tf",
-    "tf_rnn_to_torch",
-    "torch_rnn_to_tf",
-    "tf_ln_lstm_to_torch",
-    "torch_ln_lstm_to_tf",
-]
+__all__ = [  # one cell's variables each way: TF -> torch layout, and back
+    "tf_lstm_to_torch", "torch_lstm_to_tf", "tf_ln_lstm_to_torch", "torch_ln_lstm_to_tf",
+    "tf_gru_to_torch", "torch_gru_to_tf", "tf_rnn_to_torch", "torch_rnn_to_tf",
+]  # fmt: skip
 
 
 def _get(params: Mapping[str, Any], name: str, component: str) -> torch.Tensor:
@@ -200,7 +196,7 @@ def tf_gru_to_torch(params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """TF ``GRUCell`` variables -> one torch-layout GRU layer-direction, exact for ``GRU(reset_after=False)``.
 
     ``params``: ``gates/kernel (I+H, 2H)`` (blocks r, u), ``gates/bias (2H,)``,
-    ``candidate/kernel (I+H, H)``, ``candidate/bias (H,)``. Returns rows r, z, n.
+    ``candidate/kernel (I+H, H)``, ``candidate/bias (H,)``. Returns torch's rows.
     """
     component = "tf_gru_to_torch"
     gates = _get(params, "gates/kernel", component)

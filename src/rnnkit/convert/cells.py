@@ -219,38 +219,28 @@ def _as_stack(cells: Any, component: str) -> TFCellStack:
 
 
 # -- TF variables -> cells -----------------------------------------------------------------------------
-def cells_from_tf_variables(
+def cells_from_tf_variables(variables: Mapping[str, Any], scope: str | None = None, **options: Any) -> TFCellStack:
+    """Build the rnnkit cells that TF1 variables (name -> array) describe, weights loaded.
+
+    Cell classes come from the scope names (``basic_lstm_cell`` -> ``BasicLSTMCell``), sizes from
+    the shapes, peepholes and projection from ``w_*_diag`` / ``projection/kernel``. The run-time
+    options a checkpoint does not store are keyword ``options``: ``forget_bias`` (``None``, the default: TF's
+    default 1.0, with an `AssumedForgetBiasWarning` when there are LSTM cells: pass what the TF code used),
+    ``cell_clip``, ``proj_clip`` (``LSTMCell``), ``activation`` (``"tanh"``), and ``dtype`` (the variables').
+    """
+    return _cells_from_tf_variables(variables, scope, "cells_from_tf_variables", **options)
+
+
+def _cells_from_tf_variables(
     variables: Mapping[str, Any],
-    scope: str | None = None,
+    scope: str | None,
+    component: str,
     *,
     forget_bias: float | None = None,
     cell_clip: float | None = None,
     proj_clip: float | None = None,
     activation: str = "tanh",
     dtype: torch.dtype | None = None,
-) -> TFCellStack:
-    """Build the rnnkit cells that TF1 variables (name -> array) describe, weights loaded.
-
-    Cell classes come from the scope names (``basic_lstm_cell`` -> ``BasicLSTMCell``), sizes from
-    the shapes, peepholes and projection from ``w_*_diag`` / ``projection/kernel``. The run-time
-    options a checkpoint does not store are arguments: ``forget_bias`` (``None``: TF's default 1.0, with
-    an `AssumedForgetBiasWarning` when there are LSTM cells: pass what the TF code used), ``cell_clip``,
-    ``proj_clip`` (``LSTMCell``), ``activation``.
-    """
-    return _cells_from_tf_variables(
-        variables, scope, forget_bias, cell_clip, proj_clip, activation, dtype, "cells_from_tf_variables"
-    )
-
-
-def _cells_from_tf_variables(
-    variables: Mapping[str, Any],
-    scope: str | None,
-    forget_bias: float | None,
-    cell_clip: float | None,
-    proj_clip: float | None,
-    activation: str,
-    dtype: torch.dtype | None,
-    component: str,
 ) -> TFCellStack:
     layout = parse_tf_variables(variables, scope)
     specs = layout.fw + layout.bw
@@ -270,20 +260,11 @@ def _cells_from_tf_variables(
     )
 
 
-def load_tf_checkpoint(
-    path: str | os.PathLike,
-    scope: str | None = None,
-    *,
-    forget_bias: float | None = None,
-    cell_clip: float | None = None,
-    proj_clip: float | None = None,
-    activation: str = "tanh",
-    dtype: torch.dtype | None = None,
-) -> TFCellStack:
+def load_tf_checkpoint(path: str | os.PathLike, scope: str | None = None, **options: Any) -> TFCellStack:
     """Read a TF1 checkpoint (no TensorFlow needed) and build its recurrent stack as rnnkit cells.
 
     ``path``: a checkpoint prefix, its ``.index`` file, or a folder with TF's ``checkpoint`` file.
-    See `cells_from_tf_variables` for the options; pass ``forget_bias`` (a checkpoint does not store it:
+    See `cells_from_tf_variables` for the ``options``; pass ``forget_bias`` (a checkpoint does not store it:
     without it TF's default 1.0 is assumed, with an `AssumedForgetBiasWarning`).
 
     Example::
@@ -292,9 +273,7 @@ def load_tf_checkpoint(
         stack   # TFCellStack('unidirectional', scope='rnn', layers=['BasicLSTMCell', 'BasicLSTMCell'], multi=True)
         outputs, state = stack.run(inputs, sequence_length=lengths)
     """
-    return _cells_from_tf_variables(
-        read_tf_checkpoint(path), scope, forget_bias, cell_clip, proj_clip, activation, dtype, "load_tf_checkpoint"
-    )
+    return _cells_from_tf_variables(read_tf_checkpoint(path), scope, "load_tf_checkpoint", **options)
 
 
 # -- cells <-> torch layout ----------------------------------------------------------------------------
@@ -322,21 +301,15 @@ def cells_to_torch(
 
 
 def torch_to_cells(
-    state_dict: Mapping[str, Any],
-    config: LayerConfig,
-    *,
-    forget_bias: float | None = None,
-    topology: str | None = None,
-    multi_rnn_cell: bool | None = None,
-    cell_type: str | None = None,
-    scope: str | None = None,
+    state_dict: Mapping[str, Any], config: LayerConfig, *, forget_bias: float | None = None, **options: Any
 ) -> TFCellStack:
     """A torch-layout stack -> rnnkit TF-style cells computing the same function.
 
     LSTM -> ``BasicLSTMCell`` (``LSTMCell`` with peepholes, projection or ``cell_clip``), GRU with
     ``reset_after=False`` -> ``GRUCell`` (a torch-math GRU is refused: no TF cell computes it),
     RNN -> ``BasicRNNCell``. ``forget_bias``: the cells' forget bias (``None``: ``config.forget_bias``,
-    which moves no value); topology and ``multi_rnn_cell`` as in `layout_from_torch`.
+    which moves no value); ``options`` (keyword only): ``topology``, ``multi_rnn_cell``, ``cell_type`` and ``scope``
+    as in `layout_from_torch`.
 
     Example::
 
@@ -345,15 +318,7 @@ def torch_to_cells(
         >>> type(stack.cell).__name__, stack.cells_fw[0].forget_bias
         ('MultiRNNCell', 0.0)
     """
-    layout = layout_from_torch(
-        state_dict,
-        config,
-        forget_bias=forget_bias,
-        scope=scope,
-        topology=topology,
-        multi_rnn_cell=multi_rnn_cell,
-        cell_type=cell_type,
-    )
+    layout = layout_from_torch(state_dict, config, forget_bias=forget_bias, **options)
     return TFCellStack(
         layout.topology,
         [_make_cell(s) for s in layout.fw],

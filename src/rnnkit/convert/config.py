@@ -12,7 +12,7 @@ The torch layout is ``torch.nn.LSTM/GRU/RNN``'s (and ``rnnkit.LSTM/GRU/RNN``'s) 
     weight_ln_gates_l{k}{s}, bias_ln_gates_l{k}{s} (4H,), weight_ln_cell_l{k}{s}, bias_ln_cell_l{k}{s} (H,)
                                       rnnkit LSTM with layer_norm=True (TF's LayerNormBasicLSTMCell)
 
-with ``G`` = 4 (LSTM rows i, f, g, o), 3 (GRU rows r, z, n) or 1 (RNN) and ``D`` = 2 if
+with ``G`` = 4 (LSTM), 3 (GRU) or 1 (RNN) row blocks in torch's gate order (``rnnkit.gates``) and ``D`` = 2 if
 bidirectional else 1. Options beyond ``torch.nn`` (``forget_bias``, ``peepholes``, ``cell_clip``, ``layer_norm``,
 GRU ``reset_after=False``) are rnnkit layer options; :meth:`LayerConfig.torch_nn_kwargs` refuses them.
 """
@@ -45,7 +45,7 @@ GATES = {family: gate_count(family) for family in FAMILIES}
 LAYERS: dict[str, type[torch.nn.Module]] = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
 TORCH_NN_LAYERS: dict[type[torch.nn.Module], str] = {torch.nn.RNN: "RNN", torch.nn.LSTM: "LSTM", torch.nn.GRU: "GRU"}
 # rnnkit.LSTM's extra parameters, per layer and direction: the peephole diagonals of the input, forget and
-# output gates, and (layer_norm=True) the gains and shifts of the gate norms (blocks i, f, g, o) and the cell norm.
+# output gates, and (layer_norm=True) the gains and shifts of the gate norms (torch's gate blocks) and the cell norm.
 PEEPHOLE_KEYS = tuple(f"weight_c{gate}" for gate in PEEPHOLE_ORDERS["torch"])
 LAYER_NORM_KEYS = ("weight_ln_gates", "bias_ln_gates", "weight_ln_cell", "bias_ln_cell")
 

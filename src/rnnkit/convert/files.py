@@ -1,16 +1,8 @@
 """Model files by format, for ``rnnkit convert`` and Python: tell a file's format, read it into an rnnkit layer
 (or TF-style cells), write a layer or cells as another format, atomically.
 
-================  ============================================================  ==========  ===========
-format            files                                                         read        write
-================  ============================================================  ==========  ===========
-``tf``            TF1 checkpoint: prefix (``model.ckpt``), ``.index``, folder    yes         no
-``keras``         Keras 3 archive ``.keras``                                     yes         no
-``keras-weights`` Keras 3 ``.weights.h5`` (``--keras-config`` for exact options)  yes         no
-``torch``         ``torch.nn`` state dict ``.pt`` / ``.pth`` (weights_only)       yes         yes
-``safetensors``   rnnkit's save format (weights + configuration)                 yes         yes
-``onnx``          ONNX (native LSTM/GRU/RNN operators, or rnnkit's Scan)         yes         yes
-================  ============================================================  ==========  ===========
+`FORMATS` names them (``tf``, ``keras``, ``keras-weights``, ``torch``, ``safetensors``, ``onnx``; the table of
+files and directions is ``rnnkit convert --help``); `WRITABLE` are those rnnkit writes.
 
 `read_model` and `write_model` take the command's options as attributes of one object (an
 ``argparse.Namespace`` from ``rnnkit convert``'s parser: ``src``, ``dst``, ``batch_first``, ``forget_bias`` ...).
