@@ -260,11 +260,20 @@ def layout_from_torch(
     return TFRNNVariables(topology, scope, fw, bw, multi_rnn_cell=multi and topology != "stack_bidirectional")
 
 
-def torch_to_tf(state_dict: Mapping[str, Any], config: LayerConfig, **options: Any) -> dict[str, torch.Tensor]:
+def torch_to_tf(
+    state_dict: Mapping[str, Any],
+    config: LayerConfig,
+    *,
+    forget_bias: float | None = 1.0,
+    scope: str | None = None,
+    topology: str | None = None,
+    multi_rnn_cell: bool | None = None,
+    cell_type: str | None = None,
+) -> dict[str, torch.Tensor]:
     """A torch-layout state dict -> TF1 variables by full name.
 
-    ``options`` (keyword only): `layout_from_torch`'s ``forget_bias`` (TF's default 1.0), ``scope``,
-    ``topology``, ``multi_rnn_cell``, ``cell_type``.
+    The keywords are `layout_from_torch`'s: ``forget_bias`` (TF's default 1.0), ``scope``, ``topology``,
+    ``multi_rnn_cell``, ``cell_type``.
 
     Example::
 
@@ -273,4 +282,5 @@ def torch_to_tf(state_dict: Mapping[str, Any], config: LayerConfig, **options: A
         >>> sorted(tf_vars)[0]
         'rnn/multi_rnn_cell/cell_0/basic_lstm_cell/bias'
     """
-    return layout_from_torch(state_dict, config, **options).variables()
+    options = dict(topology=topology, multi_rnn_cell=multi_rnn_cell, cell_type=cell_type)
+    return layout_from_torch(state_dict, config, forget_bias=forget_bias, scope=scope, **options).variables()

@@ -219,24 +219,34 @@ def _as_stack(cells: Any, component: str) -> TFCellStack:
 
 
 # -- TF variables -> cells -----------------------------------------------------------------------------
-def cells_from_tf_variables(variables: Mapping[str, Any], scope: str | None = None, **options: Any) -> TFCellStack:
+def cells_from_tf_variables(
+    variables: Mapping[str, Any],
+    scope: str | None = None,
+    *,
+    forget_bias: float | None = None,
+    cell_clip: float | None = None,
+    proj_clip: float | None = None,
+    activation: str = "tanh",
+    dtype: torch.dtype | None = None,
+) -> TFCellStack:
     """Build the rnnkit cells that TF1 variables (name -> array) describe, weights loaded.
 
     Cell classes come from the scope names (``basic_lstm_cell`` -> ``BasicLSTMCell``), sizes from
     the shapes, peepholes and projection from ``w_*_diag`` / ``projection/kernel``. The run-time
-    options a checkpoint does not store are keyword ``options``: ``forget_bias`` (``None``, the default: TF's
+    options a checkpoint does not store are keywords: ``forget_bias`` (``None``, the default: TF's
     default 1.0, with an `AssumedForgetBiasWarning` when there are LSTM cells: pass what the TF code used),
     ``cell_clip``, ``proj_clip`` (``LSTMCell``), ``activation`` (``"tanh"``), and ``dtype`` (the variables').
     """
-    return _cells_from_tf_variables(variables, scope, "cells_from_tf_variables", **options)
+    options = dict(cell_clip=cell_clip, proj_clip=proj_clip, activation=activation, dtype=dtype)
+    return _cells_from_tf_variables(variables, scope, "cells_from_tf_variables", forget_bias, **options)
 
 
 def _cells_from_tf_variables(
     variables: Mapping[str, Any],
     scope: str | None,
     component: str,
+    forget_bias: float | None,
     *,
-    forget_bias: float | None = None,
     cell_clip: float | None = None,
     proj_clip: float | None = None,
     activation: str = "tanh",
@@ -260,11 +270,20 @@ def _cells_from_tf_variables(
     )
 
 
-def load_tf_checkpoint(path: str | os.PathLike, scope: str | None = None, **options: Any) -> TFCellStack:
+def load_tf_checkpoint(
+    path: str | os.PathLike,
+    scope: str | None = None,
+    *,
+    forget_bias: float | None = None,
+    cell_clip: float | None = None,
+    proj_clip: float | None = None,
+    activation: str = "tanh",
+    dtype: torch.dtype | None = None,
+) -> TFCellStack:
     """Read a TF1 checkpoint (no TensorFlow needed) and build its recurrent stack as rnnkit cells.
 
     ``path``: a checkpoint prefix, its ``.index`` file, or a folder with TF's ``checkpoint`` file.
-    See `cells_from_tf_variables` for the ``options``; pass ``forget_bias`` (a checkpoint does not store it:
+    The keywords are `cells_from_tf_variables`'s; pass ``forget_bias`` (a checkpoint does not store it:
     without it TF's default 1.0 is assumed, with an `AssumedForgetBiasWarning`).
 
     Example::
@@ -273,7 +292,8 @@ def load_tf_checkpoint(path: str | os.PathLike, scope: str | None = None, **opti
         stack   # TFCellStack('unidirectional', scope='rnn', layers=['BasicLSTMCell', 'BasicLSTMCell'], multi=True)
         outputs, state = stack.run(inputs, sequence_length=lengths)
     """
-    return _cells_from_tf_variables(read_tf_checkpoint(path), scope, "load_tf_checkpoint", **options)
+    options = dict(cell_clip=cell_clip, proj_clip=proj_clip, activation=activation, dtype=dtype)
+    return _cells_from_tf_variables(read_tf_checkpoint(path), scope, "load_tf_checkpoint", forget_bias, **options)
 
 
 # -- cells <-> torch layout ----------------------------------------------------------------------------
@@ -301,15 +321,22 @@ def cells_to_torch(
 
 
 def torch_to_cells(
-    state_dict: Mapping[str, Any], config: LayerConfig, *, forget_bias: float | None = None, **options: Any
+    state_dict: Mapping[str, Any],
+    config: LayerConfig,
+    *,
+    forget_bias: float | None = None,
+    topology: str | None = None,
+    multi_rnn_cell: bool | None = None,
+    cell_type: str | None = None,
+    scope: str | None = None,
 ) -> TFCellStack:
     """A torch-layout stack -> rnnkit TF-style cells computing the same function.
 
     LSTM -> ``BasicLSTMCell`` (``LSTMCell`` with peepholes, projection or ``cell_clip``), GRU with
     ``reset_after=False`` -> ``GRUCell`` (a torch-math GRU is refused: no TF cell computes it),
     RNN -> ``BasicRNNCell``. ``forget_bias``: the cells' forget bias (``None``: ``config.forget_bias``,
-    which moves no value); ``options`` (keyword only): ``topology``, ``multi_rnn_cell``, ``cell_type`` and ``scope``
-    as in `layout_from_torch`.
+    which moves no value); ``topology``, ``multi_rnn_cell``, ``cell_type`` and ``scope`` as in
+    `layout_from_torch`.
 
     Example::
 
@@ -318,7 +345,10 @@ def torch_to_cells(
         >>> type(stack.cell).__name__, stack.cells_fw[0].forget_bias
         ('MultiRNNCell', 0.0)
     """
-    layout = layout_from_torch(state_dict, config, forget_bias=forget_bias, **options)
+    layout = layout_from_torch(
+        state_dict, config, forget_bias=forget_bias, topology=topology, multi_rnn_cell=multi_rnn_cell,
+        cell_type=cell_type, scope=scope,
+    )  # fmt: skip
     return TFCellStack(
         layout.topology,
         [_make_cell(s) for s in layout.fw],
