@@ -26,8 +26,8 @@ import torch
 
 __all__ = ["FusedKernelUnavailableWarning", "load", "status", "source_dir", "cache_dir"]
 
-_SOURCES = ("common.cpp", "lstm.cpp", "gru.cpp", "register.cpp")
-_HEADERS = ("common.h", "ops.h")
+_SOURCES = ("common.cpp", "lstm.cpp", "lnlstm.cpp", "gru.cpp", "rnn.cpp", "register.cpp")
+_HEADERS = ("common.h", "gemm.h", "loop.h", "lstm.h", "ops.h")
 
 
 class FusedKernelUnavailableWarning(RuntimeWarning):
