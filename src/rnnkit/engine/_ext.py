@@ -5,7 +5,7 @@ The sources (``rnnkit/engine/csrc``, shipped as package data) are compiled on fi
 by the sources, torch, Python and the CPU, so a rebuild happens only when one of those changes. The ops
 register as ``torch.ops.rnnkit.*`` (no pybind), which keeps the build light.
 
-If the build or the load fails, rnnkit warns once (:class:`FusedKernelUnavailableWarning`) and
+The public face of this module is :mod:`rnnkit.engine.extension`. If the build or the load fails, rnnkit warns once (:class:`FusedKernelUnavailableWarning`) and
 the engine uses the pure-PyTorch twins of the kernels (:mod:`rnnkit.engine.twin`): the same
 algorithm with the time loop in Python. ``RNNKIT_NO_COMPILE=1`` skips the build on purpose.
 """
@@ -28,6 +28,8 @@ __all__ = ["FusedKernelUnavailableWarning", "load", "status", "source_dir", "cac
 
 _SOURCES = ("common.cpp", "lstm.cpp", "lnlstm.cpp", "gru.cpp", "rnn.cpp", "register.cpp")
 _HEADERS = ("common.h", "gemm.h", "loop.h", "lstm.h", "ops.h")
+# What torch.utils.cpp_extension.load leaves in the build directory: the library named after the extension.
+LIBRARY_NAMES = ("rnnkit_fused.so", "rnnkit_fused.pyd")
 
 
 class FusedKernelUnavailableWarning(RuntimeWarning):
