@@ -5,9 +5,11 @@ The sources (``rnnkit/engine/csrc``, shipped as package data) are compiled on fi
 by the sources, torch, Python and the CPU, so a rebuild happens only when one of those changes. The ops
 register as ``torch.ops.rnnkit.*`` (no pybind), which keeps the build light.
 
-The public face of this module is :mod:`rnnkit.engine.extension`. If the build or the load fails, rnnkit warns once (:class:`FusedKernelUnavailableWarning`) and
+If the build or the load fails, rnnkit warns once (:class:`FusedKernelUnavailableWarning`) and
 the engine uses the pure-PyTorch twins of the kernels (:mod:`rnnkit.engine.twin`): the same
 algorithm with the time loop in Python. ``RNNKIT_NO_COMPILE=1`` skips the build on purpose.
+
+The public face of this module, for tools outside the engine, is :mod:`rnnkit.engine.extension`.
 """
 
 from __future__ import annotations
