@@ -59,12 +59,10 @@ std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
       s, H,
       [&](int64_t b0, int64_t b1, int64_t off) {
         for (int64_t b = b0; b < b1; ++b) {
-          const int64_t row = off + b;
-          const T* y = yp + row * H;
-          const T* dyo = dyp + row * H;
-          const T* dhs = dhp + b * H;
-          T* d = dp + row * H;
+          const int64_t r = (off + b) * H;  // the row's first element in the packed (total, H) buffers
+          const T *y = yp + r, *dyo = dyp + r, *dhs = dhp + b * H;
           const T* mr = mh.p ? mh.p + b * H : ones.data();
+          T* d = dp + r;
           if (relu) {
             for (int64_t j = 0; j < H; ++j) d[j] = y[j] > T(0) ? dyo[j] + mr[j] * dhs[j] : T(0);
           } else {

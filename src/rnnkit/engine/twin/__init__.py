@@ -29,13 +29,6 @@ from .lnlstm import lnlstm_backward, lnlstm_forward
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
 
-__all__ = [
-    "lstm_forward",
-    "lstm_backward",
-    "lnlstm_forward",
-    "lnlstm_backward",
-    "gru_forward",
-    "gru_backward",
-    "rnn_forward",
-    "rnn_backward",
-]
+# (The names of the ``torch.ops.rnnkit`` ops they stand for.)
+__all__ = ["lstm_forward", "lstm_backward", "lnlstm_forward", "lnlstm_backward"]
+__all__ += ["gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
