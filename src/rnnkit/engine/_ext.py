@@ -8,6 +8,8 @@ register as ``torch.ops.rnnkit.*`` (no pybind), which keeps the build light.
 If the build or the load fails, rnnkit warns once (:class:`FusedKernelUnavailableWarning`) and
 the engine uses the pure-PyTorch twins of the kernels (:mod:`rnnkit.engine.twin`): the same
 algorithm with the time loop in Python. ``RNNKIT_NO_COMPILE=1`` skips the build on purpose.
+
+The public face of this module, for tools outside the engine, is :mod:`rnnkit.engine.extension`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import torch
 
 __all__ = ["FusedKernelUnavailableWarning", "load", "status", "source_dir", "cache_dir"]
 
-_SOURCES = ("common.cpp", "lstm.cpp", "gru.cpp", "register.cpp")
-_HEADERS = ("common.h", "ops.h")
+_SOURCES = ("common.cpp", "lstm.cpp", "lnlstm.cpp", "gru.cpp", "rnn.cpp", "register.cpp")
+_HEADERS = ("common.h", "gemm.h", "loop.h", "lstm.h", "ops.h")
+# What torch.utils.cpp_extension.load leaves in the build directory: the library named after the extension.
+LIBRARY_NAMES = ("rnnkit_fused.so", "rnnkit_fused.pyd")
 
 
 class FusedKernelUnavailableWarning(RuntimeWarning):

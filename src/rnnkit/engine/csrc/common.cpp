@@ -1,5 +1,5 @@
 // BLAS access and the step schedule, shared by the kernels.
-#include "common.h"
+#include "gemm.h"
 
 #include <dlfcn.h>
 

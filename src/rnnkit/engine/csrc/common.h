@@ -1,4 +1,4 @@
-// Shared pieces of rnnkit's fused recurrent kernels (CPU).
+// Shared pieces of rnnkit's fused recurrent kernels (CPU): the step schedule, elementwise math, inputs.
 //
 // Layout conventions used by every kernel:
 // * Sequences are "packed" as in torch's PackedSequence: step t owns the rows
@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <cmath>
@@ -42,122 +43,6 @@ struct Schedule {
 };
 
 Schedule schedule_of(const Tensor& batch_sizes);
-
-// A 2-D matrix seen row-major: element (r, c) at p[r * ld + c], or at p[c * ld + r] when trans.
-template <typename T>
-struct Mat {
-  const T* p = nullptr;
-  bool trans = false;
-  int64_t ld = 1;
-  int64_t rows = 0, cols = 0;
-  Tensor keep;  // owns a contiguous copy when the input had no unit stride
-};
-
-template <typename T>
-Mat<T> mat_of(const Tensor& w) {
-  TORCH_CHECK(w.dim() == 2, "rnnkit fused kernel: expected a 2-D weight, got ", w.dim(), "-D");
-  Mat<T> m;
-  m.rows = w.size(0);
-  m.cols = w.size(1);
-  Tensor t = w;
-  if (!(t.stride(1) == 1 && t.stride(0) >= std::max<int64_t>(1, m.cols)) &&
-      !(t.stride(0) == 1 && t.stride(1) >= std::max<int64_t>(1, m.rows))) {
-    t = t.contiguous();
-  }
-  m.keep = t;
-  m.p = t.data_ptr<T>();
-  if (t.stride(1) == 1 && t.stride(0) >= std::max<int64_t>(1, m.cols)) {
-    m.trans = false;
-    m.ld = std::max<int64_t>(1, t.stride(0));
-  } else {
-    m.trans = true;
-    m.ld = std::max<int64_t>(1, t.stride(1));
-  }
-  return m;
-}
-
-// Columns [c0, c0 + nc) of a matrix, without a copy.
-template <typename T>
-Mat<T> cols_of(const Mat<T>& m, int64_t c0, int64_t nc) {
-  Mat<T> s = m;
-  s.p = m.trans ? m.p + c0 * m.ld : m.p + c0;
-  s.cols = nc;
-  return s;
-}
-
-// Row-major C[m x n] (row stride ldc) = alpha * op(A)[m x k] @ op(B)[k x n] + beta * C.
-// A and B are given as Mat-like (pointer, trans, ld). Calls the BLAS that torch links (MKL or
-// OpenBLAS, found at load time); falls back to at::mm when none is exported.
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A, int64_t lda,
-          const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
-bool have_blas();
-
-// The recurrent matmul of every step, h_{t-1} (rows x K) @ W (K x N). For float32 with MKL, W is packed
-// once per sequence (MKL's packed GEMM: no re-packing of the same weights at every step, as oneDNN's RNNs do)
-// and steps with the packed row count use it; anything else takes the plain gemm.
-struct PackedWeights {
-  std::vector<float> buf;  // MKL's packed copy of W (empty: not packed)
-  int64_t rows = 0, k = 0, n = 0;
-};
-bool pack_recurrent_weights(PackedWeights& pw, const float* W, bool trans, int64_t ld, int64_t rows, int64_t k,
-                            int64_t n);
-void packed_gemm(const PackedWeights& pw, const float* A, int64_t lda, float beta, float* C, int64_t ldc);
-
-// A few rows (a small batch's step) times a row-major W: BLAS libraries handle 2-8 rows poorly (MKL's
-// generic path measured 2-3x slower per row than one row), so rnnkit multiplies them itself, streaming W once
-// per step. float32 only; returns false (nothing done) outside 1..kSmallGemmRows rows, n % 8 != 0, or beta
-// other than 0 and 1.
-constexpr int64_t kSmallGemmRows = 8;
-bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* W, int64_t ldw, float beta,
-                float* C, int64_t ldc);
-
-// C (m x n, ldc) = alpha * X (m x k, row-major ldx) @ W + beta * C.
-template <typename T>
-inline void gemm_xw(int64_t m, const T* X, int64_t ldx, const Mat<T>& W, T alpha, T beta, T* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (!W.trans && alpha == 1.0f && small_gemm(m, W.cols, W.rows, X, ldx, W.p, W.ld, beta, C, ldc)) return;
-  }
-  gemm(false, W.trans, m, W.cols, W.rows, alpha, X, ldx, W.p, W.ld, beta, C, ldc);
-}
-
-template <typename T>
-struct StepGemm {
-  Mat<T> w;
-  PackedWeights packed;
-  StepGemm(const Mat<T>& w_, int64_t rows) : w(w_) {
-    // 1-8 rows of a row-major W take the small-row multiply: MKL's packed one measured 2-3x slower there.
-    const bool small = rows <= kSmallGemmRows && !w.trans && w.cols % 8 == 0;
-    if constexpr (std::is_same_v<T, float>) {
-      if (!small) pack_recurrent_weights(packed, w.p, w.trans, w.ld, rows, w.rows, w.cols);
-    }
-  }
-  bool is_packed() const { return !packed.buf.empty(); }
-  // C (n x W.cols, ldc) = X (n x W.rows, ldx) @ W + beta * C
-  void operator()(int64_t n, const T* X, int64_t ldx, T beta, T* C, int64_t ldc) const {
-    if constexpr (std::is_same_v<T, float>) {
-      if (is_packed() && n == packed.rows) {
-        packed_gemm(packed, X, ldx, beta, C, ldc);
-        return;
-      }
-    }
-    gemm_xw<T>(n, X, ldx, w, T(1), beta, C, ldc);
-  }
-};
-
-// C (m x W.rows, ldc) = alpha * D (m x W.cols, ldd) @ W^T + beta * C.
-template <typename T>
-inline void gemm_dwt(int64_t m, const T* D, int64_t ldd, const Mat<T>& W, T alpha, T beta, T* C, int64_t ldc) {
-  gemm(false, !W.trans, m, W.rows, W.cols, alpha, D, ldd, W.p, W.ld, beta, C, ldc);
-}
-
-// C (k x n, ldc) = A^T @ D, A (m x k, lda), D (m x n, ldd), over all m rows: a weight gradient.
-template <typename T>
-inline void gemm_atd(int64_t m, int64_t k, int64_t n, const T* A, int64_t lda, const T* D, int64_t ldd, T beta,
-                     T* C, int64_t ldc) {
-  gemm(true, false, k, n, m, T(1), A, lda, D, ldd, beta, C, ldc);
-}
 
 // ---- elementwise math ------------------------------------------------------------------------
 // float: branch-free Cephes-style exp so that GCC vectorises the loops (AVX2/FMA with
@@ -219,158 +104,7 @@ inline void for_rows(int64_t n, int64_t width, const F& f) {
   }
 }
 
-// ---- splitting a step across threads by hidden units --------------------------------------------
-// Each thread owns a contiguous range of hidden units: it multiplies the (shared, read-only)
-// previous state by *its* columns of every gate block, then runs the elementwise update of its
-// units. Every core thus streams only its share of the recurrent weights (which stay in its L2
-// from step to step), and threads meet once per step.
-struct Units {
-  std::vector<int64_t> lo, hi;  // per chunk
-  int64_t chunks() const { return static_cast<int64_t>(lo.size()); }
-};
-
-// The least work (multiply-adds) per step worth splitting; returns the previous value (tests lower it).
-int64_t set_min_step_work(int64_t work);
-
-// How many chunks a step of `rows x k x (gates * units)` multiply-adds is worth.
-Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates);
-
-// The row count to pack W_h for (MKL's packed multiply, threaded inside MKL) when a step runs as one chunk;
-// 0 (no packing) when the step is split over threads, each multiplying its own columns.
-inline int64_t pack_rows(const Units& u, int64_t rows) { return u.chunks() == 1 ? rows : 0; }
-
-// W (k x n) re-laid out once per sequence in panels of 16 columns (k rows of 16 contiguous floats; the last
-// panel may have 8), for rnnkit's register-tiled multiply: 6 rows x 16 columns of accumulators, each panel
-// streamed once per 6 rows from L1. A BLAS call re-packs its B operand at every call, which at a step's sizes
-// (the weights of one thread's units, a few rows of h) measured as much copying as multiplying. float32 only.
-struct PanelWeights {
-  std::vector<float> buf;
-  int64_t k = 0, n = 0;
-};
-bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n);  // n % 8 == 0
-void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc);
-
-// Sequences shorter than this multiply through BLAS or the small-row kernel: packing panels costs about one
-// step's multiply.
-constexpr int64_t kMinPanelSteps = 4;
-
-// The recurrent multiply of a step, split over threads by units: chunk c owns units [lo, lo + w) of every gate
-// block of W (K, gates * units) and writes C[:, q*w : (q+1)*w] = X @ W[:, q*units + lo : q*units + lo + w], its
-// gates side by side. A step of one chunk (lo = 0, w = units: the layout of W itself) multiplies W whole, on MKL's
-// packed copy when it has more than a few rows; otherwise float32 sequences of several steps use panels packed
-// once per call, the rest BLAS or the small-row multiply.
-template <typename T>
-struct ChunkGemm {
-  Mat<T> w;
-  int64_t gates, units;
-  StepGemm<T> whole;                 // MKL-packed W when the step is one chunk (see pack_rows)
-  std::vector<PanelWeights> panels;  // [chunk * gates + q]; empty: BLAS
-  ChunkGemm(const Mat<T>& w_, int64_t gates_, int64_t units_, const Units& u, int64_t rows, int64_t steps)
-      : w(w_), gates(gates_), units(units_), whole(w_, pack_rows(u, rows)) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (whole.is_packed() || steps < kMinPanelSteps) return;
-      panels.resize(u.chunks() * gates);
-      for (int64_t c = 0; c < u.chunks(); ++c) {
-        for (int64_t q = 0; q < gates; ++q) {
-          const Mat<T> b = cols_of(w, q * units + u.lo[c], u.hi[c] - u.lo[c]);
-          if (!pack_panels(panels[c * gates + q], b.p, b.trans, b.ld, b.rows, b.cols)) {
-            panels.clear();
-            return;
-          }
-        }
-      }
-    }
-  }
-  // beta: 0 (C = X @ W) or 1 (C += X @ W).
-  void operator()(int64_t c, int64_t lo, int64_t wd, int64_t m, const T* X, int64_t ldx, T* C, int64_t ldc,
-                  T beta = T(0)) const {
-    if (whole.is_packed()) {  // one chunk: all of W at once
-      whole(m, X, ldx, beta, C, ldc);
-      return;
-    }
-    for (int64_t q = 0; q < gates; ++q) {
-      if constexpr (std::is_same_v<T, float>) {
-        if (!panels.empty()) {
-          panel_gemm(panels[c * gates + q], m, X, ldx, beta, C + q * wd, ldc);
-          continue;
-        }
-      }
-      gemm_xw<T>(m, X, ldx, cols_of(w, q * units + lo, wd), T(1), beta, C + q * wd, ldc);
-    }
-  }
-};
-
-// A recurrent weight as the steps read it: row-major when rnnkit's small-row multiply will read rows of it
-// (a small batch over a sequence too short for panels; torch-layout weights arrive transposed), else as
-// given (BLAS and the panel packing read both orientations).
-template <typename T>
-Mat<T> step_weights(const Tensor& w, int64_t rows, int64_t steps = 0) {
-  const bool small = std::is_same_v<T, float> && rows <= kSmallGemmRows && steps < kMinPanelSteps;
-  return mat_of<T>(small ? w.contiguous() : w);
-}
-
-// W_h^T as the backward steps read it (dh = dG @ W_h^T): row-major for a small batch (as step_weights).
-template <typename T>
-Mat<T> step_weights_t(const Tensor& w, int64_t rows, int64_t steps) {
-  return step_weights<T>(w.t(), rows, steps);
-}
-
-// Rows [r0, r0 + nr) of a matrix, without a copy.
-template <typename T>
-Mat<T> rows_of(const Mat<T>& m, int64_t r0, int64_t nr) {
-  Mat<T> s = m;
-  s.p = m.trans ? m.p + r0 : m.p + r0 * m.ld;
-  s.rows = nr;
-  return s;
-}
-
-// W^T as a Mat, without a copy.
-template <typename T>
-Mat<T> transposed(const Mat<T>& m) {
-  Mat<T> t = m;
-  t.trans = !m.trans;
-  t.rows = m.cols;
-  t.cols = m.rows;
-  return t;
-}
-
-// Runs f(chunk) for every chunk, in parallel when there is more than one.
-template <typename F>
-inline void for_chunks(const Units& u, const F& f) {
-  if (u.chunks() == 1) {
-    f(int64_t(0));
-  } else {
-    at::parallel_for(0, u.chunks(), 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) f(c);
-    });
-  }
-}
-
-// C (n x N) = X_1 @ W_1 + X_2 @ W_2 ... + beta * C at every step of a sequence (W_k: K_k x N, the row blocks of
-// one W or from different tensors), for steps without an elementwise update of their own between multiply and
-// barrier (the backward's dh = dG @ W_h^T): split over threads by columns of W when the work is worth it (see
-// ChunkGemm). beta: 0 or 1.
-template <typename T>
-struct SplitGemm {
-  Units u;
-  std::vector<ChunkGemm<T>> blocks;
-  SplitGemm(const std::vector<Mat<T>>& ws, int64_t rows, int64_t steps) {
-    int64_t depth = 0;
-    for (const Mat<T>& w : ws) depth += w.rows;
-    u = split_units(ws[0].cols, rows, depth, 1);
-    for (const Mat<T>& w : ws) blocks.emplace_back(w, 1, w.cols, u, rows, steps);
-  }
-  // xs: X_k (n x K_k), row stride ldx each.
-  void operator()(int64_t n, std::initializer_list<const T*> xs, int64_t ldx, T beta, T* C, int64_t ldc) const {
-    for_chunks(u, [&](int64_t c) {
-      const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
-      if (w == 0) return;
-      size_t k = 0;
-      for (const T* X : xs) blocks[k](c, lo, w, n, X, ldx, C + lo, ldc, k ? T(1) : beta), ++k;
-    });
-  }
-};
-
+// ---- the entry points' inputs -------------------------------------------------------------------
 inline bool has(const c10::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
 Tensor contig(const Tensor& t);
@@ -378,88 +112,31 @@ Tensor contig(const Tensor& t);
 // The entry points' input check: packed (total, features) float32/float64 CPU tensors.
 void check_float(const Tensor& x, const char* name);
 
-// The input projection of every step in one matrix multiply per column block of W_x: (total, I) @ [W_1 | W_2 ...]
-// -> (total, N_1 + N_2 ...). The blocks may live in different tensors (TF's GRU keeps its candidate apart).
+// An optional input, contiguous, and its data (nullptr when absent): one line per optional argument.
 template <typename T>
-Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks) {
-  Tensor xc = contig(x);
-  const int64_t total = xc.size(0);
-  int64_t width = 0;
-  for (const Mat<T>& w : blocks) width += w.cols;
-  Tensor out = at::empty({total, width}, x.options());
-  int64_t col = 0;
-  for (const Mat<T>& w : blocks) {
-    if (total > 0 && w.cols > 0) {
-      gemm_xw<T>(total, xc.data_ptr<T>(), std::max<int64_t>(1, xc.size(1)), w, T(1), T(0), out.data_ptr<T>() + col,
-                 width);
+struct Opt {
+  Tensor keep;
+  const T* p = nullptr;
+  explicit Opt(const std::optional<Tensor>& t) {
+    if (has(t)) {
+      keep = contig(*t);
+      p = keep.data_ptr<T>();
     }
-    col += w.cols;
   }
-  return out;
-}
-
-// What every backward ends with, single matmuls over all steps: dW_x = x^T dG, dW_h = Hprev^T dG_h and (when
-// asked) dx = dG W_x^T. W_x comes in column blocks (see project_inputs); block k's dW_x (I, N_k) and dW_h (R, N_k)
-// are the two row blocks of one (I + R, N_k) tensor, so a TF kernel (I + R, N_k) takes its gradient without a
-// copy (rnnkit.engine._tf_weights joins them back). dG_h: the recurrent side's d pre-activations (dG, but for
-// the reset-after GRU), with dG's row stride; nullptr: the caller fills dW_h.
-struct WeightGrads {
-  Tensor dx;
-  std::vector<Tensor> dwx, dwh;  // per column block
 };
 
-template <typename T>
-WeightGrads weight_grads(const Tensor& x, const std::vector<Mat<T>>& wx, const Tensor& dG, const Tensor& hprev,
-                         const T* dgh, bool need_dx) {
-  Tensor xc = contig(x);
-  const int64_t total = xc.size(0), I = xc.size(1), R = hprev.size(1), ldg = dG.size(1);
-  WeightGrads g;
-  if (need_dx) g.dx = total > 0 ? at::empty({total, I}, x.options()) : at::zeros({total, I}, x.options());
-  int64_t col = 0;
-  for (size_t k = 0; k < wx.size(); ++k) {
-    const int64_t N = wx[k].cols;
-    Tensor dW = at::empty({I + R, N}, x.options());
-    g.dwx.push_back(dW.narrow(0, 0, I));
-    g.dwh.push_back(dW.narrow(0, I, R));
-    if (dgh) gemm_atd<T>(total, R, N, hprev.data_ptr<T>(), R, dgh + col, ldg, T(0), g.dwh[k].data_ptr<T>(), N);
-    if (total == 0) {  // nothing ran: the gradients are zero (dW_h too: no step wrote it, whoever was to)
-      dW.zero_();
-    } else {
-      const T* dg = dG.data_ptr<T>() + col;
-      gemm_atd<T>(total, I, N, xc.data_ptr<T>(), std::max<int64_t>(1, I), dg, ldg, T(0), g.dwx[k].data_ptr<T>(), N);
-      if (need_dx) gemm_dwt<T>(total, dg, ldg, wx[k], T(1), k ? T(1) : T(0), g.dx.data_ptr<T>(), I);
-    }
-    col += N;
-  }
-  return g;
+// An optional vector input, contiguous, or n zeros when absent (a bias the loops read unconditionally).
+inline Tensor contig_or_zeros(const std::optional<Tensor>& t, int64_t n, const at::TensorOptions& options) {
+  return has(t) ? contig(*t) : at::zeros({n}, options);
 }
 
-// The recurrent state of a forward pass over packed steps: h_{t-1} and h_t buffers that swap after each
-// step, and the final state, each sequence's frozen at its last step (sequences end longest first: when
-// n[t] < n[t - 1], rows n[t].. have just ended).
-template <typename T>
-struct StepStates {
-  Tensor prev, next, last;  // (B, W)
-  int64_t width, running = 0;
-  explicit StepStates(const Tensor& h0)
-      : prev(h0.contiguous().clone()), next(at::empty_like(prev)), last(prev.clone()), width(h0.size(1)) {}
-  // Starts step t: false once no sequence runs any more.
-  bool start(const Schedule& s, int64_t t) {
-    const int64_t n = s.n[t];
-    if (t > 0 && n < s.n[t - 1]) {
-      std::memcpy(last.data_ptr<T>() + n * width, h() + n * width, sizeof(T) * (s.n[t - 1] - n) * width);
-    }
-    running = n;
-    return n > 0;
-  }
-  T* h() { return prev.data_ptr<T>(); }       // h_{t-1}, read by step t
-  T* h_next() { return next.data_ptr<T>(); }  // h_t, written by step t
-  void finish_step() { std::swap(prev, next); }
-  Tensor final_state() {
-    if (running > 0) std::memcpy(last.data_ptr<T>(), h(), sizeof(T) * running * width);
-    return last;
-  }
-};
+// An entry point's dtype dispatch, after its input check: f(T()) with T float or double, as x's dtype.
+template <typename F>
+auto dispatch_float(const Tensor& x, const char* name, const F& f) {
+  check_float(x, name);
+  if (x.scalar_type() == at::kDouble) return f(double());
+  return f(float());
+}
 
 // The next state from the step's outputs, times the per-sequence state mask when there is one.
 template <typename T>
@@ -469,46 +146,6 @@ inline void store_state(T* __restrict__ h, const T* __restrict__ y, const T* __r
   } else {
     std::memcpy(h, y, sizeof(T) * w);
   }
-}
-
-// Packed rows (total, W) times a per-sequence mask (B, W): row b of every step times mask row b.
-template <typename T>
-Tensor masked_rows(const Schedule& s, const Tensor& rows, const T* mask) {
-  const int64_t W = rows.size(1);
-  Tensor out = at::empty_like(rows);
-  const T* in = rows.data_ptr<T>();
-  T* o = out.data_ptr<T>();
-  for (int64_t t = 0; t < s.steps(); ++t) {
-    const int64_t base = s.off[t] * W;
-    for (int64_t i = 0; i < s.n[t] * W; ++i) o[base + i] = in[base + i] * mask[i];
-  }
-  return out;
-}
-
-// Rows of the previous state for every step, packed like the outputs: step 0 reads h0, step t
-// reads the outputs of step t - 1 (times the per-sequence state mask when there is one).
-template <typename T>
-Tensor previous_states(const Schedule& s, const Tensor& h0, const Tensor& Y, const T* mask) {
-  const int64_t W = h0.size(1);
-  Tensor prev = at::empty({s.total, W}, h0.options());
-  T* out = prev.data_ptr<T>();
-  const T* h0p = h0.data_ptr<T>();
-  const T* yp = Y.data_ptr<T>();
-  for (int64_t t = 0; t < s.steps(); ++t) {
-    const int64_t n = s.n[t];
-    T* dst = out + s.off[t] * W;
-    if (t == 0) {
-      std::memcpy(dst, h0p, sizeof(T) * n * W);
-    } else {
-      const T* src = yp + s.off[t - 1] * W;
-      if (mask) {
-        for (int64_t i = 0; i < n * W; ++i) dst[i] = src[i] * mask[i];
-      } else {
-        std::memcpy(dst, src, sizeof(T) * n * W);
-      }
-    }
-  }
-  return prev;
 }
 
 }  // namespace rnnkit

@@ -1,6 +1,5 @@
-// Fused GRU kernels (both GRUs) and the vanilla (Elman) RNN.
-//
-// GRU blocks r, z (TF's u), n (TF's candidate c); x @ W_x for all steps in one matmul, then per step:
+// The GRU's steps (both GRUs). Blocks r, z (TF's u), n (TF's candidate c); per step, after loop.h's input
+// projection x @ W_x of all steps:
 //   reset-after (torch, cuDNN, Keras reset_after=True), one matmul:
 //     a = h @ W_h + b_h;  r, z = sig(x_r + a_r), sig(x_z + a_z);  n = tanh(x_n + r * a_n)
 //   reset-before (TF1 GRUCell, Keras reset_after=False), two dependent matmuls:
@@ -9,13 +8,9 @@
 // The candidate's columns W_x[:, 2H:], W_h[:, 2H:] may come apart from the r, z ones (w_xn, w_hn: TF's GRUCell keeps
 // them in a kernel of their own), read where they are and given their own gradients, so no weight is copied.
 // mask_r (B, H), recurrent dropout: the matmuls read h * mask_r while z * h keeps h (mask_h, the state mask of a
-// DropoutWrapper, drops the carried state itself).
-// Saved: r, z, n (total, 3H) and, reset-after, a_n (total, H). Vanilla RNN: h' = act(x + h @ W_h + b),
-// saving only the outputs.
-#include "common.h"
+// DropoutWrapper, drops the carried state itself). Saved: r, z, n (total, 3H) and, reset-after, a_n (total, H).
+#include "loop.h"
 #include "ops.h"
-
-#include <optional>
 
 namespace rnnkit {
 namespace {
@@ -23,7 +18,7 @@ namespace {
 template <typename T>
 std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
                             const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
-                            const OptT& w_hn, const OptT& mask_h_, const OptT& mask_r_, bool reset_after,
+                            const OptT& w_hn, const OptT& mask_h, const OptT& mask_r, bool reset_after,
                             bool save) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
@@ -33,73 +28,68 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const Mat<T> wx_rz = cols_of(wx, 0, 2 * H), wh_rz = cols_of(wh, 0, 2 * H);
   const Mat<T> wx_n = apart ? mat_of<T>(*w_xn) : cols_of(wx, 2 * H, H);
   const Mat<T> wh_n = apart ? step_weights<T>(*w_hn, rows0, s.steps()) : cols_of(wh, 2 * H, H);
-  Tensor bx_c = has(bias_x) ? contig(*bias_x) : at::zeros({G3}, x.options());
-  Tensor bh_c = has(bias_h) ? contig(*bias_h) : at::zeros({G3}, x.options());
-  Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
+  Tensor bx_c = contig_or_zeros(bias_x, G3, x.options()), bh_c = contig_or_zeros(bias_h, G3, x.options());
+  const Opt<T> mh(mask_h), mr(mask_r);
   Tensor brz_c = bx_c.narrow(0, 0, 2 * H).add(bh_c.narrow(0, 0, 2 * H));  // r and z see both biases: added once
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
-  const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
-  Tensor mr_c = has(mask_r_) ? contig(*mask_r_) : Tensor();
-  const T* mr = mr_c.defined() ? mr_c.data_ptr<T>() : nullptr;
-  Tensor HM = mr ? at::empty({B, H}, x.options()) : Tensor();  // h * mask_r: what the recurrent matmuls read
-  T* hmp = mr ? HM.data_ptr<T>() : nullptr;
+  Tensor HM = mr.p ? at::empty({B, H}, x.options()) : Tensor();  // h * mask_r: what the recurrent matmuls read
+  T* hmp = mr.p ? HM.data_ptr<T>() : nullptr;
   // h @ W_rz every step; h @ W_n with it (reset-after) or, reset-before, (r * h) @ W_n after it.
   const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one (packed) multiply
   const int64_t ga = reset_after ? 3 : 2;          // gate blocks in the first multiply
   const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, rows0, s.steps()), chunk_n(wh_n, 1, H, u, rows0, s.steps());
 
   Tensor G = project_inputs<T>(x, {wx_rz, wx_n});  // (total, 3H) -> activated r, z, n
-  StepStates<T> hs(h0);
   Tensor Y = at::empty({s.total, H}, x.options());
   Tensor Sv = reset_after ? at::empty({save ? s.total : B, H}, x.options()) : Tensor();
   Tensor A = at::empty({B, G3}, x.options());  // h @ W_h (chunked columns); reset-before: also r * h, (r*h) @ W_n
   T *gp = G.data_ptr<T>(), *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
   T* svp = reset_after ? Sv.data_ptr<T>() : nullptr;
+  const T* hin = nullptr;  // the matmuls' h of the step: masked by the recurrent-dropout mask when there is one
 
-  for (int64_t t = 0; t < s.steps() && hs.start(s, t); ++t) {
-    const int64_t n = s.n[t], off = s.off[t];
-    T* hp = hs.h();
-    const T* hin = hp;  // the matmuls' h: masked by the recurrent-dropout mask when there is one
-    if (mr) {
-      for (int64_t i = 0; i < n * H; ++i) hmp[i] = hp[i] * mr[i];
+  auto begin = [&](int64_t n, const T* hp) {
+    hin = hp;
+    if (mr.p) {
+      for (int64_t i = 0; i < n * H; ++i) hmp[i] = hp[i] * mr.p[i];
       hin = hmp;
     }
+  };
+  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
     T* g = gp + off * G3;
     T* sb = reset_after ? (save ? svp + off * H : svp) : nullptr;
-    for_chunks(u, [&](int64_t c) {
-      const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
-      if (w == 0) return;
-      chunk_rz(c, lo, w, n, hin, H, ap + ga * lo, G3);
-      if (reset_after) chunk_n(c, lo, w, n, hin, H, ap + ga * lo + 2 * w, G3);
-      for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ r = g + b * G3 + lo;
-        T* __restrict__ z = r + H;
-        T* __restrict__ nn = r + 2 * H;
-        const T* __restrict__ a = ap + b * G3 + ga * lo;
-        const T* __restrict__ h = hp + b * H + lo;
-        for (int64_t j = 0; j < w; ++j) {
-          r[j] += a[j] + brz[lo + j];
-          z[j] += a[w + j] + brz[H + lo + j];
-        }
-        sigmoid_inplace(r, w);
-        sigmoid_inplace(z, w);
-        if (reset_after) {
-          T* __restrict__ an = sb + b * H + lo;
-          for (int64_t j = 0; j < w; ++j) {
-            an[j] = a[2 * w + j] + bh[2 * H + lo + j];
-            nn[j] += bx[2 * H + lo + j] + r[j] * an[j];
-          }
-          tanh_inplace(nn, w);
-          T* __restrict__ y = yp + (off + b) * H + lo;
-          for (int64_t j = 0; j < w; ++j) y[j] = nn[j] + z[j] * (h[j] - nn[j]);
-        } else {
-          T* __restrict__ rh = ap + b * G3 + 2 * H + lo;  // r * h, read by every chunk in phase two
-          const T* __restrict__ hm = hin + b * H + lo;
-          for (int64_t j = 0; j < w; ++j) rh[j] = r[j] * hm[j];
-        }
+    chunk_rz(c, lo, w, n, hin, H, ap + ga * lo, G3);
+    if (reset_after) chunk_n(c, lo, w, n, hin, H, ap + ga * lo + 2 * w, G3);
+    for (int64_t b = 0; b < n; ++b) {
+      T* __restrict__ r = g + b * G3 + lo;
+      T* __restrict__ z = r + H;
+      T* __restrict__ nn = r + 2 * H;
+      const T* __restrict__ a = ap + b * G3 + ga * lo;
+      const T* __restrict__ h = hp + b * H + lo;
+      for (int64_t j = 0; j < w; ++j) {
+        r[j] += a[j] + brz[lo + j];
+        z[j] += a[w + j] + brz[H + lo + j];
       }
-    });
+      sigmoid_inplace(r, w);
+      sigmoid_inplace(z, w);
+      if (reset_after) {
+        T* __restrict__ an = sb + b * H + lo;
+        for (int64_t j = 0; j < w; ++j) {
+          an[j] = a[2 * w + j] + bh[2 * H + lo + j];
+          nn[j] += bx[2 * H + lo + j] + r[j] * an[j];
+        }
+        tanh_inplace(nn, w);
+        T* __restrict__ y = yp + (off + b) * H + lo;
+        for (int64_t j = 0; j < w; ++j) y[j] = nn[j] + z[j] * (h[j] - nn[j]);
+      } else {
+        T* __restrict__ rh = ap + b * G3 + 2 * H + lo;  // r * h, read by every chunk in phase two
+        const T* __restrict__ hm = hin + b * H + lo;
+        for (int64_t j = 0; j < w; ++j) rh[j] = r[j] * hm[j];
+      }
+    }
+  };
+  auto finish = [&](int64_t n, int64_t off, const T* hp, T* hn) {
     if (!reset_after) {  // the candidate reads r * h of every unit: a second phase
+      T* g = gp + off * G3;
       for_chunks(u, [&](int64_t c) {
         const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
         if (w == 0) return;
@@ -117,10 +107,9 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         }
       });
     }
-    store_state(hs.h_next(), yp + off * H, mh, n * H);  // rows of y and of the mask: (n, H) blocks
-    hs.finish_step();
-  }
-  Tensor hT = hs.final_state();
+    store_state(hn, yp + off * H, mh.p, n * H);  // rows of y and of the mask: (n, H) blocks
+  };
+  Tensor hT = forward_loop<T>(s, h0, u, chunk, finish, begin);
   if (!save) return {Y, hT};
   return {Y, hT, G, reset_after ? Sv : at::empty({0}, x.options())};
 }
@@ -128,23 +117,20 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
 template <typename T>
 std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                             const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
-                            const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h_,
-                            const OptT& mask_r_, const Tensor& Y, const Tensor& G_, const Tensor& S_, bool reset_after,
+                            const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h,
+                            const OptT& mask_r, const Tensor& Y, const Tensor& G_, const Tensor& S_, bool reset_after,
                             bool need_dx) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), G3 = 3 * H;
   const bool apart = has(w_xn);
   const Mat<T> wx = mat_of<T>(w_x);
   const std::vector<Mat<T>> wx_blocks = apart ? std::vector<Mat<T>>{wx, mat_of<T>(*w_xn)} : std::vector<Mat<T>>{wx};
-  Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
-  const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
+  const Opt<T> mh(mask_h), mr(mask_r);
   Tensor G = contig(G_), dY = contig(dY_), Yc = contig(Y);
-  Tensor Hprev = previous_states<T>(s, contig(h0), Yc, mh);
+  Tensor Hprev = previous_states<T>(s, contig(h0), Yc, mh.p);
   // The matmuls read h * mask_r (recurrent dropout): their d(h) is masked too, the update's z * h is not.
-  Tensor mr_c = has(mask_r_) ? contig(*mask_r_) : Tensor();
-  const T* mr = mr_c.defined() ? mr_c.data_ptr<T>() : nullptr;
-  Tensor HMprev = mr ? masked_rows<T>(s, Hprev, mr) : Hprev;
-  Tensor DHM = mr ? at::empty({B, H}, x.options()) : Tensor();  // d(h * mask_r) of a step
+  Tensor HMprev = mr.p ? masked_rows<T>(s, Hprev, mr.p) : Hprev;
+  Tensor DHM = mr.p ? at::empty({B, H}, x.options()) : Tensor();  // d(h * mask_r) of a step
   const T *gp = G.data_ptr<T>(), *hpp = Hprev.data_ptr<T>(), *hmpp = HMprev.data_ptr<T>(), *dyp = dY.data_ptr<T>();
   Tensor Sc = reset_after ? contig(S_) : Tensor();
   const T* sp = reset_after ? Sc.data_ptr<T>() : nullptr;
@@ -154,7 +140,7 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   Tensor R = at::empty({B, H}, x.options());  // reset-before: d(r * h)
   Tensor dh = dhT.contiguous().clone();
   T *dp = D.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *rp = R.data_ptr<T>();
-  T* dmp = mr ? DHM.data_ptr<T>() : dhp;  // where the matmuls' d(h) goes: straight into dh without a mask
+  T* dmp = mr.p ? DHM.data_ptr<T>() : dhp;  // where the matmuls' d(h) goes: straight into dh without a mask
   T* ep = reset_after ? E.data_ptr<T>() : nullptr;
   const std::vector<T> ones(H, T(1));  // stands for an absent mask, so the loops stay branch-free
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
@@ -170,40 +156,38 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
     step_n.emplace(std::vector<Mat<T>>{wt_n}, rows0, s.steps());
   }
 
-  for (int64_t t = s.steps() - 1; t >= 0; --t) {
-    const int64_t n = s.n[t], off = s.off[t];
-    if (n == 0) continue;
-    for_rows(n, G3, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t row = off + b;
-        const T* gr = gp + row * G3;
-        const T *r = gr, *z = gr + H, *nn = gr + 2 * H;
-        const T* hp = hpp + row * H;
-        const T* dyo = dyp + row * H;
-        T* dhs = dhp + b * H;
-        T* dr = dp + row * G3;
-        T *dz = dr + H, *dn = dr + 2 * H;
-        const T* ms = mh ? mh + b * H : ones.data();
+  auto rows = [&](int64_t b0, int64_t b1, int64_t off) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t row = off + b;
+      const T* gr = gp + row * G3;
+      const T *r = gr, *z = gr + H, *nn = gr + 2 * H;
+      const T* hp = hpp + row * H;
+      const T* dyo = dyp + row * H;
+      T* dhs = dhp + b * H;
+      T* dr = dp + row * G3;
+      T *dz = dr + H, *dn = dr + 2 * H;
+      const T* ms = mh.p ? mh.p + b * H : ones.data();
+      for (int64_t j = 0; j < H; ++j) {
+        const T dy = dyo[j] + ms[j] * dhs[j];
+        dn[j] = dy * (T(1) - z[j]) * (T(1) - nn[j] * nn[j]);
+        dz[j] = dy * (hp[j] - nn[j]) * z[j] * (T(1) - z[j]);
+        dhs[j] = dy * z[j];
+      }
+      if (reset_after) {
+        const T* an = sp + row * H;
+        T* er = ep + row * G3;
         for (int64_t j = 0; j < H; ++j) {
-          const T dy = dyo[j] + ms[j] * dhs[j];
-          dn[j] = dy * (T(1) - z[j]) * (T(1) - nn[j] * nn[j]);
-          dz[j] = dy * (hp[j] - nn[j]) * z[j] * (T(1) - z[j]);
-          dhs[j] = dy * z[j];
-        }
-        if (reset_after) {
-          const T* an = sp + row * H;
-          T* er = ep + row * G3;
-          for (int64_t j = 0; j < H; ++j) {
-            dr[j] = dn[j] * an[j] * r[j] * (T(1) - r[j]);
-            er[j] = dr[j];
-            er[H + j] = dz[j];
-            er[2 * H + j] = dn[j] * r[j];
-          }
+          dr[j] = dn[j] * an[j] * r[j] * (T(1) - r[j]);
+          er[j] = dr[j];
+          er[H + j] = dz[j];
+          er[2 * H + j] = dn[j] * r[j];
         }
       }
-    });
+    }
+  };
+  auto recur = [&](int64_t n, int64_t off) {
     if (reset_after) {
-      (*step_all)(n, {ep + off * G3, ep + off * G3 + 2 * H}, G3, mr ? T(0) : T(1), dmp, H);
+      (*step_all)(n, {ep + off * G3, ep + off * G3 + 2 * H}, G3, mr.p ? T(0) : T(1), dmp, H);
     } else {
       (*step_n)(n, {dp + off * G3 + 2 * H}, G3, T(0), rp, H);
       for_rows(n, G3, [&](int64_t b0, int64_t b1) {
@@ -216,16 +200,17 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
           T* dm = dmp + b * H;
           for (int64_t j = 0; j < H; ++j) {
             dr[j] = drh[j] * hm[j] * r[j] * (T(1) - r[j]);
-            dm[j] = (mr ? T(0) : dm[j]) + drh[j] * r[j];
+            dm[j] = (mr.p ? T(0) : dm[j]) + drh[j] * r[j];
           }
         }
       });
       (*step_rz)(n, {dp + off * G3}, G3, T(1), dmp, H);
     }
-    if (mr) {
-      for (int64_t i = 0; i < n * H; ++i) dhp[i] += dmp[i] * mr[i];
+    if (mr.p) {
+      for (int64_t i = 0; i < n * H; ++i) dhp[i] += dmp[i] * mr.p[i];
     }
-  }
+  };
+  backward_loop(s, G3, rows, recur);
 
   // reset-before: dW_h has two parts (h_prev for r, z; r * h_prev for the candidate), filled here.
   const WeightGrads wg = weight_grads<T>(x, wx_blocks, D, HMprev, reset_after ? ep : nullptr, need_dx);
@@ -243,105 +228,17 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
   return {wg.dx, wg.dwx[0], dbx, dh, wg.dwh[0], dbh, wg.dwx[1], wg.dwh[1]};
 }
 
-template <typename T>
-std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
-                            const Tensor& h0, const Tensor& w_h, const OptT& mask_h_, bool relu, bool save) {
-  const Schedule s = schedule_of(batch_sizes);
-  const int64_t B = h0.size(0), H = h0.size(1);
-  Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, s.steps() ? s.n[0] : 0, s.steps());
-  Tensor b_c = has(bias) ? contig(*bias) : at::zeros({H}, x.options());
-  Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
-  const T* bp = b_c.data_ptr<T>();
-  const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
-  const Units u = split_units(H, s.steps() ? s.n[0] : 0, H, 1);
-  const ChunkGemm<T> chunk_w(wh, 1, H, u, s.steps() ? s.n[0] : 0, s.steps());
-  Tensor Y = project_inputs<T>(x, {wx});  // pre-activations, activated in place: the outputs
-  StepStates<T> hs(h0);
-  Tensor A = at::empty({B, H}, x.options());
-  T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
-  for (int64_t t = 0; t < s.steps() && hs.start(s, t); ++t) {
-    const int64_t n = s.n[t], off = s.off[t];
-    T* hp = hs.h();
-    T* hn = hs.h_next();
-    T* y = yp + off * H;
-    for_chunks(u, [&](int64_t c) {
-      const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
-      if (w == 0) return;
-      chunk_w(c, lo, w, n, hp, H, ap + lo, H);
-      for (int64_t b = 0; b < n; ++b) {
-        T* __restrict__ yr = y + b * H + lo;
-        const T* __restrict__ a = ap + b * H + lo;
-        const T* __restrict__ bb = bp + lo;
-        for (int64_t j = 0; j < w; ++j) yr[j] += a[j] + bb[j];
-        if (relu) {
-          for (int64_t j = 0; j < w; ++j) yr[j] = std::max(yr[j], T(0));
-        } else {
-          tanh_inplace(yr, w);
-        }
-        store_state(hn + b * H + lo, yr, mh ? mh + b * H + lo : nullptr, w);
-      }
-    });
-    hs.finish_step();
-  }
-  (void)save;  // the outputs are all backward needs
-  return {Y, hs.final_state()};
-}
-
-template <typename T>
-std::vector<Tensor> rnn_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
-                            const OptT& bias, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
-                            const OptT& mask_h_, const Tensor& Y, bool relu, bool need_dx) {
-  const Schedule s = schedule_of(batch_sizes);
-  const int64_t H = h0.size(1);
-  Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
-  Tensor mh_c = has(mask_h_) ? contig(*mask_h_) : Tensor();
-  const T* mh = mh_c.defined() ? mh_c.data_ptr<T>() : nullptr;
-  Tensor Yc = contig(Y), dY = contig(dY_);
-  Tensor Hprev = previous_states<T>(s, contig(h0), Yc, mh);
-  const T *yp = Yc.data_ptr<T>(), *dyp = dY.data_ptr<T>();
-  Tensor D = at::empty({s.total, H}, x.options());
-  Tensor dh = dhT.contiguous().clone();
-  T *dp = D.data_ptr<T>(), *dhp = dh.data_ptr<T>();
-  const std::vector<T> ones(H, T(1));
-  const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const SplitGemm<T> step_wt({step_weights_t<T>(w_h, rows0, s.steps())}, rows0, s.steps());  // dh = dG @ W_h^T
-  for (int64_t t = s.steps() - 1; t >= 0; --t) {
-    const int64_t n = s.n[t], off = s.off[t];
-    if (n == 0) continue;
-    for_rows(n, H, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t row = off + b;
-        const T* y = yp + row * H;
-        const T* dyo = dyp + row * H;
-        const T* dhs = dhp + b * H;
-        T* d = dp + row * H;
-        const T* mr = mh ? mh + b * H : ones.data();
-        if (relu) {
-          for (int64_t j = 0; j < H; ++j) d[j] = y[j] > T(0) ? dyo[j] + mr[j] * dhs[j] : T(0);
-        } else {
-          for (int64_t j = 0; j < H; ++j) d[j] = (dyo[j] + mr[j] * dhs[j]) * (T(1) - y[j] * y[j]);
-        }
-      }
-    });
-    step_wt(n, {dp + off * H}, H, T(0), dhp, H);
-  }
-  const WeightGrads wg = weight_grads<T>(x, {wx}, D, Hprev, dp, need_dx);
-  Tensor db = has(bias) ? D.sum(0) : Tensor();
-  return {wg.dx, wg.dwx[0], db, dh, wg.dwh[0]};
-}
-
 }  // namespace
 
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
                                 const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
                                 const OptT& w_hn, const OptT& mask_h, const OptT& mask_r, bool reset_after,
                                 bool save) {
-  check_float(x, "gru_forward");
-  TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_forward: w_xn and w_hn come together or not at all");
-  if (x.scalar_type() == at::kDouble)
-    return gru_fwd<double>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, reset_after,
-                           save);
-  return gru_fwd<float>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, reset_after, save);
+  return dispatch_float(x, "gru_forward", [&](auto z) {
+    TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_forward: w_xn and w_hn come together or not at all");
+    return gru_fwd<decltype(z)>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r,
+                                reset_after, save);
+  });
 }
 
 std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
@@ -349,29 +246,11 @@ std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tens
                                  const OptT& bias_h, const OptT& w_xn, const OptT& w_hn, const OptT& mask_h,
                                  const OptT& mask_r, const Tensor& Y, const Tensor& G, const Tensor& S,
                                  bool reset_after, bool need_dx) {
-  check_float(x, "gru_backward");
-  TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_backward: w_xn and w_hn come together or not at all");
-  if (x.scalar_type() == at::kDouble)
-    return gru_bwd<double>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, Y, G,
-                           S, reset_after, need_dx);
-  return gru_bwd<float>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r, Y, G, S,
-                        reset_after, need_dx);
-}
-
-std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
-                                const Tensor& h0, const Tensor& w_h, const OptT& mask_h, bool relu, bool save) {
-  check_float(x, "rnn_forward");
-  if (x.scalar_type() == at::kDouble) return rnn_fwd<double>(x, w_x, bias, batch_sizes, h0, w_h, mask_h, relu, save);
-  return rnn_fwd<float>(x, w_x, bias, batch_sizes, h0, w_h, mask_h, relu, save);
-}
-
-std::vector<Tensor> rnn_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
-                                 const OptT& bias, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
-                                 const OptT& mask_h, const Tensor& Y, bool relu, bool need_dx) {
-  check_float(x, "rnn_backward");
-  if (x.scalar_type() == at::kDouble)
-    return rnn_bwd<double>(dY, dhT, x, w_x, bias, batch_sizes, h0, w_h, mask_h, Y, relu, need_dx);
-  return rnn_bwd<float>(dY, dhT, x, w_x, bias, batch_sizes, h0, w_h, mask_h, Y, relu, need_dx);
+  return dispatch_float(x, "gru_backward", [&](auto z) {
+    TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_backward: w_xn and w_hn come together or not at all");
+    return gru_bwd<decltype(z)>(dY, dhT, x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r,
+                                Y, G, S, reset_after, need_dx);
+  });
 }
 
 }  // namespace rnnkit

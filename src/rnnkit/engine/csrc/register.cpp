@@ -3,7 +3,7 @@
 
 #include <atomic>
 
-#include "common.h"
+#include "gemm.h"
 #include "ops.h"
 
 namespace rnnkit {
