@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._structure import LSTMStateTuple
-from ._base import RNNCell, check_units, get_activation
+from ._base import ParamFormula, RNNCell, check_units, get_activation
 from .lstm import lstm_memory
 from .registry import register_cell
 
@@ -85,6 +85,7 @@ class LayerNormBasicLSTMCell(RNNCell):
     """
 
     _NORMS = ("input", "transform", "forget", "output", "state")
+    family = "lstm"
 
     def __init__(
         self,
@@ -128,6 +129,16 @@ class LayerNormBasicLSTMCell(RNNCell):
         else:
             # contrib creates it with get_variable's default initializer (glorot-uniform, 1-D fans), not zeros.
             self.bias = self._new_parameter(4 * n)
+
+    def parameter_formulas(self, input_depth: int) -> list[ParamFormula]:
+        w = {"input_depth": input_depth, "num_units": self.num_units}
+        rows = [("kernel", ("input_depth + num_units", "4*num_units"), w, "columns i|j|f|o; rows x then h")]
+        if not self.layer_norm:
+            return [*rows, ("bias", ("4*num_units",), w, "i|j|f|o")]
+        for scope in self._NORMS:
+            rows += [(f"{scope}.gamma", ("num_units",), w, "layer-norm gain")]
+            rows += [(f"{scope}.beta", ("num_units",), w, "layer-norm shift")]
+        return rows
 
     def call(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, LSTMStateTuple]:
         self._build_for(inputs)

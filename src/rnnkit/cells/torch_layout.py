@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -130,6 +131,9 @@ class TorchLayoutCell(RNNCell):
         """The ``parameter_shapes`` options that the given weights imply."""
         return {"bias": "bias_ih" in weights or "bias_hh" in weights}
 
+    # Both are hidden_size: the state is one (batch, H) tensor, the output (RNN, GRU; the LSTM overrides them).
+    state_size = output_size = property(operator.attrgetter("hidden_size"))
+
     # -- the two matmuls -----------------------------------------------------------------------
     def _input_gates(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_ih, self.bias_ih if self.bias else None)  # (B, G*H)
@@ -179,14 +183,6 @@ class TorchRNNCell(TorchLayoutCell):
         self.nonlinearity = nonlinearity
         self.activation = get_activation(nonlinearity)
 
-    @property
-    def state_size(self) -> int:
-        return self.hidden_size
-
-    @property
-    def output_size(self) -> int:
-        return self.hidden_size
-
     def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         preactivation = self._input_gates(inputs) + self._recurrent_gates(self._recurrent_input(state))  # (B, H)
         h = self._zoneout(state, basic_rnn_pointwise(preactivation, self.activation))
@@ -210,14 +206,6 @@ class TorchGRUCell(TorchLayoutCell):
             raise TypeError(f"{type(self).__name__}: reset_after must be a bool, got {reset_after!r}")
         super().__init__(weights, **regularisers)
         self.reset_after = reset_after
-
-    @property
-    def state_size(self) -> int:
-        return self.hidden_size
-
-    @property
-    def output_size(self) -> int:
-        return self.hidden_size
 
     def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gates_x = self._input_gates(inputs)  # (B, 3H): r, z, n
