@@ -47,10 +47,22 @@ def layer_norm_lstm_pointwise(
     state``. Dropout on the candidate (``keep_prob < 1``) runs when ``norms.training``.
     """
     i, j, f, o = norms.input(i), norms.transform(j), norms.forget(f), norms.output(o)
+    keep = keep_prob if norms.training else 1.0
+    return _contrib_lstm_step((i, j, f, o), c, forget_bias, activation, keep, norms.state)
+
+
+def _contrib_lstm_step(
+    gates: tuple[torch.Tensor, ...], c: torch.Tensor, forget_bias: float, activation: Any, keep_prob: float, norm: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """contrib's LSTM after the (normalised) gates ``i, j, f, o``: dropout on the candidate (``keep_prob < 1``),
+    the memory update, its ``norm`` (``None``: none), and ``h' = act(c') * sigmoid(o)``."""
+    i, j, f, o = gates
     g = activation(j)
-    if norms.training and keep_prob < 1.0:
+    if keep_prob < 1.0:
         g = nn.functional.dropout(g, p=1.0 - keep_prob)
-    new_c = norms.state(lstm_memory(c, i, g, f, forget_bias))
+    new_c = lstm_memory(c, i, g, f, forget_bias)
+    if norm is not None:
+        new_c = norm(new_c)
     return new_c, activation(new_c) * torch.sigmoid(o)
 
 
@@ -152,9 +164,6 @@ class LayerNormBasicLSTMCell(RNNCell):
                 i, j, f, o, c, self, self.forget_bias, self.activation, self.dropout_keep_prob
             )
         else:
-            g = self.activation(j)
-            if self.training and self.dropout_keep_prob < 1.0:
-                g = nn.functional.dropout(g, p=1.0 - self.dropout_keep_prob)
-            new_c = lstm_memory(c, i, g, f, self.forget_bias)
-            new_h = self.activation(new_c) * torch.sigmoid(o)
+            keep = self.dropout_keep_prob if self.training else 1.0
+            new_c, new_h = _contrib_lstm_step((i, j, f, o), c, self.forget_bias, self.activation, keep, None)
         return new_h, LSTMStateTuple(new_c, new_h)
