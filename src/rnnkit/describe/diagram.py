@@ -36,6 +36,7 @@ class Stack(Protocol):
     batch: int
     directions: int
 
+
 _BOX_W, _BOX_H, _GAP, _LEFT, _RIGHT = 110, 34, 120, 170, 170
 _STATE_SIZE, _LINE = 8, 10  # the state labels' font size and line spacing
 
