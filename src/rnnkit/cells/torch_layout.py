@@ -175,6 +175,7 @@ class TorchRNNCell(TorchLayoutCell):
     """
 
     GATES = 1
+    family = "rnn"
 
     def __init__(self, weights: Mapping[str, torch.Tensor], nonlinearity: str = "tanh", **regularisers: float):
         if nonlinearity not in ("tanh", "relu"):
@@ -200,6 +201,7 @@ class TorchGRUCell(TorchLayoutCell):
     """
 
     GATES = 3
+    family = "gru"
 
     def __init__(self, weights: Mapping[str, torch.Tensor], reset_after: bool = True, **regularisers: float):
         if not isinstance(reset_after, bool):
@@ -241,6 +243,7 @@ class TorchLSTMCell(TorchLayoutCell):
     """
 
     GATES = 4
+    family = "lstm"
     _PEEPHOLES = ("weight_ci", "weight_cf", "weight_co")
     _LAYER_NORM = ("weight_ln_gates", "bias_ln_gates", "weight_ln_cell", "bias_ln_cell")
 
