@@ -21,8 +21,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit.convert._command import add_subparser, detect_format, main
-from rnnkit.convert._save import load
+from rnnkit.cli.convert import add_subparser, detect_format, main
+from rnnkit.saving import load
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TF_CKPT = FIXTURES / "tf_ckpt"
@@ -185,7 +185,7 @@ def test_torch_state_dict_through_safetensors_and_onnx(capsys, tmp_path):
 
 def test_rnnkit_options_to_pt_fold_or_refuse(capsys, tmp_path):
     lstm = rnnkit.LSTM(3, 4, forget_bias=1.0).eval()
-    rnnkit.convert._save.save(lstm, tmp_path / "fb.safetensors")
+    rnnkit.saving.save(lstm, tmp_path / "fb.safetensors")
     code, out, err = _convert(capsys, tmp_path / "fb.safetensors", tmp_path / "fb.pt")
     assert code == 0, err
     torch_lstm = torch.nn.LSTM(3, 4)
@@ -193,7 +193,7 @@ def test_rnnkit_options_to_pt_fold_or_refuse(capsys, tmp_path):
     x = torch.randn(5, 2, 3)
     with torch.no_grad():
         torch.testing.assert_close(torch_lstm(x)[0], lstm(x)[0], rtol=0, atol=TOL)
-    rnnkit.convert._save.save(rnnkit.LSTM(3, 4, peepholes=True), tmp_path / "p.safetensors")
+    rnnkit.saving.save(rnnkit.LSTM(3, 4, peepholes=True), tmp_path / "p.safetensors")
     code, out, err = _convert(capsys, tmp_path / "p.safetensors", tmp_path / "p.pt")
     assert code == 2 and "no torch.nn.LSTM computes this model: peepholes" in err
     assert not (tmp_path / "p.pt").exists()
@@ -256,7 +256,7 @@ def test_a_write_that_fails_midway_leaves_the_existing_file(tmp_path, monkeypatc
     import torch
 
     import rnnkit
-    from rnnkit.convert import _command
+    from rnnkit.cli import convert as _command
 
     src, dst = tmp_path / "a.safetensors", tmp_path / "b.pt"
     rnnkit.save(rnnkit.LSTM(3, 4), src)

@@ -13,7 +13,7 @@ import importlib
 import pytest
 import torch
 
-_tf_weights = importlib.import_module("rnnkit.engine._tf_weights")
+_tf_weights = importlib.import_module("rnnkit.gates")  # the engine's TF weight map lives there
 
 
 def _definition(kernel, bias, depth, forget_bias):

@@ -27,10 +27,10 @@ import torch
 from safetensors.torch import save_file
 
 import rnnkit
+from rnnkit.cli.convert import main
 from rnnkit.convert import CheckpointError, read_keras, read_tf_checkpoint
-from rnnkit.convert._command import main
 from rnnkit.convert._crc32c import crc32c, mask
-from rnnkit.convert._save import CONFIG_KEY, load, module_config, save
+from rnnkit.saving import CONFIG_KEY, load, module_config, save
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KERAS = FIXTURES / "keras"
@@ -124,7 +124,7 @@ def test_a_tfcellstack_with_foreign_tensors(tmp_path):
     save(stack, tmp_path / "s.safetensors")
     from safetensors.torch import load_file
 
-    from rnnkit.convert._save import _read_header
+    from rnnkit.saving._file import _read_header
 
     config, _, _ = _read_header(tmp_path / "s.safetensors")
     tensors = {**load_file(tmp_path / "s.safetensors"), "fw.9.kernel": torch.zeros(2, 2)}
@@ -457,7 +457,7 @@ _MEASURE = """
 import resource, sys, json
 import h5py
 from rnnkit.convert import read_keras, read_tf_checkpoint
-from rnnkit.convert._save import load
+from rnnkit.saving import load
 cases = json.loads(sys.argv[1])
 readers = {"load": load, "keras": read_keras, "tf": read_tf_checkpoint}
 read_keras(sys.argv[2])  # warm up the readers' own imports and buffers

@@ -29,7 +29,7 @@ from rnnkit import (
     dynamic_rnn,
 )
 from rnnkit.convert import load_tf_checkpoint
-from rnnkit.convert._save import CONFIG_KEY, load, module_config, save
+from rnnkit.saving import CONFIG_KEY, load, module_config, save
 
 TF_CKPT = Path(__file__).parent / "fixtures" / "tf_ckpt"
 TOL = 1e-5

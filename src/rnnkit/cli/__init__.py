@@ -23,8 +23,7 @@ __all__ = ["main", "build_parser", "CLIError"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..convert import _command as convert
-    from . import explain, sample, train
+    from . import convert, explain, sample, train
 
     parser = argparse.ArgumentParser(
         prog="rnnkit",
@@ -35,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_parser(sub)
     train.add_parser(sub)
     sample.add_parser(sub)
-    convert.add_subparser(sub)
+    convert.add_parser(sub)
     return parser
 
 

@@ -18,10 +18,11 @@ torch.save files       `load_torch_state_dict` + `infer_config`     ``torch.save
 rnnkit modules         `load` (``.safetensors`` + configuration)    `save` (layers, TF-style cell trees)
 =====================  ===========================================  ==========================================
 
-The command line ``rnnkit convert SRC DST`` (``_command.py``) moves a model between these files.
+The command line ``rnnkit convert SRC DST`` (``rnnkit.cli.convert``, on `rnnkit.convert.files`) moves a model
+between these files.
 
-Gate orders (conventions of each format): TF1 LSTM i, j, f, o; torch i, f, g, o; Keras i, f, c, o;
-ONNX i, o, f, c. GRU: TF1 r, u (+ a separate candidate); torch r, z, n; Keras and ONNX z, r, h.
+Gate orders (conventions of each format) are data: the table in `rnnkit.gates`, whose `relayout` every
+converter uses.
 A conversion that cannot be exact is refused with the reason: TF's GRU (reset before the matmul)
 into ``torch.nn.GRU`` (reset after), peepholes or ``cell_clip`` into ``torch.nn``, projections into
 Keras or ONNX's native operators (`export_onnx` runs them in a ``Scan`` over rnnkit's step instead).
@@ -32,21 +33,26 @@ carried as rnnkit's ``LSTM(forget_bias=)`` otherwise.
 
 Example::
 
-    >>> from rnnkit.convert import load_tf_checkpoint, tf_to_torch, read_tf_checkpoint
-    >>> stack = load_tf_checkpoint("ckpt", forget_bias=1.0)    # rnnkit cells, TF's variable names
-    >>> outputs, state = stack.run(inputs, sequence_length=lengths)
-    >>> state_dict, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn", forget_bias=1.0)
+    >>> from rnnkit.convert import LayerConfig, cells_from_tf_variables, tf_to_torch, torch_to_tf
+    >>> tf_vars = torch_to_tf(torch.nn.LSTM(3, 8, num_layers=2).state_dict(), LayerConfig("LSTM", 3, 8, 2))
+    >>> sorted(tf_vars)[0]     # as read_tf_checkpoint("ckpt") reads a MultiRNNCell of BasicLSTMCells
+    'rnn/multi_rnn_cell/cell_0/basic_lstm_cell/bias'
+    >>> stack = cells_from_tf_variables(tf_vars, forget_bias=1.0)     # rnnkit cells, TF's variable names
+    >>> outputs, state = stack.run(torch.randn(2, 5, 3), sequence_length=[5, 3])
+    >>> state_dict, cfg = tf_to_torch(tf_vars, target="torch.nn", forget_bias=1.0)
     >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state_dict)
+    <All keys matched successfully>
+
+From a checkpoint on disk: ``load_tf_checkpoint("ckpt", forget_bias=1.0)`` builds the cells, and
+``tf_to_torch(read_tf_checkpoint("ckpt"), ...)`` the torch layout.
 """
 
+from ..saving import load, save  # rnnkit's own format lives in rnnkit.saving; kept here for rnnkit.convert.save
 from ._cell_variables import load_tf_variables, tf_variable_names
-from ._cells import TFCellStack, cells_from_tf_variables, cells_to_torch, load_tf_checkpoint, torch_to_cells
-from ._config import LayerConfig
 from ._keras_io import keras_to_torch, read_keras
 from ._keras_layout import KerasRecurrentLayer, keras_layer_to_torch, keras_layers_to_torch, torch_to_keras
 from ._onnx_export import export_onnx, load_onnx, read_onnx
 from ._onnx_layout import OnnxRecurrentOp, onnx_to_torch, torch_to_onnx
-from ._save import load, save
 from ._tf_checkpoint import CheckpointEntry, CheckpointError, TFCheckpointReader, list_tf_checkpoint, read_tf_checkpoint
 from ._tf_layout import (
     tf_gru_to_torch,
@@ -59,53 +65,23 @@ from ._tf_layout import (
 from ._tf_stack import tf_to_torch, torch_to_tf
 from ._tf_variables import AssumedForgetBiasWarning, TFCellVariables, TFRNNVariables, parse_tf_variables
 from ._torch_layout import check_state_dict, infer_config, load_torch_state_dict
+from .cells import TFCellStack, cells_from_tf_variables, cells_to_torch, load_tf_checkpoint, torch_to_cells
+from .config import LayerConfig
 
 __all__ = [
     # the common currency
-    "LayerConfig",
-    "check_state_dict",
-    "infer_config",
-    "load_torch_state_dict",
+    "LayerConfig", "check_state_dict", "infer_config", "load_torch_state_dict",
     # TF1: files, variables, cells
-    "read_tf_checkpoint",
-    "list_tf_checkpoint",
-    "TFCheckpointReader",
-    "CheckpointEntry",
-    "CheckpointError",
-    "parse_tf_variables",
-    "TFRNNVariables",
-    "TFCellVariables",
-    "AssumedForgetBiasWarning",
-    "tf_to_torch",
-    "torch_to_tf",
-    "tf_lstm_to_torch",
-    "torch_lstm_to_tf",
-    "tf_gru_to_torch",
-    "torch_gru_to_tf",
-    "tf_rnn_to_torch",
-    "torch_rnn_to_tf",
-    "TFCellStack",
-    "load_tf_checkpoint",
-    "cells_from_tf_variables",
-    "load_tf_variables",
-    "tf_variable_names",
-    "cells_to_torch",
-    "torch_to_cells",
+    "read_tf_checkpoint", "list_tf_checkpoint", "TFCheckpointReader", "CheckpointEntry", "CheckpointError",
+    "parse_tf_variables", "TFRNNVariables", "TFCellVariables", "AssumedForgetBiasWarning", "tf_to_torch", "torch_to_tf",
+    "tf_lstm_to_torch", "torch_lstm_to_tf", "tf_gru_to_torch", "torch_gru_to_tf", "tf_rnn_to_torch", "torch_rnn_to_tf",
+    "TFCellStack", "load_tf_checkpoint", "cells_from_tf_variables", "load_tf_variables", "tf_variable_names",
+    "cells_to_torch", "torch_to_cells",
     # Keras 3
-    "read_keras",
-    "keras_to_torch",
-    "KerasRecurrentLayer",
-    "keras_layer_to_torch",
-    "keras_layers_to_torch",
+    "read_keras", "keras_to_torch", "KerasRecurrentLayer", "keras_layer_to_torch", "keras_layers_to_torch",
     "torch_to_keras",
     # ONNX
-    "OnnxRecurrentOp",
-    "torch_to_onnx",
-    "onnx_to_torch",
-    "export_onnx",
-    "read_onnx",
-    "load_onnx",
-    # rnnkit's own save format (safetensors)
-    "save",
-    "load",
-]
+    "OnnxRecurrentOp", "torch_to_onnx", "onnx_to_torch", "export_onnx", "read_onnx", "load_onnx",
+    # rnnkit's own save format (rnnkit.saving)
+    "save", "load",
+]  # fmt: skip

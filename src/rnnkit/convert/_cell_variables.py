@@ -1,6 +1,6 @@
 """TF1 variables -> rnnkit cells a user built: ``tf_variable_names`` and ``load_tf_variables`` (like TF's
 ``Saver.restore`` into a graph of cells). A cell's TF variable name is its scope plus its parameter name with
-``/`` for ``.`` (see ``rnnkit.convert._cells``); wrappers add no scope, as in TF.
+``/`` for ``.`` (see ``rnnkit.convert.cells``); wrappers add no scope, as in TF.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ..cells import GRUCell, MultiRNNCell, RNNCell, RNNCellWrapper
-from ._cells import TFCellStack, _as_stack
 from ._tf_variables import _SCOPE_OF
+from .cells import TFCellStack, _as_stack
 
 __all__ = ["tf_variable_names", "load_tf_variables"]
 
@@ -107,8 +107,12 @@ def load_tf_variables(cells: Any, variables: Mapping[str, Any], scope: str | Non
 
     Example::
 
-        >>> cell = MultiRNNCell([BasicLSTMCell(4) for _ in range(2)])
-        >>> load_tf_variables(cell, read_tf_checkpoint("ckpt"))
+        >>> from rnnkit.convert import LayerConfig, torch_to_tf
+        >>> tf_vars = torch_to_tf(torch.nn.LSTM(3, 4, num_layers=2).state_dict(), LayerConfig("LSTM", 3, 4, 2))
+        >>> cell = rnnkit.MultiRNNCell([rnnkit.BasicLSTMCell(4) for _ in range(2)])
+        >>> _ = load_tf_variables(cell, tf_vars)     # or read_tf_checkpoint("ckpt"); returns the cell
+        >>> torch.equal(cell.cells[1].kernel, tf_vars["rnn/multi_rnn_cell/cell_1/basic_lstm_cell/kernel"])
+        True
     """
     stack = _user_stack(cells, scope, "load_tf_variables")
     for root, tf_scope in _roots(stack):

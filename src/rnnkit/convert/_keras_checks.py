@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._guards import MAX_ZIP_RATIO
+from .guards import MAX_ZIP_RATIO
 
 __all__ = ["child", "has", "keys", "attr", "read_array", "holds_datasets", "check_model_config"]
 

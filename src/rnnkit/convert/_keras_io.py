@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._config import LayerConfig
-from ._guards import MAX_JSON_BYTES, MAX_ZIP_RATIO, loads_json, open_zip, read_bounded, regular_file, zip_member
 from ._keras_checks import attr, check_model_config, child, has, holds_datasets, keys, read_array
 from ._keras_layout import RECURRENT, KerasRecurrentLayer, keras_layers_to_torch
+from .config import LayerConfig
+from .guards import MAX_JSON_BYTES, MAX_ZIP_RATIO, loads_json, open_zip, read_bounded, regular_file, zip_member
 
 __all__ = ["read_keras", "keras_to_torch"]
 
@@ -177,8 +177,7 @@ def read_keras(path: str | os.PathLike, *, config: Any = None, layer_names: Sequ
 
     Example::
 
-        >>> [(l.name, l.class_name) for l in read_keras("model.keras")]
-        [('lstm', 'LSTM'), ('lstm_1', 'LSTM')]
+        [(l.name, l.class_name) for l in read_keras("model.keras")]   # [('lstm', 'LSTM'), ('lstm_1', 'LSTM')]
     """
     h5, archive_config, source = _open_source(path)
     with h5:
@@ -320,8 +319,11 @@ def keras_to_torch(
 
     Example::
 
-        >>> state, cfg = keras_to_torch("lstm.keras", target="torch.nn")
+        >>> from rnnkit.convert import cells_to_torch, torch_to_keras
+        >>> layers = torch_to_keras(*cells_to_torch(rnnkit.BasicLSTMCell(4, input_size=3)))  # or "lstm.keras"
+        >>> state, cfg = keras_to_torch(layers, target="torch.nn")
         >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state)
+        <All keys matched successfully>
     """
     if isinstance(source, (str, os.PathLike)):
         layers = read_keras(source, config=config, layer_names=layer_names)

@@ -2,9 +2,11 @@
 
 Keras keeps ``kernel (I, G*H)``, ``recurrent_kernel (H, G*H)`` and ``bias``, columns in gate blocks:
 
-* ``LSTM``: blocks **i, f, c, o**, torch's i, f, g, o already: ``weight_ih = kernel.T``,
+Gate orders: ``rnnkit.gates`` (converted with its ``relayout``).
+
+* ``LSTM``: Keras's blocks are torch's already: ``weight_ih = kernel.T``,
   ``weight_hh = recurrent_kernel.T``, ``bias_ih = bias``, ``bias_hh = 0``; back ``bias = bias_ih + bias_hh``.
-* ``GRU``: blocks **z, r, h** against torch's r, z, n (swap the first two). ``reset_after=True``
+* ``GRU``: Keras's blocks swap torch's first two. ``reset_after=True``
   (Keras's default, torch's math): ``bias (2, 3H)``, row 0 the input bias, row 1 the recurrent bias
   (``bias_ih``, ``bias_hh``). ``reset_after=False`` (TF1's math, rnnkit ``GRU(reset_after=False)``):
   ``bias (3H,)`` -> ``bias_ih``, ``bias_hh = 0``.
@@ -14,7 +16,8 @@ Keras keeps ``kernel (I, G*H)``, ``recurrent_kernel (H, G*H)`` and ``bias``, col
 
 Example::
 
-    >>> layer = KerasRecurrentLayer("lstm", "LSTM", {"units": 4}, [np.ones((3, 16)), np.ones((4, 16)), np.ones(16)])
+    >>> weights = [torch.ones(3, 16), torch.ones(4, 16), torch.ones(16)]     # kernel, recurrent_kernel, bias
+    >>> layer = KerasRecurrentLayer("lstm", "LSTM", {"units": 4}, weights)
     >>> state, cfg = keras_layer_to_torch(layer)
     >>> tuple(state["weight_ih_l0"].shape), cfg.mode
     ((16, 3), 'LSTM')
@@ -27,16 +30,15 @@ from typing import Any
 
 import torch
 
-from ._config import LayerConfig
-from ._tf_layout import reorder_blocks
+from ..gates import add_to_gate, gate_count, relayout
 from ._torch_layout import as_tensor, check_state_dict, direction_params, set_direction_params
+from .config import LayerConfig
 
 __all__ = ["KerasRecurrentLayer", "keras_layer_to_torch", "keras_layers_to_torch", "torch_to_keras", "RECURRENT"]
 
 RECURRENT = ("LSTM", "GRU", "SimpleRNN")
 _MODE = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
 _CLASS = {v: k for k, v in _MODE.items()}
-_GRU_SWAP = (1, 0, 2)  # Keras (z, r, h) <-> torch (r, z, n)
 
 
 @dataclass
@@ -122,21 +124,21 @@ def _direction_to_torch(
     options: dict[str, Any], weights: list[Any], input_size: int, where: str
 ) -> dict[str, torch.Tensor]:
     mode, h = options["mode"], options["hidden_size"]
-    g = {"LSTM": 4, "GRU": 3, "RNN": 1}[mode]
+    g = gate_count(mode)
     kernel = _weight(weights, 0, (input_size, g * h), "kernel", where)
     recurrent = _weight(weights, 1, (h, g * h), "recurrent_kernel", where)
-    order = _GRU_SWAP if mode == "GRU" else tuple(range(g))
-    out = {
-        "weight_ih": reorder_blocks(kernel.T, order).contiguous(),
-        "weight_hh": reorder_blocks(recurrent.T, order).contiguous(),
-    }
+
+    def to_torch(x: torch.Tensor) -> torch.Tensor:
+        return relayout(x, mode, "keras", "torch").contiguous()
+
+    out = {"weight_ih": to_torch(kernel.T), "weight_hh": to_torch(recurrent.T)}
     if options["bias"]:
         two_rows = mode == "GRU" and options["reset_after"]
         bias = _weight(weights, 2, (2, g * h) if two_rows else (g * h,), "bias", where)
         if two_rows:
-            out["bias_ih"], out["bias_hh"] = reorder_blocks(bias[0], order), reorder_blocks(bias[1], order)
+            out["bias_ih"], out["bias_hh"] = to_torch(bias[0]), to_torch(bias[1])
         else:
-            out["bias_ih"] = reorder_blocks(bias, order)
+            out["bias_ih"] = to_torch(bias)
             out["bias_hh"] = torch.zeros_like(out["bias_ih"])
     if len(weights) > 2 + options["bias"]:
         raise ValueError(f"{where}: {len(weights)} weights, expected {2 + options['bias']}")
@@ -240,15 +242,13 @@ def torch_to_keras(
     projections, peepholes, ``cell_clip`` and ``layer_norm`` are refused (Keras has none).
     """
     state = check_state_dict(state_dict, config, "torch_to_keras")
-    refused = []
-    if config.proj_size:
-        refused.append(f"proj_size={config.proj_size}")
-    if config.peepholes:
-        refused.append("peepholes")
-    if config.cell_clip is not None:
-        refused.append(f"cell_clip={config.cell_clip}")
-    if config.layer_norm:
-        refused.append("layer_norm")
+    options = {
+        f"proj_size={config.proj_size}": config.proj_size,
+        "peepholes": config.peepholes,
+        f"cell_clip={config.cell_clip}": config.cell_clip is not None,
+        "layer_norm": config.layer_norm,
+    }
+    refused = [option for option, present in options.items() if present]
     if refused:
         raise ValueError(f"torch_to_keras: Keras's {config.mode} has no " + ", ".join(refused))
     class_name = _CLASS[config.mode]
@@ -292,24 +292,20 @@ def torch_to_keras(
 
 
 def _direction_to_keras(config: LayerConfig, params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    g = config.gate_count
-    order = _GRU_SWAP if config.mode == "GRU" else tuple(range(g))
-    weights = [
-        reorder_blocks(params["weight_ih"], order).T.contiguous(),
-        reorder_blocks(params["weight_hh"], order).T.contiguous(),
-    ]
+    mode = config.mode
+
+    def to_keras(x: torch.Tensor) -> torch.Tensor:
+        return relayout(x, mode, "torch", "keras")
+
+    weights = [to_keras(params["weight_ih"]).T.contiguous(), to_keras(params["weight_hh"]).T.contiguous()]
     if config.bias:
-        if config.mode == "GRU" and config.reset_after:
-            weights.append(
-                torch.stack([reorder_blocks(params["bias_ih"], order), reorder_blocks(params["bias_hh"], order)])
-            )
+        if mode == "GRU" and config.reset_after:
+            weights.append(torch.stack([to_keras(params["bias_ih"]), to_keras(params["bias_hh"])]))
         else:
             bias = params["bias_ih"] + params["bias_hh"]
-            if config.mode == "LSTM" and config.forget_bias:
-                h = config.hidden_size
-                bias = bias.clone()
-                bias[h : 2 * h] += config.forget_bias
-            weights.append(reorder_blocks(bias, order))
+            if mode == "LSTM":
+                bias = add_to_gate(bias, config.forget_bias, "LSTM", "torch", "f")
+            weights.append(to_keras(bias))
     elif config.mode == "LSTM" and config.forget_bias:
         raise ValueError("torch_to_keras: forget_bias needs a bias to fold into, but bias=False")
     return weights

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ._guards import read_bounded, regular_file
+from .guards import read_bounded, regular_file
 
 __all__ = ["load_model", "onnx_module", "MAX_ONNX_BYTES"]
 

@@ -3,10 +3,10 @@
 ONNX (opset 7+, ``layout=0``) keeps per op, with ``D`` = 1 (``direction="forward"``) or 2
 (``"bidirectional"``, forward first):
 
-* ``LSTM``: ``W [D, 4H, I]``, ``R [D, 4H, H]`` rows **i, o, f, c**; ``B [D, 8H]`` = ``[Wb, Rb]``;
+* ``LSTM``: ``W [D, 4H, I]``, ``R [D, 4H, H]`` rows in ONNX's gate order (``rnnkit.gates``);
+  ``B [D, 8H]`` = ``[Wb, Rb]``;
   ``P [D, 3H]`` peepholes in order **i, o, f** (i and f peep at ``c_{t-1}``, o at ``c_t``, as TF).
-  From torch's rows i, f, g, o: blocks ``(0, 3, 1, 2)``.
-* ``GRU``: ``W [D, 3H, I]``, ``R [D, 3H, H]`` rows **z, r, h**, ``B [D, 6H]``; torch's r, z, n swap
+* ``GRU``: ``W [D, 3H, I]``, ``R [D, 3H, H]`` rows in ONNX's order, ``B [D, 6H]``; torch's swap
   the first two blocks. ``linear_before_reset=1`` is torch's reset-after math, ``0`` TF/Keras's
   reset-before math (rnnkit ``GRU(reset_after=False)``).
 * ``RNN``: ``W [D, H, I]``, ``R [D, H, H]``, ``B [D, 2H]``; ``activations`` ``["Tanh"]`` or ``["Relu"]``
@@ -33,14 +33,13 @@ from typing import Any
 
 import torch
 
-from ._config import GATES, LayerConfig
-from ._tf_layout import reorder_blocks
+from ..gates import PEEPHOLE_ORDERS, add_to_gate, gate_block, relayout
 from ._torch_layout import as_tensor, check_state_dict, direction_params, set_direction_params
+from .config import GATES, LayerConfig
 
-__all__ = ["OnnxRecurrentOp", "torch_to_onnx", "onnx_to_torch"]
+__all__ = ["OnnxRecurrentOp", "torch_to_onnx", "onnx_to_torch", "native_refusals"]
 
-_ORDER = {"LSTM": (0, 3, 1, 2), "GRU": (1, 0, 2), "RNN": (0,)}  # ONNX blocks from torch's
-_INVERSE = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}  # torch blocks from ONNX's
+_PEEPHOLES = tuple(f"weight_c{gate}" for gate in PEEPHOLE_ORDERS["onnx"])  # the torch-layout names, in P's order
 
 
 @dataclass
@@ -54,9 +53,8 @@ class OnnxRecurrentOp:
     initializers: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def torch_to_onnx(state_dict: Mapping[str, Any], config: LayerConfig) -> list[OnnxRecurrentOp]:
-    """A torch-layout stack -> one `OnnxRecurrentOp` per layer (see the module docstring for the layout)."""
-    state = check_state_dict(state_dict, config, "torch_to_onnx")
+def native_refusals(config: LayerConfig) -> list[str]:
+    """The options of ``config`` that no native ONNX recurrent operator computes, each with the reason."""
     refused = []
     if config.proj_size:
         refused.append(f"proj_size={config.proj_size} (ONNX's LSTM has no projection)")
@@ -65,11 +63,21 @@ def torch_to_onnx(state_dict: Mapping[str, Any], config: LayerConfig) -> list[On
             f"cell_clip={config.cell_clip} (ONNX's clip attribute clips gate pre-activations, not the cell state)"
         )
     if config.layer_norm:
-        refused.append("layer_norm (ONNX's recurrent ops have no normalisation)")
+        refused.append("layer_norm (ONNX's recurrent operators have no normalisation)")
+    return refused
+
+
+def torch_to_onnx(state_dict: Mapping[str, Any], config: LayerConfig) -> list[OnnxRecurrentOp]:
+    """A torch-layout stack -> one `OnnxRecurrentOp` per layer (see the module docstring for the layout)."""
+    state = check_state_dict(state_dict, config, "torch_to_onnx")
+    refused = native_refusals(config)
     if refused:
         raise ValueError(f"torch_to_onnx: no native ONNX {config.mode} computes " + "; ".join(refused))
     mode, h = config.mode, config.hidden_size
-    order = _ORDER[mode]
+
+    def to_onnx(x: torch.Tensor) -> torch.Tensor:
+        return relayout(x, mode, "torch", "onnx")
+
     attributes: dict[str, Any] = {
         "hidden_size": h,
         "direction": "bidirectional" if config.bidirectional else "forward",
@@ -83,22 +91,21 @@ def torch_to_onnx(state_dict: Mapping[str, Any], config: LayerConfig) -> list[On
         w, r, b, p = [], [], [], []
         for reverse in config.directions():
             params = direction_params(state, k, reverse)
-            w.append(reorder_blocks(params["weight_ih"], order))
-            r.append(reorder_blocks(params["weight_hh"], order))
+            w.append(to_onnx(params["weight_ih"]))
+            r.append(to_onnx(params["weight_hh"]))
             if config.bias:
                 b_ih = params["bias_ih"]
-                if mode == "LSTM" and config.forget_bias:
-                    b_ih = b_ih.clone()
-                    b_ih[h : 2 * h] += config.forget_bias
-                b.append(torch.cat([reorder_blocks(b_ih, order), reorder_blocks(params["bias_hh"], order)]))
+                if mode == "LSTM":
+                    b_ih = add_to_gate(b_ih, config.forget_bias, "LSTM", "torch", "f")
+                b.append(torch.cat([to_onnx(b_ih), to_onnx(params["bias_hh"])]))
             if config.peepholes:
-                p.append(torch.cat([params["weight_ci"], params["weight_co"], params["weight_cf"]]))
+                p.append(torch.cat([params[name] for name in _PEEPHOLES]))
         initializers = {"W": torch.stack(w), "R": torch.stack(r)}
         if config.bias:
             initializers["B"] = torch.stack(b)
         elif mode == "LSTM" and config.forget_bias:
             initializers["B"] = torch.zeros(config.num_directions, 8 * h, dtype=w[0].dtype)
-            initializers["B"][:, 2 * h : 3 * h] = config.forget_bias  # ONNX's f block of Wb
+            initializers["B"][:, gate_block(4 * h, "LSTM", "onnx", "f")] = config.forget_bias  # ONNX's f block of Wb
         if config.peepholes:
             initializers["P"] = torch.stack(p)
         ops.append(OnnxRecurrentOp(mode, dict(attributes), initializers))
@@ -179,15 +186,18 @@ def _op_to_torch(op: OnnxRecurrentOp, index: int) -> tuple[LayerConfig, dict[str
         p = as_tensor(p, f"{where} P")
         if tuple(p.shape) != (d, 3 * h):
             raise ValueError(f"{where}: P has shape {tuple(p.shape)}, expected {(d, 3 * h)}")
-    order = _INVERSE[mode]
+
+    def to_torch(x: torch.Tensor) -> torch.Tensor:
+        return relayout(x, mode, "onnx", "torch")
+
     state: dict[str, torch.Tensor] = {}
     for k in range(d):
-        params = {"weight_ih": reorder_blocks(w[k], order), "weight_hh": reorder_blocks(r[k], order)}
+        params = {"weight_ih": to_torch(w[k]), "weight_hh": to_torch(r[k])}
         if b is not None:
-            params["bias_ih"] = reorder_blocks(b[k, : g * h], order)
-            params["bias_hh"] = reorder_blocks(b[k, g * h :], order)
+            params["bias_ih"] = to_torch(b[k, : g * h])
+            params["bias_hh"] = to_torch(b[k, g * h :])
         if p is not None:
-            params["weight_ci"], params["weight_co"], params["weight_cf"] = p[k].clone().chunk(3)
+            params.update(zip(_PEEPHOLES, p[k].clone().chunk(3), strict=True))
         set_direction_params(state, params, 0, k == 1)
     config = LayerConfig(
         mode=mode,

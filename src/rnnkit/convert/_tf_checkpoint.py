@@ -12,8 +12,8 @@ A checkpoint ``PREFIX`` is ``PREFIX.index`` plus ``PREFIX.data-00000-of-0000N`` 
 
 Example::
 
-    >>> variables = read_tf_checkpoint("model/model.ckpt")       # {name: np.ndarray}
-    >>> [(e.name, e.shape) for e in list_tf_checkpoint("model")]  # a folder with a `checkpoint` file works too
+    variables = read_tf_checkpoint("model/model.ckpt")       # {name: np.ndarray}
+    [(e.name, e.shape) for e in list_tf_checkpoint("model")]  # a folder with a `checkpoint` file works too
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._crc32c import crc32c, mask, unmask
-from ._guards import read_bounded, regular_file
 from ._sstable import TableError, read_table
 from ._wire import WireError, as_signed64, iter_fields, read_varint
+from .guards import read_bounded, regular_file
 
 __all__ = ["TFCheckpointReader", "CheckpointEntry", "read_tf_checkpoint", "list_tf_checkpoint", "CheckpointError"]
 
@@ -337,9 +337,8 @@ def read_tf_checkpoint(
 
     Example::
 
-        >>> v = read_tf_checkpoint("ckpt/model.ckpt")
-        >>> v["rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel"].shape   # (input + units, 4 * units)
-        (7, 16)
+        v = read_tf_checkpoint("ckpt/model.ckpt")
+        v["rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel"].shape   # (input + units, 4 * units): (7, 16)
     """
     return TFCheckpointReader(path, verify_checksums=verify_checksums).read_all(names)
 

@@ -3,17 +3,19 @@
 TF1 cells multiply ``[x, h]`` (``x`` rows first) by one kernel, columns in gate blocks; torch keeps
 ``weight_ih (G*H, I)`` and ``weight_hh (G*H, P)`` with rows in gate blocks:
 
-* LSTM (``BasicLSTMCell``, ``LSTMCell``): TF ``kernel (I+P, 4H)`` blocks **i, j, f, o**, ``bias (4H,)``
-  plus a run-time ``forget_bias``; torch rows **i, f, g, o** (``g`` = TF's ``j``), two biases.
-  ``weight_ih = kernel[:I, (i,f,j,o)].T``, ``weight_hh = kernel[I:, (i,f,j,o)].T``,
-  ``bias_ih = bias[(i,f,j,o)] + forget_bias * e_f``, ``bias_hh = 0``;
+Gate blocks are reordered between TF's and torch's orders (``rnnkit.gates``: ``relayout``, written ``R`` here).
+
+* LSTM (``BasicLSTMCell``, ``LSTMCell``): TF ``kernel (I+P, 4H)``, ``bias (4H,)`` plus a run-time
+  ``forget_bias``; torch rows in its own order, two biases.
+  ``weight_ih = R(kernel[:I]).T``, ``weight_hh = R(kernel[I:]).T``,
+  ``bias_ih = R(bias) + forget_bias * e_f``, ``bias_hh = 0``;
   ``projection/kernel (H, P)`` is ``weight_hr.T``; ``w_i_diag, w_f_diag, w_o_diag`` are ``weight_ci/cf/co``.
 * layer-norm LSTM (``LayerNormBasicLSTMCell``, layer_norm=True): the kernel as an LSTM's, no bias;
   the gains and shifts of the ``input, forget, transform, output`` norms are ``weight_ln_gates`` /
-  ``bias_ln_gates`` blocks i, f, g, o, the ``state`` norm's ``weight_ln_cell`` / ``bias_ln_cell``.
+  ``bias_ln_gates`` blocks in torch's order, the ``state`` norm's ``weight_ln_cell`` / ``bias_ln_cell``.
   The forget bias is added after the forget norm, so it folds into ``bias_ln_gates``'s f block.
-* GRU (``GRUCell``, reset before the matmul): TF ``gates/kernel (I+H, 2H)`` blocks **r, u**,
-  ``candidate/kernel (I+H, H)``; torch rows **r, z, n** with ``z = u``:
+* GRU (``GRUCell``, reset before the matmul): TF ``gates/kernel (I+H, 2H)`` (r and u, TF's name for z),
+  ``candidate/kernel (I+H, H)``; torch's rows in the same order:
   ``weight_ih = [gates/kernel[:I].T; candidate/kernel[:I].T]``, ``weight_hh`` the same on rows ``I:``,
   ``bias_ih = [gates/bias, candidate/bias]``, ``bias_hh = 0``. Exact only for rnnkit's
   ``GRU(reset_after=False)``: TF's candidate is ``tanh(W_n x + U_n (r*h) + b)``.
@@ -38,29 +40,13 @@ from typing import Any
 
 import torch
 
+from ..gates import PEEPHOLE_ORDERS, add_to_gate, gate_order, relayout
 from ._torch_layout import as_tensor
 
-__all__ = [
-    "tf_lstm_to_torch",
-    "torch_lstm_to_tf",
-    "tf_gru_to_torch",
-    "torch_gru_to_tf",
-    "tf_rnn_to_torch",
-    "torch_rnn_to_tf",
-    "tf_ln_lstm_to_torch",
-    "torch_ln_lstm_to_tf",
-    "reorder_blocks",
-]
-
-_TF_TO_TORCH_LSTM = (0, 2, 1, 3)  # torch (i, f, g, o) from TF (i, j, f, o); the permutation is its own inverse
-
-
-def reorder_blocks(x: torch.Tensor, order: tuple[int, ...], dim: int = 0) -> torch.Tensor:
-    """Split ``x`` into ``len(order)`` equal blocks along ``dim`` and concatenate them as ``order`` says."""
-    if x.shape[dim] % len(order):
-        raise ValueError(f"reorder_blocks: dimension {dim} of size {x.shape[dim]} is not {len(order)} equal blocks")
-    blocks = x.chunk(len(order), dim=dim)
-    return torch.cat([blocks[k] for k in order], dim=dim)
+__all__ = [  # one cell's variables each way: TF -> torch layout, and back
+    "tf_lstm_to_torch", "torch_lstm_to_tf", "tf_ln_lstm_to_torch", "torch_ln_lstm_to_tf",
+    "tf_gru_to_torch", "torch_gru_to_tf", "tf_rnn_to_torch", "torch_rnn_to_tf",
+]  # fmt: skip
 
 
 def _get(params: Mapping[str, Any], name: str, component: str) -> torch.Tensor:
@@ -74,13 +60,9 @@ def _expect(tensor: torch.Tensor, shape: tuple[int, ...], name: str, component: 
         raise ValueError(f"{component}: variable {name!r} must have shape {shape}, got {tuple(tensor.shape)}")
 
 
-def _add_to_block(bias: torch.Tensor, block: int, blocks: int, value: float) -> torch.Tensor:
-    if not value:
-        return bias
-    n = bias.shape[0] // blocks
-    bias = bias.clone()
-    bias[block * n : (block + 1) * n] += value
-    return bias
+def _add_forget_bias(bias: torch.Tensor, value: float) -> torch.Tensor:
+    """``value`` added to the forget block of a torch-layout LSTM bias (a copy when it is not 0)."""
+    return add_to_gate(bias, value, "LSTM", "torch", "f")
 
 
 def _split_rows(kernel: torch.Tensor, input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,16 +106,16 @@ def tf_lstm_to_torch(params: Mapping[str, Any], *, forget_bias: float = 0.0) -> 
         )
     bias = _get(params, "bias", component)
     _expect(bias, (4 * hidden,), "bias", component)
-    weights = reorder_blocks(kernel, _TF_TO_TORCH_LSTM, dim=1)  # (I+P, 4H) in i, f, g, o
+    weights = relayout(kernel, "LSTM", "tf", "torch", dim=1)  # (I+P, 4H), torch's blocks
     out["weight_ih"], out["weight_hh"] = _split_rows(weights, input_size)
-    out["bias_ih"] = _add_to_block(reorder_blocks(bias, _TF_TO_TORCH_LSTM), 1, 4, forget_bias)
+    out["bias_ih"] = _add_forget_bias(relayout(bias, "LSTM", "tf", "torch"), forget_bias)
     out["bias_hh"] = torch.zeros_like(bias)
     if "projection/kernel" in params:
         out["weight_hr"] = projection.T.contiguous()  # (P, H)
-    diags = [name for name in ("w_i_diag", "w_f_diag", "w_o_diag") if name in params]
+    diags = [f"w_{gate}_diag" for gate in PEEPHOLE_ORDERS["tf"] if f"w_{gate}_diag" in params]
     if diags and len(diags) != 3:
         raise KeyError(f"{component}: peepholes need w_i_diag, w_f_diag and w_o_diag; got only {diags}")
-    for gate in "ifo" if diags else "":
+    for gate in PEEPHOLE_ORDERS["tf"] if diags else "":
         diag = _get(params, f"w_{gate}_diag", component)
         _expect(diag, (hidden,), f"w_{gate}_diag", component)
         out[f"weight_c{gate}"] = diag.clone()
@@ -148,19 +130,20 @@ def torch_lstm_to_tf(params: Mapping[str, Any], *, forget_bias: float = 0.0) -> 
     """
     component = "torch_lstm_to_tf"
     w_ih, w_hh = _get(params, "weight_ih", component), _get(params, "weight_hh", component)
-    kernel = torch.cat([w_ih.T, w_hh.T], 0)  # (I+P, 4H) in i, f, g, o
-    out = {"kernel": reorder_blocks(kernel, _TF_TO_TORCH_LSTM, dim=1)}
+    kernel = torch.cat([w_ih.T, w_hh.T], 0)  # (I+P, 4H), torch's blocks
+    out = {"kernel": relayout(kernel, "LSTM", "torch", "tf", dim=1)}
     bias = _sum_biases(params, w_ih.shape[0], w_ih, component)
-    out["bias"] = reorder_blocks(_add_to_block(bias, 1, 4, -forget_bias), _TF_TO_TORCH_LSTM)
+    out["bias"] = relayout(_add_forget_bias(bias, -forget_bias), "LSTM", "torch", "tf")
     if "weight_hr" in params:
         out["projection/kernel"] = _get(params, "weight_hr", component).T.contiguous()
     if any(k in params for k in ("weight_ci", "weight_cf", "weight_co")):
-        for gate in "ifo":
+        for gate in PEEPHOLE_ORDERS["tf"]:
             out[f"w_{gate}_diag"] = _get(params, f"weight_c{gate}", component).clone()
     return out
 
 
-_NORMS = ("input", "forget", "transform", "output")  # TF's norm scopes in torch's block order i, f, g, o
+_NORM_SCOPES = {"i": "input", "f": "forget", "g": "transform", "o": "output"}  # TF's norm scope of each gate
+_NORMS = tuple(_NORM_SCOPES[gate] for gate in gate_order("LSTM", "torch"))  # in torch's block order
 
 
 def tf_ln_lstm_to_torch(params: Mapping[str, Any], *, forget_bias: float = 0.0) -> dict[str, torch.Tensor]:
@@ -172,7 +155,7 @@ def tf_ln_lstm_to_torch(params: Mapping[str, Any], *, forget_bias: float = 0.0) 
     if kernel.dim() != 2 or kernel.shape[1] % 4 or kernel.shape[0] <= kernel.shape[1] // 4:
         raise ValueError(f"{component}: 'kernel' must be (input + units, 4 * units), got {tuple(kernel.shape)}")
     hidden = kernel.shape[1] // 4
-    weights = reorder_blocks(kernel, _TF_TO_TORCH_LSTM, dim=1)  # (I+H, 4H) in i, f, g, o
+    weights = relayout(kernel, "LSTM", "tf", "torch", dim=1)  # (I+H, 4H), torch's blocks
     out: dict[str, torch.Tensor] = {}
     out["weight_ih"], out["weight_hh"] = _split_rows(weights, kernel.shape[0] - hidden)
     norms = {}
@@ -181,7 +164,7 @@ def tf_ln_lstm_to_torch(params: Mapping[str, Any], *, forget_bias: float = 0.0) 
             norms[scope, part] = _get(params, f"{scope}/{part}", component)
             _expect(norms[scope, part], (hidden,), f"{scope}/{part}", component)
     out["weight_ln_gates"] = torch.cat([norms[s, "gamma"] for s in _NORMS])
-    out["bias_ln_gates"] = _add_to_block(torch.cat([norms[s, "beta"] for s in _NORMS]), 1, 4, forget_bias)
+    out["bias_ln_gates"] = _add_forget_bias(torch.cat([norms[s, "beta"] for s in _NORMS]), forget_bias)
     out["weight_ln_cell"], out["bias_ln_cell"] = norms["state", "gamma"].clone(), norms["state", "beta"].clone()
     return out
 
@@ -199,9 +182,9 @@ def torch_ln_lstm_to_tf(params: Mapping[str, Any], *, forget_bias: float = 0.0) 
         if name in params and bool(_get(params, name, component).any()):
             raise ValueError(f"{component}: non-zero {name}: TF's LayerNormBasicLSTMCell has no bias before its norms")
     w_ih, w_hh = _get(params, "weight_ih", component), _get(params, "weight_hh", component)
-    out = {"kernel": reorder_blocks(torch.cat([w_ih.T, w_hh.T], 0), _TF_TO_TORCH_LSTM, dim=1)}
+    out = {"kernel": relayout(torch.cat([w_ih.T, w_hh.T], 0), "LSTM", "torch", "tf", dim=1)}
     gains = _get(params, "weight_ln_gates", component).chunk(4)
-    shifts = _add_to_block(_get(params, "bias_ln_gates", component), 1, 4, -forget_bias).chunk(4)
+    shifts = _add_forget_bias(_get(params, "bias_ln_gates", component), -forget_bias).chunk(4)
     for k, scope in enumerate(_NORMS):
         out[f"{scope}/gamma"], out[f"{scope}/beta"] = gains[k].clone(), shifts[k].clone()
     out["state/gamma"] = _get(params, "weight_ln_cell", component).clone()
@@ -213,7 +196,7 @@ def tf_gru_to_torch(params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """TF ``GRUCell`` variables -> one torch-layout GRU layer-direction, exact for ``GRU(reset_after=False)``.
 
     ``params``: ``gates/kernel (I+H, 2H)`` (blocks r, u), ``gates/bias (2H,)``,
-    ``candidate/kernel (I+H, H)``, ``candidate/bias (H,)``. Returns rows r, z, n.
+    ``candidate/kernel (I+H, H)``, ``candidate/bias (H,)``. Returns torch's rows.
     """
     component = "tf_gru_to_torch"
     gates = _get(params, "gates/kernel", component)
@@ -228,9 +211,9 @@ def tf_gru_to_torch(params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     gates_bias, candidate_bias = _get(params, "gates/bias", component), _get(params, "candidate/bias", component)
     _expect(gates_bias, (2 * hidden,), "gates/bias", component)
     _expect(candidate_bias, (hidden,), "candidate/bias", component)
-    kernel = torch.cat([gates, candidate], 1)  # (I+H, 3H) in r, z, n
+    kernel = relayout(torch.cat([gates, candidate], 1), "GRU", "tf", "torch", dim=1)  # (I+H, 3H), torch's blocks
     w_ih, w_hh = _split_rows(kernel, input_size)
-    bias = torch.cat([gates_bias, candidate_bias])
+    bias = relayout(torch.cat([gates_bias, candidate_bias]), "GRU", "tf", "torch")
     return {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": bias, "bias_hh": torch.zeros_like(bias)}
 
 
@@ -239,8 +222,8 @@ def torch_gru_to_tf(params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     component = "torch_gru_to_tf"
     w_ih, w_hh = _get(params, "weight_ih", component), _get(params, "weight_hh", component)
     hidden = w_hh.shape[1]
-    kernel = torch.cat([w_ih.T, w_hh.T], 0)  # (I+H, 3H) in r, z, n
-    bias = _sum_biases(params, 3 * hidden, w_ih, component)
+    kernel = relayout(torch.cat([w_ih.T, w_hh.T], 0), "GRU", "torch", "tf", dim=1)  # (I+H, 3H): gates, candidate
+    bias = relayout(_sum_biases(params, 3 * hidden, w_ih, component), "GRU", "torch", "tf")
     return {
         "gates/kernel": kernel[:, : 2 * hidden].contiguous(),
         "gates/bias": bias[: 2 * hidden].clone(),

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from ._config import LayerConfig
 from ._tf_layout import (
     tf_gru_to_torch,
     tf_ln_lstm_to_torch,
@@ -37,6 +36,7 @@ from ._tf_variables import (
     resolve_forget_bias,
 )
 from ._torch_layout import check_state_dict, direction_params, set_direction_params
+from .config import LayerConfig
 
 __all__ = ["tf_to_torch", "torch_to_tf", "layout_to_torch", "layout_from_torch"]
 
@@ -155,8 +155,10 @@ def tf_to_torch(
 
     Example::
 
-        >>> state, cfg = tf_to_torch(read_tf_checkpoint("ckpt"), target="torch.nn", forget_bias=1.0)
+        >>> tf_vars = torch_to_tf(torch.nn.LSTM(3, 4).state_dict(), LayerConfig("LSTM", 3, 4))  # or read_tf_checkpoint
+        >>> state, cfg = tf_to_torch(tf_vars, target="torch.nn", forget_bias=1.0)
         >>> lstm = cfg.torch_nn_module(batch_first=True); lstm.load_state_dict(state)
+        <All keys matched successfully>
     """
     layout = parse_tf_variables(variables, scope)
     cells = layout.fw + layout.bw
@@ -268,7 +270,10 @@ def torch_to_tf(
     multi_rnn_cell: bool | None = None,
     cell_type: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """A torch-layout state dict -> TF1 variables by full name (see `layout_from_torch` for the options).
+    """A torch-layout state dict -> TF1 variables by full name.
+
+    The keywords are `layout_from_torch`'s: ``forget_bias`` (TF's default 1.0), ``scope``, ``topology``,
+    ``multi_rnn_cell``, ``cell_type``.
 
     Example::
 
@@ -277,13 +282,5 @@ def torch_to_tf(
         >>> sorted(tf_vars)[0]
         'rnn/multi_rnn_cell/cell_0/basic_lstm_cell/bias'
     """
-    layout = layout_from_torch(
-        state_dict,
-        config,
-        forget_bias=forget_bias,
-        scope=scope,
-        topology=topology,
-        multi_rnn_cell=multi_rnn_cell,
-        cell_type=cell_type,
-    )
-    return layout.variables()
+    options = dict(topology=topology, multi_rnn_cell=multi_rnn_cell, cell_type=cell_type)
+    return layout_from_torch(state_dict, config, forget_bias=forget_bias, scope=scope, **options).variables()

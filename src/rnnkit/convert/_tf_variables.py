@@ -280,7 +280,9 @@ def parse_tf_variables(variables: Mapping[str, Any], scope: str | None = None) -
 
     Example::
 
-        >>> layout = parse_tf_variables(read_tf_checkpoint("ckpt"))
+        >>> from rnnkit.convert import LayerConfig, torch_to_tf
+        >>> tf_vars = torch_to_tf(torch.nn.LSTM(3, 4, num_layers=2).state_dict(), LayerConfig("LSTM", 3, 4, 2))
+        >>> layout = parse_tf_variables(tf_vars)    # or read_tf_checkpoint("ckpt")
         >>> layout.topology, [c.cell_type for c in layout.fw]
         ('unidirectional', ['BasicLSTMCell', 'BasicLSTMCell'])
     """

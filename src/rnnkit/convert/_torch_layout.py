@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._config import GATES, LAYER_NORM_KEYS, PEEPHOLE_KEYS, LayerConfig, torch_key
+from .config import GATES, LAYER_NORM_KEYS, PEEPHOLE_KEYS, LayerConfig, torch_key
 
 __all__ = [
     "check_state_dict",
@@ -189,7 +189,7 @@ def _pickle_hint(path: Path) -> str:
 def _refusal(err: Exception) -> str:
     """What torch's weights-only unpickler refused, in one clean line (its message has escape codes and advice
     to allowlist classes, which rnnkit does not take)."""
-    from ._guards import one_line
+    from .guards import one_line
 
     text = one_line(str(err))
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)

@@ -12,7 +12,7 @@ The torch layout is ``torch.nn.LSTM/GRU/RNN``'s (and ``rnnkit.LSTM/GRU/RNN``'s) 
     weight_ln_gates_l{k}{s}, bias_ln_gates_l{k}{s} (4H,), weight_ln_cell_l{k}{s}, bias_ln_cell_l{k}{s} (H,)
                                       rnnkit LSTM with layer_norm=True (TF's LayerNormBasicLSTMCell)
 
-with ``G`` = 4 (LSTM rows i, f, g, o), 3 (GRU rows r, z, n) or 1 (RNN) and ``D`` = 2 if
+with ``G`` = 4 (LSTM), 3 (GRU) or 1 (RNN) row blocks in torch's gate order (``rnnkit.gates``) and ``D`` = 2 if
 bidirectional else 1. Options beyond ``torch.nn`` (``forget_bias``, ``peepholes``, ``cell_clip``, ``layer_norm``,
 GRU ``reset_after=False``) are rnnkit layer options; :meth:`LayerConfig.torch_nn_kwargs` refuses them.
 """
@@ -25,12 +25,28 @@ from typing import Any
 
 import torch
 
-__all__ = ["LayerConfig", "GATES", "PEEPHOLE_KEYS", "LAYER_NORM_KEYS", "torch_key"]
+from ..gates import FAMILIES, PEEPHOLE_ORDERS, gate_count
+from ..layers import GRU, LSTM, RNN
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+__all__ = [
+    "LayerConfig",
+    "GATES",
+    "PEEPHOLE_KEYS",
+    "LAYER_NORM_KEYS",
+    "LAYERS",
+    "TORCH_NN_LAYERS",
+    "torch_key",
+    "layer_description",
+    "layer_from_state_dict",
+]
+
+GATES = {family: gate_count(family) for family in FAMILIES}
+#: rnnkit's layer class of each mode, and the mode of each torch.nn layer class (the exact classes)
+LAYERS: dict[str, type[torch.nn.Module]] = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}
+TORCH_NN_LAYERS: dict[type[torch.nn.Module], str] = {torch.nn.RNN: "RNN", torch.nn.LSTM: "LSTM", torch.nn.GRU: "GRU"}
 # rnnkit.LSTM's extra parameters, per layer and direction: the peephole diagonals of the input, forget and
-# output gates, and (layer_norm=True) the gains and shifts of the gate norms (blocks i, f, g, o) and the cell norm.
-PEEPHOLE_KEYS = ("weight_ci", "weight_cf", "weight_co")
+# output gates, and (layer_norm=True) the gains and shifts of the gate norms (torch's gate blocks) and the cell norm.
+PEEPHOLE_KEYS = tuple(f"weight_c{gate}" for gate in PEEPHOLE_ORDERS["torch"])
 LAYER_NORM_KEYS = ("weight_ln_gates", "bias_ln_gates", "weight_ln_cell", "bias_ln_cell")
 
 
@@ -182,18 +198,22 @@ class LayerConfig:
     def torch_nn_compatible(self) -> bool:
         return not self.torch_nn_incompatibilities()
 
-    def torch_nn_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``torch.nn.LSTM/GRU/RNN``; ``ValueError`` naming any option it lacks."""
-        reasons = self.torch_nn_incompatibilities()
-        if reasons:
-            raise ValueError(f"LayerConfig: not expressible as torch.nn.{self.mode}: " + "; ".join(reasons))
-        kwargs: dict[str, Any] = {
+    def _shared_kwargs(self) -> dict[str, Any]:
+        """The constructor arguments ``torch.nn``'s layers and rnnkit's share."""
+        return {
             "input_size": self.input_size,
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "bias": self.bias,
             "bidirectional": self.bidirectional,
         }
+
+    def torch_nn_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``torch.nn.LSTM/GRU/RNN``; ``ValueError`` naming any option it lacks."""
+        reasons = self.torch_nn_incompatibilities()
+        if reasons:
+            raise ValueError(f"LayerConfig: not expressible as torch.nn.{self.mode}: " + "; ".join(reasons))
+        kwargs = self._shared_kwargs()
         if self.mode == "LSTM":
             kwargs["proj_size"] = self.proj_size
         if self.mode == "RNN":
@@ -206,13 +226,7 @@ class LayerConfig:
 
     def layer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``rnnkit.LSTM/GRU/RNN`` (torch.nn's plus rnnkit's options of this mode)."""
-        kwargs: dict[str, Any] = {
-            "input_size": self.input_size,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "bias": self.bias,
-            "bidirectional": self.bidirectional,
-        }
+        kwargs = self._shared_kwargs()
         if self.mode == "LSTM":
             kwargs.update(
                 proj_size=self.proj_size,
@@ -262,3 +276,44 @@ class LayerConfig:
             cell_clip=getattr(module, "cell_clip", None) if mode == "LSTM" else None,
             layer_norm=getattr(module, "layer_norm", False) if mode == "LSTM" else False,
         )
+
+
+# -- rnnkit layers -----------------------------------------------------------------------------------------------
+def layer_description(module: torch.nn.Module) -> dict[str, Any]:
+    """``{"class": ..., "args": ...}``: the constructor call of an ``rnnkit.RNN/LSTM/GRU`` computing ``module``
+    (an rnnkit layer, or a ``torch.nn.RNN/LSTM/GRU`` as the rnnkit layer of its configuration), as JSON.
+
+    rnnkit's save format (`rnnkit.saving`) and `export_onnx`'s metadata hold this description.
+
+    Example::
+
+        >>> layer_description(torch.nn.GRU(3, 4))["args"]["hidden_size"]
+        4
+    """
+    name = TORCH_NN_LAYERS.get(type(module)) or type(module).__name__
+    args = LayerConfig.from_module(module).layer_kwargs()
+    args.update(batch_first=bool(module.batch_first), dropout=float(module.dropout))
+    args.update(
+        recurrent_dropout=float(getattr(module, "recurrent_dropout", 0.0)),
+        zoneout=float(getattr(module, "zoneout", 0.0)),
+    )
+    return {"class": name, "args": args}
+
+
+def layer_from_state_dict(state_dict: Any, config: LayerConfig, **options: Any) -> torch.nn.Module:
+    """A new ``rnnkit.RNN/LSTM/GRU`` of ``config`` holding ``state_dict``, in eval mode.
+
+    ``options``: the layer's other arguments (``batch_first``, ``dropout``, ``zoneout`` ...). The initial
+    weights it draws (then overwritten) leave the caller's random stream untouched.
+
+    Example::
+
+        >>> lstm = torch.nn.LSTM(3, 4)
+        >>> layer = layer_from_state_dict(lstm.state_dict(), LayerConfig.from_module(lstm), batch_first=True)
+        >>> type(layer).__name__, layer.batch_first, layer.training
+        ('LSTM', True, False)
+    """
+    with torch.random.fork_rng(devices=[]):
+        layer = LAYERS[config.mode](**config.layer_kwargs(), **options)
+    layer.load_state_dict(state_dict)
+    return layer.eval()

@@ -20,23 +20,13 @@ from typing import Any
 
 import torch
 
-from ..cells import (
-    ACTIVATIONS,
-    BasicLSTMCell,
-    BasicRNNCell,
-    DropoutWrapper,
-    GRUCell,
-    LayerNormBasicLSTMCell,
-    LSTMCell,
-    MultiRNNCell,
-    RNNCell,
-    RNNCellWrapper,
-)
+from ..cells import ACTIVATIONS, DropoutWrapper, MultiRNNCell, RNNCell, RNNCellWrapper
+from ..cells.registry import cell_class, cell_names
 from ..runners import bidirectional_dynamic_rnn, dynamic_rnn, stack_bidirectional_dynamic_rnn
-from ._config import LayerConfig
 from ._tf_checkpoint import read_tf_checkpoint
 from ._tf_stack import layout_from_torch, layout_to_torch
 from ._tf_variables import _DEFAULT_SCOPE, TFCellVariables, TFRNNVariables, parse_tf_variables, resolve_forget_bias
+from .config import LayerConfig
 
 __all__ = [
     "TFCellStack",
@@ -45,14 +35,6 @@ __all__ = [
     "cells_to_torch",
     "torch_to_cells",
 ]
-
-_CLASSES: dict[str, type[RNNCell]] = {
-    "BasicLSTMCell": BasicLSTMCell,
-    "LSTMCell": LSTMCell,
-    "GRUCell": GRUCell,
-    "BasicRNNCell": BasicRNNCell,
-    "LayerNormBasicLSTMCell": LayerNormBasicLSTMCell,
-}
 
 
 def _activation_name(fn: Any) -> str:
@@ -70,9 +52,10 @@ def _leaf(cell: RNNCell, component: str) -> RNNCell:
                 f"{component}: a {type(cell).__name__} changes the cell's function; no layer layout expresses it"
             )
         cell = cell.cell
-    if type(cell) not in _CLASSES.values():
+    leaves = cell_names(kind="leaf")  # the registry's cells with TF variables of their own
+    if type(cell) not in [cell_class(name) for name in leaves]:
         raise TypeError(
-            f"{component}: expected one of {sorted(_CLASSES)} (or a MultiRNNCell of them), got {type(cell).__name__}"
+            f"{component}: expected one of {sorted(leaves)} (or a MultiRNNCell of them), got {type(cell).__name__}"
         )
     if not cell.built:
         raise ValueError(f"{component}: the {type(cell).__name__} is not built yet, so it has no weights to convert")
@@ -103,7 +86,7 @@ def _make_cell(spec: TFCellVariables, dtype: torch.dtype | None = None) -> RNNCe
     if spec.cell_type == "LayerNormBasicLSTMCell":
         kwargs["layer_norm"] = spec.layer_norm
     main = next(iter(spec.variables.values()))
-    cell = _CLASSES[spec.cell_type](spec.num_units, input_size=spec.input_size, dtype=dtype or main.dtype, **kwargs)
+    cell = cell_class(spec.cell_type)(spec.num_units, input_size=spec.input_size, dtype=dtype or main.dtype, **kwargs)
     with torch.no_grad():
         for name, param in cell.named_parameters():
             param.copy_(spec.variables[name.replace(".", "/")])
@@ -129,8 +112,11 @@ class TFCellStack:
 
     Example::
 
-        >>> stack = load_tf_checkpoint("ckpt", forget_bias=1.0)   # rnn/multi_rnn_cell/cell_k/basic_lstm_cell/...
-        >>> outputs, state = stack.run(torch.randn(2, 5, 3), sequence_length=[5, 3])
+        >>> cells_fw, cells_bw = [rnnkit.BasicLSTMCell(8, input_size=3)], [rnnkit.BasicLSTMCell(8, input_size=3)]
+        >>> stack = TFCellStack("bidirectional", cells_fw, cells_bw)
+        >>> outputs, (state_fw, state_bw) = stack.run(torch.randn(2, 5, 3), sequence_length=[5, 3])
+        >>> tuple(outputs.shape)
+        (2, 5, 16)
     """
 
     def __init__(
@@ -247,24 +233,24 @@ def cells_from_tf_variables(
 
     Cell classes come from the scope names (``basic_lstm_cell`` -> ``BasicLSTMCell``), sizes from
     the shapes, peepholes and projection from ``w_*_diag`` / ``projection/kernel``. The run-time
-    options a checkpoint does not store are arguments: ``forget_bias`` (``None``: TF's default 1.0, with
-    an `AssumedForgetBiasWarning` when there are LSTM cells: pass what the TF code used), ``cell_clip``,
-    ``proj_clip`` (``LSTMCell``), ``activation``.
+    options a checkpoint does not store are keywords: ``forget_bias`` (``None``, the default: TF's
+    default 1.0, with an `AssumedForgetBiasWarning` when there are LSTM cells: pass what the TF code used),
+    ``cell_clip``, ``proj_clip`` (``LSTMCell``), ``activation`` (``"tanh"``), and ``dtype`` (the variables').
     """
-    return _cells_from_tf_variables(
-        variables, scope, forget_bias, cell_clip, proj_clip, activation, dtype, "cells_from_tf_variables"
-    )
+    options = dict(cell_clip=cell_clip, proj_clip=proj_clip, activation=activation, dtype=dtype)
+    return _cells_from_tf_variables(variables, scope, "cells_from_tf_variables", forget_bias, **options)
 
 
 def _cells_from_tf_variables(
     variables: Mapping[str, Any],
     scope: str | None,
-    forget_bias: float | None,
-    cell_clip: float | None,
-    proj_clip: float | None,
-    activation: str,
-    dtype: torch.dtype | None,
     component: str,
+    forget_bias: float | None,
+    *,
+    cell_clip: float | None = None,
+    proj_clip: float | None = None,
+    activation: str = "tanh",
+    dtype: torch.dtype | None = None,
 ) -> TFCellStack:
     layout = parse_tf_variables(variables, scope)
     specs = layout.fw + layout.bw
@@ -297,19 +283,17 @@ def load_tf_checkpoint(
     """Read a TF1 checkpoint (no TensorFlow needed) and build its recurrent stack as rnnkit cells.
 
     ``path``: a checkpoint prefix, its ``.index`` file, or a folder with TF's ``checkpoint`` file.
-    See `cells_from_tf_variables` for the options; pass ``forget_bias`` (a checkpoint does not store it:
+    The keywords are `cells_from_tf_variables`'s; pass ``forget_bias`` (a checkpoint does not store it:
     without it TF's default 1.0 is assumed, with an `AssumedForgetBiasWarning`).
 
     Example::
 
-        >>> stack = load_tf_checkpoint("ckpt/model.ckpt", forget_bias=1.0)
-        >>> stack
-        TFCellStack('unidirectional', scope='rnn', layers=['BasicLSTMCell', 'BasicLSTMCell'], multi=True)
-        >>> outputs, state = stack.run(inputs, sequence_length=lengths)
+        stack = load_tf_checkpoint("ckpt/model.ckpt", forget_bias=1.0)
+        stack   # TFCellStack('unidirectional', scope='rnn', layers=['BasicLSTMCell', 'BasicLSTMCell'], multi=True)
+        outputs, state = stack.run(inputs, sequence_length=lengths)
     """
-    return _cells_from_tf_variables(
-        read_tf_checkpoint(path), scope, forget_bias, cell_clip, proj_clip, activation, dtype, "load_tf_checkpoint"
-    )
+    options = dict(cell_clip=cell_clip, proj_clip=proj_clip, activation=activation, dtype=dtype)
+    return _cells_from_tf_variables(read_tf_checkpoint(path), scope, "load_tf_checkpoint", forget_bias, **options)
 
 
 # -- cells <-> torch layout ----------------------------------------------------------------------------
@@ -327,9 +311,10 @@ def cells_to_torch(
 
     Example::
 
-        >>> stack = MultiRNNCell([BasicLSTMCell(8, input_size=3), BasicLSTMCell(8, input_size=8)])
+        >>> stack = MultiRNNCell([rnnkit.BasicLSTMCell(8, input_size=3), rnnkit.BasicLSTMCell(8, input_size=8)])
         >>> state, cfg = cells_to_torch(stack, target="torch.nn")
         >>> lstm = cfg.torch_nn_module(); lstm.load_state_dict(state)
+        <All keys matched successfully>
     """
     stack = _as_stack(cells, "cells_to_torch")
     return layout_to_torch(stack.layout(), target=target, fold_forget_bias=fold_forget_bias)
@@ -350,7 +335,8 @@ def torch_to_cells(
     LSTM -> ``BasicLSTMCell`` (``LSTMCell`` with peepholes, projection or ``cell_clip``), GRU with
     ``reset_after=False`` -> ``GRUCell`` (a torch-math GRU is refused: no TF cell computes it),
     RNN -> ``BasicRNNCell``. ``forget_bias``: the cells' forget bias (``None``: ``config.forget_bias``,
-    which moves no value); topology and ``multi_rnn_cell`` as in `layout_from_torch`.
+    which moves no value); ``topology``, ``multi_rnn_cell``, ``cell_type`` and ``scope`` as in
+    `layout_from_torch`.
 
     Example::
 
@@ -360,14 +346,9 @@ def torch_to_cells(
         ('MultiRNNCell', 0.0)
     """
     layout = layout_from_torch(
-        state_dict,
-        config,
-        forget_bias=forget_bias,
-        scope=scope,
-        topology=topology,
-        multi_rnn_cell=multi_rnn_cell,
-        cell_type=cell_type,
-    )
+        state_dict, config, forget_bias=forget_bias, topology=topology, multi_rnn_cell=multi_rnn_cell,
+        cell_type=cell_type, scope=scope,
+    )  # fmt: skip
     return TFCellStack(
         layout.topology,
         [_make_cell(s) for s in layout.fw],

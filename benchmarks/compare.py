@@ -1,0 +1,209 @@
+"""Before and after a change, row by row: rnnkit at a base revision against rnnkit in this tree.
+
+    python -m benchmarks.compare --base REV            # every row of benchmarks.run; writes docs/benchmark-change.md
+    python -m benchmarks.compare --base REV --quick    # two shapes, fewer repetitions, nothing written
+
+Two rnnkits cannot live in one process (the compiled kernels register one ``torch.ops.rnnkit``), so each side
+runs in a worker process of its own: the base revision checked out into a temporary ``git worktree``, this tree
+as it is. Both workers build the same cases from *this* tree's ``benchmarks.run`` (the same configurations,
+shapes, seeds and inputs) and time only rnnkit's callable. The coordinator asks them in turns, sample by sample
+(the order within each pair shuffled, seeded), so drift of the shared machine falls on both sides alike; each
+row's figure is the median of the paired ratios after/before, next to each side's median time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT = 1.03  # the change's bound: no row more than 3% slower
+
+
+# ---- the worker: one rnnkit, every case, timed on request -------------------------------------------
+
+
+def _worker(quick: bool, filter_text: str) -> None:
+    import torch
+
+    from benchmarks import run as bench
+
+    torch.manual_seed(0)
+    bench.machine()  # builds the extension before any timing
+    plan = [(s, False) for s in (bench.QUICK_SHAPES if quick else bench.INFERENCE_SHAPES)]
+    plan += [(s, True) for s in (bench.QUICK_SHAPES[:1] if quick else bench.TRAINING_SHAPES)]
+    rows: list[tuple[dict[str, Any], Any]] = []
+    for shape, train in plan:
+        for case in bench.cases(shape):
+            if filter_text and filter_text not in case.config:
+                continue
+            rows.append((_row_id(case.config, shape, train), _callable(bench, case, train)))
+    out = sys.stdout
+    sys.stdout = sys.stderr  # (nothing but the protocol on the pipe)
+    print(json.dumps([r for r, _ in rows]), file=out, flush=True)
+    for line in sys.stdin:
+        k, calls = json.loads(line)
+        fn = rows[k][1]
+        fn()  # untimed: this side's own state in the caches
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        print(json.dumps((time.perf_counter() - t) / calls), file=out, flush=True)
+
+
+def _row_id(config: str, shape: tuple[int, ...], train: bool) -> dict[str, Any]:
+    return {"config": config, "shape": ", ".join(map(str, shape)), "mode": "fwd+bwd" if train else "inference"}
+
+
+def _callable(bench: Any, case: Any, train: bool) -> Any:
+    import torch
+
+    if train:
+
+        def run() -> None:
+            for p in case.params:
+                p.grad = None
+            bench._loss(case.rnnkit()).backward()
+
+        return run
+
+    def infer() -> None:
+        with torch.no_grad():
+            case.rnnkit()
+
+    return infer
+
+
+# ---- the coordinator -------------------------------------------------------------------------------
+
+
+class _Side:
+    def __init__(self, src: Path, args: list[str]):
+        env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{ROOT}")
+        cmd = [sys.executable, "-m", "benchmarks.compare", "--worker", *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.rows = json.loads(self._read())
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmarks.compare: a worker ended early (exit {self.proc.wait()})")
+        return line
+
+    def time(self, k: int, calls: int) -> float:
+        self.proc.stdin.write(json.dumps((k, calls)) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self._read())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def compare(base_src: Path, reps: int, quick: bool, filter_text: str, sample_s: float = 0.02) -> list[dict[str, Any]]:
+    worker_args = (["--quick"] if quick else []) + (["--filter", filter_text] if filter_text else [])
+    before, after = _Side(base_src, worker_args), _Side(ROOT / "src", worker_args)
+    try:
+        if before.rows != after.rows:
+            raise RuntimeError("benchmarks.compare: the two sides built different cases")
+        shuffle = random.Random(0).shuffle
+        results = []
+        for k, row in enumerate(after.rows):
+            one = max(before.time(k, 1), after.time(k, 1))
+            calls = max(1, min(50, int(sample_s / max(one, 1e-6))))
+            t_before, t_after, pairs = [], [], []
+            for _ in range(reps):
+                sides = [("before", before), ("after", after)]
+                shuffle(sides)
+                got = {name: side.time(k, calls) for name, side in sides}
+                t_before.append(got["before"])
+                t_after.append(got["after"])
+                pairs.append(got["after"] / got["before"])
+            result = dict(row, before=statistics.median(t_before) * 1e3, after=statistics.median(t_after) * 1e3)
+            result["ratio"] = statistics.median(pairs)
+            results.append(result)
+            print(
+                f"{row['config'][:58]:58s} {row['shape']:>17s} {row['mode']:9s} "
+                f"{result['before']:9.3f} -> {result['after']:9.3f} ms  x{result['ratio']:.3f}",
+                flush=True,
+            )
+        return results
+    finally:
+        before.close()
+        after.close()
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| config | T, B, I, H | mode | before ms | after ms | after / before (median of pairs) | within 3% |",
+        "|---|---|---|---:|---:|---:|:---:|",
+    ]
+    for r in results:
+        ok = "yes" if r["ratio"] <= LIMIT else "**no**"
+        lines.append(
+            f"| {r['config']} | {r['shape']} | {r['mode']} | {r['before']:.3f} | {r['after']:.3f} | "
+            f"{r['ratio']:.3f} | {ok} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", help="the git revision before the change")
+    ap.add_argument("--quick", action="store_true", help="two shapes, fewer repetitions, nothing written")
+    ap.add_argument("--reps", type=int, default=None, help="timed pairs per row (median)")
+    ap.add_argument("--filter", default="", help="only configs containing this text")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark-change.md"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        _worker(args.quick, args.filter)
+        return 0
+    if not args.base:
+        ap.error("--base REV is required")
+    reps = args.reps or (7 if args.quick else 15)
+    started = datetime.datetime.now()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="rnnkit-base-") as tmp:
+        tree = Path(tmp) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.base], cwd=ROOT, check=True)
+        try:
+            load0 = os.getloadavg()
+            results = compare(tree / "src", reps, args.quick, args.filter)
+            load1 = os.getloadavg()
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    md = table(results)
+    worst = max(results, key=lambda r: r["ratio"])
+    verdict = (
+        f"Slowest row: {worst['config']} ({worst['shape']}, {worst['mode']}) at x{worst['ratio']:.3f}; "
+        f"{sum(r['ratio'] > LIMIT for r in results)} of {len(results)} rows beyond x{LIMIT}.\n"
+    )
+    print()
+    print(md)
+    print(verdict)
+    if not args.quick:
+        doc = (
+            "# Benchmarks: before and after a change\n\n"
+            f"Produced by `python -m benchmarks.compare --base {args.base}` on {started:%Y-%m-%d %H:%M}: rnnkit at "
+            f"`{args.base}` (before) against the tree at `{head.stdout.strip()}` plus its uncommitted changes "
+            f"(after), {reps} paired samples per row, the two sides timed in turns in two worker processes. "
+            f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}.\n\n" + md + "\n" + verdict
+        )
+        Path(args.out).write_text(doc, encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
