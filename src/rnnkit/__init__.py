@@ -19,6 +19,7 @@ from . import convert, engine, errors, runners
 from ._structure import LSTMStateTuple
 from ._tf_namespace import TF_KINDS as _TF_KINDS
 from ._tf_namespace import compat, contrib, nn
+from ._version import __version__ as __version__
 from .cells import BasicLSTMCell as BasicLSTMCell
 from .cells import BasicRNNCell as BasicRNNCell
 from .cells import DropoutWrapper as DropoutWrapper
@@ -48,8 +49,6 @@ from .runners import (  # noqa: F401 (re-exported: `__all__ += runners.__all__`)
 
 # TF dtype names, so that `dtype=tf.float32` keeps working after `import rnnkit as tf`.
 float16, float32, float64, bfloat16 = _torch.float16, _torch.float32, _torch.float64, _torch.bfloat16
-
-__version__ = "0.1.0"
 
 __all__ = [
     "LSTMStateTuple",
