@@ -10,11 +10,21 @@ import pytest
 import torch
 
 import rnnkit as rk
-from cell_registry import CELLS, INPUT_DEPTH
+from cell_registry import CELLS, EXAMPLES, INPUT_DEPTH, MISSING
 from rnnkit._structure import flatten, pack_as
 
 GOLDEN = Path(__file__).parent / "golden" / "cell_params.json"
 B, T = 3, 4
+
+
+def test_every_registered_cell_has_examples():
+    """Each cell, stack and wrapper class rnnkit registers has examples here, so it runs in every test below."""
+    assert MISSING == [], f"registered cell classes without an example in tests/cell_registry.py: {MISSING}"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_examples_build_the_class_they_are_filed_under(name):
+    assert {type(make()) for make in EXAMPLES[name].values()} == {rk.cells.cell_class(name)}
 
 
 def _built(name: str, dtype=torch.float64) -> rk.RNNCell:

@@ -1,10 +1,11 @@
 """Every configuration rnnkit's layers and TF-style cell trees accept survives save/load, ONNX and ``rnnkit convert``.
 
 One registry drives it all. The layers' options are read from ``rnnkit.RNN/LSTM/GRU.__init__``'s signatures and the
-cells from ``rnnkit.cells.__all__`` (their options from their signatures); ``LAYER_VALUES``/``CELL_VALUES`` give two
-values per option (the first must be the signature's default), and a new option without values fails
-``test_registry_covers_every_option``. Configurations are pairwise combinations (every pair of option values that
-the constructor accepts appears in some case), chosen greedily from all combinations the constructor accepts.
+cells from the cell registry (``rnnkit.cells.cell_entries``; their options from their signatures);
+``LAYER_VALUES``/``CELL_VALUES`` give two values per option (the first must be the signature's default), and a new
+option without values fails ``test_registry_covers_every_option``. Configurations are pairwise combinations (every
+pair of option values that the constructor accepts appears in some case), chosen greedily from all combinations the
+constructor accepts.
 
 References and tolerances:
 
@@ -41,8 +42,7 @@ import torch
 import rnnkit
 import rnnkit.cells
 from cli_helpers import run_cli
-from rnnkit.cells import MultiRNNCell, RNNCell, RNNCellWrapper
-from rnnkit.cells.torch_layout import TorchLayoutCell
+from rnnkit.cells import MultiRNNCell, RNNCell, RNNCellWrapper, cell_entries
 from rnnkit.cli.convert import main as convert_main
 from rnnkit.convert import (
     AssumedForgetBiasWarning,
@@ -122,12 +122,9 @@ def _options(cls: type, skip: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _cell_classes() -> tuple[list[type], list[type], list[type]]:
-    """``rnnkit.cells.__all__`` split into TF leaf cells, TF wrappers (MultiRNNCell too) and torch-layout steps."""
-    classes = [getattr(rnnkit.cells, n) for n in rnnkit.cells.__all__]
-    classes = [c for c in classes if inspect.isclass(c) and issubclass(c, RNNCell) and c not in (RNNCell,)]
-    torch_steps = [c for c in classes if issubclass(c, TorchLayoutCell)]
-    wrappers = [c for c in classes if (issubclass(c, RNNCellWrapper) and c is not RNNCellWrapper) or c is MultiRNNCell]
-    leaves = [c for c in classes if c not in torch_steps and c not in wrappers and c is not RNNCellWrapper]
+    """The cell registry's classes: TF leaf cells, TF wrappers (MultiRNNCell too) and torch-layout steps."""
+    kinds = ("leaf", ("stack", "wrapper"), "torch")
+    leaves, wrappers, torch_steps = ([e.cls for e in cell_entries(kind)] for kind in kinds)
     return leaves, wrappers, torch_steps
 
 

@@ -15,26 +15,27 @@ Example::
 
 import torch as _torch
 
-from . import convert, engine, errors
+from . import convert, engine, errors, runners
 from ._structure import LSTMStateTuple
+from ._tf_namespace import TF_KINDS as _TF_KINDS
 from ._tf_namespace import compat, contrib, nn
-from .cells import (
-    BasicLSTMCell,
-    BasicRNNCell,
-    DropoutWrapper,
-    GRUCell,
-    LayerNormBasicLSTMCell,
-    LSTMCell,
-    MultiRNNCell,
-    ResidualWrapper,
-    RNNCell,
-    RNNCellWrapper,
-)
+from ._version import __version__ as __version__
+from .cells import BasicLSTMCell as BasicLSTMCell
+from .cells import BasicRNNCell as BasicRNNCell
+from .cells import DropoutWrapper as DropoutWrapper
+from .cells import GRUCell as GRUCell
+from .cells import LayerNormBasicLSTMCell as LayerNormBasicLSTMCell
+from .cells import LSTMCell as LSTMCell
+from .cells import MultiRNNCell as MultiRNNCell
+from .cells import ResidualWrapper as ResidualWrapper
+from .cells import RNNCell as RNNCell
+from .cells import RNNCellWrapper as RNNCellWrapper
+from .cells import cell_names as _cell_names
 from .convert import export_onnx, load, save
 from .describe import Summary, summary
 from .engine import backend_info
 from .layers import GRU, LSTM, RNN
-from .runners import (
+from .runners import (  # noqa: F401 (re-exported: `__all__ += runners.__all__`)
     bidirectional_dynamic_rnn,
     dynamic_rnn,
     reverse_sequence,
@@ -43,32 +44,17 @@ from .runners import (
     static_rnn,
 )
 
+# The TF1 cell classes above are re-exported by alias (PEP 484); `__all__` takes their names from the cell
+# registry, the runners' from `runners.__all__`.
+
 # TF dtype names, so that `dtype=tf.float32` keeps working after `import rnnkit as tf`.
 float16, float32, float64, bfloat16 = _torch.float16, _torch.float32, _torch.float64, _torch.bfloat16
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "RNNCell",
-    "RNNCellWrapper",
-    "BasicRNNCell",
-    "BasicLSTMCell",
-    "LSTMCell",
-    "GRUCell",
-    "LayerNormBasicLSTMCell",
-    "MultiRNNCell",
-    "DropoutWrapper",
-    "ResidualWrapper",
     "LSTMStateTuple",
     "RNN",
     "LSTM",
     "GRU",
-    "dynamic_rnn",
-    "static_rnn",
-    "bidirectional_dynamic_rnn",
-    "static_bidirectional_rnn",
-    "stack_bidirectional_dynamic_rnn",
-    "reverse_sequence",
     "summary",
     "Summary",
     "convert",
@@ -86,3 +72,5 @@ __all__ = [
     "float64",
     "bfloat16",
 ]
+__all__ += _cell_names(_TF_KINDS)  # RNNCell, RNNCellWrapper, the TF1 cells, MultiRNNCell and the wrappers
+__all__ += runners.__all__  # dynamic_rnn, static_rnn, ..., reverse_sequence

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -13,7 +14,20 @@ from .._structure import check_float_dtype, check_placement, check_state, named_
 from ..errors import ArgumentTypeError, NotATensorError, NotBuiltError, ShapeError
 from .registry import register_cell
 
-__all__ = ["ACTIVATIONS", "RNNCell", "Dense", "get_activation", "glorot_uniform_", "check_units", "dropout_mask"]
+__all__ = [
+    "ACTIVATIONS",
+    "RNNCell",
+    "Dense",
+    "ParamFormula",
+    "SingleStateCell",
+    "get_activation",
+    "glorot_uniform_",
+    "check_units",
+    "dropout_mask",
+]
+
+# One parameter described by formulas: (name, one expression per dimension, the expressions' variables, gate blocks).
+ParamFormula = tuple[str, tuple[str, ...], dict[str, int], str]
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
@@ -93,8 +107,12 @@ class RNNCell(nn.Module):
 
     A subclass implements ``state_size``, ``output_size``, ``_build(input_depth)`` (create the
     parameters) and ``call(inputs, state)`` (the equations; begin it with
-    ``self._build_for(inputs)`` so that direct ``cell.call`` builds too).
+    ``self._build_for(inputs)`` so that direct ``cell.call`` builds too). For ``rnnkit.describe`` (``rnnkit
+    explain``) it may set ``family`` and implement ``parameter_formulas``.
     """
+
+    #: The gate family of the step ("rnn", "lstm" or "gru"; None for none): ``rnnkit.describe`` adds its notes.
+    family: ClassVar[str | None] = None
 
     def __init__(self, *, input_size: int | None = None, dtype: torch.dtype | None = None, device: Any = None):
         super().__init__()
@@ -121,6 +139,15 @@ class RNNCell(nn.Module):
 
     def _build(self, input_depth: int) -> None:
         """Create the parameters for inputs of depth ``input_depth`` (TF's ``build``)."""
+
+    def parameter_formulas(self, input_depth: int) -> list[ParamFormula]:
+        """Each parameter ``_build(input_depth)`` creates, as ``(name, formulas, variables, gate blocks)``.
+
+        E.g. ``("kernel", ("input_depth + num_units", "num_units"), {"input_depth": 100, "num_units": 128},
+        "rows x then h")``: one expression per dimension in the variables given. ``rnnkit.describe`` checks them
+        against the built parameters; a cell that gives none has its parameters listed with no formula.
+        """
+        return []
 
     # -- shared machinery ----------------------------------------------------------------------
     @property
@@ -238,6 +265,19 @@ class RNNCell(nn.Module):
     def extra_repr(self) -> str:
         sizes = f"state_size={self.state_size}, output_size={self.output_size}"
         return sizes + (f", input_depth={self.input_depth}" if self.built else ", unbuilt")
+
+
+class SingleStateCell(RNNCell):
+    """Base of the TF cells whose state and output are one ``(batch, num_units)`` tensor, the new ``h``
+    (``BasicRNNCell``, ``GRUCell``): ``num_units`` and an ``activation`` (a name, a callable, or ``None`` for tanh)."""
+
+    def __init__(self, num_units: int, activation: Any = None, **kwargs: Any):
+        self.num_units = check_units(num_units, "num_units", type(self).__name__)
+        self.activation = get_activation(activation)
+        super().__init__(**kwargs)
+
+    # Both are num_units: the state is the output.
+    state_size = output_size = property(operator.attrgetter("num_units"))
 
 
 class Dense(nn.Module):

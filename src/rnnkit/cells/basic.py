@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ._base import RNNCell, check_units, get_activation
+from ._base import ParamFormula, SingleStateCell
 from .registry import register_cell
 
 __all__ = ["BasicRNNCell", "basic_rnn_pointwise"]
@@ -22,7 +22,7 @@ def basic_rnn_pointwise(preactivation: torch.Tensor, activation: Any = torch.tan
 
 
 @register_cell()
-class BasicRNNCell(RNNCell):
+class BasicRNNCell(SingleStateCell):
     r"""The most basic RNN cell: ``output = new_state = act([x, h] @ kernel + bias)``.
 
     .. math:: h_t = \mathrm{act}([x_t, h_{t-1}] W + b)
@@ -42,22 +42,18 @@ class BasicRNNCell(RNNCell):
         ((228, 128), (32, 128))
     """
 
-    def __init__(self, num_units: int, activation: Any = None, **kwargs: Any):
-        self.num_units = check_units(num_units, "num_units", type(self).__name__)
-        self.activation = get_activation(activation)
-        super().__init__(**kwargs)
-
-    @property
-    def state_size(self) -> int:
-        return self.num_units
-
-    @property
-    def output_size(self) -> int:
-        return self.num_units
+    family = "rnn"
 
     def _build(self, input_depth: int) -> None:
         self.kernel = self._new_parameter(input_depth + self.num_units, self.num_units)
         self.bias = self._new_parameter(self.num_units, init=0.0)
+
+    def parameter_formulas(self, input_depth: int) -> list[ParamFormula]:
+        w = {"input_depth": input_depth, "num_units": self.num_units}
+        return [
+            ("kernel", ("input_depth + num_units", "num_units"), w, "rows x then h"),
+            ("bias", ("num_units",), w, ""),
+        ]
 
     def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._build_for(inputs)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ._base import Dense, RNNCell, check_units, get_activation
+from ._base import Dense, ParamFormula, SingleStateCell
 from .registry import register_cell
 
 __all__ = ["GRUCell", "gru_update", "gru_reset_before_step", "gru_reset_after_pointwise"]
@@ -64,7 +64,7 @@ def gru_reset_after_pointwise(
 
 
 @register_cell()
-class GRUCell(RNNCell):
+class GRUCell(SingleStateCell):
     r"""Gated recurrent unit, TF1's math (Cho et al. 2014; "reset before", Keras ``reset_after=False``)::
 
         r, u = split(sigmoid([x, h] @ gates.kernel + gates.bias), 2)   # reset, update
@@ -88,23 +88,21 @@ class GRUCell(RNNCell):
         ((24, 32), (4, 16))
     """
 
-    def __init__(self, num_units: int, activation: Any = None, **kwargs: Any):
-        self.num_units = check_units(num_units, "num_units", type(self).__name__)
-        self.activation = get_activation(activation)
-        super().__init__(**kwargs)
-
-    @property
-    def state_size(self) -> int:
-        return self.num_units
-
-    @property
-    def output_size(self) -> int:
-        return self.num_units
+    family = "gru"
 
     def _build(self, input_depth: int) -> None:
         n, rows = self.num_units, input_depth + self.num_units
         self.gates = Dense(self._new_parameter(rows, 2 * n), self._new_parameter(2 * n, init=1.0))
         self.candidate = Dense(self._new_parameter(rows, n), self._new_parameter(n, init=0.0))
+
+    def parameter_formulas(self, input_depth: int) -> list[ParamFormula]:
+        w = {"input_depth": input_depth, "num_units": self.num_units}
+        return [
+            ("gates.kernel", ("input_depth + num_units", "2*num_units"), w, "columns r|u; rows x then h"),
+            ("gates.bias", ("2*num_units",), w, "r|u (initialised to 1.0)"),
+            ("candidate.kernel", ("input_depth + num_units", "num_units"), w, "rows x then r*h"),
+            ("candidate.bias", ("num_units",), w, ""),
+        ]
 
     def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._build_for(inputs)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._structure import LSTMStateTuple
-from ._base import RNNCell, check_units, get_activation
+from ._base import ParamFormula, RNNCell, check_units, get_activation
 from .lstm import lstm_memory
 from .registry import register_cell
 
@@ -47,10 +47,22 @@ def layer_norm_lstm_pointwise(
     state``. Dropout on the candidate (``keep_prob < 1``) runs when ``norms.training``.
     """
     i, j, f, o = norms.input(i), norms.transform(j), norms.forget(f), norms.output(o)
+    keep = keep_prob if norms.training else 1.0
+    return _contrib_lstm_step((i, j, f, o), c, forget_bias, activation, keep, norms.state)
+
+
+def _contrib_lstm_step(
+    gates: tuple[torch.Tensor, ...], c: torch.Tensor, forget_bias: float, activation: Any, keep_prob: float, norm: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """contrib's LSTM after the (normalised) gates ``i, j, f, o``: dropout on the candidate (``keep_prob < 1``),
+    the memory update, its ``norm`` (``None``: none), and ``h' = act(c') * sigmoid(o)``."""
+    i, j, f, o = gates
     g = activation(j)
-    if norms.training and keep_prob < 1.0:
+    if keep_prob < 1.0:
         g = nn.functional.dropout(g, p=1.0 - keep_prob)
-    new_c = norms.state(lstm_memory(c, i, g, f, forget_bias))
+    new_c = lstm_memory(c, i, g, f, forget_bias)
+    if norm is not None:
+        new_c = norm(new_c)
     return new_c, activation(new_c) * torch.sigmoid(o)
 
 
@@ -85,6 +97,7 @@ class LayerNormBasicLSTMCell(RNNCell):
     """
 
     _NORMS = ("input", "transform", "forget", "output", "state")
+    family = "lstm"
 
     def __init__(
         self,
@@ -129,6 +142,16 @@ class LayerNormBasicLSTMCell(RNNCell):
             # contrib creates it with get_variable's default initializer (glorot-uniform, 1-D fans), not zeros.
             self.bias = self._new_parameter(4 * n)
 
+    def parameter_formulas(self, input_depth: int) -> list[ParamFormula]:
+        w = {"input_depth": input_depth, "num_units": self.num_units}
+        rows = [("kernel", ("input_depth + num_units", "4*num_units"), w, "columns i|j|f|o; rows x then h")]
+        if not self.layer_norm:
+            return [*rows, ("bias", ("4*num_units",), w, "i|j|f|o")]
+        for scope in self._NORMS:
+            rows += [(f"{scope}.gamma", ("num_units",), w, "layer-norm gain")]
+            rows += [(f"{scope}.beta", ("num_units",), w, "layer-norm shift")]
+        return rows
+
     def call(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, LSTMStateTuple]:
         self._build_for(inputs)
         c, h = state
@@ -141,9 +164,6 @@ class LayerNormBasicLSTMCell(RNNCell):
                 i, j, f, o, c, self, self.forget_bias, self.activation, self.dropout_keep_prob
             )
         else:
-            g = self.activation(j)
-            if self.training and self.dropout_keep_prob < 1.0:
-                g = nn.functional.dropout(g, p=1.0 - self.dropout_keep_prob)
-            new_c = lstm_memory(c, i, g, f, self.forget_bias)
-            new_h = self.activation(new_c) * torch.sigmoid(o)
+            keep = self.dropout_keep_prob if self.training else 1.0
+            new_c, new_h = _contrib_lstm_step((i, j, f, o), c, self.forget_bias, self.activation, keep, None)
         return new_h, LSTMStateTuple(new_c, new_h)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .._structure import LSTMStateTuple
-from ._base import Dense, RNNCell, check_units, get_activation
+from ._base import Dense, ParamFormula, RNNCell, check_units, get_activation
 from .registry import register_cell
 
 __all__ = ["LSTMCell", "BasicLSTMCell", "lstm_memory", "lstm_pointwise", "check_clip"]
@@ -135,6 +135,23 @@ class LSTMCell(RNNCell):
     @property
     def output_size(self) -> int:
         return self._h_depth
+
+    family = "lstm"
+
+    def parameter_formulas(self, input_depth: int) -> list[ParamFormula]:
+        w = {"input_depth": input_depth, "num_units": self.num_units}
+        h = "num_units"
+        if self.num_proj is not None:
+            w["num_proj"], h = self.num_proj, "num_proj"
+        rows = [
+            ("kernel", (f"input_depth + {h}", "4*num_units"), w, "columns i|j|f|o; rows x then h"),
+            ("bias", ("4*num_units",), w, f"i|j|f|o (+ forget_bias={self.forget_bias:g} at run time)"),
+        ]
+        if self.use_peepholes:
+            rows += [(f"w_{gate}_diag", ("num_units",), w, f"peephole of {gate}") for gate in ("f", "i", "o")]
+        if self.num_proj is not None:
+            rows.append(("projection.kernel", ("num_units", "num_proj"), w, "h = (o*tanh(c)) @ kernel"))
+        return rows
 
     def _build(self, input_depth: int) -> None:
         n = self.num_units

@@ -35,6 +35,7 @@ class MultiRNNCell(RNNCell):
 
     Example::
 
+        >>> from rnnkit.cells import BasicRNNCell
         >>> stack = MultiRNNCell([BasicRNNCell(128) for _ in range(2)])
         >>> stack.state_size
         (128, 128)

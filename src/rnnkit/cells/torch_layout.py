@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -130,6 +131,9 @@ class TorchLayoutCell(RNNCell):
         """The ``parameter_shapes`` options that the given weights imply."""
         return {"bias": "bias_ih" in weights or "bias_hh" in weights}
 
+    # Both are hidden_size: the state is one (batch, H) tensor, the output (RNN, GRU; the LSTM overrides them).
+    state_size = output_size = property(operator.attrgetter("hidden_size"))
+
     # -- the two matmuls -----------------------------------------------------------------------
     def _input_gates(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_ih, self.bias_ih if self.bias else None)  # (B, G*H)
@@ -171,6 +175,7 @@ class TorchRNNCell(TorchLayoutCell):
     """
 
     GATES = 1
+    family = "rnn"
 
     def __init__(self, weights: Mapping[str, torch.Tensor], nonlinearity: str = "tanh", **regularisers: float):
         if nonlinearity not in ("tanh", "relu"):
@@ -178,14 +183,6 @@ class TorchRNNCell(TorchLayoutCell):
         super().__init__(weights, **regularisers)
         self.nonlinearity = nonlinearity
         self.activation = get_activation(nonlinearity)
-
-    @property
-    def state_size(self) -> int:
-        return self.hidden_size
-
-    @property
-    def output_size(self) -> int:
-        return self.hidden_size
 
     def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         preactivation = self._input_gates(inputs) + self._recurrent_gates(self._recurrent_input(state))  # (B, H)
@@ -204,20 +201,13 @@ class TorchGRUCell(TorchLayoutCell):
     """
 
     GATES = 3
+    family = "gru"
 
     def __init__(self, weights: Mapping[str, torch.Tensor], reset_after: bool = True, **regularisers: float):
         if not isinstance(reset_after, bool):
             raise TypeError(f"{type(self).__name__}: reset_after must be a bool, got {reset_after!r}")
         super().__init__(weights, **regularisers)
         self.reset_after = reset_after
-
-    @property
-    def state_size(self) -> int:
-        return self.hidden_size
-
-    @property
-    def output_size(self) -> int:
-        return self.hidden_size
 
     def call(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gates_x = self._input_gates(inputs)  # (B, 3H): r, z, n
@@ -253,6 +243,7 @@ class TorchLSTMCell(TorchLayoutCell):
     """
 
     GATES = 4
+    family = "lstm"
     _PEEPHOLES = ("weight_ci", "weight_cf", "weight_co")
     _LAYER_NORM = ("weight_ln_gates", "bias_ln_gates", "weight_ln_cell", "bias_ln_cell")
 

@@ -112,10 +112,12 @@ class DropoutWrapper(RNNCellWrapper):
 
     Example::
 
+        >>> from rnnkit.cells import BasicLSTMCell
         >>> cell = DropoutWrapper(BasicLSTMCell(16), output_keep_prob=0.5, variational_recurrent=True, seed=7)
         >>> out, state = cell(torch.randn(4, 8), cell.zero_state(4, torch.float32))
-        >>> tuple(cell._masks["output"].shape)       # one mask for the whole batch
-        (1, 16)
+        >>> mask = cell.variational_mask("output_0", 16, out)    # the mask the step drew, kept for the sequence
+        >>> tuple(mask.shape), bool(torch.equal(out, state.h * mask))   # one mask for the whole batch
+        ((1, 16), True)
     """
 
     def __init__(
@@ -224,8 +226,11 @@ class ResidualWrapper(RNNCellWrapper):
 
     Example::
 
+        >>> from rnnkit.cells import GRUCell
         >>> cell = ResidualWrapper(GRUCell(8))
         >>> out, h = cell(torch.randn(2, 8), cell.zero_state(2, torch.float32))
+        >>> tuple(out.shape), tuple(h.shape)
+        ((2, 8), (2, 8))
     """
 
     def __init__(self, cell: RNNCell, residual_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):

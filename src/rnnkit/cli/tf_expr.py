@@ -2,9 +2,10 @@
 
 The text is parsed with ``ast`` and interpreted node by node; nothing is ever ``eval``-ed. Allowed:
 
-* calls of the rnnkit cell constructors (``BasicRNNCell``, ``BasicLSTMCell``, ``LSTMCell``, ``GRUCell``,
-  ``LayerNormBasicLSTMCell``, ``MultiRNNCell``, ``DropoutWrapper``, ``ResidualWrapper``), also spelled with
-  a module path (``tf.nn.rnn_cell.BasicLSTMCell``, ``tf.contrib.rnn.LSTMCell``, ``rnnkit.GRUCell``);
+* calls of the rnnkit cell constructors (every cell, stack and wrapper of the cell registry:
+  ``BasicRNNCell``, ``BasicLSTMCell``, ``LSTMCell``, ``GRUCell``, ``LayerNormBasicLSTMCell``, ``MultiRNNCell``,
+  ``DropoutWrapper``, ``ResidualWrapper``, ...), also spelled with a module path (``tf.nn.rnn_cell.BasicLSTMCell``,
+  ``tf.contrib.rnn.LSTMCell``, ``rnnkit.GRUCell``);
 * literal arguments: numbers, strings (``activation="relu"``), ``True``/``False``/``None``, lists and tuples;
 * ``[cell(...) for _ in range(n)]`` to repeat a fresh cell ``n`` times, and ``[cell(...)] * n`` for one cell
   object repeated (its layers share weights, as in TF1).
@@ -19,25 +20,41 @@ Example::
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .. import cells
 
 __all__ = ["parse_cell", "CONSTRUCTORS"]
 
-CONSTRUCTORS = {
-    name: getattr(cells, name)
-    for name in (
-        "BasicRNNCell",
-        "BasicLSTMCell",
-        "LSTMCell",
-        "GRUCell",
-        "LayerNormBasicLSTMCell",
-        "MultiRNNCell",
-        "DropoutWrapper",
-        "ResidualWrapper",
-    )
-}
+
+class _Constructors(Mapping[str, type]):
+    """The cell classes an expression may call, by name: the registry's cells, stacks and wrappers, read at
+    lookup time (a cell registered after import is callable too)."""
+
+    KINDS = ("leaf", "stack", "wrapper")
+
+    def _entries(self) -> dict[str, type]:
+        return {e.name: e.cls for e in cells.cell_entries(self.KINDS)}
+
+    def __getitem__(self, name: str) -> type:
+        return self._entries()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+    def __repr__(self) -> str:
+        return f"CONSTRUCTORS({sorted(self)})"
+
+
+CONSTRUCTORS: Mapping[str, type] = _Constructors()
+
 # Module paths under which TF code names the cells: tf.nn.rnn_cell.X, tf.contrib.rnn.X, tf.compat.v1.nn.rnn_cell.X.
 _PATH_PARTS = {"tf", "rnnkit", "rk", "nn", "rnn_cell", "contrib", "rnn", "compat", "v1"}
 _MAX_REPEAT = 1000

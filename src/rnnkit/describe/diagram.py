@@ -7,14 +7,35 @@ three steps, an ellipsis and the last one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from .drawing import Canvas, text_width
 
-if TYPE_CHECKING:
-    from ._table import Summary
+__all__ = ["StackLayer", "Stack", "draw_stack", "stack_canvas"]
 
-__all__ = ["draw_stack", "stack_canvas"]
+
+@dataclass(frozen=True)
+class StackLayer:
+    """One layer of the unrolled picture: its label and the shapes on its arrows (per direction)."""
+
+    label: str
+    input: tuple[int, ...]
+    output: tuple[int, ...]
+    state: str
+
+
+class Stack(Protocol):
+    """What the picture reads (``rnnkit.describe.Summary`` is one): a title, the layers bottom-up, the number of
+    time steps, the batch size and the directions (1 or 2)."""
+
+    title: str
+    layers: Sequence[StackLayer]
+    steps: int
+    batch: int
+    directions: int
+
 
 _BOX_W, _BOX_H, _GAP, _LEFT, _RIGHT = 110, 34, 120, 170, 170
 _STATE_SIZE, _LINE = 8, 10  # the state labels' font size and line spacing
@@ -38,7 +59,7 @@ def _state_lines(label: str) -> list[str]:
     return [label]
 
 
-def stack_canvas(s: Summary) -> Canvas:
+def stack_canvas(s: Stack) -> Canvas:
     """Lay out ``s``'s stack on a ``Canvas``: the gaps between steps and the left margin grow to fit their
     labels, so no text overlaps a box or another label."""
     cols = _columns(s.steps)
@@ -116,6 +137,6 @@ def stack_canvas(s: Summary) -> Canvas:
     return c
 
 
-def draw_stack(s: Summary, path: str) -> str:
+def draw_stack(s: Stack, path: str) -> str:
     """Draw ``s`` to ``path`` (``.svg`` or ``.png``); returns the path."""
     return stack_canvas(s).save(path)

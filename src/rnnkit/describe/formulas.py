@@ -2,9 +2,9 @@
 
 Two vocabularies:
 
-* TF1 cells (``BasicRNNCell``, ``BasicLSTMCell``, ``LSTMCell``, ``GRUCell``, ``LayerNormBasicLSTMCell``,
-  ``MultiRNNCell``, wrappers) in the variables ``input_depth``, ``num_units``, ``num_proj``: e.g. an LSTM
-  ``kernel`` is ``(input_depth + num_units, 4*num_units)``, columns in gate order i, j, f, o.
+* TF1 cells in the variables ``input_depth``, ``num_units``, ``num_proj``, as each cell class gives them
+  (``RNNCell.parameter_formulas``): e.g. an LSTM ``kernel`` is ``(input_depth + num_units, 4*num_units)``,
+  columns in gate order i, j, f, o; ``MultiRNNCell`` and the wrappers give their cells' rows.
 * torch.nn-style layers (``RNN``, ``LSTM``, ``GRU``) in ``input_size``, ``hidden_size``, ``proj_size``,
   ``num_directions``: ``weight_ih_l0`` is ``(4*hidden_size, input_size)``, rows in gate order i, f, g, o.
 
@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import ast
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from ..cells import BasicRNNCell, GRUCell, LayerNormBasicLSTMCell, LSTMCell, MultiRNNCell, RNNCell, RNNCellWrapper
+from ..cells import MultiRNNCell, RNNCell, RNNCellWrapper
 
 __all__ = ["ParamRow", "evaluate", "cell_rows", "layer_rows", "LAYER_GATES", "cell_layers"]
 
@@ -89,57 +88,7 @@ def _row(
     return ParamRow(name, shape, formula, blocks, dict(where), reads=reads, **place)
 
 
-# ---- TF1 cells ---------------------------------------------------------------------------------------------------
-_XH = "rows x then h"
-
-
-def _basic_rnn(cell: BasicRNNCell, d: int) -> Iterator[tuple[str, tuple[str, ...], dict[str, int], str]]:
-    w = {"input_depth": d, "num_units": cell.num_units}
-    yield "kernel", ("input_depth + num_units", "num_units"), w, _XH
-    yield "bias", ("num_units",), w, ""
-
-
-def _lstm(cell: LSTMCell, d: int):
-    w = {"input_depth": d, "num_units": cell.num_units}
-    h = "num_units"
-    if cell.num_proj is not None:
-        w["num_proj"], h = cell.num_proj, "num_proj"
-    yield "kernel", (f"input_depth + {h}", "4*num_units"), w, f"columns i|j|f|o; {_XH}"
-    yield "bias", ("4*num_units",), w, f"i|j|f|o (+ forget_bias={cell.forget_bias:g} at run time)"
-    if cell.use_peepholes:
-        for gate in ("f", "i", "o"):
-            yield f"w_{gate}_diag", ("num_units",), w, f"peephole of {gate}"
-    if cell.num_proj is not None:
-        yield "projection.kernel", ("num_units", "num_proj"), w, "h = (o*tanh(c)) @ kernel"
-
-
-def _gru(cell: GRUCell, d: int):
-    w = {"input_depth": d, "num_units": cell.num_units}
-    yield "gates.kernel", ("input_depth + num_units", "2*num_units"), w, f"columns r|u; {_XH}"
-    yield "gates.bias", ("2*num_units",), w, "r|u (initialised to 1.0)"
-    yield "candidate.kernel", ("input_depth + num_units", "num_units"), w, "rows x then r*h"
-    yield "candidate.bias", ("num_units",), w, ""
-
-
-def _layer_norm_lstm(cell: LayerNormBasicLSTMCell, d: int):
-    w = {"input_depth": d, "num_units": cell.num_units}
-    yield "kernel", ("input_depth + num_units", "4*num_units"), w, f"columns i|j|f|o; {_XH}"
-    if not cell.layer_norm:
-        yield "bias", ("4*num_units",), w, "i|j|f|o"
-        return
-    for scope in cell._NORMS:
-        yield f"{scope}.gamma", ("num_units",), w, "layer-norm gain"
-        yield f"{scope}.beta", ("num_units",), w, "layer-norm shift"
-
-
-_LEAF_CELLS: list[tuple[type, Callable]] = [
-    (LayerNormBasicLSTMCell, _layer_norm_lstm),
-    (LSTMCell, _lstm),
-    (GRUCell, _gru),
-    (BasicRNNCell, _basic_rnn),
-]
-
-
+# ---- TF1 cells ----------------------------------------------------------------------------------------------------
 def cell_layers(cell: RNNCell) -> list[tuple[str, RNNCell]]:
     """The layers of a TF cell stack: ``[("cell_0.", c0), ...]`` for a ``MultiRNNCell``, else ``[("", cell)]``."""
     if isinstance(cell, MultiRNNCell):
@@ -151,8 +100,8 @@ def cell_rows(cell: RNNCell, input_depth: int, prefix: str = "", layer: int = 0)
     """Formula rows of every parameter of a TF cell reading inputs of depth ``input_depth``.
 
     A ``MultiRNNCell`` gives its cells' rows as layers 0, 1, ... (each reading the previous one's
-    ``output_size``); a wrapper gives its wrapped cell's rows under ``cell.``. A cell type with no formula
-    here gives no rows: the caller lists its parameters with an unknown formula.
+    ``output_size``); a wrapper gives its wrapped cell's rows under ``cell.``; a leaf cell gives its own
+    ``parameter_formulas`` (none by default: the caller lists its parameters with an unknown formula).
     """
     if isinstance(cell, MultiRNNCell):
         rows, depth = [], input_depth
@@ -163,10 +112,7 @@ def cell_rows(cell: RNNCell, input_depth: int, prefix: str = "", layer: int = 0)
         return rows
     if isinstance(cell, RNNCellWrapper):
         return cell_rows(cell.cell, input_depth, prefix + "cell.", layer)
-    for kind, fn in _LEAF_CELLS:
-        if isinstance(cell, kind):
-            return [_row(prefix + n, f, w, b, layer=layer) for n, f, w, b in fn(cell, input_depth)]
-    return []
+    return [_row(prefix + n, f, w, b, layer=layer) for n, f, w, b in cell.parameter_formulas(input_depth)]
 
 
 # ---- torch.nn-style layers ---------------------------------------------------------------------------------------
