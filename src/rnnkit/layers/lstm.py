@@ -104,9 +104,11 @@ class LSTM(RNNLayer):
     def _hidden_sizes(self) -> tuple[int, ...]:
         return (self.proj_size or self.hidden_size, self.hidden_size)
 
-    def _to_cell_state(self, parts: tuple[torch.Tensor, ...]) -> LSTMStateTuple:
+    @staticmethod
+    def _to_cell_state(parts: tuple[torch.Tensor, ...]) -> LSTMStateTuple:
         h, c = parts
         return LSTMStateTuple(c, h)
 
-    def _from_cell_state(self, state: LSTMStateTuple) -> tuple[torch.Tensor, ...]:
+    @staticmethod
+    def _from_cell_state(state: LSTMStateTuple) -> tuple[torch.Tensor, ...]:
         return state.h, state.c
