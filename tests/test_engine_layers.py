@@ -13,8 +13,7 @@ import torch
 
 import rnnkit as rk
 from rnnkit import engine
-from rnnkit.engine import _ext
-from rnnkit.engine import route
+from rnnkit.engine import _ext, route
 from rnnkit.engine.route import FUSED_MAX_BATCH
 
 CONFIGS = {

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine import LayerStack, reverse_sequence, run_cell, run_stack
 from ._structure import as_torch_dtype, check_float_dtype, check_placement, check_state, named_leaves
 from .cells import RNNCell
+from .engine import LayerStack, reverse_sequence, run_cell, run_stack
 from .errors import DtypeError, InputValueError, NotATensorError, ShapeError
 
 __all__ = [
@@ -165,8 +165,9 @@ def dynamic_rnn(
 
     Example::
 
-        >>> cell = BasicLSTMCell(128)
-        >>> outputs, state = dynamic_rnn(cell, torch.randn(32, 10, 100), sequence_length=[10] * 32)
+        >>> import torch, rnnkit
+        >>> cell = rnnkit.BasicLSTMCell(128)
+        >>> outputs, state = rnnkit.dynamic_rnn(cell, torch.randn(32, 10, 100), sequence_length=[10] * 32)
         >>> tuple(outputs.shape), tuple(state.h.shape)
         ((32, 10, 128), (32, 128))
     """

@@ -45,8 +45,20 @@ import torch
 from torch import Tensor
 
 from .._structure import flatten, map_structure, pack_as, zero_state_for
-from ..cells import BasicLSTMCell, BasicRNNCell, DropoutWrapper, GRUCell, LayerNormBasicLSTMCell, LSTMCell
-from ..cells import MultiRNNCell, ResidualWrapper, RNNCell, TorchGRUCell, TorchLSTMCell, TorchRNNCell
+from ..cells import (
+    BasicLSTMCell,
+    BasicRNNCell,
+    DropoutWrapper,
+    GRUCell,
+    LayerNormBasicLSTMCell,
+    LSTMCell,
+    MultiRNNCell,
+    ResidualWrapper,
+    RNNCell,
+    TorchGRUCell,
+    TorchLSTMCell,
+    TorchRNNCell,
+)
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec, _Leaf
 from .params import TF_GRU_KERNELS, TF_KERNEL, TORCH_WEIGHTS
 
@@ -264,8 +276,8 @@ def _torch_lstm(cell: Any) -> _Leaf | None:
     )  # fmt: skip
 
 
-register_lowering(TorchGRUCell)(_torch_layout(lambda cell: GRUSpec(cell, TORCH_WEIGHTS, cell.reset_after)))
-register_lowering(TorchRNNCell)(_torch_layout(lambda cell: RNNSpec.from_torch_weights(cell, cell.nonlinearity == "relu")))
+LOWERINGS[TorchGRUCell] = _torch_layout(lambda cell: GRUSpec(cell, TORCH_WEIGHTS, cell.reset_after))
+LOWERINGS[TorchRNNCell] = _torch_layout(lambda cell: RNNSpec.from_torch_weights(cell, cell.nonlinearity == "relu"))
 
 
 @register_lowering(MultiRNNCell)

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .lowering import Spec, lowering_for
+from .params import TORCH_WEIGHTS
 
 __all__ = ["LayerStack", "run_layers", "dropout_between_layers", "torch_stack_call", "VF_CALLS"]
 
@@ -81,8 +82,22 @@ class LayerStack:
         first = leaves[0]
         if any(leaf.torch_mode is None or leaf.leaves() != [leaf] or leaf.state_masked() for leaf in leaves):
             return None
+        if any(leaf.read is not TORCH_WEIGHTS for leaf in leaves):
+            return None  # torch's flat weights as they are stored (a TF layout is re-laid out per call)
         same = {(leaf.torch_mode, type(leaf.cell), _sizes(leaf), leaf.torch_params()[1]) for leaf in leaves}
         return first.torch_mode if len(same) == 1 else None
+
+    @cached_property
+    def flat_weights(self) -> tuple[list[Tensor], bool]:
+        """torch's flat weights of a ``torch_mode`` stack, layer by layer and direction by direction, and
+        ``has_biases``: the cells' own parameter objects (kept: the node lives as long as they are its cells')."""
+        leaves = [spec for units in self.specs for spec in units]
+        return [p for leaf in leaves for p in leaf.torch_params()[0]], leaves[0].torch_params()[1]
+
+    @cached_property
+    def state_sizes(self) -> tuple[int, ...]:
+        """The last dimension of each of the kernels' state tensors ``(h[, c])`` of a ``torch_mode`` stack."""
+        return _sizes(self.specs[0][0])
 
     @cached_property
     def has_proj(self) -> bool:
@@ -156,17 +171,15 @@ def torch_stack_call(
     ``x`` ``(T, B, I)``; ``parts``: ``(h_0[, c_0])`` each ``(L * D, B, size)``, or ``None`` for zeros; ``lengths``
     ``(B,)`` int64, every value > 0, or ``None``. Returns ``(output (T, B, D * R), (h_n[, c_n]))``.
     """
-    leaves = [spec for units in node.specs for spec in units]
     lstm = node.torch_mode == "LSTM"
     if parts is None:
-        parts = tuple(x.new_zeros(len(leaves), x.shape[1], size) for size in _sizes(leaves[0]))
-    flat = [p for leaf in leaves for p in leaf.torch_params()[0]]
+        parts = tuple(x.new_zeros(len(node.cells), x.shape[1], size) for size in node.state_sizes)
+    flat, has_bias = node.flat_weights
     fn = getattr(torch._VF, VF_CALLS[node.torch_mode])
-    has_bias = leaves[0].torch_params()[1]
     args = (flat, has_bias, len(node.layers), node.dropout, node.training, node.directions == 2)
     if lengths is None:
         out, *final = fn(x, parts if lstm else parts[0], *args, False)
-        return out, tuple(final)
+        return out, tuple(final)  # (h_n[, c_n])
     packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
     order = packed.sorted_indices.to(x.device)
     state = tuple(p.index_select(1, order) for p in parts)

@@ -222,16 +222,16 @@ class RNNLayer(nn.Module):
 
     def engine_stack(self) -> LayerStack:
         """This layer as the engine's stack node: one cell per (layer, direction), ``dropout`` between layers in
-        training, states as torch's stacked ``(h_0[, c_0])``. Kept while its cells and mode stay the same, so that
-        the engine's per-configuration routing is decided once."""
-        cells = tuple(tuple(self._cell(k, d) for d in range(self._directions)) for k in range(self.num_layers))
-        key = (cells, self.dropout)
-        cache = _CELLS[self]
-        hit = cache.get(("stack", self.training))
-        if hit is None or hit[0] != key:
+        training, states as torch's stacked ``(h_0[, c_0])``. Kept while the parameter objects, the options and the
+        mode stay the same, so that the engine's routing is decided once per configuration."""
+        key = (tuple(map(id, self._parameters.values())), tuple(self._cell_options().items()), self.training)
+        cache = _CELLS.setdefault(self, {})
+        hit = cache.get("stack")
+        if hit is None or hit[0] != (key, self.dropout):
+            cells = [[self._cell(k, d) for d in range(self._directions)] for k in range(self.num_layers)]
             dropout = self.dropout if self.training else 0.0
             node = LayerStack(cells, dropout, self.training, (self._to_cell_state, self._from_cell_state))
-            hit = cache[("stack", self.training)] = (key, node)
+            hit = cache["stack"] = ((key, self.dropout), node)
         return hit[1]
 
     def _cell(self, layer: int, direction: int) -> TorchLayoutCell:

@@ -41,6 +41,8 @@ class LSTM(RNNLayer):
 
     Example::
 
+        >>> import torch
+        >>> from rnnkit import LSTM
         >>> lstm = LSTM(10, 20, num_layers=2, bidirectional=True, forget_bias=1.0, peepholes=True)
         >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10), lengths=[5, 2, 4])
         >>> tuple(output.shape), tuple(h_n.shape), tuple(lstm.weight_ci_l1_reverse.shape)

@@ -43,6 +43,8 @@ class RNN(RNNLayer):
 
     Example::
 
+        >>> import torch
+        >>> from rnnkit import RNN
         >>> rnn = RNN(100, 20, 3)
         >>> tuple(rnn.weight_ih_l0.shape), tuple(rnn.weight_ih_l1.shape)
         ((20, 100), (20, 20))
@@ -103,6 +105,8 @@ class GRU(RNNLayer):
 
     Example::
 
+        >>> import torch
+        >>> from rnnkit import GRU
         >>> gru = GRU(10, 16, num_layers=2, batch_first=True, reset_after=False)
         >>> output, h_n = gru(torch.randn(4, 7, 10), lengths=[7, 3, 5, 1])
         >>> tuple(output.shape), tuple(h_n.shape)
