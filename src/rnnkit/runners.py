@@ -23,14 +23,8 @@ from .cells import RNNCell
 from .engine import LayerStack, reverse_sequence, run_cell, run_stack
 from .errors import DtypeError, InputValueError, NotATensorError, ShapeError
 
-__all__ = [
-    "dynamic_rnn",
-    "static_rnn",
-    "bidirectional_dynamic_rnn",
-    "static_bidirectional_rnn",
-    "stack_bidirectional_dynamic_rnn",
-    "reverse_sequence",
-]
+__all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "static_bidirectional_rnn"]
+__all__ += ["stack_bidirectional_dynamic_rnn", "reverse_sequence"]
 
 
 def _check_cell(cell: Any, component: str) -> RNNCell:

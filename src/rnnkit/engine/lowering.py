@@ -44,21 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import cells
 from .._structure import flatten, map_structure, pack_as, zero_state_for
-from ..cells import (
-    BasicLSTMCell,
-    BasicRNNCell,
-    DropoutWrapper,
-    GRUCell,
-    LayerNormBasicLSTMCell,
-    LSTMCell,
-    MultiRNNCell,
-    ResidualWrapper,
-    RNNCell,
-    TorchGRUCell,
-    TorchLSTMCell,
-    TorchRNNCell,
-)
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec, _Leaf
 from .params import TF_GRU_KERNELS, TF_KERNEL, TORCH_WEIGHTS
 
@@ -83,7 +70,7 @@ __all__ = [
 class StackSpec(Spec):
     """``MultiRNNCell``: layer ``k + 1`` reads layer ``k``'s outputs; run layer by layer over the sequence."""
 
-    def __init__(self, cell: MultiRNNCell, layers: list[Spec]):
+    def __init__(self, cell: cells.MultiRNNCell, layers: list[Spec]):
         self.cell = cell
         self.layers = layers
 
@@ -113,7 +100,7 @@ class DropoutSpec(Spec):
     inputs, the selected state leaves and the outputs, shared by the batch's rows, drawn once per unroll by the
     wrapper itself (``variational_mask``) in the reference loop's order, so both paths see the same masks."""
 
-    def __init__(self, cell: DropoutWrapper, inner: Spec):
+    def __init__(self, cell: cells.DropoutWrapper, inner: Spec):
         self.cell = cell
         self.inner = inner
         self.masks: dict[str, Tensor] = {}
@@ -151,7 +138,7 @@ class DropoutSpec(Spec):
 class ResidualSpec(Spec):
     """``ResidualWrapper`` (no ``residual_fn``): outputs ``x + cell(x)``, the state is the cell's."""
 
-    def __init__(self, cell: ResidualWrapper, inner: Spec):
+    def __init__(self, cell: cells.ResidualWrapper, inner: Spec):
         self.cell = cell
         self.inner = inner
 
@@ -204,7 +191,7 @@ def lowering_for(cell: Any) -> Spec | None:
     Looks ``type(cell)`` up in ``LOWERINGS`` exactly: a subclass may change ``call``, so it is not lowered.
     The cell must be built (the runners build it before unrolling).
     """
-    if not isinstance(cell, RNNCell) or not cell.built:
+    if not isinstance(cell, cells.RNNCell) or not cell.built:
         return None
     lower = LOWERINGS.get(type(cell))
     spec = lower(cell) if lower is not None else None
@@ -217,7 +204,7 @@ def _is_tanh(fn: Any) -> bool:
     return fn is torch.tanh
 
 
-@register_lowering(LSTMCell, BasicLSTMCell)
+@register_lowering(cells.LSTMCell, cells.BasicLSTMCell)
 def _tf_lstm(cell: Any) -> Spec | None:
     if not _is_tanh(cell.activation) or 0.0 in (cell.cell_clip, cell.proj_clip):
         return None  # (the kernels read a clip of 0 as none; TF's clips to 0, which the loop does)
@@ -228,7 +215,7 @@ def _tf_lstm(cell: Any) -> Spec | None:
     )  # fmt: skip
 
 
-@register_lowering(LayerNormBasicLSTMCell)
+@register_lowering(cells.LayerNormBasicLSTMCell)
 def _tf_layer_norm_lstm(cell: Any) -> Spec | None:
     if not _is_tanh(cell.activation) or (cell.training and cell.dropout_keep_prob < 1.0):
         return None  # the candidate's dropout draws a fresh mask every step
@@ -237,12 +224,12 @@ def _tf_layer_norm_lstm(cell: Any) -> Spec | None:
     return LSTMSpec(cell, TF_KERNEL, forget_bias=cell.forget_bias, num_units=cell.num_units)
 
 
-@register_lowering(GRUCell)
+@register_lowering(cells.GRUCell)
 def _tf_gru(cell: Any) -> Spec | None:
     return GRUSpec(cell, TF_GRU_KERNELS, reset_after=False) if _is_tanh(cell.activation) else None
 
 
-@register_lowering(BasicRNNCell)
+@register_lowering(cells.BasicRNNCell)
 def _tf_rnn(cell: Any) -> Spec | None:
     if cell.activation is torch.tanh or cell.activation is torch.relu:
         return RNNSpec.from_tf_kernel(cell, relu=cell.activation is torch.relu)
@@ -262,7 +249,7 @@ def _torch_layout(lower: Callable[[Any], _Leaf | None]) -> Callable[[Any], Spec 
     return lowering
 
 
-@register_lowering(TorchLSTMCell)
+@register_lowering(cells.TorchLSTMCell)
 @_torch_layout
 def _torch_lstm(cell: Any) -> _Leaf | None:
     if cell.cell_clip == 0.0:
@@ -276,17 +263,17 @@ def _torch_lstm(cell: Any) -> _Leaf | None:
     )  # fmt: skip
 
 
-LOWERINGS[TorchGRUCell] = _torch_layout(lambda cell: GRUSpec(cell, TORCH_WEIGHTS, cell.reset_after))
-LOWERINGS[TorchRNNCell] = _torch_layout(lambda cell: RNNSpec.from_torch_weights(cell, cell.nonlinearity == "relu"))
+LOWERINGS[cells.TorchGRUCell] = _torch_layout(lambda cell: GRUSpec(cell, TORCH_WEIGHTS, cell.reset_after))
+LOWERINGS[cells.TorchRNNCell] = _torch_layout(lambda c: RNNSpec.from_torch_weights(c, c.nonlinearity == "relu"))
 
 
-@register_lowering(MultiRNNCell)
+@register_lowering(cells.MultiRNNCell)
 def _stack(cell: Any) -> Spec | None:
     layers = [lowering_for(c) for c in cell.cells]
     return None if any(layer is None for layer in layers) else StackSpec(cell, layers)
 
 
-@register_lowering(DropoutWrapper)
+@register_lowering(cells.DropoutWrapper)
 def _dropout(cell: Any) -> Spec | None:
     inner = lowering_for(cell.cell)
     if inner is None or not cell.training:
@@ -296,7 +283,7 @@ def _dropout(cell: Any) -> Spec | None:
     return DropoutSpec(cell, inner)
 
 
-@register_lowering(ResidualWrapper)
+@register_lowering(cells.ResidualWrapper)
 def _residual(cell: Any) -> Spec | None:
     inner = lowering_for(cell.cell)
     return ResidualSpec(cell, inner) if (inner is not None and cell.residual_fn is None) else None

@@ -35,10 +35,14 @@ __all__ = ["RNNLayer"]
 
 class RNNLayer(nn.Module):
     """Base of ``RNN``, ``LSTM`` and ``GRU``. A facade sets ``cell_class`` and the names of the hidden state,
-    and says which options shape the parameters (``_structure``) and which the step (``_cell_options``)."""
+    and says which options shape the parameters (``_structure``) and which the step (``_step_options``)."""
 
     cell_class: ClassVar[type[TorchLayoutCell]]
     _hidden_names: ClassVar[tuple[str, ...]] = ("hx",)
+    #: the facade's options beyond torch.nn's, with their defaults (``extra_repr`` shows the others) ...
+    _extra_options: ClassVar[dict[str, Any]] = {}
+    #: ... and those of them that the step takes (``cell_class`` keywords)
+    _step_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -119,7 +123,9 @@ class RNNLayer(nn.Module):
 
     def _cell_options(self) -> dict[str, Any]:
         """The cell's run-time options (``cell_class`` keywords besides the weights)."""
-        return {"recurrent_dropout": self.recurrent_dropout, "zoneout": self.zoneout}
+        options = {"recurrent_dropout": self.recurrent_dropout, "zoneout": self.zoneout}
+        options.update((name, getattr(self, name)) for name in self._step_options)
+        return options
 
     def _hidden_sizes(self) -> tuple[int, ...]:
         """The last dimension of each tensor of the hidden state, in ``_hidden_names`` order."""
@@ -165,14 +171,11 @@ class RNNLayer(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0}
         defaults.update(bidirectional=False, recurrent_dropout=0.0, zoneout=0.0)
-        defaults.update(self._extra_repr_defaults())
+        defaults.update(self._extra_options)
         for key, default in defaults.items():
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s
-
-    def _extra_repr_defaults(self) -> dict[str, Any]:
-        return {}
 
     # -- running -------------------------------------------------------------------------------
     def forward(self, input: Any, hx: Any = None, *, lengths: Any = None) -> tuple[Any, Any]:
