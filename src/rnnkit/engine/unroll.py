@@ -94,7 +94,8 @@ def unroll(
         >>> tuple(out.shape), bool(out[2:, 1].eq(0).all())
         ((5, 3, 16), True)
     """
-    check_placement("rnnkit.engine.unroll", cell, [("inputs", inputs), *named_leaves(state, "state")])
+    named = [("inputs", inputs), *named_leaves(state, "state")]
+    check_placement("rnnkit.engine.unroll", cell, named, ("lengths", lengths))
     return run_cell(cell, inputs, state, lengths, reverse)
 
 
