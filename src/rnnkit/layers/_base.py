@@ -124,7 +124,8 @@ class RNNLayer(nn.Module):
     def _cell_options(self) -> dict[str, Any]:
         """The cell's run-time options (``cell_class`` keywords besides the weights)."""
         options = {"recurrent_dropout": self.recurrent_dropout, "zoneout": self.zoneout}
-        options.update((name, getattr(self, name)) for name in self._step_options)
+        for name in self._step_options:
+            options[name] = getattr(self, name)
         return options
 
     def _hidden_sizes(self) -> tuple[int, ...]:
