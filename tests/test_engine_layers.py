@@ -13,9 +13,8 @@ import torch
 
 import rnnkit as rk
 from rnnkit import engine
-from rnnkit.engine import _ext
-from rnnkit.engine import layers as engine_layers
-from rnnkit.engine.unroll import FUSED_MAX_BATCH
+from rnnkit.engine import _ext, route
+from rnnkit.engine.route import FUSED_MAX_BATCH
 
 CONFIGS = {
     "lstm": lambda: rk.LSTM(3, 20, num_layers=2, bidirectional=True),
@@ -67,18 +66,18 @@ def test_default_lstm_takes_torchs_kernel_in_inference_above_a_small_batch():
     assert big.shape[1] > FUSED_MAX_BATCH >= small.shape[1]
     lstm, gru = rk.LSTM(3, 8, num_layers=2), rk.GRU(3, 8)
     with torch.no_grad():
-        assert engine_layers._route(lstm, big, None)  # oneDNN
-        assert not engine_layers._route(lstm, small, None)  # oneDNN's fixed cost per call dominates
-        assert not engine_layers._route(lstm, big, torch.tensor([5, 3, 5, 5, 5, 5]))  # lengths: fused
-        assert not engine_layers._route(gru, big, None)  # torch's GRU on CPU is its slow native loop
-        assert not engine_layers._route(rk.LSTM(3, 8, forget_bias=1.0), big, None)  # not torch's math
-        assert not engine_layers._route(rk.LSTM(3, 8, zoneout=0.1), big, None)
-    assert not engine_layers._route(lstm, big, None)  # training: fused
+        assert route.torch_whole_stack(lstm, big, None)  # oneDNN
+        assert not route.torch_whole_stack(lstm, small, None)  # oneDNN's fixed cost per call dominates
+        assert not route.torch_whole_stack(lstm, big, torch.tensor([5, 3, 5, 5, 5, 5]))  # lengths: fused
+        assert not route.torch_whole_stack(gru, big, None)  # torch's GRU on CPU is its slow native loop
+        assert not route.torch_whole_stack(rk.LSTM(3, 8, forget_bias=1.0), big, None)  # not torch's math
+        assert not route.torch_whole_stack(rk.LSTM(3, 8, zoneout=0.1), big, None)
+    assert not route.torch_whole_stack(lstm, big, None)  # training: fused
     with torch.no_grad(), engine.use("torch"):
-        assert engine_layers._route(gru, big, torch.tensor([5, 3, 5, 5, 5, 5]))
-        assert engine_layers._route(lstm, small, None)
+        assert route.torch_whole_stack(gru, big, torch.tensor([5, 3, 5, 5, 5, 5]))
+        assert route.torch_whole_stack(lstm, small, None)
     with torch.no_grad(), engine.use("fused"):
-        assert not engine_layers._route(lstm, big, None)
+        assert not route.torch_whole_stack(lstm, big, None)
     # Same flat weights, same call: rnnkit.LSTM equals torch.nn.LSTM bit for bit on torch's kernel.
     ref = torch.nn.LSTM(3, 8, num_layers=2)
     ref.load_state_dict(lstm.state_dict())
@@ -98,7 +97,7 @@ def test_default_lstm_on_the_fused_kernel_matches_torch_nn(grad):
     ref.load_state_dict(lstm.state_dict())
     x = torch.randn(30, 3 if not grad else 7, 6)
     with torch.set_grad_enabled(grad):
-        assert not engine_layers._route(lstm, x, None)
+        assert not route.torch_whole_stack(lstm, x, None)
         got, want = lstm(x), ref(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     if grad:

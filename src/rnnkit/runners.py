@@ -17,21 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from . import engine as _engine
 from ._structure import as_torch_dtype, check_float_dtype, check_placement, check_state, named_leaves
 from .cells import RNNCell
+from .engine import LayerStack, reverse_sequence, run_cell, run_stack
 from .errors import DtypeError, InputValueError, NotATensorError, ShapeError
 
-__all__ = [
-    "dynamic_rnn",
-    "static_rnn",
-    "bidirectional_dynamic_rnn",
-    "static_bidirectional_rnn",
-    "stack_bidirectional_dynamic_rnn",
-    "reverse_sequence",
-]
+__all__ = ["dynamic_rnn", "static_rnn", "bidirectional_dynamic_rnn", "static_bidirectional_rnn"]
+__all__ += ["stack_bidirectional_dynamic_rnn", "reverse_sequence"]
 
 
 def _check_cell(cell: Any, component: str) -> RNNCell:
@@ -79,19 +72,6 @@ def _check_lengths(
     return lengths.to(device=device, dtype=torch.int64)
 
 
-def reverse_sequence(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Reverse a time-major ``(time, batch, ...)`` tensor along time, each sequence within its length.
-
-    Steps past a sequence's length stay where they are (TF's ``tf.reverse_sequence``).
-    """
-    if lengths is None:
-        return x.flip(0)
-    steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
-    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
-    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(0, index)
-
-
 def _check_dtype_argument(dtype: Any, inputs: torch.Tensor, component: str) -> None:
     if dtype is not None and as_torch_dtype(dtype) != inputs.dtype:
         raise DtypeError(f"{component}: dtype={as_torch_dtype(dtype)} but the inputs are {inputs.dtype}")
@@ -110,18 +90,6 @@ def _initial_state(
     state = check_state(initial_state, cell.state_size, inputs.shape[1], f"{component} {name}")
     check_placement(component, cell, [("inputs", inputs), *named_leaves(state, name)])
     return state
-
-
-def _unroll(
-    cell: RNNCell, inputs: torch.Tensor, state: Any, lengths: torch.Tensor | None, reverse: bool = False
-) -> tuple[torch.Tensor, Any]:
-    """Step ``cell`` over time-major ``inputs`` ``(T, B, D)`` -> outputs ``(T, B, O)`` and final state.
-
-    The one place every runner and layer unrolls: the engine picks the path (torch's fused kernel,
-    rnnkit's fused kernels, or the reference loop ``engine.reference_unroll``; ``rnnkit.engine.use``
-    selects), always with the semantics above.
-    """
-    return _engine.unroll(cell, inputs, state, lengths, reverse)
 
 
 def _build_checked(cell: RNNCell, x: torch.Tensor, component: str, shape: tuple[int, ...]) -> None:
@@ -145,56 +113,22 @@ def _prepare(cell: Any, inputs: Any, sequence_length: Any, time_major: bool, com
     return x, lengths
 
 
-def _dropout_between_layers(x: torch.Tensor, p: float, lengths: torch.Tensor | None) -> torch.Tensor:
-    """torch.nn's dropout between layers, with its draws: on the whole ``(T, B, D)`` output, or, where the
-    sequences have lengths, on the packed rows that torch's packed kernels drop (time-major, longest sequence
-    first), so that a seed gives ``torch.nn``'s masks; padding stays zero."""
-    if lengths is None or bool((lengths == x.shape[0]).all()):
-        return torch.nn.functional.dropout(x, p, training=True)
-    ran = (lengths > 0).nonzero().squeeze(1)  # torch cannot pack an empty sequence; it draws nothing for one
-    packed = pack_padded_sequence(x.index_select(1, ran), lengths.index_select(0, ran).cpu(), enforce_sorted=False)
-    dropped = torch.nn.functional.dropout(packed.data, p, training=True)
-    padded, _ = pad_packed_sequence(packed._replace(data=dropped), total_length=x.shape[0])
-    return x.new_zeros(x.shape).index_copy(1, ran, padded)
-
-
-def _unroll_layers(
-    layers: Sequence[Sequence[RNNCell]],
-    inputs: torch.Tensor,
-    initial_states: Sequence[Sequence[Any]] | None = None,
-    lengths: torch.Tensor | None = None,
-    dropout: float = 0.0,
-    component: str = "rnn",
-) -> tuple[torch.Tensor, list[tuple[Any, ...]]]:
-    """Layer-wise stacked unroll, one or two directions: torch's ``num_layers``/``bidirectional`` topology.
-
-    ``layers[k]`` is ``(cell,)`` or ``(cell_fw, cell_bw)``. Layer ``k`` runs over the whole time-major
-    sequence ``inputs`` ``(T, B, D)`` in each of its directions (the backward one within each length), then
-    layer ``k + 1`` reads the concatenation of its outputs ``(T, B, sum of output sizes)``. ``dropout`` is
-    applied to every layer's input but the first's (torch's dropout between layers; pass 0 outside training).
-    ``initial_states[k][d]`` is a state of ``layers[k][d]`` or ``None`` for zeros.
-
-    Returns the top layer's outputs ``(T, B, sum of output sizes)`` and each layer's final states as a
-    tuple per layer, one per direction.
-    """
-    x = inputs
-    final_states = []
+def _stack_states(
+    layers: list[tuple[RNNCell, ...]], x: torch.Tensor, initial_states: Sequence[Sequence[Any]], component: str
+) -> list[list[Any]]:
+    """Check and build every (layer, direction)'s cell for the depth it will read (the input's, then the sum of
+    the previous layer's output sizes), and its initial state (``None`` for zeros) -> the states per layer."""
+    depth, states = x.shape[-1], []
     for k, cells in enumerate(layers):
-        if k and dropout:
-            x = _dropout_between_layers(x, dropout, lengths)
-        outputs, states = [], []
+        row = []
         for d, cell in enumerate(cells):
             where = f"{component} layer {k}" + ((" backward" if d else " forward") if len(cells) > 1 else "")
             _check_cell(cell, where)
-            _build_checked(cell, x, where, tuple(x.shape))
-            state = None if initial_states is None else initial_states[k][d]
-            state = _initial_state(cell, state, x, where)
-            out, state = _unroll(cell, x, state, lengths, reverse=d == 1)
-            outputs.append(out)
-            states.append(state)
-        x = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]  # (T, B, sum of output sizes)
-        final_states.append(tuple(states))
-    return x, final_states
+            _build_checked(cell, x.new_empty(0, 0, depth), where, (x.shape[0], x.shape[1], depth))
+            row.append(_initial_state(cell, initial_states[k][d], x, where))
+        states.append(row)
+        depth = sum(cell.output_size for cell in cells)
+    return states
 
 
 def dynamic_rnn(
@@ -225,8 +159,9 @@ def dynamic_rnn(
 
     Example::
 
-        >>> cell = BasicLSTMCell(128)
-        >>> outputs, state = dynamic_rnn(cell, torch.randn(32, 10, 100), sequence_length=[10] * 32)
+        >>> import torch, rnnkit
+        >>> cell = rnnkit.BasicLSTMCell(128)
+        >>> outputs, state = rnnkit.dynamic_rnn(cell, torch.randn(32, 10, 100), sequence_length=[10] * 32)
         >>> tuple(outputs.shape), tuple(state.h.shape)
         ((32, 10, 128), (32, 128))
     """
@@ -240,7 +175,7 @@ def _dynamic_rnn(
     x, lengths = _prepare(cell, inputs, sequence_length, time_major, component)
     _check_dtype_argument(dtype, x, component)
     state = _initial_state(cell, initial_state, x, component)
-    out, state = _unroll(cell, x, state, lengths)
+    out, state = run_cell(cell, x, state, lengths)
     return (out if time_major else out.transpose(0, 1)), state
 
 
@@ -329,8 +264,8 @@ def _bidirectional_dynamic_rnn(
     _check_dtype_argument(dtype, x, component)
     s_fw = _initial_state(cell_fw, initial_state_fw, x, f"{component} (forward)", "initial_state_fw")
     s_bw = _initial_state(cell_bw, initial_state_bw, x, f"{component} (backward)", "initial_state_bw")
-    out_fw, s_fw = _unroll(cell_fw, x, s_fw, lengths)
-    out_bw, s_bw = _unroll(cell_bw, x, s_bw, lengths, reverse=True)
+    out_fw, s_fw = run_cell(cell_fw, x, s_fw, lengths)
+    out_bw, s_bw = run_cell(cell_bw, x, s_bw, lengths, reverse=True)
     if not time_major:
         out_fw, out_bw = out_fw.transpose(0, 1), out_bw.transpose(0, 1)
     return (out_fw, out_bw), (s_fw, s_bw)
@@ -400,6 +335,6 @@ def stack_bidirectional_dynamic_rnn(
         for k in range(n)
     ]
     layers = list(zip(cells_fw, cells_bw, strict=True))
-    out, states = _unroll_layers(layers, x, initial_states, lengths, component=component)
+    out, states = run_stack(LayerStack(layers), x, _stack_states(layers, x, initial_states, component), lengths)
     out = out if time_major else out.transpose(0, 1)  # (B, T, fw + bw) of the top layer
     return out, tuple(s[0] for s in states), tuple(s[1] for s in states)

@@ -5,9 +5,13 @@ torch's own fused kernels where the math is identical (``torch``: oneDNN/cuDNN),
 kernels (``fused``: a C++ extension compiled on first use, or its pure-PyTorch twin) for everything
 else. ``use("auto")`` (the default) picks per layer; ``use(...)`` also works as a context manager.
 
+Modules: ``lowering`` (cell -> spec, the table ``LOWERINGS``), ``params`` (where specs read weights), ``stack``
+(layers x directions, the one loop over layers), ``route`` (the one decision of a path), ``plan`` (packing by
+lengths), ``unroll`` (the entries and the running), ``_functions``/``_ext``/``twin`` (the fused kernels).
+
 Example::
 
-    >>> import rnnkit
+    >>> import torch, rnnkit
     >>> from rnnkit import engine
     >>> cell = rnnkit.LSTMCell(64, use_peepholes=True, cell_clip=3.0, input_size=32)
     >>> x = torch.randn(20, 4, 32)                                   # (time, batch, depth)
@@ -23,14 +27,19 @@ from __future__ import annotations
 from ._ext import FusedKernelUnavailableWarning
 from ._select import BACKENDS, KERNELS, current, register_device_kernels, use
 from .info import backend_info
-from .lowering import lowering_for
-from .plan import Plan, make_plan
-from .unroll import choose_path, explain, reference_unroll, unroll
+from .lowering import LOWERINGS, lowering_for, register_lowering
+from .plan import Plan, make_plan, reverse_sequence
+from .route import FUSED_MAX_BATCH, choose_path, explain
+from .stack import LayerStack
+from .unroll import reference_unroll, run_cell, run_stack, unroll
 
 __all__ = [
     "BACKENDS",
     "KERNELS",
+    "FUSED_MAX_BATCH",
+    "LOWERINGS",
     "FusedKernelUnavailableWarning",
+    "LayerStack",
     "Plan",
     "backend_info",
     "choose_path",
@@ -40,6 +49,10 @@ __all__ = [
     "make_plan",
     "reference_unroll",
     "register_device_kernels",
+    "register_lowering",
+    "reverse_sequence",
+    "run_cell",
+    "run_stack",
     "unroll",
     "use",
 ]

@@ -1,8 +1,9 @@
 """The leaves of a lowered cell: one recurrent layer each, in terms of the fused kernels' arguments.
 
-``LSTMSpec``, ``LNLSTMSpec``, ``GRUSpec`` and ``RNNSpec`` (see ``rnnkit.engine.lowering``) read their cell's
-parameters when they run (``fused_params``: the kernels' ``x @ W`` orientation; ``torch_params``: torch's flat
-weights) and convert the cell's state to the kernels' ``(h[, c])`` and back. ``Spec`` is the base of every node.
+``LSTMSpec``, ``LNLSTMSpec``, ``GRUSpec`` and ``RNNSpec`` (see ``rnnkit.engine.lowering``) know a kernel
+family's math; a parameter reader (``rnnkit.engine.params``) knows where the cell keeps its weights. Each leaf
+runs itself on the fused kernels (``run_fused``), gives torch's flat weights (``torch_params``) and converts the
+cell's state to the kernels' ``(h[, c])`` and back. ``Spec`` is the base of every node.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from torch import Tensor
 
 from .._structure import LSTMStateTuple
 from ..cells import TF_LAYER_NORM_EPS, RNNCell, dropout_mask
-from ._tf_weights import split_kernel, tf_lstm_as_torch
+from . import _functions as F
+from .params import TF_KERNEL, TORCH_WEIGHTS
 
 __all__ = ["Spec", "LSTMSpec", "LNLSTMSpec", "GRUSpec", "RNNSpec"]
-
-_TF_ORDER = (0, 1, 2, 3)  # blocks of (i, g, f, o) in TF's columns i, j, f, o
-_TORCH_ORDER = (0, 2, 1, 3)  # ... in torch's rows i, f, g, o
 
 
 class Spec:
@@ -43,10 +42,13 @@ class Spec:
 
 
 class _Leaf(Spec):
-    def __init__(self, cell: RNNCell):
+    """A leaf over ``cell``, reading its parameters through ``read`` (a reader of ``rnnkit.engine.params``)."""
+
+    def __init__(self, cell: RNNCell, read: Any):
         self.cell = cell
+        self.read = read
         # Recurrent dropout of a torch-layout cell in training (Keras / Gal & Ghahramani): one mask per sequence
-        # on the h the recurrent matmul reads (see unroll._run_fused for how each kernel takes it).
+        # on the h the recurrent matmul reads (see ``run_fused`` for how each kernel takes it).
         self.recurrent_keep = 1.0
         self.recurrent_mask: Tensor | None = None  # (B, O), drawn by draw_masks, in the batch's order
 
@@ -72,32 +74,51 @@ class _Leaf(Spec):
         """The kernels' zero state ``(h (B, O),)`` (LSTMs: ``(h, c (B, H))``), without building the cell's."""
         return (like.new_zeros(batch, self.cell.output_size),)
 
+    def run_fused(
+        self, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Tensor | None
+    ) -> tuple[Tensor, tuple]:
+        """This layer on the fused kernels ``kern``: packed ``x (total, I)`` over ``batch_sizes`` ``bs`` from the
+        kernels' state ``internal`` -> ``(y (total, O), final internal state)``.
+
+        ``masks``: state masks in the state's structure (a DropoutWrapper's: they drop the carried state).
+        ``recurrent``: a recurrent-dropout mask (B, O) on the ``h`` the matmul reads. The GRU kernel takes it as
+        such (its ``h`` also feeds ``z * h``, unmasked); in the LSTM and the RNN ``h`` feeds nothing but the matmul
+        and the final state, so it is their state mask, and the final ``h`` is read back unmasked from the outputs.
+        """
+        raise NotImplementedError
+
+
+def _times(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    return a if b is None else (b if a is None else a * b)
+
+
+def _unmasked_final(recurrent: Tensor | None, y: Tensor, bs: Tensor, h: Tensor, h0: Tensor) -> Tensor:
+    """The final ``h`` (B, O) when the kernel carried it through a recurrent-dropout mask: each sequence's output
+    at its last step (outputs are never masked); a sequence of no step keeps its initial state ``h0``."""
+    if recurrent is None:
+        return h
+    batch = h.shape[0]
+    if bs.numel() == 0:
+        return h0
+    if int(bs[-1]) == batch:  # every sequence runs every step: the last step's rows
+        return y[-batch:]
+    rows = torch.arange(batch)
+    lengths = (bs.unsqueeze(0) > rows.unsqueeze(1)).sum(1)  # (B,), sorted order
+    last = (torch.cumsum(bs, 0) - bs)[(lengths - 1).clamp(min=0)] + rows  # packed row of each last step
+    last = torch.where(lengths > 0, last, 0)  # (rows of no step read row 0, then keep h0)
+    ran = (lengths > 0).to(y.device).unsqueeze(1)
+    return torch.where(ran, y.index_select(0, last.to(y.device)), h0)
+
+
 # ---- LSTM ------------------------------------------------------------------------------------
 
 
-class LSTMSpec(_Leaf):
-    """An LSTM layer: ``w_x (I, 4H)``, ``w_h (P, 4H)`` in ``x @ W`` orientation, gate blocks ``gate_order``."""
+class _LSTMLeaf(_Leaf):
+    """The LSTM families' state ``(c, h)`` (a tuple, or concatenated), kernels' ``(h, c)``, and masks."""
 
-    def __init__(self, cell: RNNCell, layout: str, **options: Any):
-        super().__init__(cell)
-        self.layout = layout  # "tf" (kernel/bias), "torch" (weight_ih/...), "tf_ln_off" (LayerNormBasicLSTMCell)
-        self.peepholes: bool = options.get("peepholes", False)
-        self.cell_clip: float = options.get("cell_clip") or 0.0
-        self.proj_clip: float = options.get("proj_clip") or 0.0
-        self.forget_bias: float = float(options.get("forget_bias", 0.0))
-        self.has_proj: bool = options.get("proj", False)
-        self.state_is_tuple: bool = options.get("state_is_tuple", True)
-        self.num_units: int = options["num_units"]
-        self.gate_order = _TF_ORDER if layout != "torch" else _TORCH_ORDER
-        exact = not self.peepholes and not self.cell_clip and not self.proj_clip
-        # torch's kernel infers a projection from h's size differing from c's (and needs proj_size < hidden_size):
-        # a projection to num_units or more has no torch kernel.
-        exact = exact and not (self.has_proj and cell.output_size >= self.num_units)
-        if layout == "torch":
-            exact = exact and self.forget_bias == 0.0  # torch-layout: biases are stored, fold nothing
-        self.torch_mode = "LSTM" if exact else None
+    num_units: int
+    state_is_tuple = True
 
-    # -- state ---------------------------------------------------------------------------------
     def to_internal(self, state: Any) -> tuple[Tensor, Tensor]:
         if self.state_is_tuple:
             c, h = state
@@ -118,72 +139,73 @@ class LSTMSpec(_Leaf):
         if self.state_is_tuple:
             m_c, m_h = masks
             return m_h, m_c
-        return (masks[:, self.num_units :], masks[:, : self.num_units]) if masks is not None else (None, None)
+        return masks[:, self.num_units :], masks[:, : self.num_units]
 
-    # -- parameters ----------------------------------------------------------------------------
-    def fused_params(self) -> dict[str, Tensor | None]:
-        cell = self.cell
-        if self.layout == "torch":
-            bias = cell.bias_ih + cell.bias_hh if cell.bias else None
-            peep = torch.stack([cell.weight_ci, cell.weight_cf, cell.weight_co]) if self.peepholes else None
-            w_proj = cell.weight_hr.t() if self.has_proj else None
-            return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias=bias, peep=peep, w_proj=w_proj)
-        depth = cell.input_depth
-        peep = torch.stack([cell.w_i_diag, cell.w_f_diag, cell.w_o_diag]) if self.peepholes else None
-        w_proj = cell.projection.kernel if self.has_proj else None
-        w_x, w_h = split_kernel(depth, cell.kernel)
-        return dict(w_x=w_x, w_h=w_h, bias=cell.bias, peep=peep, w_proj=w_proj)
+    def run_fused(
+        self, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Tensor | None
+    ) -> tuple[Tensor, tuple]:
+        h0, c0 = internal
+        m_h, m_c = self.split_masks(masks)
+        m_h = _times(m_h, recurrent)
+        h_in = _times(h0, recurrent)  # the state mask covers the h each step makes; the first matmul reads h0
+        y, h, c = self._layer(kern, bs, x, h_in, c0, m_h, m_c)
+        return y, (_unmasked_final(recurrent, y, bs, h, h0), c)
+
+    def _layer(self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any) -> tuple:
+        raise NotImplementedError
+
+
+class LSTMSpec(_LSTMLeaf):
+    """An LSTM layer: ``w_x (I, 4H)``, ``w_h (P, 4H)`` in ``x @ W`` orientation, gate blocks ``gate_order``."""
+
+    def __init__(self, cell: RNNCell, read: Any, **options: Any):
+        super().__init__(cell, read)
+        self.peepholes: bool = options.get("peepholes", False)
+        self.cell_clip: float = options.get("cell_clip") or 0.0
+        self.proj_clip: float = options.get("proj_clip") or 0.0
+        self.forget_bias: float = float(options.get("forget_bias", 0.0))
+        self.has_proj: bool = options.get("proj", False)
+        self.state_is_tuple = options.get("state_is_tuple", True)
+        self.num_units = options["num_units"]
+        self.gate_order = read.gate_order
+        exact = not self.peepholes and not self.cell_clip and not self.proj_clip
+        # torch's kernel infers a projection from h's size differing from c's (and needs proj_size < hidden_size):
+        # a projection to num_units or more has no torch kernel.
+        exact = exact and not (self.has_proj and cell.output_size >= self.num_units)
+        if read.stores_forget_bias:
+            exact = exact and self.forget_bias == 0.0  # biases stored as they are: nothing to fold a forget_bias in
+        self.torch_mode = "LSTM" if exact else None
+
+    def _layer(self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any) -> tuple:
+        cell, read = self.cell, self.read
+        w_x, w_h = read.matrices(cell)
+        peep = read.peepholes(cell) if self.peepholes else None
+        w_proj = read.projection(cell) if self.has_proj else None
+        return F.lstm_layer(
+            kern, bs, x, w_x, read.bias(cell), h0, c0, w_h, peep, w_proj, m_h, m_c,
+            self.gate_order, self.forget_bias, self.cell_clip, self.proj_clip,
+        )  # fmt: skip
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
         """torch's flat weights ``[w_ih, w_hh, b_ih, b_hh(, w_hr)]`` and ``has_biases``."""
-        cell = self.cell
-        if self.layout == "torch":
-            params = [cell.weight_ih, cell.weight_hh]
-            if cell.bias:
-                params += [cell.bias_ih, cell.bias_hh]
-            if self.has_proj:
-                params.append(cell.weight_hr)
-            return params, bool(cell.bias)
-        return tf_lstm_as_torch(self.cell, self.forget_bias, self.has_proj), True
+        return self.read.lstm_flat(self)
 
 
-class LNLSTMSpec(_Leaf):
+class LNLSTMSpec(_LSTMLeaf):
     """A layer-normalised LSTM layer (TF contrib's ``LayerNormBasicLSTMCell`` math): fused kernels only."""
 
-    def __init__(self, cell: RNNCell, layout: str, num_units: int, forget_bias: float):
-        super().__init__(cell)
-        self.layout = layout
+    def __init__(self, cell: RNNCell, read: Any, num_units: int, forget_bias: float):
+        super().__init__(cell, read)
         self.num_units = num_units
         self.forget_bias = float(forget_bias)
-        self.gate_order = _TF_ORDER if layout == "tf" else _TORCH_ORDER
-        self.state_is_tuple = True
+        self.gate_order = read.gate_order
         self.eps = TF_LAYER_NORM_EPS  # the cells' own (one definition)
 
-    to_internal = LSTMSpec.to_internal
-    from_internal = LSTMSpec.from_internal
-    zero_internal = LSTMSpec.zero_internal
-    split_masks = LSTMSpec.split_masks
-
-    def fused_params(self) -> dict[str, Tensor | None]:
-        cell = self.cell
-        if self.layout == "tf":
-            norms = [getattr(cell, s) for s in ("input", "transform", "forget", "output", "state")]
-            w_x, w_h = split_kernel(cell.input_depth, cell.kernel)
-            return dict(
-                w_x=w_x,
-                w_h=w_h,
-                bias=None,
-                gamma=torch.stack([m.gamma for m in norms]),
-                beta=torch.stack([m.beta for m in norms]),
-            )
-        n = self.num_units
-        g, b = cell.weight_ln_gates, cell.bias_ln_gates  # (4H,) in torch's i, f, g, o
-        return dict(
-            w_x=cell.weight_ih.t(),
-            w_h=cell.weight_hh.t(),
-            bias=cell.bias_ih + cell.bias_hh if cell.bias else None,
-            gamma=torch.stack([g[:n], g[2 * n : 3 * n], g[n : 2 * n], g[3 * n :], cell.weight_ln_cell]),
-            beta=torch.stack([b[:n], b[2 * n : 3 * n], b[n : 2 * n], b[3 * n :], cell.bias_ln_cell]),
+    def _layer(self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any) -> tuple:
+        w_x, w_h = self.read.matrices(self.cell)
+        bias, gamma, beta = self.read.layer_norms(self.cell, self.num_units)
+        return F.lnlstm_layer(
+            kern, bs, x, w_x, bias, h0, c0, w_h, gamma, beta, m_h, m_c, self.gate_order, self.forget_bias, self.eps
         )
 
 
@@ -191,58 +213,57 @@ class LNLSTMSpec(_Leaf):
 
 
 class GRUSpec(_Leaf):
-    """A GRU layer, blocks r, z, n: ``w_x (I, 3H)``, ``w_h (H, 3H)``; reset-after adds ``bias_h``."""
+    """A GRU layer, blocks r, z, n: ``w_x (I, 3H)``, ``w_h (H, 3H)``; reset-after adds ``bias_h``. ``read``: a
+    reader with ``gru(spec)`` (``TORCH_WEIGHTS``, or ``TF_GRU_KERNELS`` for TF's two kernels)."""
 
-    def __init__(self, cell: RNNCell, layout: str, reset_after: bool):
-        super().__init__(cell)
-        self.layout = layout
+    def __init__(self, cell: RNNCell, read: Any, reset_after: bool):
+        super().__init__(cell, read)
         self.reset_after = reset_after
-        self.torch_mode = "GRU" if (layout == "torch" and reset_after) else None
+        self.torch_mode = "GRU" if (read is TORCH_WEIGHTS and reset_after) else None
 
-    def fused_params(self) -> dict[str, Tensor | None]:
-        cell = self.cell
-        if self.layout == "tf":  # two kernels, (I + H, 2H) for r, u and (I + H, H) for the candidate: read as views
-            w_x, w_h = split_kernel(cell.input_depth, cell.gates.kernel)
-            w_xn, w_hn = split_kernel(cell.input_depth, cell.candidate.kernel)
-            bias_x = torch.cat([cell.gates.bias, cell.candidate.bias])
-            return dict(w_x=w_x, w_h=w_h, bias_x=bias_x, bias_h=None, w_xn=w_xn, w_hn=w_hn)
-        w_x, w_h = cell.weight_ih.t(), cell.weight_hh.t()  # (I, 3H), (H, 3H)
-        if not cell.bias:
-            bias_x = bias_h = None
-        elif self.reset_after:
-            bias_x, bias_h = cell.bias_ih, cell.bias_hh
-        else:  # reset-before: b_hn sits outside r * (...), so both biases act as one input-side bias.
-            bias_x, bias_h = cell.bias_ih + cell.bias_hh, None
-        return dict(w_x=w_x, w_h=w_h, bias_x=bias_x, bias_h=bias_h, w_xn=None, w_hn=None)
+    def run_fused(
+        self, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Tensor | None
+    ) -> tuple[Tensor, tuple]:
+        p = self.read.gru(self)
+        (h0,) = internal
+        y, h = F.gru_layer(
+            kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], p["w_xn"], p["w_hn"], masks, recurrent,
+            self.reset_after,
+        )  # fmt: skip
+        return y, (h,)
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
-        cell = self.cell
-        params = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
-        return params, bool(cell.bias)
+        return self.read.flat(self.cell)
 
 
 class RNNSpec(_Leaf):
-    """An Elman layer ``h' = act(x W_x + h W_h + b)``, ``act`` tanh or relu."""
+    """An Elman layer ``h' = act(x W_x + h W_h + b)``, ``act`` tanh or relu.
 
-    def __init__(self, cell: RNNCell, layout: str, relu: bool):
-        super().__init__(cell)
-        self.layout = layout
+    A cell of this family in TF's layout (``kernel``, ``bias``) lowers with ``RNNSpec.from_tf_kernel(cell, relu)``,
+    one in torch's (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``) with ``from_torch_weights``.
+    """
+
+    def __init__(self, cell: RNNCell, read: Any, relu: bool):
+        super().__init__(cell, read)
         self.relu = relu
         self.torch_mode = "RNN_RELU" if relu else "RNN_TANH"
 
-    def fused_params(self) -> dict[str, Tensor | None]:
-        cell = self.cell
-        if self.layout == "tf":
-            w_x, w_h = split_kernel(cell.input_depth, cell.kernel)
-            return dict(w_x=w_x, w_h=w_h, bias=cell.bias)
-        bias = cell.bias_ih + cell.bias_hh if cell.bias else None
-        return dict(w_x=cell.weight_ih.t(), w_h=cell.weight_hh.t(), bias=bias)
+    @classmethod
+    def from_tf_kernel(cls, cell: RNNCell, relu: bool = False) -> RNNSpec:
+        return cls(cell, TF_KERNEL, relu)
+
+    @classmethod
+    def from_torch_weights(cls, cell: RNNCell, relu: bool = False) -> RNNSpec:
+        return cls(cell, TORCH_WEIGHTS, relu)
+
+    def run_fused(
+        self, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Tensor | None
+    ) -> tuple[Tensor, tuple]:
+        (h0,) = internal
+        w_x, w_h = self.read.matrices(self.cell)
+        h_in = _times(h0, recurrent)
+        y, h = F.rnn_layer(kern, bs, x, w_x, self.read.bias(self.cell), h_in, w_h, _times(masks, recurrent), self.relu)
+        return y, (_unmasked_final(recurrent, y, bs, h, h0),)
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
-        cell = self.cell
-        if self.layout == "tf":
-            depth = cell.input_depth
-            b = cell.bias
-            return [cell.kernel[:depth].t(), cell.kernel[depth:].t(), b, torch.zeros_like(b)], True
-        params = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
-        return params, bool(cell.bias)
+        return self.read.flat(self.cell)

@@ -34,8 +34,12 @@ class use:
 
     Example::
 
+        >>> import torch, rnnkit
+        >>> cell, x = rnnkit.GRUCell(4), torch.randn(2, 3, 5)
         >>> with rnnkit.engine.use("reference"):
         ...     out, state = rnnkit.dynamic_rnn(cell, x)    # the plain autograd loop
+        >>> rnnkit.engine.current()
+        ('auto', 'auto')
     """
 
     def __init__(self, backend: str = "auto", kernels: str = "auto"):

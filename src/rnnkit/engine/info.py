@@ -28,6 +28,7 @@ def backend_info(build: bool = True) -> dict[str, Any]:
 
     Example::
 
+        >>> import rnnkit
         >>> info = rnnkit.engine.backend_info()
         >>> info["fused_cpu"] in ("compiled", "python")
         True

@@ -1,8 +1,9 @@
 """Lowering: what a cell *is*, in terms of the kernels that can run it.
 
-``lowering_for(cell)`` dispatches on the exact cell class and its options (never on trial and
-error) and returns a *spec*, a small tree mirroring the cell, or ``None`` when only the reference
-loop can run it (a user's subclass, a non-tanh activation, per-step dropout, zoneout...):
+``lowering_for(cell)`` looks the exact cell class up in the table ``LOWERINGS`` (filled with
+``register_lowering``), whose entry reads the cell's options (never trial and error) and returns a *spec*, a
+small tree mirroring the cell, or ``None`` when only the reference loop can run it (a user's subclass, a
+non-tanh activation, per-step dropout, zoneout...):
 
 * ``LSTMSpec``: TF's ``LSTMCell``/``BasicLSTMCell`` (peepholes, ``cell_clip``, ``num_proj``,
   ``proj_clip``, ``forget_bias``), ``LayerNormBasicLSTMCell(layer_norm=False)``, torch-layout LSTM
@@ -19,10 +20,15 @@ loop can run it (a user's subclass, a non-tanh activation, per-step dropout, zon
   eval; in training only ``variational_recurrent=True``, whose masks are fixed per-sequence
   multipliers), ``ResidualSpec`` (``ResidualWrapper`` without ``residual_fn``).
 
-Every spec reads the cell's parameters when it runs, so autograd sees the cell's own tensors.
+Every spec reads the cell's parameters when it runs (through a reader of ``rnnkit.engine.params``), so
+autograd sees the cell's own tensors. Adding a cell whose step is an existing family is one table entry, e.g.
+``LOWERINGS[MyCell] = lambda cell: RNNSpec.from_tf_kernel(cell, relu=False)`` for a tanh Elman cell with TF's
+``kernel`` and ``bias``.
 
 Example::
 
+    >>> import rnnkit
+    >>> from rnnkit.engine.lowering import lowering_for
     >>> spec = lowering_for(rnnkit.BasicLSTMCell(8, input_size=4))
     >>> type(spec).__name__, spec.torch_mode
     ('LSTMSpec', 'LSTM')
@@ -32,26 +38,20 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .. import cells
 from .._structure import flatten, map_structure, pack_as, zero_state_for
-from ..cells import (
-    BasicLSTMCell,
-    BasicRNNCell,
-    DropoutWrapper,
-    GRUCell,
-    LayerNormBasicLSTMCell,
-    LSTMCell,
-    MultiRNNCell,
-    ResidualWrapper,
-    RNNCell,
-)
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec, _Leaf
+from .params import TF_GRU_KERNELS, TF_KERNEL, TORCH_WEIGHTS
 
 __all__ = [
+    "LOWERINGS",
+    "register_lowering",
     "lowering_for",
     "Spec",
     "LSTMSpec",
@@ -63,11 +63,6 @@ __all__ = [
     "ResidualSpec",
 ]
 
-try:  # the torch-layout cells of rnnkit.RNN/LSTM/GRU (absent in older checkouts)
-    from ..cells.torch_layout import TorchGRUCell, TorchLSTMCell, TorchRNNCell
-except ImportError:  # pragma: no cover - only while the layers are not installed
-    TorchGRUCell = TorchLSTMCell = TorchRNNCell = None  # type: ignore[assignment,misc]
-
 
 # ---- composites -----------------------------------------------------------------------------
 
@@ -75,7 +70,7 @@ except ImportError:  # pragma: no cover - only while the layers are not installe
 class StackSpec(Spec):
     """``MultiRNNCell``: layer ``k + 1`` reads layer ``k``'s outputs; run layer by layer over the sequence."""
 
-    def __init__(self, cell: MultiRNNCell, layers: list[Spec]):
+    def __init__(self, cell: cells.MultiRNNCell, layers: list[Spec]):
         self.cell = cell
         self.layers = layers
 
@@ -105,7 +100,7 @@ class DropoutSpec(Spec):
     inputs, the selected state leaves and the outputs, shared by the batch's rows, drawn once per unroll by the
     wrapper itself (``variational_mask``) in the reference loop's order, so both paths see the same masks."""
 
-    def __init__(self, cell: DropoutWrapper, inner: Spec):
+    def __init__(self, cell: cells.DropoutWrapper, inner: Spec):
         self.cell = cell
         self.inner = inner
         self.masks: dict[str, Tensor] = {}
@@ -143,7 +138,7 @@ class DropoutSpec(Spec):
 class ResidualSpec(Spec):
     """``ResidualWrapper`` (no ``residual_fn``): outputs ``x + cell(x)``, the state is the cell's."""
 
-    def __init__(self, cell: ResidualWrapper, inner: Spec):
+    def __init__(self, cell: cells.ResidualWrapper, inner: Spec):
         self.cell = cell
         self.inner = inner
 
@@ -166,103 +161,129 @@ def combine_masks(outer: Any, inner: Any) -> Any:
     return map_structure(lambda a, b: b if a is None else (a if b is None else a * b), outer, inner)
 
 
-# ---- the dispatch ---------------------------------------------------------------------------
+# ---- the table ---------------------------------------------------------------------------------
+
+#: ``type(cell) -> lowering(cell) -> Spec | None``: how each cell class runs on the kernels. Keyed by the exact
+#: class: a subclass may change ``call``, so it is not lowered unless it has an entry of its own.
+LOWERINGS: dict[type, Callable[[Any], Spec | None]] = {}
 
 
-def _is_tanh(fn: Any) -> bool:
-    return fn is torch.tanh
+def register_lowering(*cell_types: type) -> Callable[[Callable[[Any], Spec | None]], Callable[[Any], Spec | None]]:
+    """Decorator: ``lower(cell) -> Spec | None`` is the lowering of each class of ``cell_types`` (``LOWERINGS``).
+
+    A cell whose step is an existing kernel family needs one entry, e.g. a tanh Elman cell keeping TF's
+    ``kernel``/``bias``: ``LOWERINGS[MyCell] = lambda cell: RNNSpec.from_tf_kernel(cell, relu=False)``.
+    Return ``None`` for the options no kernel computes (the reference loop then runs the cell).
+    """
+
+    def register(lower: Callable[[Any], Spec | None]) -> Callable[[Any], Spec | None]:
+        for cell_type in cell_types:
+            LOWERINGS[cell_type] = lower
+        return lower
+
+    return register
 
 
 def lowering_for(cell: Any) -> Spec | None:
     """The spec that runs ``cell`` on fused or torch kernels (``spec.root is cell``), or ``None`` for the reference
     loop only.
 
-    Dispatches on ``type(cell)`` exactly: a subclass may change ``call``, so it is not lowered.
+    Looks ``type(cell)`` up in ``LOWERINGS`` exactly: a subclass may change ``call``, so it is not lowered.
     The cell must be built (the runners build it before unrolling).
     """
-    spec = _lower(cell)
+    if not isinstance(cell, cells.RNNCell) or not cell.built:
+        return None
+    lower = LOWERINGS.get(type(cell))
+    spec = lower(cell) if lower is not None else None
     if spec is not None:
         spec.root = cell
     return spec
 
 
-def _lower(cell: Any) -> Spec | None:
-    if not isinstance(cell, RNNCell) or not cell.built:
-        return None
-    kind = type(cell)
-    if kind in (LSTMCell, BasicLSTMCell):
-        if not _is_tanh(cell.activation) or 0.0 in (cell.cell_clip, cell.proj_clip):
-            return None  # (the kernels read a clip of 0 as none; TF's clips to 0, which the loop does)
-        return LSTMSpec(
-            cell,
-            "tf",
-            peepholes=cell.use_peepholes,
-            cell_clip=cell.cell_clip,
-            proj_clip=cell.proj_clip,
-            forget_bias=cell.forget_bias,
-            proj=cell.num_proj is not None,
-            state_is_tuple=cell.state_is_tuple,
-            num_units=cell.num_units,
-        )
-    if kind is LayerNormBasicLSTMCell:
-        if not _is_tanh(cell.activation) or (cell.training and cell.dropout_keep_prob < 1.0):
-            return None  # the candidate's dropout draws a fresh mask every step
-        if cell.layer_norm:
-            return LNLSTMSpec(cell, "tf", cell.num_units, cell.forget_bias)
-        return LSTMSpec(cell, "tf_ln_off", forget_bias=cell.forget_bias, num_units=cell.num_units)
-    if kind is GRUCell:
-        return GRUSpec(cell, "tf", reset_after=False) if _is_tanh(cell.activation) else None
-    if kind is BasicRNNCell:
-        if cell.activation is torch.tanh or cell.activation is torch.relu:
-            return RNNSpec(cell, "tf", relu=cell.activation is torch.relu)
-        return None
-    if TorchLSTMCell is not None and kind in (TorchLSTMCell, TorchGRUCell, TorchRNNCell):
-        return _lower_torch_layout(cell)
-    if kind is MultiRNNCell:
-        layers = [lowering_for(c) for c in cell.cells]
-        return None if any(layer is None for layer in layers) else StackSpec(cell, layers)
-    if kind is DropoutWrapper:
-        inner = lowering_for(cell.cell)
-        if inner is None:
-            return None
-        if not cell.training:
-            return inner  # eval: the wrapper is the identity around its cell
-        if not cell.variational_recurrent:
-            return None  # per-step masks: the reference loop draws them
-        return DropoutSpec(cell, inner)
-    if kind is ResidualWrapper:
-        inner = lowering_for(cell.cell)
-        return ResidualSpec(cell, inner) if (inner is not None and cell.residual_fn is None) else None
+def _is_tanh(fn: Any) -> bool:
+    return fn is torch.tanh
+
+
+@register_lowering(cells.LSTMCell, cells.BasicLSTMCell)
+def _tf_lstm(cell: Any) -> Spec | None:
+    if not _is_tanh(cell.activation) or 0.0 in (cell.cell_clip, cell.proj_clip):
+        return None  # (the kernels read a clip of 0 as none; TF's clips to 0, which the loop does)
+    return LSTMSpec(
+        cell, TF_KERNEL, peepholes=cell.use_peepholes, cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
+        forget_bias=cell.forget_bias, proj=cell.num_proj is not None, state_is_tuple=cell.state_is_tuple,
+        num_units=cell.num_units,
+    )  # fmt: skip
+
+
+@register_lowering(cells.LayerNormBasicLSTMCell)
+def _tf_layer_norm_lstm(cell: Any) -> Spec | None:
+    if not _is_tanh(cell.activation) or (cell.training and cell.dropout_keep_prob < 1.0):
+        return None  # the candidate's dropout draws a fresh mask every step
+    if cell.layer_norm:
+        return LNLSTMSpec(cell, TF_KERNEL, cell.num_units, cell.forget_bias)
+    return LSTMSpec(cell, TF_KERNEL, forget_bias=cell.forget_bias, num_units=cell.num_units)
+
+
+@register_lowering(cells.GRUCell)
+def _tf_gru(cell: Any) -> Spec | None:
+    return GRUSpec(cell, TF_GRU_KERNELS, reset_after=False) if _is_tanh(cell.activation) else None
+
+
+@register_lowering(cells.BasicRNNCell)
+def _tf_rnn(cell: Any) -> Spec | None:
+    if cell.activation is torch.tanh or cell.activation is torch.relu:
+        return RNNSpec.from_tf_kernel(cell, relu=cell.activation is torch.relu)
     return None
 
 
-def _lower_torch_layout(cell: Any) -> Spec | None:
-    """The torch-layout cells of ``rnnkit.RNN/LSTM/GRU``. Training-time recurrent dropout (a mask on the matmul's
-    ``h`` only) runs fused, its mask drawn by ``draw_masks``; zoneout stays on the reference loop."""
-    spec = _lower_torch_layout_step(cell)
-    if spec is not None and cell.training and cell.recurrent_dropout:
-        spec.recurrent_keep = 1.0 - cell.recurrent_dropout
-    return spec
+def _torch_layout(lower: Callable[[Any], _Leaf | None]) -> Callable[[Any], Spec | None]:
+    """A torch-layout cell of ``rnnkit.RNN/LSTM/GRU``: zoneout stays on the reference loop; training-time recurrent
+    dropout (a mask on the matmul's ``h`` only) runs fused, its mask drawn by ``draw_masks``."""
+
+    def lowering(cell: Any) -> Spec | None:
+        spec = None if cell.zoneout else lower(cell)
+        if spec is not None and cell.training and cell.recurrent_dropout:
+            spec.recurrent_keep = 1.0 - cell.recurrent_dropout
+        return spec
+
+    return lowering
 
 
-def _lower_torch_layout_step(cell: Any) -> _Leaf | None:
-    if cell.zoneout:
-        return None
-    if isinstance(cell, TorchLSTMCell):
-        if cell.cell_clip == 0.0:
-            return None  # (the kernels read a clip of 0 as none; a clip to 0 runs on the loop)
-        if cell.layer_norm:
-            # The layer-norm kernel has no projection: a projected layer-norm LSTM stays on the loop.
-            return None if cell.proj_size else LNLSTMSpec(cell, "torch", cell.hidden_size, cell.forget_bias)
-        return LSTMSpec(
-            cell,
-            "torch",
-            peepholes=cell.peepholes,
-            cell_clip=cell.cell_clip,
-            forget_bias=cell.forget_bias,
-            proj=bool(cell.proj_size),
-            num_units=cell.hidden_size,
-        )
-    if isinstance(cell, TorchGRUCell):
-        return GRUSpec(cell, "torch", reset_after=cell.reset_after)
-    return RNNSpec(cell, "torch", relu=cell.nonlinearity == "relu")
+@register_lowering(cells.TorchLSTMCell)
+@_torch_layout
+def _torch_lstm(cell: Any) -> _Leaf | None:
+    if cell.cell_clip == 0.0:
+        return None  # (the kernels read a clip of 0 as none; a clip to 0 runs on the loop)
+    if cell.layer_norm:
+        # The layer-norm kernel has no projection: a projected layer-norm LSTM stays on the loop.
+        return None if cell.proj_size else LNLSTMSpec(cell, TORCH_WEIGHTS, cell.hidden_size, cell.forget_bias)
+    return LSTMSpec(
+        cell, TORCH_WEIGHTS, peepholes=cell.peepholes, cell_clip=cell.cell_clip, forget_bias=cell.forget_bias,
+        proj=bool(cell.proj_size), num_units=cell.hidden_size,
+    )  # fmt: skip
+
+
+LOWERINGS[cells.TorchGRUCell] = _torch_layout(lambda cell: GRUSpec(cell, TORCH_WEIGHTS, cell.reset_after))
+LOWERINGS[cells.TorchRNNCell] = _torch_layout(lambda c: RNNSpec.from_torch_weights(c, c.nonlinearity == "relu"))
+
+
+@register_lowering(cells.MultiRNNCell)
+def _stack(cell: Any) -> Spec | None:
+    layers = [lowering_for(c) for c in cell.cells]
+    return None if any(layer is None for layer in layers) else StackSpec(cell, layers)
+
+
+@register_lowering(cells.DropoutWrapper)
+def _dropout(cell: Any) -> Spec | None:
+    inner = lowering_for(cell.cell)
+    if inner is None or not cell.training:
+        return inner  # eval: the wrapper is the identity around its cell
+    if not cell.variational_recurrent:
+        return None  # per-step masks: the reference loop draws them
+    return DropoutSpec(cell, inner)
+
+
+@register_lowering(cells.ResidualWrapper)
+def _residual(cell: Any) -> Spec | None:
+    inner = lowering_for(cell.cell)
+    return ResidualSpec(cell, inner) if (inner is not None and cell.residual_fn is None) else None

@@ -9,6 +9,8 @@ same gather, so the kernels only ever run forward.
 
 Example::
 
+    >>> import torch
+    >>> from rnnkit.engine import make_plan
     >>> p = make_plan(3, 2, torch.tensor([1, 3]), reverse=False, device=torch.device("cpu"))
     >>> p.batch_sizes.tolist(), p.index.tolist()      # rows of x.view(T * B, D), step by step
     ([2, 1, 1], [1, 0, 3, 5])
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Plan", "make_plan", "full_batch_sizes"]
+__all__ = ["Plan", "make_plan", "plan_for", "full_batch_sizes", "full_to_none", "reverse_sequence"]
 
 
 @dataclass
@@ -74,10 +76,24 @@ def full_batch_sizes(steps: int, batch: int) -> Tensor:
     return bs
 
 
+def full_to_none(lengths: Tensor | None, steps: int, device_type: str) -> Tensor | None:
+    """The one place where lengths that are all ``steps`` become ``None`` (plain time-major rows).
+
+    ``lengths``: ``None`` or ``(B,)`` int64, already checked (``[0, steps]``). Lengths on a device without values
+    (meta tensors, which only follow shapes) and empty batches are kept as they are.
+    """
+    if lengths is None or device_type not in ("cpu", "cuda") or not len(lengths):
+        return lengths
+    return None if bool((lengths == steps).all()) else lengths
+
+
 def make_plan(steps: int, batch: int, lengths: Tensor | None, reverse: bool, device: torch.device) -> Plan:
     """Plan a ``(steps, batch)`` unroll; ``lengths`` ``(batch,)`` int64 in ``[0, steps]`` or ``None``."""
-    if lengths is not None and batch and bool((lengths == steps).all()):
-        lengths = None  # every sequence is full: plain time-major rows
+    return plan_for(steps, batch, full_to_none(lengths, steps, device.type), reverse, device)
+
+
+def plan_for(steps: int, batch: int, lengths: Tensor | None, reverse: bool, device: torch.device) -> Plan:
+    """``make_plan`` for lengths already through ``full_to_none``."""
     if lengths is None:
         bs = full_batch_sizes(steps, batch)
         index = None
@@ -94,3 +110,23 @@ def make_plan(steps: int, batch: int, lengths: Tensor | None, reverse: bool, dev
     index = (time * batch + perm)[active]  # row-major: step by step, longest first
     bs = active.sum(1).cpu()
     return Plan(steps, batch, bs, index, perm, torch.argsort(perm), lens)
+
+
+def reverse_sequence(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse a time-major ``(time, batch, ...)`` tensor along time, each sequence within its length.
+
+    Steps past a sequence's length stay where they are (TF's ``tf.reverse_sequence``).
+
+    Example::
+
+        >>> import torch, rnnkit
+        >>> x = torch.arange(3.0).view(3, 1, 1).expand(3, 2, 1)    # (T, B, 1): steps 0, 1, 2
+        >>> rnnkit.reverse_sequence(x, torch.tensor([3, 2]))[:, :, 0].T.tolist()
+        [[2.0, 1.0, 0.0], [1.0, 0.0, 2.0]]
+    """
+    if lengths is None:
+        return x.flip(0)
+    steps = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (T, 1)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, index)

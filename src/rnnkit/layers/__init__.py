@@ -7,6 +7,8 @@ Drop-ins for ``torch.nn.RNN/LSTM/GRU`` (arguments, shapes, parameter names and o
 
 Example::
 
+    >>> import torch
+    >>> from rnnkit import LSTM
     >>> lstm = LSTM(100, 20, num_layers=3)
     >>> output, (h_n, c_n) = lstm(torch.randn(5, 2, 100))
     >>> tuple(output.shape), tuple(h_n.shape)

@@ -2,9 +2,10 @@
 
 The layer owns torch's parameters under torch's names and order (``weight_ih_l{k}``, ``weight_hh_l{k}``,
 ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``, ``_reverse`` for the backward direction, then any
-option's extras) and no math: on every forward it binds them into one ``TorchLayoutCell`` per (layer,
-direction) and hands those to ``runners._unroll_layers``. ``_run`` is the single place where that happens,
-the seam where a fused engine can take over.
+option's extras) and no math: it binds them into one ``TorchLayoutCell`` per (layer, direction), kept while the
+parameter objects and options stay, and hands the stack of them (``engine_stack``, an ``rnnkit.engine.LayerStack``)
+to the engine's ``run_stack``, which routes it: torch's own kernel over the whole stack where the math is
+torch's, rnnkit's fused kernels or the reference loop cell by cell otherwise.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from .._structure import as_torch_dtype, check_float_dtype, check_placement
 from ..cells import check_units
 from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parameter_
-from ..engine import layers as _engine_layers
+from ..engine import LayerStack, run_stack
 from ..errors import ArgumentTypeError, NotATensorError, ShapeError, StateStructureError
-from ..runners import _check_lengths, _unroll_layers
+from ..runners import _check_lengths
 
-# layer -> {(layer index, direction): (key, cell)}; weak, so that caching never keeps a layer alive.
+# layer -> {(layer index, direction): (key, cell), ("stack", training): (key, node)}; weak, so that caching never
+# keeps a layer alive (nothing cached refers back to the layer).
 _CELLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 __all__ = ["RNNLayer"]
@@ -33,10 +35,14 @@ __all__ = ["RNNLayer"]
 
 class RNNLayer(nn.Module):
     """Base of ``RNN``, ``LSTM`` and ``GRU``. A facade sets ``cell_class`` and the names of the hidden state,
-    and says which options shape the parameters (``_structure``) and which the step (``_cell_options``)."""
+    and says which options shape the parameters (``_structure``) and which the step (``_step_options``)."""
 
     cell_class: ClassVar[type[TorchLayoutCell]]
     _hidden_names: ClassVar[tuple[str, ...]] = ("hx",)
+    #: the facade's options beyond torch.nn's, with their defaults (``extra_repr`` shows the others) ...
+    _extra_options: ClassVar[dict[str, Any]] = {}
+    #: ... and those of them that the step takes (``cell_class`` keywords)
+    _step_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -117,16 +123,22 @@ class RNNLayer(nn.Module):
 
     def _cell_options(self) -> dict[str, Any]:
         """The cell's run-time options (``cell_class`` keywords besides the weights)."""
-        return {"recurrent_dropout": self.recurrent_dropout, "zoneout": self.zoneout}
+        options = {"recurrent_dropout": self.recurrent_dropout, "zoneout": self.zoneout}
+        for name in self._step_options:
+            options[name] = getattr(self, name)
+        return options
 
     def _hidden_sizes(self) -> tuple[int, ...]:
         """The last dimension of each tensor of the hidden state, in ``_hidden_names`` order."""
         return (self.hidden_size,)
 
-    def _to_cell_state(self, parts: tuple[torch.Tensor, ...]) -> Any:
+    # (static: the engine's stack node keeps them, and must not keep the layer alive)
+    @staticmethod
+    def _to_cell_state(parts: tuple[torch.Tensor, ...]) -> Any:
         return parts[0]
 
-    def _from_cell_state(self, state: Any) -> tuple[torch.Tensor, ...]:
+    @staticmethod
+    def _from_cell_state(state: Any) -> tuple[torch.Tensor, ...]:
         return (state,)
 
     # -- torch.nn.RNNBase's API ----------------------------------------------------------------
@@ -160,14 +172,11 @@ class RNNLayer(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0}
         defaults.update(bidirectional=False, recurrent_dropout=0.0, zoneout=0.0)
-        defaults.update(self._extra_repr_defaults())
+        defaults.update(self._extra_options)
         for key, default in defaults.items():
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)!r}"
         return s
-
-    def _extra_repr_defaults(self) -> dict[str, Any]:
-        return {}
 
     # -- running -------------------------------------------------------------------------------
     def forward(self, input: Any, hx: Any = None, *, lengths: Any = None) -> tuple[Any, Any]:
@@ -183,14 +192,10 @@ class RNNLayer(nn.Module):
         named = [(what, data), *zip(self._hidden_names, parts or (), strict=False)]
         check_placement(type(self).__name__, self, named, ("lengths", lengths))
         x, lengths, packed = self._time_major(input, lengths, unbatched)  # x: (T, B, I)
-        stacked_hx = None if parts is None else parts if len(parts) > 1 else parts[0]
-        whole = _engine_layers.run_layer(self, x, stacked_hx, lengths)
-        if whole is not None:  # torch's math: one call of torch's kernel for all layers and directions
-            out, parts = whole
-            hidden = tuple(p.squeeze(1) for p in parts) if unbatched else parts
-            return self._format_output(out, packed, unbatched), hidden[0] if len(hidden) == 1 else hidden
-        out, final_states = self._run(x, self._initial_states(parts), lengths)  # (T, B, D * R)
-        return self._format_output(out, packed, unbatched), self._format_hidden(final_states, unbatched)
+        out, parts = run_stack(self.engine_stack(), x, parts, lengths)  # (T, B, D * R), each (L * D, B, size)
+        if unbatched:
+            parts = tuple(p.squeeze(1) for p in parts)
+        return self._format_output(out, packed, unbatched), parts[0] if len(parts) == 1 else parts
 
     def step(self, input: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
         """One time step of a one-direction stack, for streaming: ``y_t, state = layer.step(x_t, state)``.
@@ -219,14 +224,19 @@ class RNNLayer(nn.Module):
         output, hidden = self(input.unsqueeze(time_dim), hx)
         return output.squeeze(time_dim), hidden
 
-    def _run(self, x: torch.Tensor, states: Any, lengths: torch.Tensor | None) -> tuple[torch.Tensor, list]:
-        """The reference path: bind one cell per (layer, direction), unroll layer by layer."""
-        cells = [[self._cell(k, d) for d in range(self._directions)] for k in range(self.num_layers)]
-        fast = _engine_layers.fused_stack(self, cells, x, states, lengths)
-        if fast is not None:
-            return fast
-        dropout = self.dropout if self.training else 0.0
-        return _unroll_layers(cells, x, states, lengths, dropout, component=type(self).__name__)
+    def engine_stack(self) -> LayerStack:
+        """This layer as the engine's stack node: one cell per (layer, direction), ``dropout`` between layers in
+        training, states as torch's stacked ``(h_0[, c_0])``. Kept while the parameter objects, the options and the
+        mode stay the same, so that the engine's routing is decided once per configuration."""
+        key = (tuple(map(id, self._parameters.values())), tuple(self._cell_options().items()), self.training)
+        cache = _CELLS.setdefault(self, {})
+        hit = cache.get("stack")
+        if hit is None or hit[0] != (key, self.dropout):
+            cells = [[self._cell(k, d) for d in range(self._directions)] for k in range(self.num_layers)]
+            dropout = self.dropout if self.training else 0.0
+            node = LayerStack(cells, dropout, self.training, (self._to_cell_state, self._from_cell_state))
+            hit = cache["stack"] = ((key, self.dropout), node)
+        return hit[1]
 
     def _cell(self, layer: int, direction: int) -> TorchLayoutCell:
         """The step of ``(layer, direction)``: a cell over this layer's own parameter tensors.
@@ -334,16 +344,6 @@ class RNNLayer(nn.Module):
                 )
         return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
 
-    def _initial_states(self, parts: tuple[torch.Tensor, ...] | None) -> list[list[Any]] | None:
-        """The checked ``(L * D, B, size)`` state tensors -> one cell state per (layer, direction)."""
-        if parts is None:
-            return None
-        directions = self._directions
-        return [
-            [self._to_cell_state(tuple(p[k * directions + d] for p in parts)) for d in range(directions)]
-            for k in range(self.num_layers)
-        ]
-
     def _format_output(self, out: torch.Tensor, packed: PackedSequence | None, unbatched: bool) -> Any:
         if packed is not None:
             sorted_out = out if packed.sorted_indices is None else out.index_select(1, packed.sorted_indices)
@@ -353,10 +353,3 @@ class RNNLayer(nn.Module):
         if unbatched:
             return out.squeeze(1)  # (T, D * R)
         return out.transpose(0, 1) if self.batch_first else out
-
-    def _format_hidden(self, final_states: list, unbatched: bool) -> Any:
-        flat = [self._from_cell_state(s) for layer in final_states for s in layer]
-        parts = tuple(torch.stack(p) for p in zip(*flat, strict=True))  # each (L*D, B, size)
-        if unbatched:
-            parts = tuple(p.squeeze(1) for p in parts)
-        return parts[0] if len(parts) == 1 else parts

@@ -41,6 +41,8 @@ class LSTM(RNNLayer):
 
     Example::
 
+        >>> import torch
+        >>> from rnnkit import LSTM
         >>> lstm = LSTM(10, 20, num_layers=2, bidirectional=True, forget_bias=1.0, peepholes=True)
         >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10), lengths=[5, 2, 4])
         >>> tuple(output.shape), tuple(h_n.shape), tuple(lstm.weight_ci_l1_reverse.shape)
@@ -48,28 +50,16 @@ class LSTM(RNNLayer):
     """
 
     cell_class = TorchLSTMCell
+    _extra_options = {"forget_bias": 0.0, "peepholes": False, "cell_clip": None, "layer_norm": False}
+    _step_options = ("forget_bias", "cell_clip")
     _hidden_names = ("h_0", "c_0")
 
     def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        forget_bias: float = 0.0,
-        peepholes: bool = False,
-        cell_clip: float | None = None,
-        layer_norm: bool = False,
-        recurrent_dropout: float = 0.0,
-        zoneout: float = 0.0,
-    ):
+        self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+        dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0, device: Any = None, dtype: Any = None,
+        *, forget_bias: float = 0.0, peepholes: bool = False, cell_clip: float | None = None,
+        layer_norm: bool = False, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+    ):  # fmt: skip
         super().__init__(
             "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
             device, dtype, recurrent_dropout, zoneout,
@@ -95,18 +85,14 @@ class LSTM(RNNLayer):
         return {**super()._structure(), "proj_size": self.proj_size, "peepholes": self.peepholes,
                 "layer_norm": self.layer_norm}  # fmt: skip
 
-    def _cell_options(self) -> dict[str, Any]:
-        return {**super()._cell_options(), "forget_bias": self.forget_bias, "cell_clip": self.cell_clip}
-
-    def _extra_repr_defaults(self) -> dict[str, Any]:
-        return {"forget_bias": 0.0, "peepholes": False, "cell_clip": None, "layer_norm": False}
-
     def _hidden_sizes(self) -> tuple[int, ...]:
         return (self.proj_size or self.hidden_size, self.hidden_size)
 
-    def _to_cell_state(self, parts: tuple[torch.Tensor, ...]) -> LSTMStateTuple:
+    @staticmethod
+    def _to_cell_state(parts: tuple[torch.Tensor, ...]) -> LSTMStateTuple:
         h, c = parts
         return LSTMStateTuple(c, h)
 
-    def _from_cell_state(self, state: LSTMStateTuple) -> tuple[torch.Tensor, ...]:
+    @staticmethod
+    def _from_cell_state(state: LSTMStateTuple) -> tuple[torch.Tensor, ...]:
         return state.h, state.c

@@ -43,6 +43,8 @@ class RNN(RNNLayer):
 
     Example::
 
+        >>> import torch
+        >>> from rnnkit import RNN
         >>> rnn = RNN(100, 20, 3)
         >>> tuple(rnn.weight_ih_l0.shape), tuple(rnn.weight_ih_l1.shape)
         ((20, 100), (20, 20))
@@ -52,24 +54,14 @@ class RNN(RNNLayer):
     """
 
     cell_class = TorchRNNCell
+    _extra_options = {"nonlinearity": "tanh"}
+    _step_options = ("nonlinearity",)
 
     def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        recurrent_dropout: float = 0.0,
-        zoneout: float = 0.0,
-        proj_size: None = None,
-    ):
+        self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
+        batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device: Any = None,
+        dtype: Any = None, *, recurrent_dropout: float = 0.0, zoneout: float = 0.0, proj_size: None = None,
+    ):  # fmt: skip
         _refuse_projection("RNN", proj_size)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
@@ -81,11 +73,6 @@ class RNN(RNNLayer):
         )  # fmt: skip
         self._create_parameters(device, dtype)
 
-    def _cell_options(self) -> dict[str, Any]:
-        return {**super()._cell_options(), "nonlinearity": self.nonlinearity}
-
-    def _extra_repr_defaults(self) -> dict[str, Any]:
-        return {"nonlinearity": "tanh"}
 
 
 class GRU(RNNLayer):
@@ -103,6 +90,8 @@ class GRU(RNNLayer):
 
     Example::
 
+        >>> import torch
+        >>> from rnnkit import GRU
         >>> gru = GRU(10, 16, num_layers=2, batch_first=True, reset_after=False)
         >>> output, h_n = gru(torch.randn(4, 7, 10), lengths=[7, 3, 5, 1])
         >>> tuple(output.shape), tuple(h_n.shape)
@@ -110,24 +99,14 @@ class GRU(RNNLayer):
     """
 
     cell_class = TorchGRUCell
+    _extra_options = {"reset_after": True}
+    _step_options = ("reset_after",)
 
     def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device: Any = None,
-        dtype: Any = None,
-        *,
-        reset_after: bool = True,
-        recurrent_dropout: float = 0.0,
-        zoneout: float = 0.0,
-        proj_size: None = None,
-    ):
+        self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+        dropout: float = 0.0, bidirectional: bool = False, device: Any = None, dtype: Any = None, *,
+        reset_after: bool = True, recurrent_dropout: float = 0.0, zoneout: float = 0.0, proj_size: None = None,
+    ):  # fmt: skip
         _refuse_projection("GRU", proj_size)
         if not isinstance(reset_after, bool):
             raise TypeError(f"GRU: reset_after must be a bool, got {reset_after!r}")
@@ -137,9 +116,3 @@ class GRU(RNNLayer):
             device, dtype, recurrent_dropout, zoneout,
         )  # fmt: skip
         self._create_parameters(device, dtype)
-
-    def _cell_options(self) -> dict[str, Any]:
-        return {**super()._cell_options(), "reset_after": self.reset_after}
-
-    def _extra_repr_defaults(self) -> dict[str, Any]:
-        return {"reset_after": True}
