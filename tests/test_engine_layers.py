@@ -243,3 +243,21 @@ def test_float32_batches_cross_the_small_row_multiply(name, split, short):
     ref = run(engine.reference_unroll)
     for f, r in zip(fused, ref, strict=True):
         torch.testing.assert_close(f, r, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["auto", "fused", "reference"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_dropout_between_layers_when_no_sequence_runs(mode, backend):
+    # Every length 0 in training with dropout between layers: nothing runs, so (TF's and rnnkit's length semantics)
+    # the outputs are all zeros and each final state is its initial one; dropout has nothing to draw on. (This
+    # once crashed in torch's packing, which refuses empty sequences.)
+    torch.manual_seed(0)
+    layer = getattr(rk, mode)(3, 5, num_layers=2, dropout=0.3, bidirectional=True).train()
+    x = torch.randn(4, 2, 3)
+    h0 = torch.randn(4, 2, 5)
+    hx = (h0, torch.randn(4, 2, 5)) if mode == "LSTM" else h0
+    with engine.use(backend):
+        out, hidden = layer(x, hx, lengths=[0, 0])
+    assert torch.equal(out, torch.zeros(4, 2, 10))
+    for got, given in zip(hidden if mode == "LSTM" else (hidden,), hx if mode == "LSTM" else (hx,), strict=True):
+        assert torch.equal(got, given)

@@ -51,9 +51,9 @@ def test_relayout_matches_the_hand_written_block_orders(family, src, dst, order)
 def test_the_kernels_gate_order_is_what_the_engine_passes():
     # The fused kernels take `gate_order` = where each of their gates (i, g, f, o) sits in the weights they read;
     # the engine's leaves spell those for TF's and torch's layouts.
-    leaf_specs = importlib.import_module("rnnkit.engine._leaf_specs")
-    assert gates.permutation("LSTM", "tf", "kernel") == leaf_specs._TF_ORDER == (0, 1, 2, 3)
-    assert gates.permutation("LSTM", "torch", "kernel") == leaf_specs._TORCH_ORDER == (0, 2, 1, 3)
+    params = importlib.import_module("rnnkit.engine.params")
+    assert gates.permutation("LSTM", "tf", "kernel") == params.TF_KERNEL.gate_order == (0, 1, 2, 3)
+    assert gates.permutation("LSTM", "torch", "kernel") == params.TORCH_WEIGHTS.gate_order == (0, 2, 1, 3)
 
 
 def test_forget_bias_lands_on_each_layouts_forget_block():

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._tf_weights import split_kernel, tf_lstm_as_torch
+from ..gates import permutation, relayout, split_kernel, tf_lstm_as_torch
 
 __all__ = ["TF_KERNEL", "TORCH_WEIGHTS", "TF_GRU_KERNELS", "TFKernel", "TorchWeights", "TFGRUKernels"]
 
@@ -38,7 +38,7 @@ __all__ = ["TF_KERNEL", "TORCH_WEIGHTS", "TF_GRU_KERNELS", "TFKernel", "TorchWei
 class TFKernel:
     """TF1's layout: one ``kernel (I + R, N)`` and one ``bias (N,)``; ``forget_bias`` is never stored."""
 
-    gate_order = (0, 1, 2, 3)  # blocks of (i, g, f, o) in TF's columns i, j, f, o
+    gate_order = permutation("LSTM", "tf", "kernel")  # where each kernel gate sits in TF's columns
     stores_forget_bias = False  # torch's kernel gets it folded into the bias (tf_lstm_as_torch)
 
     def matrices(self, cell: Any) -> tuple[Tensor, Tensor]:
@@ -57,7 +57,9 @@ class TFKernel:
 
     def layer_norms(self, cell: Any, units: int) -> tuple[Tensor | None, Tensor, Tensor]:
         """``(bias, gamma (5, H), beta (5, H))``: norms of i, g, f, o (the kernels' TF order) and of ``c``."""
-        norms = [getattr(cell, s) for s in ("input", "transform", "forget", "output", "state")]
+        # TF's norms are named after its gates i, j, f, o; the kernels take them in their order, then c's ("state")
+        tf_names = ("input", "transform", "forget", "output")
+        norms = [getattr(cell, tf_names[k]) for k in self.gate_order] + [cell.state]
         return None, torch.stack([m.gamma for m in norms]), torch.stack([m.beta for m in norms])
 
     def flat(self, cell: Any) -> tuple[list[Tensor], bool]:
@@ -73,7 +75,7 @@ class TFKernel:
 class TorchWeights:
     """torch.nn's layout: ``weight_ih (N, I)``, ``weight_hh (N, R)``, optional ``bias_ih``, ``bias_hh``."""
 
-    gate_order = (0, 2, 1, 3)  # blocks of (i, g, f, o) in torch's rows i, f, g, o
+    gate_order = permutation("LSTM", "torch", "kernel")  # where each kernel gate sits in torch's rows
     stores_forget_bias = True  # its biases are stored as they are: a forget_bias has no torch kernel
 
     def matrices(self, cell: Any) -> tuple[Tensor, Tensor]:
@@ -95,10 +97,12 @@ class TorchWeights:
         return cell.weight_hr.t()  # (H, P)
 
     def layer_norms(self, cell: Any, units: int) -> tuple[Tensor | None, Tensor, Tensor]:
-        n = units
-        g, b = cell.weight_ln_gates, cell.bias_ln_gates  # (4H,) in torch's i, f, g, o: reordered to i, g, f, o
-        gamma = torch.stack([g[:n], g[2 * n : 3 * n], g[n : 2 * n], g[3 * n :], cell.weight_ln_cell])
-        beta = torch.stack([b[:n], b[2 * n : 3 * n], b[n : 2 * n], b[3 * n :], cell.bias_ln_cell])
+        # (4H,) gains and shifts of the gates in torch's block order, as rows in the kernels' order, then c's
+        gains, shifts = (
+            relayout(p, "LSTM", "torch", "kernel").view(4, units) for p in (cell.weight_ln_gates, cell.bias_ln_gates)
+        )
+        gamma = torch.cat([gains, cell.weight_ln_cell.unsqueeze(0)])
+        beta = torch.cat([shifts, cell.bias_ln_cell.unsqueeze(0)])
         return self.bias(cell), gamma, beta
 
     def flat(self, cell: Any, projection: bool = False) -> tuple[list[Tensor], bool]:

@@ -156,6 +156,8 @@ def dropout_between_layers(x: Tensor, p: float, lengths: Tensor | None) -> Tenso
     if lengths is None:
         return torch.nn.functional.dropout(x, p, training=True)
     ran = (lengths > 0).nonzero().squeeze(1)  # torch cannot pack an empty sequence; it draws nothing for one
+    if not ran.numel():
+        return x  # no sequence ran: the outputs are all padding (zeros), and there is nothing to draw
     packed = pack_padded_sequence(x.index_select(1, ran), lengths.index_select(0, ran).cpu(), enforce_sorted=False)
     dropped = torch.nn.functional.dropout(packed.data, p, training=True)
     padded, _ = pad_packed_sequence(packed._replace(data=dropped), total_length=x.shape[0])

@@ -31,7 +31,7 @@ Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks) {
 // What every backward ends with, single matmuls over all steps: dW_x = x^T dG, dW_h = Hprev^T dG_h and (when
 // asked) dx = dG W_x^T. W_x comes in column blocks (see project_inputs); block k's dW_x (I, N_k) and dW_h (R, N_k)
 // are the two row blocks of one (I + R, N_k) tensor, so a TF kernel (I + R, N_k) takes its gradient without a
-// copy (rnnkit.engine._tf_weights joins them back). dG_h: the recurrent side's d pre-activations (dG, but for
+// copy (rnnkit.gates.split_kernel joins them back). dG_h: the recurrent side's d pre-activations (dG, but for
 // the reset-after GRU), with dG's row stride; nullptr: the caller fills dW_h.
 struct WeightGrads {
   Tensor dx;
