@@ -74,3 +74,12 @@ __all__ = [
 ]
 __all__ += _cell_names(_TF_KINDS)  # RNNCell, RNNCellWrapper, the TF1 cells, MultiRNNCell and the wrappers
 __all__ += runners.__all__  # dynamic_rnn, static_rnn, ..., reverse_sequence
+
+
+def __getattr__(name: str) -> type:
+    """A registered TF1 cell class that no line above imports (a new cell file's), as ``rnnkit.ElmanCell``."""
+    if name in _cell_names(_TF_KINDS):
+        from .cells import cell_class
+
+        return cell_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,14 @@
 Every cell class declares itself in ``rnnkit.cells.registry`` (``register_cell``); the helpers below are the
 cells' shared vocabulary (activations by name, variational dropout masks, argument checks) for the layers,
 the engine and the converters.
+
+Every module of this package is imported with it, so a new cell file declares itself (its ``@register_cell``
+runs) without an edit here; a registered class is reachable by name (``rnnkit.cells.ElmanCell``) whether or not
+it is imported below.
 """
+
+import importlib as _importlib
+import pkgutil as _pkgutil
 
 from ._base import ACTIVATIONS, RNNCell, check_units, dropout_mask, get_activation
 from .basic import BasicRNNCell
@@ -41,3 +48,20 @@ __all__ = [
     "check_clip",
     "default_state_filter",
 ]
+
+
+def _import_cell_modules() -> None:
+    """Import every module of this package that is not imported yet (a new cell file among them)."""
+    for info in _pkgutil.iter_modules(__path__):
+        _importlib.import_module(f"{__name__}.{info.name}")
+
+
+def __getattr__(name: str) -> type:
+    """A registered cell class that no line above imports (a new cell file's), by its registered name."""
+    entry = {e.name: e.cls for e in cell_entries()}.get(name)
+    if entry is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return entry
+
+
+_import_cell_modules()
