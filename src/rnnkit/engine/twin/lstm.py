@@ -68,11 +68,11 @@ def lstm_forward(
 def _activated_gates(g_all, c_prev, c_all, peep, gate_order, forget_bias, hidden) -> list[Tensor]:
     """``sigmoid(i), tanh(g), sigmoid(f), sigmoid(o)`` of every step, from the saved pre-activations and cell
     states, in the order of ``lstm_pointwise``'s arithmetic (peepholes first, then the forget bias)."""
-    i, j, f, o = blocks(g_all, gate_order, hidden)
+    i, g, f, o = blocks(g_all, gate_order, hidden)
     if peep is not None:
         i, f, o = i + peep[0] * c_prev, f + peep[1] * c_prev, o + peep[2] * c_all
     f = f + forget_bias if forget_bias else f
-    return [torch.sigmoid(i), torch.tanh(j), torch.sigmoid(f), torch.sigmoid(o)]
+    return [torch.sigmoid(i), torch.tanh(g), torch.sigmoid(f), torch.sigmoid(o)]
 
 
 def lstm_backward(
