@@ -33,7 +33,7 @@ LIMIT = 1.03  # the change's bound: no row more than 3% slower
 # ---- the worker: one rnnkit, every case, timed on request -------------------------------------------
 
 
-def _worker(quick: bool, filter_text: str) -> None:
+def _worker(quick: bool, filter_text: str, shape_text: str) -> None:
     import torch
 
     from benchmarks import run as bench
@@ -44,6 +44,8 @@ def _worker(quick: bool, filter_text: str) -> None:
     plan += [(s, True) for s in (bench.QUICK_SHAPES[:1] if quick else bench.TRAINING_SHAPES)]
     rows: list[tuple[dict[str, Any], Any]] = []
     for shape, train in plan:
+        if shape_text and shape_text != ",".join(map(str, shape)):
+            continue
         for case in bench.cases(shape):
             if filter_text and filter_text not in case.config:
                 continue
@@ -110,8 +112,11 @@ class _Side:
         self.proc.wait()
 
 
-def compare(base_src: Path, reps: int, quick: bool, filter_text: str, sample_s: float = 0.02) -> list[dict[str, Any]]:
+def compare(
+    base_src: Path, reps: int, quick: bool, filter_text: str, shape_text: str = "", sample_s: float = 0.02
+) -> list[dict[str, Any]]:
     worker_args = (["--quick"] if quick else []) + (["--filter", filter_text] if filter_text else [])
+    worker_args += ["--shape", shape_text] if shape_text else []
     before, after = _Side(base_src, worker_args), _Side(ROOT / "src", worker_args)
     try:
         if before.rows != after.rows:
@@ -163,11 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="two shapes, fewer repetitions, nothing written")
     ap.add_argument("--reps", type=int, default=None, help="timed pairs per row (median)")
     ap.add_argument("--filter", default="", help="only configs containing this text")
+    ap.add_argument("--shape", default="", help="only this shape, written T,B,I,H (e.g. 50,64,512,512)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark-change.md"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        _worker(args.quick, args.filter)
+        _worker(args.quick, args.filter, args.shape.replace(" ", ""))
         return 0
     if not args.base:
         ap.error("--base REV is required")
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.base], cwd=ROOT, check=True)
         try:
             load0 = os.getloadavg()
-            results = compare(tree / "src", reps, args.quick, args.filter)
+            results = compare(tree / "src", reps, args.quick, args.filter, args.shape.replace(" ", ""))
             load1 = os.getloadavg()
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
