@@ -21,7 +21,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit.cli.convert import add_subparser, detect_format, main
+from rnnkit.cli.conversion import add_subparser, detect_format, main
 from rnnkit.saving import load
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -256,7 +256,7 @@ def test_a_write_that_fails_midway_leaves_the_existing_file(tmp_path, monkeypatc
     import torch
 
     import rnnkit
-    from rnnkit.cli import convert as _command
+    from rnnkit.cli import conversion as _command
 
     src, dst = tmp_path / "a.safetensors", tmp_path / "b.pt"
     rnnkit.save(rnnkit.LSTM(3, 4), src)

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 import rnnkit
-from rnnkit.cli.convert import main
+from rnnkit.cli.conversion import main
 from rnnkit.convert import CheckpointError, read_keras, read_tf_checkpoint
 from rnnkit.convert._crc32c import crc32c, mask
 from rnnkit.saving import CONFIG_KEY, load, module_config, save

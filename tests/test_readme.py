@@ -98,8 +98,11 @@ def _cheap(cmd: list[str]) -> bool:  # run as written
     return any(_is_rnnkit(cmd, sub) for sub in ("explain", "convert", "sample"))
 
 
+_BENCHMARKS = (["python", "-m", "benchmarks.run"], ["python", "-m", "benchmarks.compare"])
+
+
 def _slow(cmd: list[str]) -> bool:  # parsed only
-    return _is_rnnkit(cmd, "train") or _torchrun_train(cmd) or cmd[:3] == ["python", "-m", "benchmarks.run"]
+    return _is_rnnkit(cmd, "train") or _torchrun_train(cmd) or cmd[:3] in _BENCHMARKS
 
 
 def _not_run(cmd: list[str]) -> bool:  # installs, or this suite: what they name is checked
@@ -176,10 +179,11 @@ def test_slow_commands_parse(commands, capsys):
     assert len(outs) >= 3 and len(set(outs)) == len(outs), outs
 
 
-def test_benchmark_lines_parse(commands):
-    bench = [c for c in commands if c[:3] == ["python", "-m", "benchmarks.run"]]
+@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.compare"])
+def test_benchmark_lines_parse(commands, module):
+    bench = [c for c in commands if c[:3] == ["python", "-m", module]]
     assert bench
-    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--help"], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=cli_env())  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     for cmd in bench:

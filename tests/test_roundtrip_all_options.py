@@ -13,7 +13,7 @@ References and tolerances:
   (same seed), with ``lengths`` and random initial states;
 * ``export_onnx`` -> onnxruntime: the module's eval output, ``atol=1e-5`` in float32, with ``sequence_lens`` and
   the final states fed back as the next chunk's initial states;
-* ``rnnkit convert`` (in process through ``rnnkit.cli.convert.main``; once through ``python -m rnnkit``) to
+* ``rnnkit convert`` (in process through ``rnnkit.cli.conversion.main``; once through ``python -m rnnkit``) to
   ``.safetensors`` (bit-exact; a layer also ``--as cells``, TF-style cells), ``.onnx`` (onnxruntime, and back to
   ``.safetensors``) and ``.pt`` (read by ``torch.nn`` itself), each against the source module or the cells' own
   ``dynamic_rnn``, ``atol=1e-5``.
@@ -43,7 +43,7 @@ import rnnkit
 import rnnkit.cells
 from cli_helpers import run_cli
 from rnnkit.cells import MultiRNNCell, RNNCell, RNNCellWrapper, cell_entries
-from rnnkit.cli.convert import main as convert_main
+from rnnkit.cli.conversion import main as convert_main
 from rnnkit.convert import (
     AssumedForgetBiasWarning,
     LayerConfig,

@@ -31,7 +31,7 @@ from .cells import ResidualWrapper as ResidualWrapper
 from .cells import RNNCell as RNNCell
 from .cells import RNNCellWrapper as RNNCellWrapper
 from .cells import cell_names as _cell_names
-from .convert import export_onnx, load, save
+from .convert import export_onnx
 from .describe import Summary, summary
 from .engine import backend_info
 from .layers import GRU, LSTM, RNN
@@ -43,6 +43,7 @@ from .runners import (  # noqa: F401 (re-exported: `__all__ += runners.__all__`)
     static_bidirectional_rnn,
     static_rnn,
 )
+from .saving import load, save
 
 # The TF1 cell classes above are re-exported by alias (PEP 484); `__all__` takes their names from the cell
 # registry, the runners' from `runners.__all__`.

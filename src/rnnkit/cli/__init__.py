@@ -23,7 +23,7 @@ __all__ = ["main", "build_parser", "CLIError"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import convert, explain, sample, train
+    from . import conversion, explain, sample, train
 
     parser = argparse.ArgumentParser(
         prog="rnnkit",
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_parser(sub)
     train.add_parser(sub)
     sample.add_parser(sub)
-    convert.add_parser(sub)
+    conversion.add_parser(sub)
     return parser
 
 

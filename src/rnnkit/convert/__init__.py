@@ -18,7 +18,7 @@ torch.save files       `load_torch_state_dict` + `infer_config`     ``torch.save
 rnnkit modules         `load` (``.safetensors`` + configuration)    `save` (layers, TF-style cell trees)
 =====================  ===========================================  ==========================================
 
-The command line ``rnnkit convert SRC DST`` (``rnnkit.cli.convert``, on `rnnkit.convert.files`) moves a model
+The command line ``rnnkit convert SRC DST`` (``rnnkit.cli.conversion``, on `rnnkit.convert.files`) moves a model
 between these files.
 
 Gate orders (conventions of each format) are data: the table in `rnnkit.gates`, whose `relayout` every
@@ -47,7 +47,6 @@ From a checkpoint on disk: ``load_tf_checkpoint("ckpt", forget_bias=1.0)`` build
 ``tf_to_torch(read_tf_checkpoint("ckpt"), ...)`` the torch layout.
 """
 
-from ..saving import load, save  # rnnkit's own format lives in rnnkit.saving; kept here for rnnkit.convert.save
 from ._cell_variables import load_tf_variables, tf_variable_names
 from ._keras_io import keras_to_torch, read_keras
 from ._keras_layout import KerasRecurrentLayer, keras_layer_to_torch, keras_layers_to_torch, torch_to_keras
@@ -65,8 +64,8 @@ from ._tf_layout import (
 from ._tf_stack import tf_to_torch, torch_to_tf
 from ._tf_variables import AssumedForgetBiasWarning, TFCellVariables, TFRNNVariables, parse_tf_variables
 from ._torch_layout import check_state_dict, infer_config, load_torch_state_dict
-from .cells import TFCellStack, cells_from_tf_variables, cells_to_torch, load_tf_checkpoint, torch_to_cells
 from .config import LayerConfig
+from .tf_cells import TFCellStack, cells_from_tf_variables, cells_to_torch, load_tf_checkpoint, torch_to_cells
 
 __all__ = [
     # the common currency
@@ -85,3 +84,14 @@ __all__ = [
     # rnnkit's own save format (rnnkit.saving)
     "save", "load",
 ]  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    """``rnnkit.convert.save`` and ``load``: rnnkit's own format lives in ``rnnkit.saving``, which reads this
+    package's objects (``TFCellStack``, ``LayerConfig``); the two names stay here for code written against earlier
+    versions, resolved on first use so that the packages import one way only."""
+    if name in ("save", "load"):
+        from .. import saving
+
+        return getattr(saving, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

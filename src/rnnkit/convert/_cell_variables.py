@@ -1,6 +1,6 @@
 """TF1 variables -> rnnkit cells a user built: ``tf_variable_names`` and ``load_tf_variables`` (like TF's
 ``Saver.restore`` into a graph of cells). A cell's TF variable name is its scope plus its parameter name with
-``/`` for ``.`` (see ``rnnkit.convert.cells``); wrappers add no scope, as in TF.
+``/`` for ``.`` (see ``rnnkit.convert.tf_cells``); wrappers add no scope, as in TF.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from ..cells import GRUCell, MultiRNNCell, RNNCell, RNNCellWrapper
 from ._tf_variables import _SCOPE_OF
-from .cells import TFCellStack, _as_stack
+from .tf_cells import TFCellStack, _as_stack
 
 __all__ = ["tf_variable_names", "load_tf_variables"]
 

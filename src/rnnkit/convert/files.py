@@ -36,8 +36,8 @@ from ._tf_checkpoint import read_tf_checkpoint
 from ._tf_stack import tf_to_torch
 from ._tf_variables import TF_DEFAULT_FORGET_BIAS, AssumedForgetBiasWarning
 from ._torch_layout import infer_config, load_torch_state_dict
-from .cells import TFCellStack, cells_from_tf_variables, cells_to_torch, torch_to_cells
 from .config import LAYERS, LayerConfig, layer_from_state_dict
+from .tf_cells import TFCellStack, cells_from_tf_variables, cells_to_torch, torch_to_cells
 
 __all__ = [
     "FORMATS",

@@ -24,8 +24,8 @@ from ..cells import (
     default_state_filter,
 )
 from ..cells.registry import cell_class, cell_names
-from ..convert.cells import TFCellStack
 from ..convert.config import LAYERS, TORCH_NN_LAYERS, layer_description
+from ..convert.tf_cells import TFCellStack
 
 __all__ = ["module_config", "module_from_config", "known_classes"]
 

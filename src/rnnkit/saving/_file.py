@@ -15,8 +15,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._version import __version__
-from ..convert.cells import TFCellStack
 from ..convert.guards import loads_json, regular_file
+from ..convert.tf_cells import TFCellStack
 from ._checks import check_config, compare_specs, header_specs, torch_dtype
 from ._config import module_config, module_from_config
 

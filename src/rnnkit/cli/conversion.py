@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from ..cells import MultiRNNCell, RNNCellWrapper
-from ..convert.cells import TFCellStack
 from ..convert.files import FORMATS, WRITABLE, ConvertError, detect_format, read_model, write_model
 from ..convert.guards import one_line
+from ..convert.tf_cells import TFCellStack
 from .errors import EXIT_USAGE
 
 __all__ = ["add_parser", "add_subparser", "run", "main", "detect_format", "FORMATS", "EXIT_USAGE"]
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``rnnkit convert`` on its own (for ``python -m rnnkit.cli.convert`` and tests)."""
+    """``rnnkit convert`` on its own (for ``python -m rnnkit.cli.conversion`` and tests)."""
     parser = argparse.ArgumentParser(prog="rnnkit")
     add_subparser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
