@@ -7,7 +7,8 @@ else. ``use("auto")`` (the default) picks per layer; ``use(...)`` also works as 
 
 Modules: ``lowering`` (cell -> spec, the table ``LOWERINGS``), ``params`` (where specs read weights), ``stack``
 (layers x directions, the one loop over layers), ``route`` (the one decision of a path), ``plan`` (packing by
-lengths), ``unroll`` (the entries and the running), ``_functions``/``_ext``/``twin`` (the fused kernels).
+lengths), ``unroll`` (the entries and the running), ``_functions`` and ``twin`` (the fused kernels: ``csrc/`` compiled,
+or their pure-PyTorch twin), ``extension`` (the compiled extension's build and status).
 
 Example::
 
@@ -24,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+from . import extension
 from ._ext import FusedKernelUnavailableWarning
 from ._select import BACKENDS, KERNELS, current, register_device_kernels, use
 from .info import backend_info
@@ -45,6 +47,7 @@ __all__ = [
     "choose_path",
     "current",
     "explain",
+    "extension",
     "lowering_for",
     "make_plan",
     "reference_unroll",
