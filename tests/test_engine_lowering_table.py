@@ -14,25 +14,13 @@ import torch
 
 import rnnkit
 from rnnkit import engine
-from rnnkit.cells import RNNCell, register_cell
+from rnnkit.cells import RNNCell, SingleStateCell, register_cell
 from rnnkit.cells import registry as cell_registry
 from rnnkit.engine.lowering import LOWERINGS, RNNSpec, lowering_for
 
 
-class ToyElmanCell(RNNCell):
+class ToyElmanCell(SingleStateCell):
     """``h' = tanh(x @ kernel[:I] + h @ kernel[I:] + bias)``: written out here, not BasicRNNCell's code."""
-
-    def __init__(self, num_units: int, **kwargs):
-        self.num_units = num_units
-        super().__init__(**kwargs)
-
-    @property
-    def state_size(self) -> int:
-        return self.num_units
-
-    @property
-    def output_size(self) -> int:
-        return self.num_units
 
     def _build(self, input_depth: int) -> None:
         self.kernel = self._new_parameter(input_depth + self.num_units, self.num_units)

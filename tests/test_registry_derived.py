@@ -10,7 +10,7 @@ import torch
 
 import rnnkit
 from cell_registry import temporary_cells
-from rnnkit.cells import RNNCell, cell_entries, cell_names, check_units, register_cell
+from rnnkit.cells import SingleStateCell, cell_entries, cell_names, register_cell
 from rnnkit.cli.tf_expr import CONSTRUCTORS, parse_cell
 
 TF_CELLS = {"RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell", "DropoutWrapper"}
@@ -60,20 +60,8 @@ def test_parser_knows_the_registered_cells_stacks_and_wrappers():
     assert "RNNCell" not in CONSTRUCTORS and "TorchGRUCell" not in CONSTRUCTORS
 
 
-class ToyCell(RNNCell):
+class ToyCell(SingleStateCell):
     """``h' = tanh(x @ kernel) * h + x @ kernel``: a cell no TF module has, registered as a test would add one."""
-
-    def __init__(self, num_units: int, **kwargs):
-        self.num_units = check_units(num_units, "num_units", "ToyCell")
-        super().__init__(**kwargs)
-
-    @property
-    def state_size(self) -> int:
-        return self.num_units
-
-    @property
-    def output_size(self) -> int:
-        return self.num_units
 
     def _build(self, input_depth: int) -> None:
         self.kernel = self._new_parameter(input_depth, self.num_units)

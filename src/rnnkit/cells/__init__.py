@@ -12,7 +12,7 @@ it is imported below.
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from ._base import ACTIVATIONS, RNNCell, check_units, dropout_mask, get_activation
+from ._base import ACTIVATIONS, RNNCell, SingleStateCell, check_units, dropout_mask, get_activation
 from .basic import BasicRNNCell
 from .gru import GRUCell
 from .layer_norm import TF_LAYER_NORM_EPS, LayerNormBasicLSTMCell
@@ -24,6 +24,7 @@ from .wrappers import DropoutWrapper, ResidualWrapper, RNNCellWrapper, default_s
 
 __all__ = [
     "RNNCell",
+    "SingleStateCell",
     "BasicRNNCell",
     "BasicLSTMCell",
     "LSTMCell",
