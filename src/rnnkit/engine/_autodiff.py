@@ -17,7 +17,7 @@ Example::
     >>> x, bs = torch.randn(5, 3, dtype=torch.float64), torch.tensor([2, 2, 1])   # 3 steps, batch 2
     >>> w_x, w_h = torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
     >>> from rnnkit.engine._autodiff import rnn
-    >>> y, h = rnn(x, w_x, None, bs, torch.zeros(2, 4, dtype=torch.float64), w_h, None, False)
+    >>> y, h = rnn(x, w_x, None, bs, torch.zeros(2, 4, dtype=torch.float64), w_h, None, None, False)
     >>> tuple(y.shape), tuple(h.shape)
     ((5, 4), (2, 4))
 """

@@ -2,16 +2,18 @@
 
 Each family (``lstm``, ``lnlstm``, ``gru``, ``rnn``) is a pair of kernels with one calling convention::
 
-    <family>_forward(x, w_x, bias, batch_sizes, *rest, *cfg, save)
+    <family>_forward(x, w_x, bias, batch_sizes, *rest, *cfg, save[, mask_r])
         -> (y, h_T[, c_T], *saved)            # saved: the activations backward needs (only when save)
-    <family>_backward(dy, dh_T[, dc_T], x, w_x, bias, batch_sizes, *rest, y, *saved, *cfg, need_dx)
+    <family>_backward(dy, dh_T[, dc_T], x, w_x, bias, batch_sizes, *rest, y, *saved, *cfg, need_dx[, mask_r])
         -> one gradient per input tensor but the trailing masks
 
-where ``rest`` ends with the family's per-sequence state masks. A layer is one forward call over the
-packed sequence (saving the activations once per step) and one backward call (backpropagation through
-time, weight gradients as single matmuls over all steps). ``kern`` is the compiled op namespace or the
-pure-PyTorch twin module: both expose the same functions. When no input needs a gradient the forward
-kernel runs directly, saving nothing.
+where ``rest`` ends with the family's per-sequence masks: the state masks, then the recurrent-dropout mask
+``mask_r``, which the LSTMs' and the RNN's kernels take last (it came after their first signature, defaulting to
+None; absent, it is not passed, and they run as before it existed); the GRU's take it after ``mask_h``. A layer
+is one forward call over the packed sequence (saving the activations once per step) and one backward call
+(backpropagation through time, weight gradients as single matmuls over all steps). ``kern`` is the compiled op
+namespace or the pure-PyTorch twin module: both expose the same functions. When no input needs a gradient the
+forward kernel runs directly, saving nothing.
 
 Higher-order gradients: autograd runs a backward in grad mode exactly when it was asked for a differentiable
 gradient (``create_graph=True``). Then, and only then, the layer's gradient is taken through its forward
@@ -36,17 +38,24 @@ __all__ = ["lstm_layer", "lnlstm_layer", "gru_layer", "rnn_layer", "needs_grad"]
 class _Family(NamedTuple):
     name: str  # the kernels' prefix
     outputs: int  # what a layer returns: (y, h_T) or (y, h_T, c_T)
-    masks: int  # trailing mask tensors among the inputs (never differentiated)
+    masks: int  # trailing mask tensors among the inputs (never differentiated), mask_r the last
+    mask_r_last: bool = True  # the kernels take mask_r as their last argument (see above)
 
     @property
     def forward(self) -> str:
         return f"{self.name}_forward"
 
+    def split(self, rest: tuple) -> tuple[tuple, tuple]:
+        """``rest`` (the inputs after x, w_x, bias) as the kernels take it: ``(before cfg, after the flag)``."""
+        if not self.mask_r_last:
+            return rest, ()
+        return rest[:-1], (() if rest[-1] is None else rest[-1:])
 
-_LSTM = _Family("lstm", 3, 2)
-_LNLSTM = _Family("lnlstm", 3, 2)
-_GRU = _Family("gru", 2, 2)  # x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r
-_RNN = _Family("rnn", 2, 1)
+
+_LSTM = _Family("lstm", 3, 3)  # ..., mask_h, mask_c, mask_r
+_LNLSTM = _Family("lnlstm", 3, 3)
+_GRU = _Family("gru", 2, 2, mask_r_last=False)  # x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r
+_RNN = _Family("rnn", 2, 2)  # ..., mask_h, mask_r
 
 
 def needs_grad(*tensors: Tensor | None) -> bool:
@@ -58,7 +67,8 @@ class _FusedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kern, family, cfg, batch_sizes, *inputs):  # noqa: ANN001
         x, w_x, bias, *rest = inputs
-        out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, True)
+        rest, tail = family.split(tuple(rest))
+        out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, True, *tail)
         ctx.kern, ctx.family, ctx.cfg, ctx.batch_sizes, ctx.n_inputs = kern, family, cfg, batch_sizes, len(inputs)
         # The inputs (the biases too: a higher-order backward recomputes the forward from them), y and the
         # activations the backward kernel reads.
@@ -75,9 +85,10 @@ class _FusedLayer(torch.autograd.Function):
             input_grads = _differentiable_grads(ctx, inputs, grads)
         else:
             x, w_x, bias, *rest = inputs
+            rest, tail = family.split(tuple(rest))
             backward = getattr(ctx.kern, f"{family.name}_backward")
             cfg, need_dx = ctx.cfg, ctx.needs_input_grad[4]
-            input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *cfg, need_dx)
+            input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *cfg, need_dx, *tail)
             input_grads = [_laid_out_as(g, t) for g, t in zip(input_grads, inputs, strict=False)]
         return (None, None, None, None, *input_grads, *([None] * family.masks))
 
@@ -135,7 +146,8 @@ def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs:
         return _FusedLayer.apply(kern, family, cfg, batch_sizes, *inputs)
     # No input needs a gradient, so the kernel's outputs need no graph: no no_grad() block needed around it.
     x, w_x, bias, *rest = inputs
-    out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, False)
+    rest, tail = family.split(tuple(rest))
+    out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, False, *tail)
     return tuple(out[: family.outputs])
 
 
@@ -156,14 +168,17 @@ def lstm_layer(
     forget_bias: float,
     cell_clip: float,
     proj_clip: float,
+    mask_r: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over packed ``x`` ``(total, I)``: outputs ``(total, P)`` and final ``h (B, P)``, ``c (B, H)``.
 
     ``w_x (I, 4H)``, ``w_h (P, 4H)`` with gate blocks at ``gate_order`` = blocks of (i, g, f, o);
-    ``peep (3, H)`` = (w_i, w_f, w_o); ``w_proj (H, P)``; clips of 0 mean none.
+    ``peep (3, H)`` = (w_i, w_f, w_o); ``w_proj (H, P)``; clips of 0 mean none. ``mask_h (B, P)``, ``mask_c (B, H)``
+    multiply the carried state (a DropoutWrapper's); ``mask_r (B, P)`` only the ``h`` the recurrent matmul reads
+    (recurrent dropout: ``g_t = x_t W_x + (h_{t-1} * mask_r) W_h + b``; outputs and final state unmasked by it).
     """
     cfg = (list(gate_order), float(forget_bias), float(cell_clip), float(proj_clip))
-    return _layer(kern, _LSTM, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, peep, w_proj, mask_h, mask_c)
+    return _layer(kern, _LSTM, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, peep, w_proj, mask_h, mask_c, mask_r)
 
 
 def lnlstm_layer(
@@ -182,10 +197,13 @@ def lnlstm_layer(
     gate_order: tuple[int, int, int, int],
     forget_bias: float,
     eps: float,
+    mask_r: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """A layer-normalised LSTM layer; ``gamma, beta (5, H)`` for the norms of i, g, f, o and the cell state."""
+    """A layer-normalised LSTM layer; ``gamma, beta (5, H)`` for the norms of i, g, f, o and the cell state; the
+    masks as ``lstm_layer``'s (``mask_r (B, H)``)."""
     cfg = (list(gate_order), float(forget_bias), float(eps))
-    return _layer(kern, _LNLSTM, cfg, batch_sizes, x, w_x, bias, h0, c0, w_h, gamma, beta, mask_h, mask_c)
+    inputs = (x, w_x, bias, h0, c0, w_h, gamma, beta, mask_h, mask_c, mask_r)
+    return _layer(kern, _LNLSTM, cfg, batch_sizes, *inputs)
 
 
 def gru_layer(
@@ -224,6 +242,8 @@ def rnn_layer(
     w_h: Tensor,
     mask_h: Tensor | None,
     relu: bool,
+    mask_r: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One Elman layer ``h' = act(x W_x + h W_h + b)``, ``act`` tanh or relu."""
-    return _layer(kern, _RNN, (bool(relu),), batch_sizes, x, w_x, bias, h0, w_h, mask_h)
+    """One Elman layer ``h' = act(x W_x + (h * mask_r) W_h + b)``, ``act`` tanh or relu; ``mask_h (B, H)``
+    multiplies the carried state, ``mask_r (B, H)`` (recurrent dropout) only the ``h`` the matmul reads."""
+    return _layer(kern, _RNN, (bool(relu),), batch_sizes, x, w_x, bias, h0, w_h, mask_h, mask_r)

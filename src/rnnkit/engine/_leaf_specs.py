@@ -81,33 +81,10 @@ class _Leaf(Spec):
         kernels' state ``internal`` -> ``(y (total, O), final internal state)``.
 
         ``masks``: state masks in the state's structure (a DropoutWrapper's: they drop the carried state).
-        ``recurrent``: a recurrent-dropout mask (B, O) on the ``h`` the matmul reads. The GRU kernel takes it as
-        such (its ``h`` also feeds ``z * h``, unmasked); in the LSTM and the RNN ``h`` feeds nothing but the matmul
-        and the final state, so it is their state mask, and the final ``h`` is read back unmasked from the outputs.
+        ``recurrent``: a recurrent-dropout mask (B, O) on the ``h`` the matmul reads, every kernel's ``mask_r``: the
+        outputs and the state carried on (so the final state) are not masked by it.
         """
         raise NotImplementedError
-
-
-def _times(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    return a if b is None else (b if a is None else a * b)
-
-
-def _unmasked_final(recurrent: Tensor | None, y: Tensor, bs: Tensor, h: Tensor, h0: Tensor) -> Tensor:
-    """The final ``h`` (B, O) when the kernel carried it through a recurrent-dropout mask: each sequence's output
-    at its last step (outputs are never masked); a sequence of no step keeps its initial state ``h0``."""
-    if recurrent is None:
-        return h
-    batch = h.shape[0]
-    if bs.numel() == 0:
-        return h0
-    if int(bs[-1]) == batch:  # every sequence runs every step: the last step's rows
-        return y[-batch:]
-    rows = torch.arange(batch)
-    lengths = (bs.unsqueeze(0) > rows.unsqueeze(1)).sum(1)  # (B,), sorted order
-    last = (torch.cumsum(bs, 0) - bs)[(lengths - 1).clamp(min=0)] + rows  # packed row of each last step
-    last = torch.where(lengths > 0, last, 0)  # (rows of no step read row 0, then keep h0)
-    ran = (lengths > 0).to(y.device).unsqueeze(1)
-    return torch.where(ran, y.index_select(0, last.to(y.device)), h0)
 
 
 # ---- LSTM ------------------------------------------------------------------------------------
@@ -146,12 +123,12 @@ class _LSTMLeaf(_Leaf):
     ) -> tuple[Tensor, tuple]:
         h0, c0 = internal
         m_h, m_c = self.split_masks(masks)
-        m_h = _times(m_h, recurrent)
-        h_in = _times(h0, recurrent)  # the state mask covers the h each step makes; the first matmul reads h0
-        y, h, c = self._layer(kern, bs, x, h_in, c0, m_h, m_c)
-        return y, (_unmasked_final(recurrent, y, bs, h, h0), c)
+        y, h, c = self._layer(kern, bs, x, h0, c0, m_h, m_c, recurrent)
+        return y, (h, c)
 
-    def _layer(self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any) -> tuple:
+    def _layer(
+        self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any, m_r: Tensor | None
+    ) -> tuple:
         raise NotImplementedError
 
 
@@ -176,14 +153,16 @@ class LSTMSpec(_LSTMLeaf):
             exact = exact and self.forget_bias == 0.0  # biases stored as they are: nothing to fold a forget_bias in
         self.torch_mode = "LSTM" if exact else None
 
-    def _layer(self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any) -> tuple:
+    def _layer(
+        self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any, m_r: Tensor | None
+    ) -> tuple:
         cell, read = self.cell, self.read
         w_x, w_h = read.matrices(cell)
         peep = read.peepholes(cell) if self.peepholes else None
         w_proj = read.projection(cell) if self.has_proj else None
         return F.lstm_layer(
             kern, bs, x, w_x, read.bias(cell), h0, c0, w_h, peep, w_proj, m_h, m_c,
-            self.gate_order, self.forget_bias, self.cell_clip, self.proj_clip,
+            self.gate_order, self.forget_bias, self.cell_clip, self.proj_clip, m_r,
         )  # fmt: skip
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
@@ -201,12 +180,15 @@ class LNLSTMSpec(_LSTMLeaf):
         self.gate_order = read.gate_order
         self.eps = TF_LAYER_NORM_EPS  # the cells' own (one definition)
 
-    def _layer(self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any) -> tuple:
+    def _layer(
+        self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any, m_r: Tensor | None
+    ) -> tuple:
         w_x, w_h = self.read.matrices(self.cell)
         bias, gamma, beta = self.read.layer_norms(self.cell, self.num_units)
         return F.lnlstm_layer(
-            kern, bs, x, w_x, bias, h0, c0, w_h, gamma, beta, m_h, m_c, self.gate_order, self.forget_bias, self.eps
-        )
+            kern, bs, x, w_x, bias, h0, c0, w_h, gamma, beta, m_h, m_c, self.gate_order, self.forget_bias, self.eps,
+            m_r,
+        )  # fmt: skip
 
 
 # ---- GRU and vanilla RNN --------------------------------------------------------------------
@@ -261,9 +243,8 @@ class RNNSpec(_Leaf):
     ) -> tuple[Tensor, tuple]:
         (h0,) = internal
         w_x, w_h = self.read.matrices(self.cell)
-        h_in = _times(h0, recurrent)
-        y, h = F.rnn_layer(kern, bs, x, w_x, self.read.bias(self.cell), h_in, w_h, _times(masks, recurrent), self.relu)
-        return y, (_unmasked_final(recurrent, y, bs, h, h0),)
+        y, h = F.rnn_layer(kern, bs, x, w_x, self.read.bias(self.cell), h0, w_h, masks, self.relu, recurrent)
+        return y, (h,)
 
     def torch_params(self) -> tuple[list[Tensor], bool]:
         return self.read.flat(self.cell)

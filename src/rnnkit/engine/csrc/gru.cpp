@@ -32,8 +32,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const Opt<T> mh(mask_h), mr(mask_r);
   Tensor brz_c = bx_c.narrow(0, 0, 2 * H).add(bh_c.narrow(0, 0, 2 * H));  // r and z see both biases: added once
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
-  Tensor HM = mr.p ? at::empty({B, H}, x.options()) : Tensor();  // h * mask_r: what the recurrent matmuls read
-  T* hmp = mr.p ? HM.data_ptr<T>() : nullptr;
+  MatmulInput<T> hin(mr.p, B, H, x.options());  // what the recurrent matmuls read: h, or h * mask_r
   // h @ W_rz every step; h @ W_n with it (reset-after) or, reset-before, (r * h) @ W_n after it.
   const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one (packed) multiply
   const int64_t ga = reset_after ? 3 : 2;          // gate blocks in the first multiply
@@ -45,20 +44,13 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   Tensor A = at::empty({B, G3}, x.options());  // h @ W_h (chunked columns); reset-before: also r * h, (r*h) @ W_n
   T *gp = G.data_ptr<T>(), *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
   T* svp = reset_after ? Sv.data_ptr<T>() : nullptr;
-  const T* hin = nullptr;  // the matmuls' h of the step: masked by the recurrent-dropout mask when there is one
 
-  auto begin = [&](int64_t n, const T* hp) {
-    hin = hp;
-    if (mr.p) {
-      for (int64_t i = 0; i < n * H; ++i) hmp[i] = hp[i] * mr.p[i];
-      hin = hmp;
-    }
-  };
+  auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
   auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
     T* g = gp + off * G3;
     T* sb = reset_after ? (save ? svp + off * H : svp) : nullptr;
-    chunk_rz(c, lo, w, n, hin, H, ap + ga * lo, G3);
-    if (reset_after) chunk_n(c, lo, w, n, hin, H, ap + ga * lo + 2 * w, G3);
+    chunk_rz(c, lo, w, n, hin.h, H, ap + ga * lo, G3);
+    if (reset_after) chunk_n(c, lo, w, n, hin.h, H, ap + ga * lo + 2 * w, G3);
     for (int64_t b = 0; b < n; ++b) {
       T* __restrict__ r = g + b * G3 + lo;
       T* __restrict__ z = r + H;
@@ -82,7 +74,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         for (int64_t j = 0; j < w; ++j) y[j] = nn[j] + z[j] * (h[j] - nn[j]);
       } else {
         T* __restrict__ rh = ap + b * G3 + 2 * H + lo;  // r * h, read by every chunk in phase two
-        const T* __restrict__ hm = hin + b * H + lo;
+        const T* __restrict__ hm = hin.h + b * H + lo;
         for (int64_t j = 0; j < w; ++j) rh[j] = r[j] * hm[j];
       }
     }

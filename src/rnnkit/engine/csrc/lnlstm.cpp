@@ -2,6 +2,7 @@
 // cell state normalised over the units, each with its own gain and shift (gamma, beta (5, H): i, g, f, o, c);
 // no peepholes, clips or projection. Saved: the normalised pre-activations (total, 4H), the normalised cell
 // states (total, H) and the five 1 / sqrt(var + eps) of each row (total, 5). The time loop is loop.h's.
+// mask_r (B, H), recurrent dropout: the matmul reads h * mask_r; the outputs and the carried state do not.
 #include "lstm.h"
 #include "ops.h"
 
@@ -62,16 +63,16 @@ inline void norm_row_backward(const T* __restrict__ da, const T* __restrict__ xh
 template <typename T>
 std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
                                const Tensor& h0, const Tensor& c0, const Tensor& w_h, const Tensor& gamma_,
-                               const Tensor& beta_, const OptT& mask_h, const OptT& mask_c, const LstmCfg& k,
-                               double eps_, bool save) {
+                               const Tensor& beta_, const OptT& mask_h, const OptT& mask_c, const OptT& mask_r,
+                               const LstmCfg& k, double eps_, bool save) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = c0.size(1), G4 = 4 * H;
   TORCH_CHECK(h0.size(1) == H, "rnnkit lnlstm: h and c must have the same size");
   Mat<T> wx = mat_of<T>(w_x), wh = mat_of<T>(w_h);
   Tensor gamma = contig(gamma_), beta = contig(beta_);
   const T *gm = gamma.data_ptr<T>(), *bt = beta.data_ptr<T>();
-  const Opt<T> mh_(mask_h), mc_(mask_c);
-  const T *mh = mh_.p, *mc = mc_.p;
+  const Opt<T> mh_(mask_h), mc_(mask_c), mr_(mask_r);
+  const T *mh = mh_.p, *mc = mc_.p, *mr = mr_.p;
   const T fb = static_cast<T>(k.forget_bias), eps = static_cast<T>(eps_);
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
 
@@ -91,8 +92,10 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   T *xh = XH.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(), *chp = CH.data_ptr<T>(),
     *rsp = RS.data_ptr<T>(), *ap = A.data_ptr<T>();
 
-  auto multiply = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
-    chunk_w(c, lo, w, n, hp, H, xh + off * G4 + lo, G4, T(1));
+  MatmulInput<T> hin(mr, B, H, x.options());
+  auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
+  auto multiply = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T*, T*) {
+    chunk_w(c, lo, w, n, hin.h, H, xh + off * G4 + lo, G4, T(1));
   };
   auto norms = [&](int64_t n, int64_t off, const T*, T* hn) {
     T* g = xh + off * G4;
@@ -125,7 +128,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
       }
     });
   };
-  Tensor hT = forward_loop<T>(s, h0, cols, multiply, norms);
+  Tensor hT = forward_loop<T>(s, h0, cols, multiply, norms, begin);
   if (!save) return {Y, hT, cs};
   return {Y, hT, cs, XH, CH, RS};
 }
@@ -134,15 +137,16 @@ template <typename T>
 std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& dcT, const Tensor& x,
                                const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes, const Tensor& h0,
                                const Tensor& c0, const Tensor& w_h, const Tensor& gamma_, const Tensor& beta_,
-                               const OptT& mask_h, const OptT& mask_c, const Tensor& Y, const Tensor& XH_,
-                               const Tensor& CH_, const Tensor& RS_, const LstmCfg& k, bool need_dx) {
+                               const OptT& mask_h, const OptT& mask_c, const OptT& mask_r, const Tensor& Y,
+                               const Tensor& XH_, const Tensor& CH_, const Tensor& RS_, const LstmCfg& k,
+                               bool need_dx) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t H = c0.size(1), G4 = 4 * H;
   Mat<T> wx = mat_of<T>(w_x);
   Tensor gamma = contig(gamma_), beta = contig(beta_);
   const T *gm = gamma.data_ptr<T>(), *bt = beta.data_ptr<T>();
-  const Opt<T> mh_(mask_h), mc_(mask_c);
-  const T *mh = mh_.p, *mc = mc_.p;
+  const Opt<T> mh_(mask_h), mc_(mask_c), mr_(mask_r);
+  const T *mh = mh_.p, *mc = mc_.p, *mr = mr_.p;
   const T fb = static_cast<T>(k.forget_bias);
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
 
@@ -150,6 +154,7 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
   Tensor Cn = CH.mul(gamma[4]).add(beta[4]);  // (total, H): the cell states c_t
   Tensor Hprev = previous_states<T>(s, contig(h0), Yc, mh);
   Tensor Cprev = previous_states<T>(s, contig(c0), Cn, mc);
+  Tensor HMprev = mr ? masked_rows<T>(s, Hprev, mr) : Hprev;  // what the matmul read: dW_h = HMprev^T dG
   const T *xh = XH.data_ptr<T>(), *chp = CH.data_ptr<T>(), *rsp = RS.data_ptr<T>(), *cnp = Cn.data_ptr<T>(),
           *cprevp = Cprev.data_ptr<T>(), *dyp = dY.data_ptr<T>();
   Tensor dG = at::empty({s.total, G4}, x.options());
@@ -217,9 +222,12 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
       }
     }
   };
-  backward_loop(s, G4, rows, [&](int64_t n, int64_t off) { step_wt(n, {dgp + off * G4}, G4, T(0), dhp, H); });
+  backward_loop(s, G4, rows, [&](int64_t n, int64_t off) {
+    step_wt(n, {dgp + off * G4}, G4, T(0), dhp, H);  // d(h_{t-1} * mask_r): h feeds nothing but the matmul
+    unmask_grad(dhp, mr, n * H);
+  });
   Tensor sums = acc.sum(0);  // (2, 5, H)
-  const WeightGrads wg = weight_grads<T>(x, {wx}, dG, Hprev, dgp, need_dx);
+  const WeightGrads wg = weight_grads<T>(x, {wx}, dG, HMprev, dgp, need_dx);
   Tensor dbias = has(bias) ? dG.sum(0) : Tensor();
   return {wg.dx, wg.dwx[0], dbias, dh, dc, wg.dwh[0], sums[0], sums[1]};
 }
@@ -229,11 +237,12 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
 std::vector<Tensor> lnlstm_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
                                    const Tensor& h0, const Tensor& c0, const Tensor& w_h, const Tensor& gamma,
                                    const Tensor& beta, const OptT& mask_h, const OptT& mask_c,
-                                   at::IntArrayRef gate_order, double forget_bias, double eps, bool save) {
+                                   at::IntArrayRef gate_order, double forget_bias, double eps, bool save,
+                                   const OptT& mask_r) {
   return dispatch_float(x, "lnlstm_forward", [&](auto z) {
     const LstmCfg k = cfg_of(gate_order, forget_bias, 0.0, 0.0);
-    return lnlstm_fwd<decltype(z)>(x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, k, eps,
-                                   save);
+    return lnlstm_fwd<decltype(z)>(x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, mask_r, k,
+                                   eps, save);
   });
 }
 
@@ -242,12 +251,12 @@ std::vector<Tensor> lnlstm_backward(const Tensor& dY, const Tensor& dhT, const T
                                     const Tensor& c0, const Tensor& w_h, const Tensor& gamma, const Tensor& beta,
                                     const OptT& mask_h, const OptT& mask_c, const Tensor& Y, const Tensor& XH,
                                     const Tensor& CH, const Tensor& RS, at::IntArrayRef gate_order,
-                                    double forget_bias, double eps, bool need_dx) {
+                                    double forget_bias, double eps, bool need_dx, const OptT& mask_r) {
   (void)eps;  // the saved 1 / sqrt(var + eps) carry it
   return dispatch_float(x, "lnlstm_backward", [&](auto z) {
     const LstmCfg k = cfg_of(gate_order, forget_bias, 0.0, 0.0);
     return lnlstm_bwd<decltype(z)>(dY, dhT, dcT, x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h,
-                                   mask_c, Y, XH, CH, RS, k, need_dx);
+                                   mask_c, mask_r, Y, XH, CH, RS, k, need_dx);
   });
 }
 

@@ -130,6 +130,36 @@ Tensor previous_states(const Schedule& s, const Tensor& h0, const Tensor& Y, con
   }
   return prev;
 }
+// Recurrent dropout (Keras / Gal): a per-sequence mask_r (B, W) on the h the recurrent matmul reads, h_{t-1} *
+// mask_r, in a buffer of its own; the outputs and the carried state stay unmasked. Without a mask the matmul reads
+// h_{t-1} itself (no copy).
+template <typename T>
+struct MatmulInput {
+  const T* mask;
+  Tensor buf;
+  const T* h = nullptr;  // what the step's matmul reads
+  MatmulInput(const T* mask_r, int64_t B, int64_t W, const at::TensorOptions& options)
+      : mask(mask_r), buf(mask_r ? at::empty({B, W}, options) : Tensor()) {}
+  // At the start of a step of n rows reading h_{t-1} (n, W).
+  void read(int64_t n, const T* hp) {
+    h = hp;
+    if (mask) {
+      T* out = buf.data_ptr<T>();
+      const int64_t count = n * buf.size(1);
+      for (int64_t i = 0; i < count; ++i) out[i] = hp[i] * mask[i];
+      h = out;
+    }
+  }
+};
+
+// The backward of MatmulInput: d(h_{t-1} * mask_r) -> d(h_{t-1}) in place, `count` elements (none without a mask).
+template <typename T>
+inline void unmask_grad(T* dh, const T* mask_r, int64_t count) {
+  if (mask_r) {
+    for (int64_t i = 0; i < count; ++i) dh[i] *= mask_r[i];
+  }
+}
+
 // ---- the time loop ------------------------------------------------------------------------------
 // A family's step is a few lambdas over the family's buffers: templates, so the compiler inlines each into the
 // loop (no virtual call, no per-step allocation), and the step's arithmetic is written once, in its family file.
@@ -141,7 +171,7 @@ struct NoStep {
 
 // Forward over the packed steps of `s` from h0 (B, W). At step t (n running rows, the first at packed row off;
 // h = h_{t-1} (B, W) and hn = h_t, rows [0, n) of which the step writes):
-//   begin(n, h)                      before the multiply (the GRU's recurrent-dropout mask);
+//   begin(n, h)                      before the multiply (a recurrent-dropout mask on the h it reads);
 //   chunk(c, lo, w, n, off, h, hn)   for every chunk c of units u (in parallel when more than one): the
 //                                    recurrent multiply of units [lo, lo + w) and their update;
 //   finish(n, off, h, hn)            a phase reading every unit (a projection, the reset-before GRU's candidate,

@@ -5,6 +5,8 @@
 //   c_t = clip(f * c_{t-1} + i * g); o = sig(o + w_o c_t); m = o * tanh(c_t)
 //   h_t = clip(m @ W_proj)  (with a projection)
 // Saved for backward: the activated gates G (total, 4H) and c_t (total, H); h_t are the outputs.
+// mask_r (B, P), recurrent dropout: the matmul reads h_{t-1} * mask_r (h0 * mask_r at the first step); the outputs
+// and the carried state are h_t (times mask_h, a DropoutWrapper's state mask, when there is one).
 // Backward through time: per step one fused loop and one matmul dG_t @ W_h^T; the weight
 // gradients are single matmuls over all steps (Hprev^T dG, x^T dG).
 #include "lstm.h"
@@ -16,8 +18,8 @@ namespace {
 template <typename T>
 std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
                              const Tensor& h0, const Tensor& c0, const Tensor& w_h, const OptT& peep,
-                             const OptT& w_proj, const OptT& mask_h, const OptT& mask_c, const LstmCfg& k,
-                             bool save) {
+                             const OptT& w_proj, const OptT& mask_h, const OptT& mask_c, const OptT& mask_r,
+                             const LstmCfg& k, bool save) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), P = h0.size(1), H = c0.size(1), G4 = 4 * H;
   const bool proj = has(w_proj);
@@ -26,9 +28,9 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   Mat<T> wp;
   if (proj) wp = step_weights<T>(*w_proj, rows0, s.steps());
   Tensor bias_c = contig_or_zeros(bias, G4, x.options());
-  const Opt<T> peep_(peep), mh_(mask_h), mc_(mask_c);
+  const Opt<T> peep_(peep), mh_(mask_h), mc_(mask_c), mr_(mask_r);
   const T* bp = bias_c.data_ptr<T>();
-  const T *pp = peep_.p, *mh = mh_.p, *mc = mc_.p;
+  const T *pp = peep_.p, *mh = mh_.p, *mc = mc_.p, *mr = mr_.p;
   const T fb = static_cast<T>(k.forget_bias), cclip = static_cast<T>(k.cell_clip),
           pclip = static_cast<T>(k.proj_clip);
   // A step worth splitting runs one chunk of units per thread (its columns of W_h, then its units'
@@ -49,11 +51,12 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
     *sp = S.data_ptr<T>();
   T* mp = proj ? M.data_ptr<T>() : nullptr;
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
-
-  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T* hn) {
+  MatmulInput<T> hin(mr, B, P, x.options());
+  auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
+  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T*, T* hn) {
     T* g = gp + off * G4;
     T* cbuf = save ? cbase + off * H : cbase;
-    chunk_w(c, lo, w, n, hp, P, sp + 4 * lo, G4);
+    chunk_w(c, lo, w, n, hin.h, P, sp + 4 * lo, G4);
     for (int64_t b = 0; b < n; ++b) {
       T* gr = g + b * G4;
       const T* sr = sp + b * G4 + 4 * lo;
@@ -116,7 +119,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
       }
     });
   };
-  Tensor hT = forward_loop<T>(s, h0, u, chunk, project);
+  Tensor hT = forward_loop<T>(s, h0, u, chunk, project, begin);
   if (!save) return {Y, hT, cs};
   return {Y, hT, cs, G, C};
 }
@@ -166,22 +169,23 @@ template <typename T>
 std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& dcT, const Tensor& x,
                              const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes, const Tensor& h0,
                              const Tensor& c0, const Tensor& w_h, const OptT& peep, const OptT& w_proj,
-                             const OptT& mask_h, const OptT& mask_c, const Tensor& Y, const Tensor& G_,
-                             const Tensor& C_, const LstmCfg& k, bool need_dx) {
+                             const OptT& mask_h, const OptT& mask_c, const OptT& mask_r, const Tensor& Y,
+                             const Tensor& G_, const Tensor& C_, const LstmCfg& k, bool need_dx) {
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), P = h0.size(1), H = c0.size(1), G4 = 4 * H;
   const bool proj = has(w_proj);
   Mat<T> wx = mat_of<T>(w_x);
   Mat<T> wp;
   if (proj) wp = mat_of<T>(*w_proj);
-  const Opt<T> peep_(peep), mh_(mask_h), mc_(mask_c);
-  const T *pp = peep_.p, *mh = mh_.p, *mc = mc_.p;
+  const Opt<T> peep_(peep), mh_(mask_h), mc_(mask_c), mr_(mask_r);
+  const T *pp = peep_.p, *mh = mh_.p, *mc = mc_.p, *mr = mr_.p;
   const T cclip = static_cast<T>(k.cell_clip), pclip = static_cast<T>(k.proj_clip);
 
   Tensor G = contig(G_), C = contig(C_), Yc = contig(Y), dY = contig(dY_);
   Tensor h0c = contig(h0), c0c = contig(c0);
   Tensor Hprev = previous_states<T>(s, h0c, Yc, mh);
   Tensor Cprev = previous_states<T>(s, c0c, C, mc);
+  Tensor HMprev = mr ? masked_rows<T>(s, Hprev, mr) : Hprev;  // what the matmul read: dW_h = HMprev^T dG
   const T *gp = G.data_ptr<T>(), *cpp_ = C.data_ptr<T>(), *cprevp = Cprev.data_ptr<T>(), *dyp = dY.data_ptr<T>();
 
   Tensor Mall, Ppre, dP;
@@ -238,10 +242,13 @@ std::vector<Tensor> lstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor&
              dgr + k.of * H, dgr + k.oo * H);
     }
   };
-  auto recur = [&](int64_t n, int64_t off) { step_wt(n, {dgp + off * G4}, G4, T(0), dhp, P); };
+  auto recur = [&](int64_t n, int64_t off) {
+    step_wt(n, {dgp + off * G4}, G4, T(0), dhp, P);  // d(h_{t-1} * mask_r): h_{t-1} feeds nothing but the matmul
+    unmask_grad(dhp, mr, n * P);
+  };
   backward_loop(s, G4, rows, recur, begin);
 
-  const WeightGrads wg = weight_grads<T>(x, {wx}, dG, Hprev, dgp, need_dx);
+  const WeightGrads wg = weight_grads<T>(x, {wx}, dG, HMprev, dgp, need_dx);
   Tensor dbias = has(bias) ? dG.sum(0) : Tensor();
   Tensor dpeep;
   if (pp) {
@@ -262,10 +269,11 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_x, const OptT&
                                  const Tensor& h0, const Tensor& c0, const Tensor& w_h, const OptT& peep,
                                  const OptT& w_proj, const OptT& mask_h, const OptT& mask_c,
                                  at::IntArrayRef gate_order, double forget_bias, double cell_clip, double proj_clip,
-                                 bool save) {
+                                 bool save, const OptT& mask_r) {
   return dispatch_float(x, "lstm_forward", [&](auto z) {
     const LstmCfg k = cfg_of(gate_order, forget_bias, cell_clip, proj_clip);
-    return lstm_fwd<decltype(z)>(x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, k, save);
+    return lstm_fwd<decltype(z)>(x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, mask_r, k,
+                                 save);
   });
 }
 
@@ -274,11 +282,11 @@ std::vector<Tensor> lstm_backward(const Tensor& dY, const Tensor& dhT, const Ten
                                   const Tensor& c0, const Tensor& w_h, const OptT& peep, const OptT& w_proj,
                                   const OptT& mask_h, const OptT& mask_c, const Tensor& Y, const Tensor& G,
                                   const Tensor& C, at::IntArrayRef gate_order, double forget_bias, double cell_clip,
-                                  double proj_clip, bool need_dx) {
+                                  double proj_clip, bool need_dx, const OptT& mask_r) {
   return dispatch_float(x, "lstm_backward", [&](auto z) {
     const LstmCfg k = cfg_of(gate_order, forget_bias, cell_clip, proj_clip);
     return lstm_bwd<decltype(z)>(dY, dhT, dcT, x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c,
-                                 Y, G, C, k, need_dx);
+                                 mask_r, Y, G, C, k, need_dx);
   });
 }
 

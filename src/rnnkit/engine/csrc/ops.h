@@ -6,6 +6,10 @@
 // gate_order = block index of (i, g, f, o) in the weights' columns (TF: 0, 1, 2, 3 for i, j, f, o;
 // torch: 0, 2, 1, 3); GRU blocks are always r, z(u), n(candidate), the candidate's optionally in tensors of its
 // own (w_xn, w_hn; then w_x, w_h hold r, z only).
+// mask_r (B, R), recurrent dropout (Keras / Gal): a per-sequence mask on the h the recurrent matmul reads only
+// (h_{t-1} * mask_r @ W_h); the outputs and the carried state are not masked by it (mask_h, a DropoutWrapper's
+// state mask, multiplies the carried state). The LSTMs and the RNN take it last, defaulting to None (absent: the
+// kernels run as without it); the GRU, after mask_h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,27 +26,27 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_x, const OptT&
                                  const Tensor& h0, const Tensor& c0, const Tensor& w_h, const OptT& peep,
                                  const OptT& w_proj, const OptT& mask_h, const OptT& mask_c,
                                  at::IntArrayRef gate_order, double forget_bias, double cell_clip, double proj_clip,
-                                 bool save);
+                                 bool save, const OptT& mask_r);
 
 std::vector<Tensor> lstm_backward(const Tensor& dY, const Tensor& dhT, const Tensor& dcT, const Tensor& x,
                                   const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes, const Tensor& h0,
                                   const Tensor& c0, const Tensor& w_h, const OptT& peep, const OptT& w_proj,
                                   const OptT& mask_h, const OptT& mask_c, const Tensor& Y, const Tensor& G,
                                   const Tensor& C, at::IntArrayRef gate_order, double forget_bias, double cell_clip,
-                                  double proj_clip, bool need_dx);
+                                  double proj_clip, bool need_dx, const OptT& mask_r);
 
 std::vector<Tensor> lnlstm_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
                                    const Tensor& h0,
                                    const Tensor& c0, const Tensor& w_h, const Tensor& gamma, const Tensor& beta,
                                    const OptT& mask_h, const OptT& mask_c, at::IntArrayRef gate_order,
-                                   double forget_bias, double eps, bool save);
+                                   double forget_bias, double eps, bool save, const OptT& mask_r);
 
 std::vector<Tensor> lnlstm_backward(const Tensor& dY, const Tensor& dhT, const Tensor& dcT, const Tensor& x,
                                     const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes, const Tensor& h0,
                                     const Tensor& c0, const Tensor& w_h, const Tensor& gamma, const Tensor& beta, const OptT& mask_h,
                                     const OptT& mask_c, const Tensor& Y, const Tensor& XH, const Tensor& CH,
                                     const Tensor& RS, at::IntArrayRef gate_order, double forget_bias, double eps,
-                                    bool need_dx);
+                                    bool need_dx, const OptT& mask_r);
 
 std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& bias_x, const Tensor& batch_sizes,
                                 const Tensor& h0, const Tensor& w_h, const OptT& bias_h, const OptT& w_xn,
@@ -56,10 +60,11 @@ std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tens
                                  bool reset_after, bool need_dx);
 
 std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
-                                const Tensor& h0, const Tensor& w_h, const OptT& mask_h, bool relu, bool save);
+                                const Tensor& h0, const Tensor& w_h, const OptT& mask_h, bool relu, bool save,
+                                const OptT& mask_r);
 
 std::vector<Tensor> rnn_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                                  const OptT& bias, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
-                                 const OptT& mask_h, const Tensor& Y, bool relu, bool need_dx);
+                                 const OptT& mask_h, const Tensor& Y, bool relu, bool need_dx, const OptT& mask_r);
 
 }  // namespace rnnkit

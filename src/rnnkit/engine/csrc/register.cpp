@@ -20,15 +20,34 @@ int64_t parallel_threads() {
 }  // namespace
 }  // namespace rnnkit
 
+// The LSTMs' and the RNN's schemas are written out: their trailing mask_r defaults to None (see ops.h).
 TORCH_LIBRARY(rnnkit, m) {
-  m.def("lstm_forward", &rnnkit::lstm_forward);
-  m.def("lstm_backward", &rnnkit::lstm_backward);
-  m.def("lnlstm_forward", &rnnkit::lnlstm_forward);
-  m.def("lnlstm_backward", &rnnkit::lnlstm_backward);
+  m.def("lstm_forward(Tensor x, Tensor w_x, Tensor? bias, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_h,"
+        " Tensor? peep, Tensor? w_proj, Tensor? mask_h, Tensor? mask_c, int[] gate_order, float forget_bias,"
+        " float cell_clip, float proj_clip, bool save, Tensor? mask_r=None) -> Tensor[]",
+        &rnnkit::lstm_forward);
+  m.def("lstm_backward(Tensor dY, Tensor dhT, Tensor dcT, Tensor x, Tensor w_x, Tensor? bias, Tensor batch_sizes,"
+        " Tensor h0, Tensor c0, Tensor w_h, Tensor? peep, Tensor? w_proj, Tensor? mask_h, Tensor? mask_c, Tensor Y,"
+        " Tensor G, Tensor C, int[] gate_order, float forget_bias, float cell_clip, float proj_clip, bool need_dx,"
+        " Tensor? mask_r=None) -> Tensor[]",
+        &rnnkit::lstm_backward);
+  m.def("lnlstm_forward(Tensor x, Tensor w_x, Tensor? bias, Tensor batch_sizes, Tensor h0, Tensor c0, Tensor w_h,"
+        " Tensor gamma, Tensor beta, Tensor? mask_h, Tensor? mask_c, int[] gate_order, float forget_bias, float eps,"
+        " bool save, Tensor? mask_r=None) -> Tensor[]",
+        &rnnkit::lnlstm_forward);
+  m.def("lnlstm_backward(Tensor dY, Tensor dhT, Tensor dcT, Tensor x, Tensor w_x, Tensor? bias, Tensor batch_sizes,"
+        " Tensor h0, Tensor c0, Tensor w_h, Tensor gamma, Tensor beta, Tensor? mask_h, Tensor? mask_c, Tensor Y,"
+        " Tensor XH, Tensor CH, Tensor RS, int[] gate_order, float forget_bias, float eps, bool need_dx,"
+        " Tensor? mask_r=None) -> Tensor[]",
+        &rnnkit::lnlstm_backward);
   m.def("gru_forward", &rnnkit::gru_forward);
   m.def("gru_backward", &rnnkit::gru_backward);
-  m.def("rnn_forward", &rnnkit::rnn_forward);
-  m.def("rnn_backward", &rnnkit::rnn_backward);
+  m.def("rnn_forward(Tensor x, Tensor w_x, Tensor? bias, Tensor batch_sizes, Tensor h0, Tensor w_h, Tensor? mask_h,"
+        " bool relu, bool save, Tensor? mask_r=None) -> Tensor[]",
+        &rnnkit::rnn_forward);
+  m.def("rnn_backward(Tensor dY, Tensor dhT, Tensor x, Tensor w_x, Tensor? bias, Tensor batch_sizes, Tensor h0,"
+        " Tensor w_h, Tensor? mask_h, Tensor Y, bool relu, bool need_dx, Tensor? mask_r=None) -> Tensor[]",
+        &rnnkit::rnn_backward);
   m.def("blas_found", &rnnkit::blas_found);
   m.def("parallel_threads", &rnnkit::parallel_threads);
   m.def("set_min_step_work", &rnnkit::set_min_step_work);

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ...cells.gru import gru_reset_after_pointwise, gru_reset_before_step
-from .loop import affine, backward_loop, forward_loop, input_grads, previous, steps
+from .loop import affine, backward_loop, forward_loop, input_grads, masked_rows, previous
 
 __all__ = ["gru_sequence", "gru_forward", "gru_backward"]
 
@@ -59,9 +59,7 @@ def gru_backward(
     w_x, w_h = _joined(w_x, w_h, w_xn, w_hn)
     hidden = h0.shape[1]
     h_prev = previous(batch_sizes, h0, y, mask_h)
-    hm_prev = h_prev  # the matmuls' h: masked by the recurrent-dropout mask when there is one
-    if mask_r is not None and h_prev.shape[0]:
-        hm_prev = torch.cat([h_prev[off : off + n] * mask_r[:n] for off, n in steps(batch_sizes)])
+    hm_prev = masked_rows(batch_sizes, h_prev, mask_r)  # the matmuls' h: masked by the recurrent-dropout mask
     # The gates of every step at once, from the states they read.
     a_all = affine(hm_prev, w_h, bias_h) if reset_after else None
     if reset_after:

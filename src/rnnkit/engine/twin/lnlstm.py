@@ -12,18 +12,18 @@ from torch.nn import functional
 
 from ...cells.layer_norm import layer_norm_lstm_pointwise
 from ...cells.lstm import lstm_memory
-from .loop import affine, backward_loop, blocks, forward_loop, input_grads, previous
-from .lstm import Record
+from .loop import affine, backward_loop, blocks, forward_loop, input_grads, masked_rows, previous
+from .lstm import Record, forward_saving
 
 __all__ = ["lnlstm_sequence", "lnlstm_forward", "lnlstm_backward"]
 
 
 def lnlstm_sequence(
-    x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, gate_order, forget_bias, eps,
+    x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, mask_r, gate_order, forget_bias, eps,
     record: Record | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A layer-normalised LSTM layer over packed ``x``: ``(y, h_T, c_T)``; ``gamma, beta (5, H)`` for the norms
-    of i, g, f, o and the cell state."""
+    of i, g, f, o and the cell state; ``mask_r`` (B, H): recurrent dropout on the ``h`` the matmul reads."""
     hidden = c0.shape[1]
 
     def norm(q: int) -> Callable[[Tensor], Tensor]:
@@ -36,7 +36,8 @@ def lnlstm_sequence(
     gx = affine(x, w_x, bias)
 
     def step(off: int, n: int, h: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        g = gx[off : off + n] + h @ w_h
+        hm = h if mask_r is None else h * mask_r[:n]  # what the recurrent matmul reads
+        g = gx[off : off + n] + hm @ w_h
         new_c, new_h = layer_norm_lstm_pointwise(*blocks(g, gate_order, hidden), c, norms, forget_bias)
         if record is not None:
             record(off, n, g, new_c)
@@ -47,19 +48,11 @@ def lnlstm_sequence(
 
 
 def lnlstm_forward(
-    x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, gate_order, forget_bias, eps, save
+    x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, gate_order, forget_bias, eps, save,
+    mask_r=None,
 ):
-    args = (x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, gate_order, forget_bias, eps)
-    if not save:
-        return list(lnlstm_sequence(*args))
-    g_all, c_all = x.new_empty(x.shape[0], 4 * c0.shape[1]), x.new_empty(x.shape[0], c0.shape[1])
-
-    def record(off: int, n: int, g: Tensor, c: Tensor) -> None:
-        g_all[off : off + n] = g
-        c_all[off : off + n] = c
-
-    y, h, c = lnlstm_sequence(*args, record)
-    return [y, h, c, g_all, c_all]
+    args = (x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, mask_r, gate_order, forget_bias, eps)
+    return forward_saving(lnlstm_sequence, args, save)
 
 
 def _norm(v: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -78,10 +71,10 @@ def _norm_backward(da: Tensor, xhat: Tensor, gamma: Tensor, rstd: Tensor) -> Ten
 
 def lnlstm_backward(
     dy, dh_t, dc_t, x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, y, g_all, c_all,
-    gate_order, forget_bias, eps, need_dx,
+    gate_order, forget_bias, eps, need_dx, mask_r=None,
 ):
     hidden = c0.shape[1]
-    h_prev = previous(batch_sizes, h0, y, mask_h)
+    hm_prev = masked_rows(batch_sizes, previous(batch_sizes, h0, y, mask_h), mask_r)  # what the matmul read
     c_prev = previous(batch_sizes, c0, c_all, mask_c)
     normed = [_norm(blk, eps) for blk in blocks(g_all, gate_order, hidden)]  # (xhat, rstd) of i, g, f, o
     xhats = [xhat for xhat, _ in normed]
@@ -105,11 +98,12 @@ def lnlstm_backward(
         da_all[2][rows] = dcpre * c_prev[rows] * sf[rows] * (1 - sf[rows])
         for q in range(4):
             dgs[q][rows] = _norm_backward(da_all[q][rows], xhats[q][rows], gamma[q], normed[q][1][rows])
-        return dg_all[rows] @ w_h.t(), dcpre * sf[rows]
+        dhm = dg_all[rows] @ w_h.t()  # d(h_{t-1} * mask_r): h_{t-1} feeds nothing but the matmul
+        return (dhm if mask_r is None else dhm * mask_r[:n]), dcpre * sf[rows]
 
     dh, dc = backward_loop(batch_sizes, dy, (dh_t, dc_t), (mask_h, mask_c), step)
     dgamma = torch.stack([(da_all[q] * xhats[q]).sum(0) for q in range(4)] + [(dcn_all * ch_all).sum(0)])
     dbeta = torch.stack([da.sum(0) for da in da_all] + [dcn_all.sum(0)])
     dx, dwx = input_grads(x, w_x, dg_all, need_dx)
     dbias = dg_all.sum(0) if bias is not None else None
-    return [dx, dwx, dbias, dh, dc, h_prev.t() @ dg_all, dgamma, dbeta]
+    return [dx, dwx, dbias, dh, dc, hm_prev.t() @ dg_all, dgamma, dbeta]

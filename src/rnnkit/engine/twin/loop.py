@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["steps", "blocks", "affine", "clip_limit", "forward_loop", "backward_loop", "previous", "input_grads"]
+__all__ = ["steps", "blocks", "affine", "clip_limit", "forward_loop", "backward_loop", "previous", "masked_rows"]
+__all__ += ["input_grads"]
 
 
 def steps(batch_sizes: Tensor) -> Iterator[tuple[int, int]]:
@@ -105,6 +106,14 @@ def previous(batch_sizes: Tensor, h0: Tensor, y: Tensor, mask: Tensor | None) ->
             prev = y[schedule[t - 1][0] : schedule[t - 1][0] + n]
             rows.append(prev * mask[:n] if mask is not None else prev)
     return torch.cat(rows) if rows else h0[:0]
+
+
+def masked_rows(batch_sizes: Tensor, rows: Tensor, mask: Tensor | None) -> Tensor:
+    """Packed ``rows`` (total, W) times a per-sequence mask (B, W), row b of every step times mask row b (the
+    recurrent-dropout mask on the ``h`` each step's matmul read); ``rows`` itself without a mask."""
+    if mask is None or rows.shape[0] == 0:
+        return rows
+    return torch.cat([rows[off : off + n] * mask[:n] for off, n in steps(batch_sizes)])
 
 
 def input_grads(x: Tensor, w_x: Tensor, d: Tensor, need_dx: bool) -> tuple[Tensor | None, Tensor]:

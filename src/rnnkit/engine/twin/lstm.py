@@ -3,7 +3,8 @@
 ``lstm_sequence`` is the differentiable forward (what ``create_graph=True`` differentiates); ``lstm_forward`` and
 ``lstm_backward`` are the twins of the compiled ops. What the twin's forward saves (the gates' pre-activations
 ``x W_x + b + h W_h`` and the cell states) is read only by the twin's backward, which activates the gates of all
-steps at once and runs the hand-derived step backward.
+steps at once and runs the hand-derived step backward. ``mask_r`` (B, P), recurrent dropout: the matmul reads
+``h * mask_r``; the outputs and the carried state do not.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ import torch
 from torch import Tensor
 
 from ...cells.lstm import lstm_pointwise
-from .loop import affine, backward_loop, blocks, clip_limit, forward_loop, input_grads, previous
+from .loop import affine, backward_loop, blocks, clip_limit, forward_loop, input_grads, masked_rows, previous
 
-__all__ = ["lstm_sequence", "lstm_forward", "lstm_backward", "Record"]
+__all__ = ["lstm_sequence", "lstm_forward", "lstm_backward", "Record", "forward_saving"]
 
 #: Sees each step's rows ``off : off + n``, gate pre-activations ``(n, 4H)`` and new cell state ``(n, H)``.
 Record = Callable[[int, int, Tensor, Tensor], None]
 
 
 def lstm_sequence(
-    x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, gate_order, forget_bias, cell_clip,
-    proj_clip, record: Record | None = None,
+    x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, mask_r, gate_order, forget_bias,
+    cell_clip, proj_clip, record: Record | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """An LSTM layer over packed ``x``: ``(y, h_T, c_T)`` (the kernels' arguments, see ``_functions.lstm_layer``)."""
     hidden = c0.shape[1]
@@ -32,7 +33,8 @@ def lstm_sequence(
     peepholes = None if peep is None else (peep[0], peep[1], peep[2])
 
     def step(off: int, n: int, h: Tensor, c: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        g = gx[off : off + n] + h @ w_h
+        hm = h if mask_r is None else h * mask_r[:n]  # what the recurrent matmul reads
+        g = gx[off : off + n] + hm @ w_h
         new_c, m = lstm_pointwise(*blocks(g, gate_order, hidden), c, forget_bias, torch.tanh, peepholes,
                                   clip_limit(cell_clip))
         if record is not None:
@@ -49,20 +51,27 @@ def lstm_sequence(
 
 def lstm_forward(
     x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, gate_order, forget_bias, cell_clip,
-    proj_clip, save,
+    proj_clip, save, mask_r=None,
 ):
+    args = (x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, mask_r, gate_order, forget_bias,
+            cell_clip, proj_clip)
+    return forward_saving(lstm_sequence, args, save)
+
+
+def forward_saving(sequence: Callable[..., tuple], args: tuple, save: bool) -> list[Tensor]:
+    """An LSTM twin's forward: ``sequence(*args)``'s ``(y, h_T, c_T)`` and, when ``save``, what it recorded for the
+    twin's backward: the gates' pre-activations ``(total, 4H)`` and the cell states ``(total, H)`` of every step
+    (``args``: the kernels' arguments, ``x`` first and ``c0`` sixth)."""
     if not save:
-        return list(lstm_sequence(x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c,
-                                  gate_order, forget_bias, cell_clip, proj_clip))
+        return list(sequence(*args))
+    x, c0 = args[0], args[5]
     g_all, c_all = x.new_empty(x.shape[0], 4 * c0.shape[1]), x.new_empty(x.shape[0], c0.shape[1])
 
     def record(off: int, n: int, g: Tensor, c: Tensor) -> None:
         g_all[off : off + n] = g
         c_all[off : off + n] = c
 
-    y, h, c = lstm_sequence(x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, gate_order,
-                            forget_bias, cell_clip, proj_clip, record)
-    return [y, h, c, g_all, c_all]
+    return [*sequence(*args, record), g_all, c_all]
 
 
 def _activated_gates(g_all, c_prev, c_all, peep, gate_order, forget_bias, hidden) -> list[Tensor]:
@@ -77,10 +86,10 @@ def _activated_gates(g_all, c_prev, c_all, peep, gate_order, forget_bias, hidden
 
 def lstm_backward(
     dy, dh_t, dc_t, x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, y, g_all, c_all,
-    gate_order, forget_bias, cell_clip, proj_clip, need_dx,
+    gate_order, forget_bias, cell_clip, proj_clip, need_dx, mask_r=None,
 ):
     hidden = c0.shape[1]
-    h_prev = previous(batch_sizes, h0, y, mask_h)
+    hm_prev = masked_rows(batch_sizes, previous(batch_sizes, h0, y, mask_h), mask_r)  # what the matmul read
     c_prev = previous(batch_sizes, c0, c_all, mask_c)
     si, sg, sf, so = _activated_gates(g_all, c_prev, c_all, peep, gate_order, forget_bias, hidden)
     m_all = so * torch.tanh(c_all) if w_proj is not None else None
@@ -110,7 +119,8 @@ def lstm_backward(
         dprev = dcn * sf[rows]
         if peep is not None:
             dprev = dprev + d_i * peep[0] + d_f * peep[1]
-        return dg_all[rows] @ w_h.t(), dprev
+        dhm = dg_all[rows] @ w_h.t()  # d(h_{t-1} * mask_r): h_{t-1} feeds nothing but the matmul
+        return (dhm if mask_r is None else dhm * mask_r[:n]), dprev
 
     dh, dc = backward_loop(batch_sizes, dy, (dh_t, dc_t), (mask_h, mask_c), step)
     dx, dwx = input_grads(x, w_x, dg_all, need_dx)
@@ -119,4 +129,4 @@ def lstm_backward(
     if peep is not None:
         dpeep = torch.stack([(di_all * c_prev).sum(0), (df_all * c_prev).sum(0), (do_all * c_all).sum(0)])
     dwp = m_all.t() @ dp_all if w_proj is not None else None
-    return [dx, dwx, dbias, dh, dc, h_prev.t() @ dg_all, dpeep, dwp]
+    return [dx, dwx, dbias, dh, dc, hm_prev.t() @ dg_all, dpeep, dwp]
