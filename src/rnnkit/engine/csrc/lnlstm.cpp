@@ -94,8 +94,8 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
 
   MatmulInput<T> hin(mr, B, H, x.options());
   auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
-  auto multiply = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T*, T*) {
-    chunk_w(c, lo, w, n, hin.h, H, xh + off * G4 + lo, G4, T(1));
+  auto multiply = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
+    chunk_w(c, lo, w, n, mr ? hin.h : hp, H, xh + off * G4 + lo, G4, T(1));
   };
   auto norms = [&](int64_t n, int64_t off, const T*, T* hn) {
     T* g = xh + off * G4;

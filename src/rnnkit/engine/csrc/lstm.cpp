@@ -53,10 +53,10 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
   MatmulInput<T> hin(mr, B, P, x.options());
   auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
-  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T*, T* hn) {
+  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T* hn) {
     T* g = gp + off * G4;
     T* cbuf = save ? cbase + off * H : cbase;
-    chunk_w(c, lo, w, n, hin.h, P, sp + 4 * lo, G4);
+    chunk_w(c, lo, w, n, mr ? hin.h : hp, P, sp + 4 * lo, G4);
     for (int64_t b = 0; b < n; ++b) {
       T* gr = g + b * G4;
       const T* sr = sp + b * G4 + 4 * lo;

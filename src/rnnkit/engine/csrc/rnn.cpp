@@ -23,9 +23,9 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
   MatmulInput<T> hin(mr.p, B, H, x.options());
   auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
-  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T*, T* hn) {
+  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T* hn) {
     T* y = yp + off * H;
-    chunk_w(c, lo, w, n, hin.h, H, ap + lo, H);
+    chunk_w(c, lo, w, n, mr.p ? hin.h : hp, H, ap + lo, H);
     for (int64_t b = 0; b < n; ++b) {
       T* __restrict__ yr = y + b * H + lo;
       const T* __restrict__ a = ap + b * H + lo;
