@@ -145,15 +145,19 @@ class _Lean:
     like: Tensor
 
     def run(self, spec: Any, h: Tensor, state: Any, direction: int) -> tuple[Tensor, Any]:
-        internal = spec.zero_internal(self.batch, self.like) if state is None else spec.to_internal(state)
         spec.draw_masks(self.batch, self.like, h.shape[-1])  # recurrent dropout: where the reference loop draws it
-        recurrent = spec.recurrent_rows(_same)  # full batches: rows in the batch's order
-        y, final = spec.run_fused(self.kern, self.batch_sizes, h, internal, None, recurrent)
-        return y, spec.from_internal(*final)
+        # full batches: the recurrent mask's rows are already in the kernels' order
+        return _fused_leaf(spec, self.kern, self.batch_sizes, h, state, None, spec.recurrent_mask, self.batch)
 
 
-def _same(t: Tensor) -> Tensor:
-    return t
+def _fused_leaf(
+    spec: Any, kern: Any, batch_sizes: Tensor, x: Tensor, state: Any, masks: Any, recurrent: Tensor | None, batch: int
+) -> tuple[Tensor, Any]:
+    """One leaf on the fused kernels over packed ``x``, from the cell's ``state`` (``None``: zeros) to its final
+    state: the kernels' ``(h[, c])`` in and out."""
+    internal = spec.zero_internal(batch, x) if state is None else spec.to_internal(state)
+    y, final = spec.run_fused(kern, batch_sizes, x, internal, masks, recurrent)
+    return y, spec.from_internal(*final)
 
 
 def _unroll(
@@ -224,8 +228,7 @@ def _run(node: Spec, run: _Run, x: Tensor, state: Any, masks: Any) -> tuple[Tens
     if run.paths[id(node)] == "torch":
         return _run_torch(node, run.plan, x, state)
     recurrent = node.recurrent_rows(run.plan.sort)
-    y, final = node.run_fused(run.kern, run.plan.batch_sizes, x, node.to_internal(state), masks, recurrent)
-    return y, node.from_internal(*final)
+    return _fused_leaf(node, run.kern, run.plan.batch_sizes, x, state, masks, recurrent, run.plan.batch)
 
 
 def _segments(plan: Plan) -> list[tuple[int, int, int]]:
