@@ -1,0 +1,210 @@
+"""Trace a cell's step: ``cell.call(inputs, state)`` as an aten graph (``capture`` then partitions it).
+
+The step is traced with ``make_fx`` over fake tensors (no arithmetic runs) as a function of
+``(cell tensors..., x, state leaves...)``: the cell's parameters, buffers and plain tensor attributes (a mask drawn per
+sequence in ``begin_sequence`` and stored as ``self.mask``) are *inputs* of the graph, never baked constants. The batch
+dimension (dim 0 of ``x``, of every state leaf and of per-sequence attributes) is one symbol; every other dimension is
+static. Composite ops are decomposed (``DECOMPOSED``) into the ops the partition knows (``STAGE_OPS``).
+
+What cannot be captured is *said*, as an ``Unsupported`` naming the construct: Python control flow on a tensor's value
+(``if x.sum() > 0``, ``.item()``) or on the batch size, per-step random ops, writes into the state or the cell.
+
+Example::
+
+    >>> import torch, rnnkit
+    >>> from rnnkit.engine.compiler.trace import trace
+    >>> traced = trace(rnnkit.BasicRNNCell(8, input_size=4), 4, torch.float32, "cpu", None)
+    >>> traced.tensor_names, traced.state_widths
+    (('kernel', 'bias'), (8,))
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch._decomp import get_decompositions
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import (
+    DimDynamic,
+    GuardOnDataDependentSymNode,
+    ShapeEnv,
+    StatelessSymbolicContext,
+)
+
+from ..._structure import flatten, pack_as
+from .program import Unsupported
+
+__all__ = ["trace", "cell_tensors", "tensors_of", "Traced", "DECOMPOSED"]
+
+aten = torch.ops.aten
+
+#: Composite ops rewritten into ``STAGE_OPS`` while tracing (linear's ``addmm``, layer norm, the smooth activations).
+DECOMPOSED = (
+    aten.addmm, aten.native_layer_norm, aten.silu, aten.hardswish, aten.mish, aten.gelu, aten.lerp, aten.addcmul,
+    aten.addcdiv, aten.glu, aten._softmax, aten._log_softmax, aten.std, aten.relu6, aten.celu, aten.selu,
+    aten.threshold, aten.hardshrink, aten.softshrink, aten._fused_rms_norm, aten.linalg_vector_norm,
+)  # fmt: skip
+_DECOMPOSITIONS = get_decompositions(list(DECOMPOSED))
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_HERE = os.path.dirname(__file__)
+_DATA_DEPENDENT = (GuardOnDataDependentSymNode, DataDependentOutputException, DynamicOutputShapeException)
+
+
+def cell_tensors(cell: nn.Module, batch: int | None = None) -> tuple[list[tuple[str, Tensor]], list[str]]:
+    """The cell's tensors ``[(name, tensor)]``: parameters, buffers, then plain tensor attributes of the cell and its
+    submodules (each tensor once, under its first name), and the names among them that are per-sequence rows: plain
+    2-D attributes of ``batch`` rows (what ``begin_sequence(batch)`` drew), when ``batch`` is given."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, t in [*cell.named_parameters(), *cell.named_buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = t
+    seq = []
+    for prefix, module in cell.named_modules():
+        for key, value in vars(module).items():
+            if isinstance(value, Tensor) and id(value) not in seen:
+                seen.add(id(value))
+                name = f"{prefix}.{key}" if prefix else key
+                out[name] = value
+                if batch is not None and value.dim() == 2 and value.shape[0] == batch:
+                    seq.append(name)
+    return list(out.items()), seq
+
+
+def tensors_of(cell: nn.Module, names: tuple[str, ...]) -> list[Tensor]:
+    """The cell's current tensors named ``names`` (``StepProgram.tensor_names``), for ``prepare`` and the runners."""
+    found = dict(cell_tensors(cell)[0])
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise KeyError(f"{type(cell).__name__}: the compiled step reads tensors the cell no longer has: {missing}")
+    return [found[n] for n in names]
+
+
+@dataclass
+class Traced:
+    """A captured step: ``gm(*tensors, x, *state_leaves) -> (output, *new_state_leaves)`` with fake ``meta["val"]``.
+
+    ``batch``: the symbol of the batch rows; ``mode``: the fake mode the metadata lives in (rewrites compute new
+    metadata in it); ``seq``: which tensors (by position) are per-sequence rows.
+    """
+
+    gm: torch.fx.GraphModule
+    tensor_names: tuple[str, ...]
+    seq: tuple[int, ...]
+    state_widths: tuple[int, ...]
+    output_width: int
+    batch: Any
+    mode: FakeTensorMode
+    dtype: torch.dtype
+    where: str
+
+
+class _Step(nn.Module):
+    """``cell.call`` as a module's forward, so that ``functional_call`` can swap every cell tensor for a graph input."""
+
+    def __init__(self, cell: nn.Module, names: list[str]):
+        super().__init__()
+        self.cell = cell
+        self.names = names
+        self.moved: list[str] = []
+
+    def forward(self, x: Tensor, leaves: list[Tensor], swapped: list[Tensor]) -> tuple[Tensor, ...]:
+        out, new_state = self.cell.call(x, pack_as(self.cell.state_size, leaves))
+        # a tensor attribute rebound inside call (self.last = h) would leak a fake tensor and state across steps
+        now = dict(cell_tensors(self.cell)[0])
+        self.moved = [n for n, t in zip(self.names, swapped, strict=True) if now.get(n) is not t]
+        return (out, *flatten(new_state))
+
+
+def _user_line(err: BaseException) -> str:
+    """The innermost frame of the traceback outside torch and this package: where the user's code stopped."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith((_TORCH_DIR, _HERE))]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (line {f.lineno} of {os.path.basename(f.filename)}: `{(f.line or '').strip()}`)"
+
+
+def trace(cell: nn.Module, input_depth: int, dtype: torch.dtype, device: Any, batch: int | None) -> Traced | Unsupported:
+    """Trace ``cell.call`` over fake inputs ``(batch, input_depth)`` (``batch`` symbolic); see the module docstring."""
+    where = f"{type(cell).__name__}.call"
+    if not getattr(cell, "built", True):
+        cell.build(input_depth)
+    named, seq_names = cell_tensors(cell, batch)
+    names = [n for n, _ in named]
+    widths = tuple(int(w) for w in flatten(cell.state_size))
+    mode = FakeTensorMode(shape_env=ShapeEnv(specialize_zero_one=False))
+    rows = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+    x = mode.from_tensor(torch.empty(2, input_depth, dtype=dtype, device=device), symbolic_context=rows)
+    b = x.shape[0]
+    fakes = [
+        None if name in seq_names else mode.from_tensor(t.detach(), symbolic_context=_static(t.dim())) for name, t in named
+    ]
+    with mode:  # (tensors of batch rows share x's symbol)
+        fakes = [torch.empty(b, t.shape[1], dtype=t.dtype, device=t.device) if f is None else f
+                 for f, (_, t) in zip(fakes, named, strict=True)]  # fmt: skip
+        leaves = [torch.empty(b, w, dtype=dtype, device=device) for w in widths]
+    step = _Step(cell, names)
+    nt = len(names)
+
+    def fn(*args: Tensor) -> tuple[Tensor, ...]:
+        swapped = list(args[:nt])
+        params = {f"cell.{n}": t for n, t in zip(names, swapped, strict=True)}
+        return torch.func.functional_call(step, params, (args[nt], list(args[nt + 1 :]), swapped), strict=True)
+
+    inputs = [*fakes, x, *leaves]
+    try:
+        with mode:
+            gm = make_fx(fn, tracing_mode="real", decomposition_table=_DECOMPOSITIONS)(*inputs)
+            if any(_mutates(n) for n in gm.graph.nodes):  # in-place ops: retrace the aten graph functionalized
+                gm = make_fx(torch.func.functionalize(gm, remove="mutations"), tracing_mode="real")(*inputs)
+    except _DATA_DEPENDENT as err:
+        return Unsupported(f"data-dependent control flow (a Python branch or number read from a tensor's value"
+                           f"{_user_line(err)}); use torch.where", where)  # fmt: skip
+    if step.moved:
+        return Unsupported(f"call rebinds the cell's tensor attributes {step.moved} (state kept across steps)", where)
+    bad = _check_trace(gm, b, batch_symbol=b.node.expr, mode=mode)
+    if bad:
+        return Unsupported(bad, where)
+    seq = tuple(i for i, n in enumerate(names) if n in seq_names)
+    return Traced(gm, tuple(names), seq, widths, int(cell.output_size), b.node.expr, mode, dtype, where)
+
+
+def _static(rank: int) -> StatelessSymbolicContext:
+    return StatelessSymbolicContext(dynamic_sizes=[DimDynamic.STATIC] * rank)
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+
+
+def _check_trace(gm: torch.fx.GraphModule, b: Any, batch_symbol: Any, mode: FakeTensorMode) -> str:
+    """What in the trace makes it unfit, or ``""``: random ops, reads of values, writes into inputs, batch guards."""
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        if torch.Tag.nondeterministic_seeded in target.tags:
+            return (f"{target} draws random numbers at every step; draw masks once per sequence in begin_sequence "
+                    "and store them on the cell")  # fmt: skip
+        if target is aten._local_scalar_dense.default:
+            return "data-dependent control flow: a tensor's value read as a Python number (.item(), float(t))"
+        if target._schema.is_mutable:
+            return f"{target} writes into the state or a cell tensor in place"
+    env = mode.shape_env
+    if batch_symbol in env.replacements or batch_symbol not in env.var_to_range:
+        return "a value's shape fixes the batch size (a tensor of a fixed number of rows meets the batch rows)"
+    for guard in env.guards:
+        loc = guard.sloc.framework_loc
+        file = getattr(loc, "filename", "") or ""
+        if batch_symbol in guard.expr.free_symbols and not file.startswith(_TORCH_DIR):
+            line = f" (line {loc.lineno} of {os.path.basename(file)})" if file else ""
+            return f"Python control flow on the batch size{line}"
+    return ""
