@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import operator
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,8 +44,9 @@ def _check(traced: Traced, cls: dict[Node, str]) -> str:
         if n.target in (aten.mm.default, aten.bmm.default, aten.mv.default, aten.dot.default) and any(
             cls[a] != P for a in n.args[1:2]
         ):
-            return f"{n.target} multiplies by a matrix that depends on {_what(cls[n.args[1]])} (only multiplies by the " \
-                "cell's tensors are compiled)"  # fmt: skip
+            on = _what(cls[n.args[1]])
+            return f"{n.target} multiplies by a matrix that depends on {on} (only multiplies by the cell's tensors " \
+                "are compiled)"  # fmt: skip
     for n in nodes:
         name = str(n.target)
         pointwise = isinstance(n.target, torch._ops.OpOverload) and torch.Tag.pointwise in n.target.tags
@@ -89,6 +89,10 @@ def _levels(snodes: list[Node], matmuls: set[Node]) -> dict[Node, int]:
         if n not in matmuls and n not in feeds:
             level[n] = level[n.args[0]] if n.target is operator.getitem else last
     return level
+
+
+def _op_name(target: object) -> str:
+    return "operator.getitem" if target is operator.getitem else str(target)
 
 
 class _Prepare:
@@ -178,7 +182,8 @@ class _Builder:
 
     def _steps(self) -> list[Stage | MatMul]:
         outs = [("output", self.out[0], self.t.output_width)]
-        outs += [(f"state_out{k}", v, w) for k, (v, w) in enumerate(zip(self.out[1:], self.t.state_widths, strict=True))]
+        leaves = zip(self.out[1:], self.t.state_widths, strict=True)
+        outs += [(f"state_out{k}", v, w) for k, (v, w) in enumerate(leaves)]
         for i, (name, v, w) in enumerate(outs):
             val = v.meta.get("val") if isinstance(v, Node) else None
             if val is None or self.cls[v] == P or val.dtype != self.t.dtype or val.shape[1] != w:
@@ -227,8 +232,9 @@ class _Builder:
         names, results = [], []
         for n in temps:
             names.append(self._temp(n))
-            cast = n.meta["val"].dtype == torch.bool
-            results.append(g.call_function(aten._to_copy.default, (env[n],), {"dtype": self.t.dtype}) if cast else env[n])
+            cast = n.meta["val"].dtype == torch.bool  # (a bool temp travels as 0/1)
+            to = {"dtype": self.t.dtype}
+            results.append(g.call_function(aten._to_copy.default, (env[n],), to) if cast else env[n])
         for name, v in outs:
             names.append(name)
             results.append(env[v] if v in inside else g.call_function(aten.clone.default, (read(v),)))
@@ -269,7 +275,7 @@ class _Builder:
     def _program(self, steps: list[Stage | MatMul]) -> StepProgram:
         prepare = self._prepare()
         stages = [s for s in steps if isinstance(s, Stage)]
-        ops = sorted({str(n.target) for s in stages for n in s.graph.graph.nodes if n.op == "call_function"})
+        ops = sorted({_op_name(n.target) for s in stages for n in s.graph.graph.nodes if n.op == "call_function"})
         hoisted = [n for n in self.t.gm.graph.nodes if n.target is aten.mm.default and self.cls[n] == X]
         step_width = sum(f.meta["val"].shape[1] for f in self.frontier)
         info = {

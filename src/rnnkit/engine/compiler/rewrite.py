@@ -36,8 +36,10 @@ REDUCTIONS = {aten.sum.dim_IntList, aten.mean.dim, aten.amax.default, aten.amin.
               aten.var_mean.correction}  # fmt: skip
 _PUT_BACK = {aten.unsqueeze.default, aten.view.default, aten._unsafe_view.default, aten.reshape.default}
 # factory -> (position of the size, position of the fill value or the value)
-_FACTORIES = {aten.full.default: (0, 1), aten.zeros.default: (0, 0.0), aten.ones.default: (0, 1.0),
-              aten.new_full.default: (1, 2), aten.new_zeros.default: (1, 0.0), aten.new_ones.default: (1, 1.0)}  # fmt: skip
+_FACTORIES = {
+    aten.full.default: (0, 1), aten.zeros.default: (0, 0.0), aten.ones.default: (0, 1.0),
+    aten.new_full.default: (1, 2), aten.new_zeros.default: (1, 0.0), aten.new_ones.default: (1, 1.0),
+}  # fmt: skip
 
 
 def tensors_in(val: Any) -> list[Any]:

@@ -132,7 +132,9 @@ def _user_line(err: BaseException) -> str:
     return f" (line {f.lineno} of {os.path.basename(f.filename)}: `{(f.line or '').strip()}`)"
 
 
-def trace(cell: nn.Module, input_depth: int, dtype: torch.dtype, device: Any, batch: int | None) -> Traced | Unsupported:
+def trace(
+    cell: nn.Module, input_depth: int, dtype: torch.dtype, device: Any, batch: int | None
+) -> Traced | Unsupported:
     """Trace ``cell.call`` over fake inputs ``(batch, input_depth)`` (``batch`` symbolic); see the module docstring."""
     where = f"{type(cell).__name__}.call"
     if not getattr(cell, "built", True):
@@ -144,9 +146,7 @@ def trace(cell: nn.Module, input_depth: int, dtype: torch.dtype, device: Any, ba
     rows = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
     x = mode.from_tensor(torch.empty(2, input_depth, dtype=dtype, device=device), symbolic_context=rows)
     b = x.shape[0]
-    fakes = [
-        None if name in seq_names else mode.from_tensor(t.detach(), symbolic_context=_static(t.dim())) for name, t in named
-    ]
+    fakes = [None if n in seq_names else mode.from_tensor(t.detach(), symbolic_context=_static(t)) for n, t in named]
     with mode:  # (tensors of batch rows share x's symbol)
         fakes = [torch.empty(b, t.shape[1], dtype=t.dtype, device=t.device) if f is None else f
                  for f, (_, t) in zip(fakes, named, strict=True)]  # fmt: skip
@@ -177,12 +177,13 @@ def trace(cell: nn.Module, input_depth: int, dtype: torch.dtype, device: Any, ba
     return Traced(gm, tuple(names), seq, widths, int(cell.output_size), b.node.expr, mode, dtype, where)
 
 
-def _static(rank: int) -> StatelessSymbolicContext:
-    return StatelessSymbolicContext(dynamic_sizes=[DimDynamic.STATIC] * rank)
+def _static(t: Tensor) -> StatelessSymbolicContext:
+    return StatelessSymbolicContext(dynamic_sizes=[DimDynamic.STATIC] * t.dim())
 
 
 def _mutates(node: torch.fx.Node) -> bool:
-    return node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+    target = node.target
+    return node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
 
 
 def _check_trace(gm: torch.fx.GraphModule, b: Any, batch_symbol: Any, mode: FakeTensorMode) -> str:
