@@ -142,9 +142,11 @@ class _Builder:
     def _new(self, slot: Slot, node: Node) -> str:
         val = node.meta["val"]
         ok = val.dtype == self.t.dtype or (val.dtype == torch.bool and slot.kind in ("step", "param", "temp"))
-        if not (ok or (slot.kind == "param" and val.dim() == 0 and val.dtype.is_floating_point)):
-            raise _Stop(f"a value of dtype {val.dtype} ({node.name}) crosses into the step, which computes in "
-                        f"{self.t.dtype}")  # fmt: skip
+        # a cell tensor of a narrower float type is promoted by the op reading it anyway: cast in prepare, exactly
+        widen = val.dtype.is_floating_point and val.dtype.itemsize <= self.t.dtype.itemsize
+        if not (ok or (slot.kind == "param" and (widen or val.dim() == 0))):
+            label = self.t.tensor_names[self.phs.index(node)] if node in self.phs else node.name
+            raise _Stop(f"a value of dtype {val.dtype} ({label}) enters the step, which computes in {self.t.dtype}")
         if val.dtype == torch.bool:
             self.bools.add(slot.name)
         self.slots[slot.name] = slot

@@ -8,8 +8,9 @@ Rewrites (``normalise``), each exact:
 
 * one ``sym_size(x, 0)`` node for the batch size, read from the inputs (``prepare`` has no state to read it from);
 * ``P`` nodes first, so a node made from weights can be placed before any multiply;
-* identities dropped: ``mul(a, 1)`` (from ``addmm``'s decomposition), full slices;
+* identities dropped: ``mul(a, 1)`` (from ``addmm``'s decomposition), full slices, whole writes (``copy``);
 * a tensor of batch rows made from a size (``torch.zeros(batch, w)``) -> a ``P`` row expanded to the rows;
+* a write into columns (``g[:, a:b] = v``, functionalized as ``slice_scatter``) -> a concatenation of columns;
 * a feature-axis reduction with ``keepdim=False`` whose every use puts the axis back (``unsqueeze``, ``view``) ->
   ``keepdim=True``;
 * ``mm(cat([x part, state part], 1), W)`` with ``W`` of class ``P`` (TF's ``concat([inputs, state]) @ kernel``) ->
@@ -119,6 +120,10 @@ def _drop_identities(traced: Traced) -> None:
         full = node.target is aten.slice.Tensor and (len(node.args) < 5 or node.args[4] == 1)
         if (one or full) and _same(node.meta["val"], a.meta["val"]):
             _replace(node, a)
+        src = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], Node) else None
+        scatter = node.target is aten.slice_scatter.default and (len(node.args) < 6 or node.args[5] == 1)
+        if src is not None and (scatter or node.target is aten.copy.default) and _same(a.meta["val"], src.meta["val"]):
+            _replace(node, src)  # the whole of a written by src
 
 
 def dims(v: torch.Tensor) -> tuple[Any, ...]:
@@ -145,6 +150,25 @@ def _row_factories(traced: Traced, cls: dict[Node, str]) -> None:
         _replace(node, emit(traced, node, aten.expand.default, row, [size_arg[0], size_arg[1]]))
 
 
+def _slice_scatters(traced: Traced, cls: dict[Node, str]) -> None:
+    """``slice_scatter(base, src, 1, a, b)`` (``base[:, a:b] = src``, functionalized) -> a concatenation of columns."""
+    for node in list(traced.gm.graph.nodes):
+        if node.target is not aten.slice_scatter.default or cls.get(node) not in (X, S):
+            continue
+        kw = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True).kwargs
+        base, src = node.args[0], node.args[1]
+        width = base.meta["val"].shape[-1]
+        start, end = kw.get("start") or 0, kw.get("end")
+        end = width if end is None else min(end, width)
+        if kw.get("dim") not in (1, -1) or kw.get("step", 1) != 1 or base.meta["val"].dim() != 2 or start < 0:
+            continue
+        parts = [emit(traced, node, aten.slice.Tensor, base, 1, 0, start)] if start else []
+        parts.append(src)
+        if end < width:
+            parts.append(emit(traced, node, aten.slice.Tensor, base, 1, end, width))
+        _replace(node, emit(traced, node, aten.cat.default, parts, 1))
+
+
 def _keepdim(traced: Traced, cls: dict[Node, str]) -> None:
     for node in list(traced.gm.graph.nodes):
         if node.target not in REDUCTIONS or cls.get(node) not in (X, S):
@@ -158,7 +182,8 @@ def _keepdim(traced: Traced, cls: dict[Node, str]) -> None:
         uses = [u for r in reduced for u in r.users]
         if not all(u.target in _PUT_BACK and len(tensors_in(u.meta.get("val"))[0].shape) == 2 for u in uses):
             continue  # a rank-1 row value used as such: the validation names it
-        new = emit(traced, node, node.target, kw.pop("self"), **{**kw, "keepdim": True})
+        kw = {k: v for k, v in kw.items() if v is not node.args[0]}  # (the input goes first, by position)
+        new = emit(traced, node, node.target, node.args[0], **{**kw, "keepdim": True})
         if node.target is aten.var_mean.correction:
             for r in reduced:
                 r.replace_input_with(node, new)
@@ -217,8 +242,8 @@ def _merge_multiplies(traced: Traced, cls: dict[Node, str]) -> None:
 
 def normalise(traced: Traced) -> None:
     """Apply the rewrites of the module docstring to ``traced.gm`` in place (classes recomputed between them)."""
-    steps = (_canonical_batch, _hoist_weights, _drop_identities, _row_factories, _keepdim, _split_concat_multiplies,
-             _hoist_weights, _merge_multiplies)  # fmt: skip
+    steps = (_canonical_batch, _hoist_weights, _drop_identities, _row_factories, _slice_scatters, _keepdim,
+             _split_concat_multiplies, _hoist_weights, _merge_multiplies)  # fmt: skip
     for step in steps:
         cls = classify(traced)
         if step is _drop_identities:

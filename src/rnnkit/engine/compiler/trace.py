@@ -157,13 +157,16 @@ def trace(
     def fn(*args: Tensor) -> tuple[Tensor, ...]:
         swapped = list(args[:nt])
         params = {f"cell.{n}": t for n, t in zip(names, swapped, strict=True)}
-        return torch.func.functional_call(step, params, (args[nt], list(args[nt + 1 :]), swapped), strict=True)
+        return torch.func.functional_call(step, params, (args[nt], list(args[nt + 1 :]), swapped))
 
     inputs = [*fakes, x, *leaves]
     try:
         with mode:
             gm = make_fx(fn, tracing_mode="real", decomposition_table=_DECOMPOSITIONS)(*inputs)
             if any(_mutates(n) for n in gm.graph.nodes):  # in-place ops: retrace the aten graph functionalized
+                written = _writes_input(gm, names)
+                if written:
+                    return Unsupported(written, where)
                 gm = make_fx(torch.func.functionalize(gm, remove="mutations"), tracing_mode="real")(*inputs)
     except _DATA_DEPENDENT as err:
         return Unsupported(f"data-dependent control flow (a Python branch or number read from a tensor's value"
@@ -184,6 +187,22 @@ def _static(t: Tensor) -> StatelessSymbolicContext:
 def _mutates(node: torch.fx.Node) -> bool:
     target = node.target
     return node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
+
+
+def _writes_input(gm: torch.fx.GraphModule, names: list[str]) -> str:
+    """The first in-place op writing into a graph input (through views), said, or ``""``."""
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node in gm.graph.nodes:
+        if not _mutates(node) or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        base = node.args[0]
+        while base.op == "call_function" and getattr(base.target, "is_view", False):
+            base = base.args[0]
+        if base in phs:
+            i = phs.index(base)
+            what = "the inputs" if i == len(names) else "the state" if i > len(names) else f"the cell's {names[i]!r}"
+            return f"{node.target} writes into {what} in place (write h = h * 2, not h.mul_(2))"
+    return ""
 
 
 def _check_trace(gm: torch.fx.GraphModule, b: Any, batch_symbol: Any, mode: FakeTensorMode) -> str:
