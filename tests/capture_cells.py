@@ -225,6 +225,44 @@ class CoupledZoneout(TFCell):
         return h, Nested(LSTMStateTuple(c, h), count)
 
 
+class BoolMasks(TFCell):
+    """Comparisons as masks: one of the inputs (a ``step`` slot, as 0/1), one of the state crossing a multiply."""
+
+    def _build(self, d: int) -> None:
+        self.kernel = _glorot(self.num_units, self.num_units)
+        self.w = _glorot(d, self.num_units)
+
+    def call(self, inputs, state):
+        on = inputs[:, :1] > 0
+        pos = state > 0
+        g = (state * pos) @ self.kernel + inputs @ self.w
+        h = torch.where(on, torch.tanh(g), torch.where(pos, state, 0.5 * g))
+        return h, h
+
+
+class TorchModules(rnnkit.RNNCell):
+    """Torch style with submodules: ``nn.Linear`` (one without bias), ``nn.LayerNorm``, ``nn.Dropout`` (eval), a view,
+    an output projection of the new state."""
+
+    def __init__(self, input_size: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.ih = nn.Linear(input_size, 2 * hidden)
+        self.hh = nn.Linear(hidden, 2 * hidden, bias=False)
+        self.norm = nn.LayerNorm(hidden)
+        self.drop = nn.Dropout(0.3)
+        self.w_out = nn.Parameter(torch.randn(hidden, hidden) * 0.3)
+        self.input_depth = input_size
+
+    state_size = property(lambda self: self.hidden)
+    output_size = property(lambda self: self.hidden)
+
+    def call(self, x, h):
+        a, b = (self.ih(self.drop(x)) + self.hh(h)).view(-1, 2 * self.hidden).chunk(2, dim=-1)
+        h = self.norm(torch.sigmoid(a) * h + F.silu(b))
+        return torch.matmul(h, self.w_out), h
+
+
 CELLS: dict[str, Callable[[], rnnkit.RNNCell]] = {
     "tf_minimal_gated": lambda: _built(TFMinimalGated(5)),
     "tf_lstm": lambda: _built(TFLSTM(4)),
@@ -235,6 +273,8 @@ CELLS: dict[str, Callable[[], rnnkit.RNNCell]] = {
     "peephole_lstm": lambda: _built(PeepholeLSTM(4)),
     "multiplicative_lstm": lambda: _built(MultiplicativeLSTM(4)),
     "coupled_zoneout": lambda: _built(CoupledZoneout(4)),
+    "bool_masks": lambda: _built(BoolMasks(4)),
+    "torch_modules": lambda: TorchModules(DEPTH, 4).eval(),
 }
 
 

@@ -155,6 +155,23 @@ def test_per_sequence_tensors_are_seq_slots() -> None:
     assert "keep" in program.tensor_names and "keep" not in program.seq_names  # one row for all: a row parameter
 
 
+def test_bool_slots_travel_as_zero_one() -> None:
+    program = capture(CELLS["bool_masks"](), DEPTH)
+    kinds = {program.slots[name].kind for name in program.info["bool_slots"]}
+    assert kinds == {"step", "temp"}, program.info["bool_slots"]
+
+
+def test_no_steps_at_all() -> None:
+    cell = CELLS["tf_lstm"]()
+    program = capture(cell, DEPTH)
+    x = torch.randn(3, 2, DEPTH)
+    state = _state(cell, 2)
+    out, final = unroll_program(program, cell, x, state, torch.tensor([0, 0]))
+    assert out.eq(0).all() and all(a.equal(b) for a, b in zip(flatten(final), flatten(state), strict=True))
+    out, final = unroll_program(program, cell, x[:0], state)
+    assert out.shape == (0, 2, 4) and all(a is b for a, b in zip(flatten(final), flatten(state), strict=True))
+
+
 def test_key_is_stable_and_follows_the_graph() -> None:
     a, b = capture(CELLS["tf_lstm"](), DEPTH), capture(CELLS["tf_lstm"](), DEPTH)
     assert len(a.key) == 64 and a.key == b.key
@@ -226,6 +243,9 @@ REFUSED = {
     "erf": (lambda c, x, h: F.gelu(h @ c.kernel[3:]), "aten.erf.default is outside the compiled op set", ""),
     "in_place_state": (lambda c, x, h: h.mul_(0.5), "writes into the state", "aten.mul_.Tensor"),
     "in_place_view": (lambda c, x, h: torch.tanh(h) + h[:, :2].zero_().sum(1, keepdim=True), "the state", "zero_"),
+    "dropout": (lambda c, x, h: F.dropout(h, 0.5, training=True), "aten.bernoulli", "random"),
+    "untraceable": (lambda c, x, h: h * float(torch.from_numpy(h.detach().numpy()).sum()), "tracer", "numpy"),
+    "einsum": (lambda c, x, h: torch.einsum("bi,ij->bj", h, c.kernel[3:]), "aten.unsqueeze.default", "op set"),
     "flip": (lambda c, x, h: torch.flip(h, [0]), "aten.flip.default is outside the compiled op set", ""),
 }
 

@@ -160,20 +160,23 @@ def trace(
         return torch.func.functional_call(step, params, (args[nt], list(args[nt + 1 :]), swapped))
 
     inputs = [*fakes, x, *leaves]
-    try:
+    try:  # (an analysis: what the tracer cannot follow is said, and the reference loop runs the cell)
         with mode:
             gm = make_fx(fn, tracing_mode="real", decomposition_table=_DECOMPOSITIONS)(*inputs)
-            if any(_mutates(n) for n in gm.graph.nodes):  # in-place ops: retrace the aten graph functionalized
-                written = _writes_input(gm, names)
-                if written:
-                    return Unsupported(written, where)
-                gm = make_fx(torch.func.functionalize(gm, remove="mutations"), tracing_mode="real")(*inputs)
     except _DATA_DEPENDENT as err:
         return Unsupported(f"data-dependent control flow (a Python branch or number read from a tensor's value"
                            f"{_user_line(err)}); use torch.where", where)  # fmt: skip
+    except Exception as err:  # (any failure of the tracer on this call is a reason not to compile it)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return Unsupported(f"the tracer cannot follow call ({type(err).__name__}: {first}){_user_line(err)}", where)
     if step.moved:
         return Unsupported(f"call rebinds the cell's tensor attributes {step.moved} (state kept across steps)", where)
-    bad = _check_trace(gm, b, batch_symbol=b.node.expr, mode=mode)
+    bad = _check_ops(gm, functional=False) or _writes_input(gm, names)
+    if not bad and any(_mutates(n) for n in gm.graph.nodes):  # in-place ops on the step's own values: functionalize
+        with mode:
+            gm = make_fx(torch.func.functionalize(gm, remove="mutations"), tracing_mode="real")(*inputs)
+        bad = _check_ops(gm, functional=True)
+    bad = bad or _check_shapes(mode, b.node.expr)
     if bad:
         return Unsupported(bad, where)
     seq = tuple(i for i, n in enumerate(names) if n in seq_names)
@@ -205,8 +208,8 @@ def _writes_input(gm: torch.fx.GraphModule, names: list[str]) -> str:
     return ""
 
 
-def _check_trace(gm: torch.fx.GraphModule, b: Any, batch_symbol: Any, mode: FakeTensorMode) -> str:
-    """What in the trace makes it unfit, or ``""``: random ops, reads of values, writes into inputs, batch guards."""
+def _check_ops(gm: torch.fx.GraphModule, functional: bool) -> str:
+    """What op in the trace makes it unfit, or ``""``: random ops, reads of values, writes left on inputs."""
     for node in gm.graph.nodes:
         target = node.target
         if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
@@ -216,8 +219,13 @@ def _check_trace(gm: torch.fx.GraphModule, b: Any, batch_symbol: Any, mode: Fake
                     "and store them on the cell")  # fmt: skip
         if target is aten._local_scalar_dense.default:
             return "data-dependent control flow: a tensor's value read as a Python number (.item(), float(t))"
-        if target._schema.is_mutable:
+        if functional and target is aten.copy_.default:  # (what functionalization leaves: a write into an input)
             return f"{target} writes into the state or a cell tensor in place"
+    return ""
+
+
+def _check_shapes(mode: FakeTensorMode, batch_symbol: Any) -> str:
+    """Whether the trace fixed the batch size or branched on it (a guard from the user's code), said."""
     env = mode.shape_env
     if batch_symbol in env.replacements or batch_symbol not in env.var_to_range:
         return "a value's shape fixes the batch size (a tensor of a fixed number of rows meets the batch rows)"
