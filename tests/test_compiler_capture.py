@@ -267,6 +267,44 @@ def test_random_ops_are_refused() -> None:
     assert isinstance(result, Unsupported) and "random" in result.what and result.where == "DropoutWrapper.call"
 
 
+class _Cached(TFCell):
+    """Masks kept in a dict attribute, drawn per sequence; a step counter (and, with ``cache``, a tensor stored)."""
+
+    def _build(self, d: int) -> None:
+        self.kernel = torch.nn.Parameter(torch.randn(d + self.num_units, self.num_units) * 0.5)
+        self.masks: dict[str, torch.Tensor] = {}
+        self.calls = 0
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def begin_sequence(self, batch_size: int) -> None:
+        self.masks = {"keep": torch.rand(1, self.num_units), "rows": torch.rand(batch_size, self.num_units)}
+
+    def call(self, inputs, state):
+        self.calls += 1
+        h = torch.tanh(torch.cat([inputs, state * self.masks["keep"]], 1) @ self.kernel) * self.masks["rows"]
+        if self.cache is not None:
+            self.cache["last"] = h
+        return h, h
+
+
+def test_tensors_in_dict_attributes_and_python_state_kept() -> None:
+    cell = _Cached(4)
+    cell.build(DEPTH)
+    x = torch.randn(4, 5, DEPTH, requires_grad=True)
+    state = _state(cell, 5)
+    ref, ref_final = reference_unroll(cell, x, state, LENGTHS.clamp(max=4))  # (begin_sequence draws the masks)
+    before = (dict(cell.masks), cell.calls, dict(cell.cache))
+    cell.cache = None
+    program = capture(cell, DEPTH, batch=5)
+    cell.cache = before[2]
+    assert isinstance(capture(cell, DEPTH, batch=5), Unsupported)  # it stores h on the cell: state across steps
+    assert (dict(cell.masks), cell.calls, dict(cell.cache)) == before  # (the traces ran call: undone)
+    assert isinstance(program, StepProgram) and program.seq_names == ("masks.rows",), program
+    out, final = unroll_program(program, cell, x, state, LENGTHS.clamp(max=4))
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(final, ref_final, atol=ATOL, rtol=0)
+
+
 def test_rebinding_a_tensor_attribute_is_refused_and_undone() -> None:
     def body(cell, x, h):
         cell.last = h
@@ -277,5 +315,5 @@ def test_rebinding_a_tensor_attribute_is_refused_and_undone() -> None:
     cell.last = torch.zeros(1)
     keep = cell.last
     result = capture(cell, 3)
-    assert isinstance(result, Unsupported) and "last" in result.what
+    assert isinstance(result, Unsupported) and "stores tensors on the cell: ['last']" in result.what
     assert cell.last is keep

@@ -56,26 +56,63 @@ _HERE = os.path.dirname(__file__)
 _DATA_DEPENDENT = (GuardOnDataDependentSymNode, DataDependentOutputException, DynamicOutputShapeException)
 
 
-def cell_tensors(cell: nn.Module, batch: int | None = None) -> tuple[list[tuple[str, Tensor]], list[str]]:
-    """The cell's tensors ``[(name, tensor)]``: parameters, buffers, then plain tensor attributes of the cell and its
-    submodules (each tensor once, under its first name), and the names among them that are per-sequence rows: plain
-    2-D attributes of ``batch`` rows (what ``begin_sequence(batch)`` drew), when ``batch`` is given."""
-    out: dict[str, Tensor] = {}
+_MODULE_DICTS = ("_parameters", "_buffers", "_modules")
+
+
+def _entries(cell: nn.Module) -> list[tuple[str, Tensor, dict | None, Any]]:
+    """``(name, tensor, holder, key)`` for each tensor of the cell, once: parameters and buffers (``holder`` None),
+    then plain tensor attributes and tensors in dict attributes (``holder[key]``) of the cell and its submodules."""
+    out: list[tuple[str, Tensor, dict | None, Any]] = []
     seen: set[int] = set()
     for name, t in [*cell.named_parameters(), *cell.named_buffers()]:
         if id(t) not in seen:
             seen.add(id(t))
-            out[name] = t
-    seq = []
+            out.append((name, t, None, None))
     for prefix, module in cell.named_modules():
-        for key, value in vars(module).items():
-            if isinstance(value, Tensor) and id(value) not in seen:
-                seen.add(id(value))
-                name = f"{prefix}.{key}" if prefix else key
-                out[name] = value
-                if batch is not None and value.dim() == 2 and value.shape[0] == batch:
-                    seq.append(name)
-    return list(out.items()), seq
+        for key, value in list(vars(module).items()):
+            name = f"{prefix}.{key}" if prefix else key
+            items = [(name, vars(module), key, value)]
+            if isinstance(value, dict) and key not in _MODULE_DICTS:
+                items = [(f"{name}.{k}", value, k, v) for k, v in value.items() if isinstance(k, (str, int))]
+            for item_name, holder, k, v in items:
+                if isinstance(v, Tensor) and not isinstance(v, nn.Parameter) and id(v) not in seen:
+                    seen.add(id(v))
+                    out.append((item_name, v, holder, k))
+    return out
+
+
+def cell_tensors(cell: nn.Module, batch: int | None = None) -> tuple[list[tuple[str, Tensor]], list[str]]:
+    """The cell's tensors ``[(name, tensor)]``: parameters, buffers, then plain tensor attributes of the cell and its
+    submodules and tensors in their dict attributes (each tensor once, under its first name); and the names among
+    them that are per-sequence rows: plain 2-D tensors of ``batch`` rows (what ``begin_sequence(batch)`` drew), when
+    ``batch`` is given."""
+    entries = _entries(cell)
+    seq = [n for n, t, holder, _ in entries if holder is not None and batch is not None and t.dim() == 2
+           and t.shape[0] == batch]  # fmt: skip
+    return [(n, t) for n, t, _, _ in entries], seq
+
+
+class _Kept:
+    """The cell's Python state (every module's attributes, and the contents of its dict and list attributes), put
+    back after the trace: tracing runs ``call``, which may cache a (fake) tensor or count steps on the cell."""
+
+    def __init__(self, cell: nn.Module):
+        self.saved = [
+            (vars(m), dict(vars(m)), {k: (v.copy()) for k, v in vars(m).items() if isinstance(v, (dict, list))})
+            for m in cell.modules()
+        ]
+
+    def restore(self) -> None:
+        for now, attrs, contents in self.saved:
+            now.clear()
+            now.update(attrs)
+            for key, content in contents.items():
+                holder = attrs[key]
+                holder.clear()
+                if isinstance(holder, dict):
+                    holder.update(content)
+                else:
+                    holder.extend(content)
 
 
 def tensors_of(cell: nn.Module, names: tuple[str, ...]) -> list[Tensor]:
@@ -107,19 +144,23 @@ class Traced:
 
 
 class _Step(nn.Module):
-    """``cell.call`` as a module's forward, so that ``functional_call`` can swap every cell tensor for a graph input."""
+    """``cell.call`` as a module's forward, so that ``functional_call`` can swap parameters and buffers for graph
+    inputs (the plain tensors are swapped in their holders)."""
 
-    def __init__(self, cell: nn.Module, names: list[str]):
+    def __init__(self, cell: nn.Module, plain: list[tuple[str, dict, Any]]):
         super().__init__()
         self.cell = cell
-        self.names = names
+        self.plain = plain
         self.moved: list[str] = []
 
-    def forward(self, x: Tensor, leaves: list[Tensor], swapped: list[Tensor]) -> tuple[Tensor, ...]:
+    def forward(self, x: Tensor, leaves: list[Tensor], fakes: list[Tensor]) -> tuple[Tensor, ...]:
+        for (_, holder, key), fake in zip(self.plain, fakes, strict=True):
+            holder[key] = fake
         out, new_state = self.cell.call(x, pack_as(self.cell.state_size, leaves))
-        # a tensor attribute rebound inside call (self.last = h) would leak a fake tensor and state across steps
-        now = dict(cell_tensors(self.cell)[0])
-        self.moved = [n for n, t in zip(self.names, swapped, strict=True) if now.get(n) is not t]
+        # a tensor stored on the cell inside call (self.last = h) would carry state across steps
+        self.moved = [n for (n, holder, key), f in zip(self.plain, fakes, strict=True) if holder.get(key) is not f]
+        known = {n for n, _, _ in self.plain}
+        self.moved += [n for n, _, holder, _ in _entries(self.cell) if holder is not None and n not in known]
         return (out, *flatten(new_state))
 
 
@@ -139,8 +180,11 @@ def trace(
     where = f"{type(cell).__name__}.call"
     if not getattr(cell, "built", True):
         cell.build(input_depth)
+    entries = _entries(cell)
     named, seq_names = cell_tensors(cell, batch)
     names = [n for n, _ in named]
+    owned = [n for n, _, holder, _ in entries if holder is None]  # parameters and buffers
+    plain = [(n, holder, key) for n, _, holder, key in entries if holder is not None]
     widths = tuple(int(w) for w in flatten(cell.state_size))
     mode = FakeTensorMode(shape_env=ShapeEnv(specialize_zero_one=False))
     rows = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
@@ -151,15 +195,15 @@ def trace(
         fakes = [torch.empty(b, t.shape[1], dtype=t.dtype, device=t.device) if f is None else f
                  for f, (_, t) in zip(fakes, named, strict=True)]  # fmt: skip
         leaves = [torch.empty(b, w, dtype=dtype, device=device) for w in widths]
-    step = _Step(cell, names)
-    nt = len(names)
+    step = _Step(cell, plain)
+    nt, no = len(names), len(owned)
 
     def fn(*args: Tensor) -> tuple[Tensor, ...]:
-        swapped = list(args[:nt])
-        params = {f"cell.{n}": t for n, t in zip(names, swapped, strict=True)}
-        return torch.func.functional_call(step, params, (args[nt], list(args[nt + 1 :]), swapped))
+        params = {f"cell.{n}": t for n, t in zip(owned, args[:no], strict=True)}
+        return torch.func.functional_call(step, params, (args[nt], list(args[nt + 1 :]), list(args[no:nt])))
 
     inputs = [*fakes, x, *leaves]
+    kept = _Kept(cell)
     try:  # (an analysis: what the tracer cannot follow is said, and the reference loop runs the cell)
         with mode:
             gm = make_fx(fn, tracing_mode="real", decomposition_table=_DECOMPOSITIONS)(*inputs)
@@ -169,8 +213,10 @@ def trace(
     except Exception as err:  # (any failure of the tracer on this call is a reason not to compile it)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         return Unsupported(f"the tracer cannot follow call ({type(err).__name__}: {first}){_user_line(err)}", where)
+    finally:
+        kept.restore()
     if step.moved:
-        return Unsupported(f"call rebinds the cell's tensor attributes {step.moved} (state kept across steps)", where)
+        return Unsupported(f"call stores tensors on the cell: {step.moved} (state kept across steps)", where)
     bad = _check_ops(gm, functional=False) or _writes_input(gm, names)
     if not bad and any(_mutates(n) for n in gm.graph.nodes):  # in-place ops on the step's own values: functionalize
         with mode:
