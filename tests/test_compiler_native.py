@@ -172,7 +172,25 @@ def nested_state(H: int, dtype: torch.dtype):
     return _program(slots, plan, dtype, A + H), [(A + H + C, A + H + C)], [H], []
 
 
-PROGRAMS = {f.__name__: f for f in (lstm_like, gru_reset_before, layer_norm_peephole, activations_masked, nested_state)}
+def constants_width_one(H: int, dtype: torch.dtype):
+    gains = torch.linspace(0.5, 1.5, H, dtype=dtype)  # tensor constants: get_attr nodes in the graph
+    half = torch.tensor(0.5, dtype=dtype)
+
+    def step(g, x, k, h):
+        h2 = torch.tanh(g + x * gains) * half + h * torch.sigmoid(k)
+        k2 = k + h2.pow(2).sum(-1, keepdim=True) * 0.01 - torch.reciprocal(1.0 + k * k)
+        return h2, k2, torch.cat([k2, h2 - 1.0], 1)
+
+    slots = [Slot("x", "step", H), Slot("h", "state_in", H, 0), Slot("k", "state_in", 1, 1), Slot("g", "temp", H),
+             Slot("h2", "state_out", H, 0), Slot("k2", "state_out", 1, 1), Slot("y", "output", H + 1)]  # fmt: skip
+    plan = [("mm", "h", 0, "g"), ("stage", step, ["g", "x", "k", "h"], ["h2", "k2", "y"])]
+    return _program(slots, plan, dtype, H), [(H, H)], [], []
+
+
+PROGRAMS = {
+    f.__name__: f
+    for f in (lstm_like, gru_reset_before, layer_norm_peephole, activations_masked, nested_state, constants_width_one)
+}
 
 
 def _inputs(prog: StepProgram, wshapes, pwidths, swidths, batch: int, steps: int, dtype, seed: int):

@@ -159,7 +159,7 @@ def _constant(em: Emitter, gm: GraphModule, node: Node) -> object:
     if t.numel() == 1:
         return Expr(em.d.lit(t.item()))
     if t.dim() in (1, 2) and t.shape[-1] == t.numel():
-        name = em.name("c")
+        name = em.name(f"{em.fn}_c")  # file scope: named after its function
         em.consts.append(f"static const {em.d.T} {name}[{t.numel()}] = {{{', '.join(map(em.d.lit, t.tolist()))}}};")
         return Mem(name, t.numel())
     raise CodegenError(f"constant {node.target} of shape {tuple(t.shape)}: only scalars and feature vectors")
@@ -242,6 +242,7 @@ def emit_function(
     dests = [[(f"q{i}", 0, mode) for i, mode in ds] for ds in outputs]
     plan = _Plan(gm.graph, outs, dests)
     em = Emitter(Dtype(ctype))
+    em.fn = name
     for k, n in enumerate(holders):
         em.vals[n] = Mem(f"q{inputs[k]}", _w(n))
         em.store(em.vals[n], _w(n), plan.requests.get(n, []))
