@@ -128,17 +128,12 @@ class RNNCell(TFCellProtocol):
         self._trainable = bool(trainable)
         self.input_depth: int | None = None
         if input_size is not None:
-            self.build(input_size)
+            if self.__dict__.get("_constructing") and hasattr(type(self).build, "_tf_build"):
+                self.__dict__["_pending_input_size"] = input_size  # built once the user's __init__ returns
+            else:
+                self.build(input_size)
 
-    # -- the contract --------------------------------------------------------------------------
-    @property
-    def state_size(self) -> Any:
-        raise NotImplementedError
-
-    @property
-    def output_size(self) -> int:
-        raise NotImplementedError
-
+    # -- the contract (state_size and output_size: see TFCellProtocol) ---------------------------
     def call(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
 
@@ -262,12 +257,13 @@ class RNNCell(TFCellProtocol):
 
     def count_params(self) -> int:
         """The number of scalars in the cell's parameters (TF's ``count_params``)."""
-        if not self.built:
+        params = list(self.parameters())
+        if not self.built and not params:  # (a torch-style cell has its parameters before any build)
             raise ValueError(
                 f"{self._name}: not built yet, so it has no parameters to count; call it on inputs, "
                 "or pass input_size= / call build(input_depth) first"
             )
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in params)
 
     def begin_sequence(self, batch_size: int) -> None:
         """Called by the runners before each unroll; cells with per-sequence randomness resample here."""
@@ -276,7 +272,12 @@ class RNNCell(TFCellProtocol):
                 child.begin_sequence(batch_size)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
-        if not self.built and any(k.startswith(prefix) for k in state_dict if not self._owned_by_child(k, prefix)):
+        own = {*self._parameters, *self._buffers}  # a torch-style cell's, made before any build, load as torch's do
+        if not self.built and any(
+            k.startswith(prefix) and k[len(prefix) :] not in own
+            for k in state_dict
+            if not self._owned_by_child(k, prefix)
+        ):
             raise ValueError(
                 f"{self._name}: cannot load parameters into a cell that is not built yet; pass input_size= "
                 "to the constructor or call build(input_depth) first"

@@ -7,7 +7,9 @@ tf``). What rnnkit does with each:
 
 * ``build(self, inputs_shape)``, when a subclass defines it, runs once, with a ``TensorShape`` of the inputs
   ``(batch, input_depth)`` (``batch`` is ``None`` for ``input_size=`` and ``cell.build(depth)``); rnnkit then
-  records ``input_depth``, whether or not the build set ``self.built = True``.
+  records ``input_depth``, whether or not the build set ``self.built = True``. For ``input_size=`` it runs when
+  the cell's ``__init__`` returns, so ``super().__init__(input_size=...)`` may come first, as in TF code.
+* ``state_size`` and ``output_size``: properties (TF), or attributes set in ``__init__`` (torch style).
 * ``add_variable(name, shape, ...)`` / ``add_weight``: an ``nn.Parameter`` under TF's name (``"gates/kernel"`` is
   ``gates.kernel``); see ``rnnkit.cells.variables`` for the initializer rule.
 * ``self._kernel = self.add_variable("kernel", ...)``, as TF code keeps its variables, makes ``_kernel`` an alias
@@ -80,6 +82,28 @@ def adapt_build(build: Callable[..., Any]) -> Callable[..., Any]:
     return adapted
 
 
+def _build_after_init(init: Callable[..., Any]) -> Callable[..., Any]:
+    """A cell class's ``__init__`` that builds for ``input_size=`` once the outermost ``__init__`` has returned:
+    TF code calls ``super().__init__(...)`` first and sets what its ``build`` reads after (``RNNCell.__init__``
+    leaves the depth in ``_pending_input_size`` for a user's build)."""
+
+    @functools.wraps(init)
+    def init_then_build(self: Any, *args: Any, **kwargs: Any) -> None:
+        self.__dict__["_constructing"] = self.__dict__.get("_constructing", 0) + 1
+        try:
+            init(self, *args, **kwargs)
+        finally:
+            self.__dict__["_constructing"] -= 1
+        if not self.__dict__["_constructing"]:
+            del self.__dict__["_constructing"]
+            pending = self.__dict__.pop("_pending_input_size", None)
+            if pending is not None:
+                self.build(pending)
+
+    init_then_build._builds_after = True  # type: ignore[attr-defined]
+    return init_then_build
+
+
 class TFCellProtocol(nn.Module):
     """The TF1 protocol's half of ``RNNCell`` (see the module's docstring); the other half is ``RNNCell.build``."""
 
@@ -88,6 +112,30 @@ class TFCellProtocol(nn.Module):
         own = cls.__dict__.get("build")
         if own is not None and not hasattr(own, "_tf_build") and not getattr(own, "_rnnkit_build", False):
             cls.build = adapt_build(own)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not hasattr(init, "_builds_after"):
+            cls.__init__ = _build_after_init(init)
+
+    # state_size and output_size: a subclass defines them as properties (TF) or sets them in __init__ (torch style).
+    @property
+    def state_size(self) -> Any:
+        if "_state_size" not in self.__dict__:
+            raise NotImplementedError(f"{self._name}: a cell must define state_size")
+        return self.__dict__["_state_size"]
+
+    @state_size.setter
+    def state_size(self, value: Any) -> None:
+        self.__dict__["_state_size"] = value
+
+    @property
+    def output_size(self) -> Any:
+        if "_output_size" not in self.__dict__:
+            raise NotImplementedError(f"{self._name}: a cell must define output_size")
+        return self.__dict__["_output_size"]
+
+    @output_size.setter
+    def output_size(self, value: Any) -> None:
+        self.__dict__["_output_size"] = value
 
     @property
     def built(self) -> bool:
