@@ -92,3 +92,6 @@ class NotBuiltError(RNNKitError, AttributeError):
 class VariableNameError(RNNKitError, KeyError, ValueError):
     """A variable name ``add_variable``/``add_weight`` cannot take: already taken on the cell, or not a valid torch
     name (empty, or with a ``.``). torch's ``register_parameter`` raises ``KeyError``; TF raises ``ValueError``."""
+
+    def __str__(self) -> str:  # the message as written (KeyError's own str() would quote and escape it)
+        return str(self.args[0]) if self.args else ""

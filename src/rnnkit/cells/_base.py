@@ -197,7 +197,8 @@ class RNNCell(TFCellProtocol):
                 "dtype": self._factory["dtype"] or inputs.dtype,
                 "device": self._factory["device"] or inputs.device,
             }
-            self._build_as(inputs.shape[-1], inputs.shape[0])
+            # inputs: a step (batch, depth), or the runners' time-major (time, batch, depth)
+            self._build_as(inputs.shape[-1], inputs.shape[-2] if inputs.dim() >= 2 else None)
 
     def _new_parameter(
         self, *shape: int, init: Callable[[torch.Tensor], Any] | float = glorot_uniform_

@@ -48,7 +48,7 @@ from torch import nn
 from .._structure import as_torch_dtype
 from ..errors import ArgumentTypeError
 from .shape import TensorShape, depth_and_batch
-from .variables import create_variable, variable_path
+from .variables import create_variable, variable, variable_path
 
 __all__ = ["TFCellProtocol", "adapt_build"]
 
@@ -227,7 +227,7 @@ class TFCellProtocol(nn.Module):
     def __getattr__(self, name: str) -> Any:
         aliases = self.__dict__.get("_variable_aliases")
         if aliases is not None and name in aliases:
-            return self.get_parameter(aliases[name].replace("/", "."))
+            return variable(self, aliases[name])
         return super().__getattr__(name)
 
     def __delattr__(self, name: str) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "initial_value",
     "tf_fans",
     "INITIALIZERS",
+    "variable",
     "variable_path",
 ]
 
@@ -251,9 +252,19 @@ def create_variable(
     return param
 
 
+def variable(cell: nn.Module, name: str) -> Any:
+    """The variable TF-named ``name`` on ``cell``: what its scope's ``_parameters`` holds now (a plain tensor while
+    ``torch.func.functional_call`` swaps one in, which ``get_parameter`` would refuse)."""
+    *scopes, leaf = name.split("/")
+    owner = cell
+    for scope in scopes:
+        owner = owner._modules[scope]
+    return owner._parameters[leaf]
+
+
 def variable_path(cell: nn.Module, value: Any) -> str | None:
     """The TF name of the variable ``value`` if ``create_variable`` made it on ``cell`` (else ``None``)."""
     for name in cell.__dict__.get("_tf_variables", ()):
-        if cell.get_parameter(name.replace("/", ".")) is value:
+        if variable(cell, name) is value:
             return name
     return None
