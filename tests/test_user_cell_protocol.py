@@ -475,6 +475,25 @@ def test_add_variable_refuses_bad_input_naming_the_cell(call, error, match):
     assert list(cell.state_dict()) == list(before)  # nothing half-made
 
 
+def test_a_build_that_raises_leaves_nothing_behind_and_can_run_again():
+    class Flaky(Probe):
+        fail = True
+
+        def build(self, inputs_shape):
+            self._gate = self.add_variable("gates/kernel", [inputs_shape[-1], 2])
+            if self.fail:
+                raise RuntimeError("flaky build")
+            super().build(inputs_shape)
+
+    cell = Flaky()
+    with pytest.raises(RuntimeError, match="flaky build"):
+        rnnkit.dynamic_rnn(cell, torch.randn(2, 3, 4))
+    assert not cell.built and list(cell.state_dict()) == [] and not hasattr(cell, "gates")
+    cell.fail = False
+    rnnkit.dynamic_rnn(cell, torch.randn(2, 3, 4))
+    assert list(cell.state_dict()) == ["kernel", "gates.kernel"] and cell._gate is cell.gates.kernel
+
+
 def test_a_scope_cannot_go_inside_a_submodule():
     class WithLinear(Probe):
         def __init__(self):

@@ -14,7 +14,7 @@ from ..errors import ArgumentTypeError, NotATensorError, NotBuiltError, ShapeErr
 from .protocol import TFCellProtocol
 from .registry import register_cell
 from .shape import TensorShape, depth_and_batch
-from .variables import glorot_uniform_
+from .variables import forget_variables, glorot_uniform_
 
 __all__ = [
     "ACTIVATIONS",
@@ -180,8 +180,12 @@ class RNNCell(TFCellProtocol):
             self._build(input_depth)
         else:
             self.__dict__["_building"] = True
+            made = len(self.__dict__.get("_tf_variables", ()))
             try:
                 user_build(self, TensorShape([batch, input_depth]))
+            except BaseException:
+                forget_variables(self, made)  # a build that raised leaves no half of its variables behind
+                raise
             finally:
                 self.__dict__["_building"] = False
         self.input_depth = int(input_depth)

@@ -44,6 +44,7 @@ __all__ = [
     "initial_value",
     "tf_fans",
     "INITIALIZERS",
+    "forget_variables",
     "variable",
     "variable_path",
 ]
@@ -250,6 +251,25 @@ def create_variable(
     owner.register_parameter(parts[-1], param)
     cell.__dict__.setdefault("_tf_variables", []).append(name)
     return param
+
+
+def forget_variables(cell: nn.Module, keep: int) -> None:
+    """Undo ``create_variable`` back to the first ``keep`` variables (a build that raised leaves the cell as it
+    found it, so that building again can succeed): the parameters, the scopes left empty, the aliases to them."""
+    names = cell.__dict__.get("_tf_variables", [])
+    for name in reversed(names[keep:]):
+        *scopes, leaf = name.split("/")
+        owners = [cell]
+        for scope in scopes:
+            owners.append(owners[-1]._modules[scope])
+        del owners[-1]._parameters[leaf]
+        for parent, scope, owner in reversed(list(zip(owners, scopes, owners[1:], strict=False))):
+            if not owner._parameters and not owner._modules:
+                del parent._modules[scope]
+    del names[keep:]
+    aliases = cell.__dict__.get("_variable_aliases") or {}
+    for alias in [a for a, name in aliases.items() if name not in names]:
+        del aliases[alias]
 
 
 def variable(cell: nn.Module, name: str) -> Any:
