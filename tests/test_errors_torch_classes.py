@@ -184,6 +184,7 @@ def test_rnnkit_refuses_what_torch_lets_through(call, error, match):
         (errors.StateStructureError, (TypeError, ValueError, IndexError, RuntimeError)),
         (errors.NotATensorError, (TypeError, AttributeError)),
         (errors.NotBuiltError, (AttributeError,)),
+        (errors.VariableNameError, (KeyError, ValueError)),
     ],
 )
 def test_classes_keep_both_except_clauses_working(cls, bases):

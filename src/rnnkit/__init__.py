@@ -22,14 +22,17 @@ from ._tf_namespace import compat, contrib, nn
 from ._version import __version__ as __version__
 from .cells import BasicLSTMCell as BasicLSTMCell
 from .cells import BasicRNNCell as BasicRNNCell
+from .cells import Dimension as Dimension
 from .cells import DropoutWrapper as DropoutWrapper
 from .cells import GRUCell as GRUCell
 from .cells import LayerNormBasicLSTMCell as LayerNormBasicLSTMCell
+from .cells import LayerRNNCell as LayerRNNCell
 from .cells import LSTMCell as LSTMCell
 from .cells import MultiRNNCell as MultiRNNCell
 from .cells import ResidualWrapper as ResidualWrapper
 from .cells import RNNCell as RNNCell
 from .cells import RNNCellWrapper as RNNCellWrapper
+from .cells import TensorShape as TensorShape
 from .cells import cell_names as _cell_names
 from .convert import export_onnx
 from .describe import Summary, summary
@@ -72,6 +75,8 @@ __all__ = [
     "float32",
     "float64",
     "bfloat16",
+    "TensorShape",
+    "Dimension",
 ]
 __all__ += _cell_names(_TF_KINDS)  # RNNCell, RNNCellWrapper, the TF1 cells, MultiRNNCell and the wrappers
 __all__ += runners.__all__  # dynamic_rnn, static_rnn, ..., reverse_sequence

@@ -24,6 +24,8 @@ class                  raised for                               torch.nn raises
 ``NotATensorError``    a non-tensor where a tensor belongs      ``AttributeError`` (``.dim()`` of it)
 ``NotBuiltError``      a parameter read before a lazily built   (no lazy building in torch.nn)
                        cell's first call                        ``AttributeError``
+``VariableNameError``  a user cell's ``add_variable`` name      ``KeyError`` (``register_parameter``)
+                       taken or invalid
 =====================  =======================================  ======================================
 """
 
@@ -39,6 +41,7 @@ __all__ = [
     "StateStructureError",
     "NotATensorError",
     "NotBuiltError",
+    "VariableNameError",
 ]
 
 
@@ -84,3 +87,11 @@ class NotBuiltError(RNNKitError, AttributeError):
 
     An ``AttributeError``, so that ``hasattr``, ``getattr(cell, name, default)`` and ``nn.Module`` keep working.
     """
+
+
+class VariableNameError(RNNKitError, KeyError, ValueError):
+    """A variable name ``add_variable``/``add_weight`` cannot take: already taken on the cell, or not a valid torch
+    name (empty, or with a ``.``). torch's ``register_parameter`` raises ``KeyError``; TF raises ``ValueError``."""
+
+    def __str__(self) -> str:  # the message as written (KeyError's own str() would quote and escape it)
+        return str(self.args[0]) if self.args else ""

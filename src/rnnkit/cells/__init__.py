@@ -12,18 +12,20 @@ it is imported below.
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from ._base import ACTIVATIONS, RNNCell, SingleStateCell, check_units, dropout_mask, get_activation
+from ._base import ACTIVATIONS, LayerRNNCell, RNNCell, SingleStateCell, check_units, dropout_mask, get_activation
 from .basic import BasicRNNCell
 from .gru import GRUCell
 from .layer_norm import TF_LAYER_NORM_EPS, LayerNormBasicLSTMCell
 from .lstm import BasicLSTMCell, LSTMCell, check_clip
 from .multi import MultiRNNCell
 from .registry import cell_class, cell_entries, cell_names, register_cell
+from .shape import Dimension, TensorShape
 from .torch_layout import TorchGRUCell, TorchLSTMCell, TorchRNNCell
 from .wrappers import DropoutWrapper, ResidualWrapper, RNNCellWrapper, default_state_filter
 
 __all__ = [
     "RNNCell",
+    "LayerRNNCell",
     "SingleStateCell",
     "BasicRNNCell",
     "BasicLSTMCell",
@@ -37,6 +39,8 @@ __all__ = [
     "TorchRNNCell",
     "TorchLSTMCell",
     "TorchGRUCell",
+    "TensorShape",
+    "Dimension",
     "register_cell",
     "cell_entries",
     "cell_names",

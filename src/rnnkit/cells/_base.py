@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -12,10 +11,14 @@ from torch import nn
 
 from .._structure import check_float_dtype, check_placement, check_state, named_leaves, zero_state_for
 from ..errors import ArgumentTypeError, NotATensorError, NotBuiltError, ShapeError
+from .protocol import TFCellProtocol
 from .registry import register_cell
+from .shape import TensorShape, depth_and_batch
+from .variables import forget_variables, glorot_uniform_
 
 __all__ = [
     "ACTIVATIONS",
+    "LayerRNNCell",
     "RNNCell",
     "Dense",
     "ParamFormula",
@@ -64,18 +67,6 @@ def dropout_mask(
     return torch.bernoulli(probs, generator=generator) / keep
 
 
-def glorot_uniform_(tensor: torch.Tensor) -> torch.Tensor:
-    """TF's default initializer, on the variable's full TF shape.
-
-    ``U(-l, l)`` with ``l = sqrt(6 / (fan_in + fan_out))``, where a 2-D ``(rows, cols)`` variable has
-    ``fan_in = rows``, ``fan_out = cols`` and a 1-D ``(n,)`` one has ``fan_in = fan_out = n``.
-    """
-    fan_in, fan_out = (tensor.shape[0], tensor.shape[-1])
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    with torch.no_grad():
-        return tensor.uniform_(-limit, limit)
-
-
 def check_units(value: Any, name: str, component: str) -> int:
     """``value`` if it is a positive ``int``: ``ArgumentTypeError`` for another type (``bool`` included, a
     ``TypeError`` as torch.nn raises for ``hidden_size=2.0``), ``ValueError`` for ``value <= 0``."""
@@ -92,7 +83,7 @@ def check_units(value: Any, name: str, component: str) -> int:
 
 
 @register_cell(kind="base")
-class RNNCell(nn.Module):
+class RNNCell(TFCellProtocol):
     """Base class of every rnnkit cell: the math of one time step.
 
     Contract (TF1's ``tf.nn.rnn_cell.RNNCell``):
@@ -100,45 +91,54 @@ class RNNCell(nn.Module):
     * ``output, new_state = cell(inputs, state)`` with ``inputs`` ``(batch, input_depth)`` and
       ``state`` a structure matching ``state_size``; ``cell.call(inputs, state)`` does the same
       without the argument checks.
-    * ``state_size`` (an int or nested tuple of ints), ``output_size`` (an int).
+    * ``state_size`` (an int or nested tuple/namedtuple of ints), ``output_size`` (an int).
     * ``zero_state(batch_size, dtype)``: zeros in the structure of ``state_size``.
-    * Parameters are created lazily on the first call from ``inputs.shape[-1]`` (TF's
-      ``build(inputs_shape)``), or eagerly by ``build(input_depth)`` or ``input_size=``.
+    * Parameters are created lazily on the first call from the inputs' shape (TF's ``build(inputs_shape)``), or
+      eagerly by ``build(input_depth)`` or ``input_size=``; ``input_depth`` records the depth built for.
 
-    A subclass implements ``state_size``, ``output_size``, ``_build(input_depth)`` (create the
-    parameters) and ``call(inputs, state)`` (the equations; begin it with
-    ``self._build_for(inputs)`` so that direct ``cell.call`` builds too). For ``rnnkit.describe`` (``rnnkit
-    explain``) it may set ``family`` and implement ``parameter_formulas``.
+    A user's cell follows TF1's protocol: it implements ``state_size``, ``output_size``, ``build(self,
+    inputs_shape)`` (a ``TensorShape`` of ``(batch, input_depth)``; ``inputs_shape[-1]``, ``inputs_shape[1].value``
+    and ``int(...)`` all give the depth) creating its variables with ``self.add_variable(name, shape,
+    initializer=...)`` or ``add_weight``, and ``call(self, inputs, state)`` in torch ops; ``self.built = True`` is
+    accepted and not needed. Or it is torch-style: parameters made in ``__init__`` (``nn.Linear``,
+    ``nn.Parameter``), no ``build``. rnnkit's own cells implement ``_build(input_depth)`` instead of ``build`` and
+    begin ``call`` with ``self._build_for(inputs)``. For ``rnnkit.describe`` (``rnnkit explain``) a cell may set
+    ``family`` and implement ``parameter_formulas``. ``name``, ``trainable`` and ``_reuse`` are TF1's
+    arguments: ``name`` is kept (``_tf_name``), ``trainable=False`` makes ``add_variable``'s default
+    ``trainable=False``, ``_reuse`` is ignored (a torch module is shared by sharing the object).
     """
 
     #: The gate family of the step ("rnn", "lstm" or "gru"; None for none): ``rnnkit.describe`` adds its notes.
     family: ClassVar[str | None] = None
 
-    def __init__(self, *, input_size: int | None = None, dtype: torch.dtype | None = None, device: Any = None):
+    def __init__(
+        self,
+        *,
+        input_size: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: Any = None,
+        name: str | None = None,
+        trainable: bool = True,
+        _reuse: Any = None,
+    ):
         super().__init__()
-        self._factory = {"dtype": dtype, "device": device}
+        before = self.__dict__.get("_factory") or {}  # a `self.dtype = ...` before this call
+        self._factory = {"dtype": dtype or before.get("dtype"), "device": device}
+        self._tf_name = name
+        self._trainable = bool(trainable)
         self.input_depth: int | None = None
         if input_size is not None:
-            self.build(input_size)
+            if self.__dict__.get("_constructing") and hasattr(type(self).build, "_tf_build"):
+                self.__dict__["_pending_input_size"] = input_size  # built once the user's __init__ returns
+            else:
+                self.build(input_size)
 
-    # -- the contract --------------------------------------------------------------------------
-    @property
-    def state_size(self) -> Any:
-        raise NotImplementedError
-
-    @property
-    def output_size(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def built(self) -> bool:
-        return self.input_depth is not None
-
+    # -- the contract (state_size and output_size: see TFCellProtocol) ---------------------------
     def call(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
 
     def _build(self, input_depth: int) -> None:
-        """Create the parameters for inputs of depth ``input_depth`` (TF's ``build``)."""
+        """Create the parameters for inputs of depth ``input_depth`` (rnnkit's cells; users write ``build``)."""
 
     def parameter_formulas(self, input_depth: int) -> list[ParamFormula]:
         """Each parameter ``_build(input_depth)`` creates, as ``(name, formulas, variables, gate blocks)``.
@@ -154,17 +154,41 @@ class RNNCell(nn.Module):
     def _name(self) -> str:
         return type(self).__name__
 
-    def build(self, input_depth: int) -> None:
-        """Create the parameters eagerly for inputs of depth ``input_depth``."""
-        check_units(input_depth, "input_depth", self._name)
+    def build(self, inputs_shape: int | TensorShape | tuple[int | None, ...]) -> None:
+        """Create the parameters eagerly: for inputs of depth ``inputs_shape`` (an int), or of shape
+        ``inputs_shape`` (``(batch, input_depth)``; TF's ``build``). A built cell only checks the depth."""
+        depth, batch = depth_and_batch(inputs_shape, self._name)
+        if self.__dict__.get("_building"):  # a user build's `super().build(inputs_shape)`: the parent's variables
+            self._build(depth)
+        else:
+            self._build_as(depth, batch)
+
+    build._rnnkit_build = True  # type: ignore[attr-defined]  # rnnkit's own, not a user's build to adapt
+
+    def _build_as(self, input_depth: int, batch: int | None = None) -> None:
+        """The one build: check the depth, run the cell's build once (a user's ``build`` gets the shape ``(batch,
+        input_depth)``; rnnkit's ``_build`` the depth), then record ``input_depth``."""
+        input_depth = check_units(input_depth, "input_depth", self._name)
         if self.built:
             if input_depth != self.input_depth:
                 raise ShapeError(
                     f"{self._name}: built for input depth {self.input_depth}, got inputs of depth {input_depth}"
                 )
             return
-        self._build(input_depth)
-        self.input_depth = input_depth
+        user_build = getattr(type(self).build, "_tf_build", None)  # set by protocol.adapt_build
+        if user_build is None:
+            self._build(input_depth)
+        else:
+            self.__dict__["_building"] = True
+            made = len(self.__dict__.get("_tf_variables", ()))
+            try:
+                user_build(self, TensorShape([batch, input_depth]))
+            except BaseException:
+                forget_variables(self, made)  # a build that raised leaves no half of its variables behind
+                raise
+            finally:
+                self.__dict__["_building"] = False
+        self.input_depth = int(input_depth)
 
     def _build_child(self, child: RNNCell, input_depth: int) -> None:
         """Build a sub-cell with this cell's dtype and device where the child was given none."""
@@ -177,7 +201,8 @@ class RNNCell(nn.Module):
                 "dtype": self._factory["dtype"] or inputs.dtype,
                 "device": self._factory["device"] or inputs.device,
             }
-            self.build(inputs.shape[-1])
+            # inputs: a step (batch, depth), or the runners' time-major (time, batch, depth)
+            self._build_as(inputs.shape[-1], inputs.shape[-2] if inputs.dim() >= 2 else None)
 
     def _new_parameter(
         self, *shape: int, init: Callable[[torch.Tensor], Any] | float = glorot_uniform_
@@ -237,12 +262,13 @@ class RNNCell(nn.Module):
 
     def count_params(self) -> int:
         """The number of scalars in the cell's parameters (TF's ``count_params``)."""
-        if not self.built:
+        params = list(self.parameters())
+        if not self.built and not params:  # (a torch-style cell has its parameters before any build)
             raise ValueError(
                 f"{self._name}: not built yet, so it has no parameters to count; call it on inputs, "
                 "or pass input_size= / call build(input_depth) first"
             )
-        return sum(p.numel() for p in self.parameters())
+        return sum(p.numel() for p in params)
 
     def begin_sequence(self, batch_size: int) -> None:
         """Called by the runners before each unroll; cells with per-sequence randomness resample here."""
@@ -251,7 +277,12 @@ class RNNCell(nn.Module):
                 child.begin_sequence(batch_size)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
-        if not self.built and any(k.startswith(prefix) for k in state_dict if not self._owned_by_child(k, prefix)):
+        own = {*self._parameters, *self._buffers}  # a torch-style cell's, made before any build, load as torch's do
+        if not self.built and any(
+            k.startswith(prefix) and k[len(prefix) :] not in own
+            for k in state_dict
+            if not self._owned_by_child(k, prefix)
+        ):
             raise ValueError(
                 f"{self._name}: cannot load parameters into a cell that is not built yet; pass input_size= "
                 "to the constructor or call build(input_depth) first"
@@ -265,6 +296,16 @@ class RNNCell(nn.Module):
     def extra_repr(self) -> str:
         sizes = f"state_size={self.state_size}, output_size={self.output_size}"
         return sizes + (f", input_depth={self.input_depth}" if self.built else ", unbuilt")
+
+
+@register_cell(kind="base", namespaces=("contrib.rnn",))
+class LayerRNNCell(RNNCell):
+    """TF1's ``LayerRNNCell`` (``tf.contrib.rnn.LayerRNNCell``): the base TF1's own cells and many users' derive
+    from, a cell that is a layer, building its variables in ``build(inputs_shape)`` with ``add_variable``.
+
+    rnnkit's ``RNNCell`` already is all of that (see ``rnnkit.cells.protocol``), so this adds nothing: it is the
+    name that TF1 code subclasses.
+    """
 
 
 class SingleStateCell(RNNCell):

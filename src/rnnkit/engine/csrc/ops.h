@@ -67,4 +67,16 @@ std::vector<Tensor> rnn_backward(const Tensor& dY, const Tensor& dhT, const Tens
                                  const OptT& bias, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
                                  const OptT& mask_h, const Tensor& Y, bool relu, bool need_dx, const OptT& mask_r);
 
+// A compiled user cell's step (program.cpp; the program's description in compiler/native.py).
+std::vector<Tensor> program_forward(const Tensor& x, const Tensor& batch_sizes, at::TensorList states0,
+                                    at::TensorList weights, at::TensorList params, at::TensorList seqs,
+                                    at::IntArrayRef slots, at::IntArrayRef steps, at::IntArrayRef fns,
+                                    int64_t out_width, bool save);
+
+std::vector<Tensor> program_backward(const Tensor& dY, at::TensorList dfinals, const Tensor& x,
+                                     const Tensor& batch_sizes, at::TensorList states0, at::TensorList weights,
+                                     at::TensorList params, at::TensorList seqs, const Tensor& Y,
+                                     at::TensorList saved, at::IntArrayRef slots, at::IntArrayRef steps,
+                                     at::IntArrayRef fns);
+
 }  // namespace rnnkit

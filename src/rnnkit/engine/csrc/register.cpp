@@ -48,6 +48,13 @@ TORCH_LIBRARY(rnnkit, m) {
   m.def("rnn_backward(Tensor dY, Tensor dhT, Tensor x, Tensor w_x, Tensor? bias, Tensor batch_sizes, Tensor h0,"
         " Tensor w_h, Tensor? mask_h, Tensor Y, bool relu, bool need_dx, Tensor? mask_r=None) -> Tensor[]",
         &rnnkit::rnn_backward);
+  m.def("program_forward(Tensor x, Tensor batch_sizes, Tensor[] states0, Tensor[] weights, Tensor[] params,"
+        " Tensor[] seqs, int[] slots, int[] steps, int[] fns, int out_width, bool save) -> Tensor[]",
+        &rnnkit::program_forward);
+  m.def("program_backward(Tensor dY, Tensor[] dfinals, Tensor x, Tensor batch_sizes, Tensor[] states0,"
+        " Tensor[] weights, Tensor[] params, Tensor[] seqs, Tensor Y, Tensor[] saved, int[] slots, int[] steps,"
+        " int[] fns) -> Tensor[]",
+        &rnnkit::program_backward);
   m.def("blas_found", &rnnkit::blas_found);
   m.def("parallel_threads", &rnnkit::parallel_threads);
   m.def("set_min_step_work", &rnnkit::set_min_step_work);

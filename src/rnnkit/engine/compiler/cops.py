@@ -1,0 +1,231 @@
+"""The C a stage's aten ops become: the unit's prelude (vectorisable math) and one template per elementwise op.
+
+Every elementwise op of ``program.STAGE_OPS`` and of the derivatives autograd produces for them is a function
+``(args, kwargs, d) -> str`` of its arguments' C expressions (tensors already turned into element reads, scalars
+into literals) and ``d`` (the dtype's ``T``/suffix). Booleans (comparisons, masks) are ``T`` values 0 and 1.
+
+float: exp, tanh, sigmoid as the fused kernels' common.h (a branch-free Cephes exp, about 1 ulp, which GCC
+vectorises under ``-O3 -march=native -fno-math-errno``); double: libm, as the fused kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["PRELUDE", "ELEMENTWISE", "Args", "Dtype", "literal"]
+
+PRELUDE = r"""
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#define RK_EXPORT __attribute__((visibility("default")))
+
+static inline float rk_exp_f(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float n = floorf(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+static inline float rk_sigmoid_f(float x) { return 1.0f / (1.0f + rk_exp_f(-x)); }
+static inline float rk_tanh_f(float x) {
+  float a = fabsf(x), z = x * x;
+  float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
+                 3.33332819422e-1f) * z * x + x;
+  float big = copysignf(1.0f - 2.0f / (rk_exp_f(2.0f * a) + 1.0f), x);
+  return a < 0.625f ? small : big;
+}
+static inline float rk_log_f(float x) { return logf(x); }
+static inline float rk_log1p_f(float x) { return log1pf(x); }
+static inline float rk_expm1_f(float x) { return expm1f(x); }
+static inline float rk_sqrt_f(float x) { return sqrtf(x); }
+static inline float rk_abs_f(float x) { return fabsf(x); }
+static inline float rk_pow_f(float x, float e) { return powf(x, e); }
+static inline float rk_max_f(float a, float b) { return a > b ? a : b; }
+static inline float rk_min_f(float a, float b) { return a < b ? a : b; }
+static inline double rk_exp_d(double x) { return exp(x); }
+static inline double rk_sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
+static inline double rk_tanh_d(double x) { return tanh(x); }
+static inline double rk_log_d(double x) { return log(x); }
+static inline double rk_log1p_d(double x) { return log1p(x); }
+static inline double rk_expm1_d(double x) { return expm1(x); }
+static inline double rk_sqrt_d(double x) { return sqrt(x); }
+static inline double rk_abs_d(double x) { return fabs(x); }
+static inline double rk_pow_d(double x, double e) { return pow(x, e); }
+static inline double rk_max_d(double a, double b) { return a > b ? a : b; }
+static inline double rk_min_d(double a, double b) { return a < b ? a : b; }
+"""
+
+
+class Dtype:
+    """The C type of a unit (``float`` or ``double``) and its helpers' suffix."""
+
+    def __init__(self, c_type: str) -> None:
+        self.T = c_type
+        self.sfx = "f" if c_type == "float" else "d"
+
+    def fn(self, name: str, *args: str) -> str:
+        return f"rk_{name}_{self.sfx}({', '.join(args)})"
+
+    def lit(self, value: Any) -> str:
+        return literal(value, self.T)
+
+
+def literal(value: Any, c_type: str) -> str:
+    """A Python scalar as a C expression of ``c_type``."""
+    if isinstance(value, bool):
+        return f"(({c_type}){int(value)})"
+    v = float(value)
+    if math.isnan(v):
+        return f"(({c_type})NAN)"
+    if math.isinf(v):
+        return f"(({c_type}){'-' if v < 0 else ''}INFINITY)"
+    return f"(({c_type}){v!r})"
+
+
+def _b(cond: str, d: Dtype) -> str:
+    """A C condition as a ``T`` 0/1."""
+    return f"(({cond}) ? ({d.T})1 : ({d.T})0)"
+
+
+def _alpha(kw: dict, d: Dtype, e: str) -> str:
+    alpha = kw.get("alpha", 1)
+    return e if alpha == 1 else f"({d.lit(alpha)} * {e})"
+
+
+def _pow(a: str, e: Any, d: Dtype) -> str:
+    e = float(e)
+    table = {
+        0.0: d.lit(1),
+        1.0: a,
+        2.0: f"({a} * {a})",
+        3.0: f"({a} * {a} * {a})",
+        0.5: d.fn("sqrt", a),
+        -1.0: f"({d.lit(1)} / {a})",
+        -2.0: f"({d.lit(1)} / ({a} * {a}))",
+        -0.5: f"({d.lit(1)} / {d.fn('sqrt', a)})",
+    }
+    return table.get(e, d.fn("pow", a, d.lit(e)))
+
+
+def _clamp(a: str, lo: Any, hi: Any, d: Dtype) -> str:
+    if lo is not None:
+        a = d.fn("max", a, lo if isinstance(lo, str) else d.lit(lo))
+    if hi is not None:
+        a = d.fn("min", a, hi if isinstance(hi, str) else d.lit(hi))
+    return a
+
+
+def _softplus(a: str, beta: Any, threshold: Any, d: Dtype) -> str:
+    xb = f"({a} * {d.lit(beta)})"
+    return f"({xb} > {d.lit(threshold)} ? {a} : {d.fn('log1p', d.fn('exp', xb))} / {d.lit(beta)})"
+
+
+def _softplus_bwd(g: str, a: str, beta: Any, threshold: Any, d: Dtype) -> str:
+    xb = f"({a} * {d.lit(beta)})"
+    z = d.fn("exp", xb)
+    return f"({xb} > {d.lit(threshold)} ? {g} : {g} * {z} / ({z} + {d.lit(1)}))"
+
+
+def _elu(a: str, alpha: Any = 1.0, scale: Any = 1.0, input_scale: Any = 1.0, *, d: Dtype) -> str:
+    neg = f"{d.lit(alpha)} * {d.fn('expm1', f'({a} * {d.lit(input_scale)})')}"
+    return f"({d.lit(scale)} * ({a} > 0 ? {a} : {neg}))"
+
+
+def _elu_bwd(g: str, alpha: Any, scale: Any, input_scale: Any, is_result: bool, x: str, d: Dtype) -> str:
+    al, sc, isc = d.lit(alpha), d.lit(scale), d.lit(input_scale)
+    if is_result:
+        neg = f"{g} * {isc} * ({x} + {al} * {sc})"
+    else:
+        neg = f"{g} * {isc} * {al} * {sc} * {d.fn('exp', f'({x} * {isc})')}"
+    return f"({x} <= 0 ? {neg} : {g} * {sc})"
+
+
+class Args(list):
+    """A template's arguments as C expressions (``None`` for an absent optional), with ``raw``: the node's own
+    arguments (Python scalars where the op takes a number: exponents, betas, flags)."""
+
+    def __init__(self, exprs: list, raw: list) -> None:
+        super().__init__(exprs)
+        self.raw = raw
+
+
+Template = Callable[[Args, dict, Dtype], str]
+
+
+def _cmp(op: str) -> Template:
+    return lambda a, kw, d: _b(f"{a[0]} {op} {a[1]}", d)
+
+
+ELEMENTWISE: dict[str, Template] = {
+    "add.Tensor": lambda a, kw, d: f"({a[0]} + {_alpha(kw, d, a[1])})",
+    "add.Scalar": lambda a, kw, d: f"({a[0]} + {_alpha(kw, d, a[1])})",
+    "sub.Tensor": lambda a, kw, d: f"({a[0]} - {_alpha(kw, d, a[1])})",
+    "sub.Scalar": lambda a, kw, d: f"({a[0]} - {_alpha(kw, d, a[1])})",
+    "rsub.Scalar": lambda a, kw, d: f"({a[1]} - {_alpha(kw, d, a[0])})",
+    "rsub.Tensor": lambda a, kw, d: f"({a[1]} - {_alpha(kw, d, a[0])})",
+    "mul.Tensor": lambda a, kw, d: f"({a[0]} * {a[1]})",
+    "mul.Scalar": lambda a, kw, d: f"({a[0]} * {a[1]})",
+    "div.Tensor": lambda a, kw, d: f"({a[0]} / {a[1]})",
+    "div.Scalar": lambda a, kw, d: f"({a[0]} / {a[1]})",
+    "neg.default": lambda a, kw, d: f"(-{a[0]})",
+    "reciprocal.default": lambda a, kw, d: f"({d.lit(1)} / {a[0]})",
+    "pow.Tensor_Scalar": lambda a, kw, d: _pow(a[0], a.raw[1], d),
+    "sqrt.default": lambda a, kw, d: d.fn("sqrt", a[0]),
+    "rsqrt.default": lambda a, kw, d: f"({d.lit(1)} / {d.fn('sqrt', a[0])})",
+    "exp.default": lambda a, kw, d: d.fn("exp", a[0]),
+    "log.default": lambda a, kw, d: d.fn("log", a[0]),
+    "abs.default": lambda a, kw, d: d.fn("abs", a[0]),
+    "sign.default": lambda a, kw, d: f"({_b(f'{a[0]} > 0', d)} - {_b(f'{a[0]} < 0', d)})",
+    "sgn.default": lambda a, kw, d: f"({_b(f'{a[0]} > 0', d)} - {_b(f'{a[0]} < 0', d)})",
+    "sigmoid.default": lambda a, kw, d: d.fn("sigmoid", a[0]),
+    "tanh.default": lambda a, kw, d: d.fn("tanh", a[0]),
+    "relu.default": lambda a, kw, d: f"({a[0]} > 0 ? {a[0]} : {d.lit(0)})",
+    "hardsigmoid.default": lambda a, kw, d: f"({_clamp(f'({a[0]} + {d.lit(3)})', 0, 6, d)} / {d.lit(6)})",
+    "hardtanh.default": lambda a, kw, d: _clamp(a[0], *(a[1:] + ["-1.0", "1.0"][len(a) - 1 :]), d),
+    "softplus.default": lambda a, kw, d: _softplus(a[0], *(list(a.raw[1:]) + [1, 20][len(a) - 1 :]), d),
+    "elu.default": lambda a, kw, d: _elu(a[0], *a.raw[1:], d=d),
+    "leaky_relu.default": lambda a, kw, d: f"({a[0]} > 0 ? {a[0]} : {a[0]} * {a[1] if len(a) > 1 else d.lit(0.01)})",
+    "clamp.default": lambda a, kw, d: _clamp(a[0], a[1] if len(a) > 1 else None, a[2] if len(a) > 2 else None, d),
+    "clamp_min.default": lambda a, kw, d: _clamp(a[0], a[1], None, d),
+    "clamp_max.default": lambda a, kw, d: _clamp(a[0], None, a[1], d),
+    "maximum.default": lambda a, kw, d: d.fn("max", a[0], a[1]),
+    "minimum.default": lambda a, kw, d: d.fn("min", a[0], a[1]),
+    "where.self": lambda a, kw, d: f"({a[0]} != 0 ? {a[1]} : {a[2]})",
+    "masked_fill.Scalar": lambda a, kw, d: f"({a[1]} != 0 ? {a[2]} : {a[0]})",
+    "masked_fill_.Scalar": lambda a, kw, d: f"({a[1]} != 0 ? {a[2]} : {a[0]})",
+    "masked_fill.Tensor": lambda a, kw, d: f"({a[1]} != 0 ? {a[2]} : {a[0]})",
+    "masked_fill_.Tensor": lambda a, kw, d: f"({a[1]} != 0 ? {a[2]} : {a[0]})",
+    "logical_not.default": lambda a, kw, d: _b(f"{a[0]} == 0", d),
+    "logical_and.default": lambda a, kw, d: _b(f"{a[0]} != 0 && {a[1]} != 0", d),
+    "logical_and_.default": lambda a, kw, d: _b(f"{a[0]} != 0 && {a[1]} != 0", d),
+    "logical_or.default": lambda a, kw, d: _b(f"{a[0]} != 0 || {a[1]} != 0", d),
+    "logical_or_.default": lambda a, kw, d: _b(f"{a[0]} != 0 || {a[1]} != 0", d),
+    # the derivatives autograd writes for the ops above
+    "tanh_backward.default": lambda a, kw, d: f"({a[0]} * ({d.lit(1)} - {a[1]} * {a[1]}))",
+    "sigmoid_backward.default": lambda a, kw, d: f"({a[0]} * (({d.lit(1)} - {a[1]}) * {a[1]}))",
+    "threshold_backward.default": lambda a, kw, d: f"({a[1]} <= {a[2]} ? {d.lit(0)} : {a[0]})",
+    # torch's kernel multiplies by a float 1/6 in every dtype
+    "hardsigmoid_backward.default": lambda a, kw, d: (
+        f"({a[1]} > {d.lit(-3)} && {a[1]} < {d.lit(3)} ? {a[0]} * ({d.T})(1.0f / 6.0f) : {d.lit(0)})"
+    ),
+    "hardtanh_backward.default": lambda a, kw, d: f"({a[1]} <= {a[2]} || {a[1]} >= {a[3]} ? {d.lit(0)} : {a[0]})",
+    "softplus_backward.default": lambda a, kw, d: _softplus_bwd(a[0], a[1], a.raw[2], a.raw[3], d),
+    "elu_backward.default": lambda a, kw, d: _elu_bwd(a[0], *a.raw[1:5], a[5], d=d),
+    "leaky_relu_backward.default": lambda a, kw, d: f"({a[1]} > 0 ? {a[0]} : {a[0]} * {a[2]})",
+}
+for _op, _c in (("gt", ">"), ("lt", "<"), ("ge", ">="), ("le", "<="), ("eq", "=="), ("ne", "!=")):
+    ELEMENTWISE[f"{_op}.Scalar"] = _cmp(_c)
+    ELEMENTWISE[f"{_op}.Tensor"] = _cmp(_c)
