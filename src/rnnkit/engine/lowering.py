@@ -47,6 +47,7 @@ from torch import Tensor
 from .. import cells
 from .._structure import flatten, map_structure, pack_as, zero_state_for
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec, _Leaf
+from .compiler.spec import ProgramSpec, compiled_spec
 from .params import TF_GRU_KERNELS, TF_KERNEL, TORCH_WEIGHTS
 
 __all__ = [
@@ -184,17 +185,22 @@ def register_lowering(*cell_types: type) -> Callable[[Callable[[Any], Spec | Non
     return register
 
 
-def lowering_for(cell: Any) -> Spec | None:
+def lowering_for(cell: Any, batch: int | None = None) -> Spec | None:
     """The spec that runs ``cell`` on fused or torch kernels (``spec.root is cell``), or ``None`` for the reference
     loop only.
 
-    Looks ``type(cell)`` up in ``LOWERINGS`` exactly: a subclass may change ``call``, so it is not lowered.
-    The cell must be built (the runners build it before unrolling).
+    Looks ``type(cell)`` up in ``LOWERINGS`` exactly: a subclass may change ``call``, so it is not lowered by its
+    parent's entry. A cell that no entry lowers (a user's cell, or options no kernel family computes) is compiled
+    from its ``call`` (``rnnkit.engine.compiler``) when the capture can; ``batch``: the rows of the sequence about
+    to run, after ``begin_sequence(batch)`` (its per-sequence tensors). The cell must be built (the runners build
+    it before unrolling).
     """
     if not isinstance(cell, cells.RNNCell) or not cell.built:
         return None
     lower = LOWERINGS.get(type(cell))
     spec = lower(cell) if lower is not None else None
+    if spec is None:
+        spec = compiled_spec(cell, batch)
     if spec is not None:
         spec.root = cell
     return spec
@@ -280,6 +286,8 @@ def _dropout(cell: Any) -> Spec | None:
         return inner  # eval: the wrapper is the identity around its cell
     if not cell.variational_recurrent:
         return None  # per-step masks: the reference loop draws them
+    if cell.state_keep_prob < 1.0 and any(isinstance(leaf, ProgramSpec) for leaf in inner.leaves()):
+        return None  # a compiled step takes no state masks: the wrapper as a whole is captured, or the loop runs it
     return DropoutSpec(cell, inner)
 
 

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .._structure import flatten
 from ._leaf_specs import Spec
+from .compiler.spec import ProgramSpec, native_runs, why_not
 from ._select import current, fused_kernels
 from .lowering import lowering_for
 from .plan import full_to_none
@@ -181,13 +182,35 @@ def _placed_like(x: Tensor, module: Any, state: Any) -> bool:
     return all(t.dtype == x.dtype and t.device == x.device for t in tensors)
 
 
-def explain(cell: Any, inputs: Tensor, lengths: Tensor | None = None) -> list[str]:
-    """The path each leaf of ``cell`` would take for ``inputs`` ``(T, B, D)`` (for ``backend_info`` and tests)."""
-    spec = lowering_for(cell)
+def explain(cell: Any, inputs: Tensor, lengths: Tensor | None = None, *, reasons: bool = False) -> list[str]:
+    """The path each leaf of ``cell`` would take for ``inputs`` ``(T, B, D)``: ``"torch"``, ``"fused"`` or
+    ``"reference"`` (for ``backend_info`` and tests).
+
+    ``reasons=True`` adds why, after a colon: for a compiled cell what its step became (``"fused: compiled MyCell
+    (1 hoisted multiply, 1 recurrent multiply, 1 stage; native)"``), and for a cell the compiler could not take the
+    op or construct that stopped it (``"reference: MyCell.call: aten.bmm.default is outside the compiled op
+    set"``).
+    """
+    spec = lowering_for(cell, inputs.shape[1] if inputs.dim() == 3 else None)
     paths = choose_path(spec, inputs, full_to_none(lengths, inputs.shape[0], inputs.device.type) is not None)
     if paths is None:
-        return ["reference"]
-    return [paths[id(leaf)] for leaf in spec.leaves()]
+        why = why_not(cell) if reasons else None
+        return [f"reference: {why}" if why is not None else "reference"]
+    out = [paths[id(leaf)] for leaf in spec.leaves()]
+    if reasons:
+        out = [_described(leaf, path) for leaf, path in zip(spec.leaves(), out, strict=True)]
+    return out
+
+
+def _described(leaf: Spec, path: str) -> str:
+    if not isinstance(leaf, ProgramSpec) or path != "fused":
+        return path
+    info = leaf.program.info
+    runs = "native" if native_runs(fused_kernels("cpu")) else "interpreted (pure PyTorch)"
+    return (
+        f"fused: compiled {type(leaf.cell).__name__} ({info.get('hoisted_multiplies', 0)} hoisted multiply, "
+        f"{info.get('recurrent_multiplies', 0)} recurrent multiply, {info.get('stages', 0)} stage; {runs})"
+    )
 
 
 def torch_whole_stack(layer: Any, x: Tensor, lengths: Tensor | None = None) -> bool:

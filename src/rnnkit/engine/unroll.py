@@ -45,9 +45,16 @@ def reference_unroll(
     TF's ``sequence_length`` semantics: outputs past a length are zero, the state stops at each
     sequence's last valid step, and ``reverse`` reads each sequence backwards within its length.
     """
+    cell.begin_sequence(inputs.shape[1])
+    return _reference_loop(cell, inputs, state, lengths, reverse)
+
+
+def _reference_loop(
+    cell: RNNCell, inputs: Tensor, state: Any, lengths: Tensor | None, reverse: bool
+) -> tuple[Tensor, Any]:
+    """``reference_unroll`` for a sequence that has begun (``cell.begin_sequence`` ran)."""
     if reverse:
         inputs = reverse_sequence(inputs, lengths)
-    cell.begin_sequence(inputs.shape[1])
     # (all steps where the lengths have no values to read: meta tensors, which only follow shapes)
     whole = lengths is None or not len(lengths) or lengths.device.type == "meta"
     steps = inputs.shape[0] if whole else int(lengths.max())
@@ -104,7 +111,8 @@ def run_cell(
 ) -> tuple[Tensor, Any]:
     """``unroll`` for arguments already checked (``check_placement``, the runners' lengths check)."""
     lengths = full_to_none(lengths, x.shape[0], x.device.type)
-    return _unroll(cell, lowering_for(cell), x, state, lengths, reverse)
+    cell.begin_sequence(x.shape[1])  # first: a compiled step reads what it draws (per-sequence masks)
+    return _unroll(cell, lowering_for(cell, x.shape[1]), x, state, lengths, reverse)
 
 
 def run_stack(node: LayerStack, x: Tensor, states: Any, lengths: Tensor | None) -> tuple[Tensor, Any]:
@@ -125,6 +133,7 @@ def run_stack(node: LayerStack, x: Tensor, states: Any, lengths: Tensor | None) 
         cell, spec = unit
         if state is None:
             state = cell.zero_state(h.shape[1], h.dtype, device=h.device)
+        cell.begin_sequence(h.shape[1])
         return _unroll(cell, spec, h, state, lengths, direction == 1)
 
     def between(h: Tensor) -> Tensor:
@@ -146,8 +155,13 @@ class _Lean:
 
     def run(self, spec: Any, h: Tensor, state: Any, direction: int) -> tuple[Tensor, Any]:
         spec.draw_masks(self.batch, self.like, h.shape[-1])  # recurrent dropout: where the reference loop draws it
-        # full batches: the recurrent mask's rows are already in the kernels' order
-        return _fused_leaf(spec, self.kern, self.batch_sizes, h, state, None, spec.recurrent_mask, self.batch)
+        # full batches: the per-sequence rows are already in the kernels' order
+        rows = spec.recurrent_rows(_same)
+        return _fused_leaf(spec, self.kern, self.batch_sizes, h, state, None, rows, self.batch)
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
 
 
 def _fused_leaf(
@@ -163,16 +177,16 @@ def _fused_leaf(
 def _unroll(
     cell: RNNCell, spec: Spec | None, x: Tensor, state: Any, lengths: Tensor | None, reverse: bool
 ) -> tuple[Tensor, Any]:
-    """One cell (lowered to ``spec``) on its path; ``lengths`` through ``full_to_none``."""
+    """One cell (lowered to ``spec``) on its path, its sequence begun (``begin_sequence``); ``lengths`` through
+    ``full_to_none``."""
     steps, batch = x.shape[0], x.shape[1]
     paths = plan = None
     if spec is not None and steps and batch and x.device.type in DEVICES:
         plan = plan_for(steps, batch, lengths, reverse, x.device)
         paths = route(spec, x, lengths) if plan.total else None
     if paths is None:
-        return reference_unroll(cell, x, state, lengths, reverse)
+        return _reference_loop(cell, x, state, lengths, reverse)
     kern = fused_kernels(x.device.type) if "fused" in paths.values() else None
-    cell.begin_sequence(batch)
     spec.draw_masks(batch, x, x.shape[-1])
     run = _Run(plan, paths, kern)
     sorted_state = state if plan.perm is None else map_structure(plan.sort, state)

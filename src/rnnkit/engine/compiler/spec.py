@@ -1,0 +1,138 @@
+"""A compiled user cell as a leaf of the engine: ``ProgramSpec`` and the per-configuration cache of captures.
+
+``lowering_for`` falls back to ``compiled_spec(cell)`` for a leaf cell that no table entry lowers (a user's cell,
+or one of rnnkit's with options no kernel family computes). The capture runs once per cell and configuration
+(dtype, device, input depth, training mode, the cell's plain attributes); what it gives is kept on the cell. A
+capture that fails says why (``Unsupported``), and the cell runs on the reference loop: ``why_not(cell)``.
+
+On the fused path the leaf runs its program: ``prepare`` in torch (weights, the hoisted input multiplies), then the
+time loop natively (generated step code inside the engine's loop) or, with the pure-PyTorch kernels, the
+program's interpreter.
+
+Example::
+
+    >>> import torch, rnnkit
+    >>> from rnnkit.engine.compiler.spec import compiled_spec
+    >>> class Elman(rnnkit.RNNCell):
+    ...     state_size = output_size = 4
+    ...     def build(self, inputs_shape):
+    ...         self.kernel = self.add_variable("kernel", [inputs_shape[-1] + 4, 4])
+    ...     def call(self, inputs, state):
+    ...         h = torch.relu(torch.cat([inputs, state], 1) @ self.kernel)
+    ...         return h, h
+    >>> cell = Elman(input_size=3)
+    >>> spec = compiled_spec(cell)
+    >>> spec.program.info["hoisted_multiplies"], spec.program.info["recurrent_multiplies"]
+    (1, 1)
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..._structure import flatten, pack_as
+from .._leaf_specs import Spec
+from . import build, interpret
+from .capture import capture
+from .program import StepProgram, Unsupported
+from .trace import tensors_of
+
+__all__ = ["ProgramSpec", "compiled_spec", "why_not", "program_for", "native_runs"]
+
+# cell -> {configuration: StepProgram | Unsupported}
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _configuration(cell: Any) -> tuple:
+    """What the traced graph may depend on besides tensor values: placement, depth, mode, plain attributes."""
+    params = [p for p in cell.parameters()]
+    dtype = params[0].dtype if params else cell._factory["dtype"] or torch.get_default_dtype()
+    device = params[0].device.type if params else "cpu"
+    plain = tuple(
+        (name, value)
+        for module in cell.modules()
+        for name, value in sorted(vars(module).items())
+        if not name.startswith("_") and isinstance(value, (bool, int, float, str, type(None)))
+    )
+    return dtype, device, cell.input_depth, cell.training, plain
+
+
+def program_for(cell: Any, batch: int | None = None) -> StepProgram | Unsupported:
+    """The cell's captured step for its present configuration (captured on first use, then cached).
+
+    ``batch``: the rows of the sequence about to run (after ``begin_sequence(batch)``): the cell's 2-D tensors of
+    that many rows are per-sequence (``seq`` slots).
+    """
+    key = _configuration(cell)
+    known = _PROGRAMS.setdefault(cell, {})
+    if key not in known:
+        dtype, device, depth = key[0], key[1], key[2]
+        known[key] = capture(cell, depth, dtype, torch.device(device), batch)
+    return known[key]
+
+
+def why_not(cell: Any) -> Unsupported | None:
+    """Why ``cell`` cannot run compiled (``None``: it can, or it was never asked)."""
+    entry = _PROGRAMS.get(cell, {}).get(_configuration(cell)) if cell in _PROGRAMS else None
+    return entry if isinstance(entry, Unsupported) else None
+
+
+def compiled_spec(cell: Any, batch: int | None = None) -> ProgramSpec | None:
+    """A leaf running ``cell``'s captured program, or ``None`` when the capture could not compile it."""
+    program = program_for(cell, batch)
+    return ProgramSpec(cell, program) if isinstance(program, StepProgram) else None
+
+
+class ProgramSpec(Spec):
+    """A leaf that runs a ``StepProgram``: the cell's state leaves (flattened, TF's order) are the kernels' state."""
+
+    def __init__(self, cell: Any, program: StepProgram):
+        self.cell = cell
+        self.program = program
+        self.recurrent_mask = None  # (the engine's per-leaf hook; a program's masks are its ``seq`` slots)
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def to_internal(self, state: Any) -> tuple[Tensor, ...]:
+        return tuple(flatten(state))
+
+    def from_internal(self, *internal: Tensor) -> Any:
+        return pack_as(self.cell.state_size, list(internal)) if _is_nested(self.cell.state_size) else internal[0]
+
+    def zero_internal(self, batch: int, like: Tensor) -> tuple[Tensor, ...]:
+        return tuple(like.new_zeros(batch, w) for w in self.program.state_widths)
+
+    def recurrent_rows(self, sort: Any) -> list[Tensor]:
+        """The program's per-sequence tensors (``seq`` slots), rows in the kernels' order."""
+        names = self.program.seq_names
+        return [sort(t) for t in tensors_of(self.cell, names)] if names else []
+
+    # -- running ---------------------------------------------------------------------------------------------------
+    def run_fused(
+        self, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Any
+    ) -> tuple[Tensor, tuple]:
+        program = self.program
+        step_inputs, weights, row_params = program.prepare(tensors_of(self.cell, program.tensor_names), x)
+        seqs = list(recurrent) if recurrent else []
+        run = _native_runner() if native_runs(kern) else interpret.run_program
+        y, finals = run(program, step_inputs, bs, list(internal), weights, row_params, seqs)
+        return y, tuple(finals)
+
+
+def _is_nested(size: Any) -> bool:
+    return isinstance(size, (tuple, list))
+
+
+def native_runs(kern: Any) -> bool:
+    """Whether a program runs natively with the fused kernels ``kern``: the compiled extension (not its twin) and a C
+    compiler for the generated step code; else its interpreter runs it (plain torch, the same results)."""
+    return getattr(kern, "__name__", "") != "rnnkit.engine.twin" and build.compiler_available()
+
+
+def _native_runner() -> Any:
+    from . import native  # the generated code's runner (loads the compiler on first use)
+
+    return native.run_program_native
