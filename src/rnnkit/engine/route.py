@@ -37,8 +37,8 @@ from torch import Tensor
 
 from .._structure import flatten
 from ._leaf_specs import Spec
-from .compiler.spec import ProgramSpec, native_runs, why_not
 from ._select import current, fused_kernels
+from .compiler.spec import ProgramSpec, native_runs, why_not
 from .lowering import lowering_for
 from .plan import full_to_none
 from .stack import LayerStack
