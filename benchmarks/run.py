@@ -35,6 +35,8 @@ from torch import nn
 import rnnkit
 from rnnkit import engine
 
+from . import user_cells
+
 INFERENCE_SHAPES = [(100, 1, 64, 128), (100, 32, 128, 256), (50, 64, 512, 512), (200, 16, 256, 256)]
 TRAINING_SHAPES = [(100, 1, 64, 128), (200, 16, 256, 256)]
 QUICK_SHAPES = [(100, 1, 64, 128), (200, 16, 256, 256)]
@@ -506,9 +508,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"ratio {_fmt(row['ratio'])}  vsLSTM {_fmt(row['vs_lstm'])}  loop/rnnkit {_fmt(row['loop_x'], '.1f')}",
                 flush=True,
             )
+    own = []
+    if not args.quick and (not args.filter or args.filter in "user cells"):
+        own = user_cells.rows(reps, budget)
     load1 = os.getloadavg()
     md = table(rows, peak)
-    summary = targets(rows)
+    summary = targets(rows) + (user_cells.targets(own) if own else "")
     print()
     print(md)
     print(summary)
@@ -523,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
             "forward (distinct storages, parameters and inputs excluded), i.e. the activation memory of training; "
             "GFLOP/s from 2·T·B·G·H·(I+R) per forward (+ projection), 3x for forward+backward.\n\n"
             + md
+            + ("\n## Your own cells, compiled\n\n" + user_cells.__doc__.split("\n\n", 2)[2] + "\n" +
+               user_cells.table(own) if own else "")
             + "\n## The issue's targets, row by row\n\n"
             + summary
         )

@@ -254,12 +254,17 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (x, *states0, *weights, *params), check_batched_grad=False)
 
 
-def test_create_graph_is_refused_with_a_clear_error():
-    (prog, fns), wshapes, pwidths, swidths = lstm_like(3, torch.float64)
-    x, bs, states0, weights, params, seqs = _inputs(prog, wshapes, pwidths, swidths, 2, 3, torch.float64, 2)
-    y, _ = native.run_program_native(prog, x, bs, states0, weights, params, seqs)
-    with pytest.raises(RuntimeError, match="interpret.run_program"):
-        torch.autograd.grad(y.sum(), x, create_graph=True)
+def test_second_derivatives_go_through_the_program_in_torch_ops():
+    # create_graph=True: the native backward hands over to the program recomputed in torch ops, so gradgradcheck
+    # (against finite differences of the first derivative) holds, with check_batched_grad's torch.func path too.
+    (prog, fns), wshapes, pwidths, swidths = gru_reset_before(3, torch.float64)
+    x, bs, states0, weights, params, seqs = _inputs(prog, wshapes, pwidths, swidths, 3, 4, torch.float64, 5)
+
+    def f(x, h0, w0, w1, b):
+        y, (h,) = native.run_program_native(prog, x, bs, [h0], [w0, w1], [b], seqs)
+        return y, h
+
+    assert torch.autograd.gradgradcheck(f, (x, *states0, *weights, *params))
 
 
 def test_bad_inputs_are_named():

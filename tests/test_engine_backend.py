@@ -87,17 +87,17 @@ class _MyLSTM(rk.BasicLSTMCell):
     "make, lowered",
     [
         (lambda: rk.BasicLSTMCell(4), "LSTMSpec"),
-        (lambda: rk.LSTMCell(4, activation="relu"), None),
-        (lambda: _MyLSTM(4), None),
-        (lambda: rk.GRUCell(4, activation=torch.sigmoid), None),
-        (lambda: rk.BasicRNNCell(4, activation="elu"), None),
+        (lambda: rk.LSTMCell(4, activation="relu"), "ProgramSpec"),  # no family: compiled from call
+        (lambda: _MyLSTM(4), "ProgramSpec"),  # a subclass: compiled from its own call
+        (lambda: rk.GRUCell(4, activation=torch.sigmoid), "ProgramSpec"),
+        (lambda: rk.BasicRNNCell(4, activation="elu"), "ProgramSpec"),
         (lambda: rk.LayerNormBasicLSTMCell(4, dropout_keep_prob=0.8), None),  # per-step dropout in training
         (lambda: rk.LayerNormBasicLSTMCell(4, dropout_keep_prob=0.8).eval(), "LNLSTMSpec"),
         (lambda: rk.DropoutWrapper(rk.GRUCell(4), 0.8), None),  # per-step masks
         (lambda: rk.DropoutWrapper(rk.GRUCell(4), 0.8, variational_recurrent=True), "DropoutSpec"),
         (lambda: rk.DropoutWrapper(rk.GRUCell(4), 0.8).eval(), "GRUSpec"),
-        (lambda: rk.ResidualWrapper(rk.GRUCell(3), residual_fn=lambda i, o: i - o), None),
-        (lambda: rk.MultiRNNCell([rk.GRUCell(4), rk.LSTMCell(4, activation="relu")]), None),
+        (lambda: rk.ResidualWrapper(rk.GRUCell(3), residual_fn=lambda i, o: i - o), "ProgramSpec"),
+        (lambda: rk.MultiRNNCell([rk.GRUCell(4), rk.LSTMCell(4, activation="relu")]), "StackSpec"),
         (lambda: rk.MultiRNNCell([rk.GRUCell(4), rk.BasicRNNCell(4)]), "StackSpec"),
     ],
 )

@@ -108,12 +108,20 @@ def test_a_subclass_is_not_lowered(toy_cell):
             return 2 * h, h
 
     cell = _make(Changed)
-    assert lowering_for(cell) is None
-    assert engine.explain(cell, torch.randn(3, 2, 3, dtype=torch.float64)) == ["reference"]
-    assert lowering_for(_make(toy_cell)) is not None
+    assert not isinstance(lowering_for(cell), RNNSpec)  # compiled from its own call instead (issue 13)
+    x = torch.randn(3, 2, 3, dtype=torch.float64)
+    assert engine.explain(cell, x, reasons=True)[0].startswith("fused: compiled Changed")
+    out, _ = engine.unroll(cell, x, cell.zero_state(2, torch.float64))
+    with engine.use("reference"):
+        ref, _ = engine.unroll(cell, x, cell.zero_state(2, torch.float64))
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=0)  # the subclass's math (2 * h), not the entry's
+    assert isinstance(lowering_for(_make(toy_cell)), RNNSpec)
 
 
-def test_without_the_entry_the_cell_runs_on_the_reference_loop():
+def test_without_the_entry_the_cell_runs_compiled_from_its_call():
     cell = _make(ToyElmanCell)
     assert ToyElmanCell not in LOWERINGS
-    assert engine.explain(cell, torch.randn(3, 2, 3, dtype=torch.float64)) == ["reference"]
+    assert not isinstance(lowering_for(cell), RNNSpec)
+    assert engine.explain(cell, torch.randn(3, 2, 3, dtype=torch.float64), reasons=True)[0].startswith(
+        "fused: compiled ToyElmanCell"
+    )

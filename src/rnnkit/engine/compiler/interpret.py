@@ -51,6 +51,8 @@ def run_program(
     state: ``finals`` are the state rows at each sequence's last step.
     """
     state = list(states0)
+    state_out = {s.index: s.name for s in program.slots_of("state_out")}
+    output = program.slots_of("output")[0].name
     ys = []
     off = 0
     for n in batch_sizes.tolist():
@@ -70,9 +72,9 @@ def run_program(
             else:
                 slots.update(zip(step.outputs, step.graph(*(slots[name] for name in step.inputs)), strict=True))
         for k, s in enumerate(state):
-            new = slots[f"state_out{k}"]
+            new = slots[state_out[k]]
             state[k] = new if n == s.shape[0] else torch.cat([new, s[n:]])
-        ys.append(slots["output"])
+        ys.append(slots[output])
         off += n
     if not ys:
         return step_inputs.new_zeros(0, program.output_width), state

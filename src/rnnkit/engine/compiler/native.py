@@ -24,12 +24,13 @@ import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import _ext
-from . import build, codegen
+from . import build, codegen, interpret
 from .program import SLOT_KINDS, MatMul, Stage, StepProgram
 
 __all__ = ["run_program_native", "prepare_native"]
@@ -119,7 +120,8 @@ def _check_inputs(program: StepProgram, x: Tensor, batch_sizes: Tensor, states0:
 
 class _ProgramFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, native, counts, batch_sizes, out_width, x, *tensors):  # noqa: ANN001
+    def forward(ctx, run, counts, batch_sizes, out_width, x, *tensors):  # noqa: ANN001
+        native, ctx.program = run
         ns, nw, npar = counts
         st, w, par = tensors[:ns], tensors[ns : ns + nw], tensors[ns + nw : ns + nw + npar]
         sq = tensors[ns + nw + npar :]
@@ -133,10 +135,7 @@ class _ProgramFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dY, *dfinals):  # noqa: ANN001
         if torch.is_grad_enabled() or torch._C._functorch.maybe_current_level() is not None:
-            raise RuntimeError(
-                "rnnkit compiled step: the native backward is not differentiable (create_graph=True) and has no "
-                "torch.func batching rule; run the program through rnnkit.engine.compiler.interpret.run_program"
-            )
+            return (None, None, None, None, *_differentiable_grads(ctx, (dY, *dfinals)))
         ns, nw, npar = ctx.counts
         saved = ctx.saved_tensors
         x, tensors = saved[0], saved[1 : 1 + len(ctx.needs_input_grad) - 5]
@@ -149,6 +148,25 @@ class _ProgramFunction(torch.autograd.Function):
             dY, list(dfinals), x, ctx.batch_sizes, st, w, par, sq, y, list(kept), n.slots, n.steps, n.bwd
         )
         return (None, None, None, None, *grads, *([None] * len(sq)))
+
+
+def _differentiable_grads(ctx: Any, grads: tuple[Tensor, ...]) -> list[Tensor | None]:
+    """A differentiable gradient (``create_graph=True``, or under a ``torch.func`` transform): the program's forward
+    recomputed in torch ops (``interpret.run_program``) from the saved inputs, which keep their autograd history,
+    and differentiated there, so second derivatives are exact."""
+    ns, nw, npar = ctx.counts
+    saved = ctx.saved_tensors
+    x, tensors = saved[0], saved[1 : 1 + len(ctx.needs_input_grad) - 5]
+    st, w, par = tensors[:ns], tensors[ns : ns + nw], tensors[ns + nw : ns + nw + npar]
+    sq = tensors[ns + nw + npar :]
+    with torch.enable_grad():
+        y, finals = interpret.run_program(ctx.program, x, ctx.batch_sizes, list(st), list(w), list(par), list(sq))
+        wrt = [t for t in (x, *st, *w, *par) if t.requires_grad]
+        outs = [(o, g) for o, g in zip((y, *finals), grads, strict=True) if g is not None and o.requires_grad]
+        found = iter(torch.autograd.grad([o for o, _ in outs], wrt, [g for _, g in outs], create_graph=True,
+                                         allow_unused=True)) if outs else iter([None] * len(wrt))  # fmt: skip
+    out = [next(found) if t.requires_grad else None for t in (x, *st, *w, *par)]
+    return [*out, *([None] * len(sq))]
 
 
 def run_program_native(
@@ -175,5 +193,6 @@ def run_program_native(
         )  # fmt: skip
         return out[0], list(out[1:])
     counts = (len(states0), len(weights), len(row_params))
-    out = _ProgramFunction.apply(native, counts, batch_sizes, program.output_width, step_inputs, *tensors, *seqs)
+    run = (native, program)
+    out = _ProgramFunction.apply(run, counts, batch_sizes, program.output_width, step_inputs, *tensors, *seqs)
     return out[0], list(out[1:])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -223,7 +224,7 @@ class _Builder:
                 with self.t.mode:
                     ph.meta["val"] = torch.empty(self.rows, self.slots[name].width, dtype=self.t.dtype)
                 inputs.append(name)
-                env[a] = g.call_function(aten.ne.Scalar, (ph, 0)) if name in self.bools else ph
+                env[a] = self._call(g, aten.ne.Scalar, ph, 0) if name in self.bools else ph
             return env[a]
 
         for n in here:
@@ -236,12 +237,19 @@ class _Builder:
             names.append(self._temp(n))
             cast = n.meta["val"].dtype == torch.bool  # (a bool temp travels as 0/1)
             to = {"dtype": self.t.dtype}
-            results.append(g.call_function(aten._to_copy.default, (env[n],), to) if cast else env[n])
+            results.append(self._call(g, aten._to_copy.default, env[n], **to) if cast else env[n])
         for name, v in outs:
             names.append(name)
-            results.append(env[v] if v in inside else g.call_function(aten.clone.default, (read(v),)))
+            results.append(env[v] if v in inside else self._call(g, aten.clone.default, read(v)))
         g.output(tuple(results))
         return Stage(GraphModule(torch.nn.Module(), g), tuple(inputs), tuple(names))
+
+    def _call(self, g: Graph, op: Any, node: Node, *args: Any, **kwargs: Any) -> Node:
+        """A new node ``op(node, *args, **kwargs)`` with its fake value (``meta["val"]``), as traced nodes have."""
+        out = g.call_function(op, (node, *args), kwargs)
+        with self.t.mode:
+            out.meta["val"] = op(node.meta["val"], *args, **kwargs)
+        return out
 
     def _prepare(self) -> GraphModule:
         """The ``P`` and ``X`` nodes the loop reads, as ``(tensors..., x) -> (step_inputs, weights, row_params)``."""

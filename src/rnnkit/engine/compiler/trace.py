@@ -152,16 +152,49 @@ class _Step(nn.Module):
         self.cell = cell
         self.plain = plain
         self.moved: list[str] = []
+        self.swapped: dict[int, Tensor] = {}  # id(parameter or buffer) -> what the trace reads instead
 
     def forward(self, x: Tensor, leaves: list[Tensor], fakes: list[Tensor]) -> tuple[Tensor, ...]:
         for (_, holder, key), fake in zip(self.plain, fakes, strict=True):
             holder[key] = fake
+        _swap_held(self.cell, self.swapped)
         out, new_state = self.cell.call(x, pack_as(self.cell.state_size, leaves))
         # a tensor stored on the cell inside call (self.last = h) would carry state across steps
         self.moved = [n for (n, holder, key), f in zip(self.plain, fakes, strict=True) if holder.get(key) is not f]
         known = {n for n, _, _ in self.plain}
-        self.moved += [n for n, _, holder, _ in _entries(self.cell) if holder is not None and n not in known]
+        ours = {id(t) for t in self.swapped.values()}
+        self.moved += [n for n, t, holder, _ in _entries(self.cell)
+                       if holder is not None and n not in known and id(t) not in ours]  # fmt: skip
         return (out, *flatten(new_state))
+
+
+def _swap_held(cell: nn.Module, swapped: dict[int, Tensor]) -> None:
+    """Point the Python containers that hold the cell's parameters or buffers (``self._norms = {"i": (gamma,
+    beta)}``, a list of kernels) at the trace's tensors too: ``functional_call`` swaps only the module's own
+    registries. Each such attribute is rebuilt, never changed in place, so putting the attribute back restores it."""
+    for module in cell.modules():
+        for key, value in list(vars(module).items()):
+            if key not in _MODULE_DICTS and isinstance(value, (dict, list, tuple)):
+                new = _rebuilt(value, swapped, 4)
+                if new is not value:
+                    vars(module)[key] = new
+
+
+def _rebuilt(value: Any, swapped: dict[int, Tensor], depth: int) -> Any:
+    """``value`` with the tensors of ``swapped`` replaced, in new containers where something changed."""
+    if isinstance(value, Tensor):
+        return swapped.get(id(value), value)
+    if depth == 0 or not isinstance(value, (dict, list, tuple)):
+        return value
+    if isinstance(value, dict):
+        items = {k: _rebuilt(v, swapped, depth - 1) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else type(value)(items)
+    items = [_rebuilt(v, swapped, depth - 1) for v in value]
+    if all(a is b for a, b in zip(items, value, strict=True)):
+        return value
+    if isinstance(value, list):
+        return items
+    return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
 
 
 def _user_line(err: BaseException) -> str:
@@ -198,8 +231,11 @@ def trace(
     step = _Step(cell, plain)
     nt, no = len(names), len(owned)
 
+    originals = dict(named)
+
     def fn(*args: Tensor) -> tuple[Tensor, ...]:
         params = {f"cell.{n}": t for n, t in zip(owned, args[:no], strict=True)}
+        step.swapped = {id(originals[n]): t for n, t in zip(owned, args[:no], strict=True)}
         return torch.func.functional_call(step, params, (args[nt], list(args[nt + 1 :]), list(args[no:nt])))
 
     inputs = [*fakes, x, *leaves]
