@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from user_cells import USER_CELLS
 
 import rnnkit
 from rnnkit import engine
+from user_cells import USER_CELLS
 
 STYLES = ("tf_style", "torch_style")
 CASES = [pytest.param(entry, style, id=f"{entry.name}-{style}") for entry in USER_CELLS for style in STYLES]

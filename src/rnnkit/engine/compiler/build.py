@@ -44,8 +44,14 @@ def compiler() -> str | None:
 
 
 def compiler_available() -> bool:
-    """Whether a C compiler is there to build compiled steps (no compile is started)."""
-    return compiler() is not None
+    """Whether a C compiler is there to build compiled steps (no compile is started; looked up once per ``$CC``)."""
+    cc = os.environ.get("CC") or "cc"
+    if cc not in _found:
+        _found[cc] = compiler() is not None
+    return _found[cc]
+
+
+_found: dict[str, bool] = {}
 
 
 def flags() -> list[str]:

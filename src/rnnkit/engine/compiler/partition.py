@@ -107,6 +107,21 @@ class _Prepare:
         return step, list(weights), list(params)
 
 
+def _covered(frontier: list[Node]) -> Node | None:
+    """The node whose columns, in order, the ``frontier`` values are (``aten.slice`` on dim 1 of one ``(rows, w)``
+    value, back to back from 0 to ``w``), or ``None``."""
+    if len(frontier) < 2 or any(f.target is not aten.slice.Tensor for f in frontier):
+        return None
+    base, end = frontier[0].args[0], 0
+    for f in frontier:
+        dim, start, stop = (list(f.args[1:]) + [0, 0, None])[:3]
+        step = f.args[4] if len(f.args) > 4 else 1
+        if f.args[0] is not base or dim not in (1, -1) or start != end or step != 1:
+            return None
+        end = f.meta["val"].shape[1] + start
+    return base if end == base.meta["val"].shape[1] else None
+
+
 def partition(traced: Traced) -> StepProgram | Unsupported:
     """``traced`` as a ``StepProgram`` (the module docstring says how), or what stops it."""
     normalise(traced)
@@ -273,11 +288,15 @@ class _Builder:
             return env[n] if same else g.call_function(aten._to_copy.default, (env[n],), cast)
 
         x = env[self.phs[self.nt]]
-        step = (
-            g.call_function(aten.cat.default, ([as_dtype(f) for f in self.frontier], 1))
-            if self.frontier
-            else g.call_function(aten.slice.Tensor, (x, 1, 0, 0))
-        )
+        whole = _covered(self.frontier)
+        if whole is not None:  # the step values are one tensor's columns in order (a merged multiply): no copy
+            step = as_dtype(whole)
+        elif len(self.frontier) == 1:
+            step = as_dtype(self.frontier[0])
+        elif self.frontier:
+            step = g.call_function(aten.cat.default, ([as_dtype(f) for f in self.frontier], 1))
+        else:
+            step = g.call_function(aten.slice.Tensor, (x, 1, 0, 0))
         params = [g.call_function(aten.reshape.default, (as_dtype(p), [-1])) for p in self.params]
         g.output((step, [env[w] for w in self.weights], params))
         return GraphModule(self.t.gm, g)
