@@ -8,6 +8,7 @@ import torch
 
 from . import _ext
 from ._select import _DEVICE_KERNELS, current
+from .compiler import build as cell_build
 
 __all__ = ["backend_info"]
 
@@ -21,7 +22,10 @@ def backend_info(build: bool = True) -> dict[str, Any]:
 
     Returns a dict with ``backend`` and ``kernels`` (what ``use`` selected), ``fused_cpu``
     (``"compiled"`` or ``"python"``: what the fused path runs on CPU), ``compiled`` (the build's
-    outcome: ``loaded``, ``error``, ``build_s``, ``path``), ``fused_devices`` (devices with rnnkit
+    outcome: ``loaded``, ``error``, ``build_s``, ``path``), ``cell_compiler`` (users' cells compiled from their
+    ``call``: the C compiler or ``None``, the cache folder, and this process's ``compiled``, ``disk_hits`` and
+    ``compile_s``; ``rnnkit.engine.explain(cell, x, reasons=True)`` says why a cell was not compiled),
+    ``fused_devices`` (devices with rnnkit
     kernels), ``torch``, ``threads`` (torch's), ``kernel_threads`` (the threads a parallel region of the
     compiled kernels runs on, ``None`` when they are not loaded) and ``cuda`` (whether CUDA is available;
     there the engine uses torch's cuDNN kernels or the reference loop).
@@ -48,6 +52,9 @@ def backend_info(build: bool = True) -> dict[str, Any]:
         "kernels": kernels,
         "fused_cpu": fused_cpu,
         "compiled": status,
+        "cell_compiler": {
+            "cc": cell_build.compiler(), "cache": str(cell_build.cache_root() or "(off)"), **cell_build.stats()
+        },
         "fused_devices": ["cpu", *sorted(_DEVICE_KERNELS)],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

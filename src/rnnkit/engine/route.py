@@ -187,7 +187,7 @@ def explain(cell: Any, inputs: Tensor, lengths: Tensor | None = None, *, reasons
     ``"reference"`` (for ``backend_info`` and tests).
 
     ``reasons=True`` adds why, after a colon: for a compiled cell what its step became (``"fused: compiled MyCell
-    (1 hoisted multiply, 1 recurrent multiply, 1 stage; native)"``), and for a cell the compiler could not take the
+    (1 hoisted multiply, 2 recurrent multiplies, 2 stages; native)"``), and for a cell the compiler could not take the
     op or construct that stopped it (``"reference: MyCell.call: aten.bmm.default is outside the compiled op
     set"``).
     """
@@ -207,10 +207,16 @@ def _described(leaf: Spec, path: str) -> str:
         return path
     info = leaf.program.info
     runs = "native" if native_runs(fused_kernels("cpu")) else "interpreted (pure PyTorch)"
-    return (
-        f"fused: compiled {type(leaf.cell).__name__} ({info.get('hoisted_multiplies', 0)} hoisted multiply, "
-        f"{info.get('recurrent_multiplies', 0)} recurrent multiply, {info.get('stages', 0)} stage; {runs})"
-    )
+    counts = [(info.get("hoisted_multiplies", 0), "hoisted multipl"), (info.get("recurrent_multiplies", 0),
+              "recurrent multipl"), (info.get("stages", 0), "stage")]  # fmt: skip
+    said = ", ".join(f"{n} {word}{_plural(n, word)}" for n, word in counts)
+    return f"fused: compiled {type(leaf.cell).__name__} ({said}; {runs})"
+
+
+def _plural(n: int, stem: str) -> str:
+    if stem.endswith("l"):
+        return "y" if n == 1 else "ies"
+    return "" if n == 1 else "s"
 
 
 def torch_whole_stack(layer: Any, x: Tensor, lengths: Tensor | None = None) -> bool:
