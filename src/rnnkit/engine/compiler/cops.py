@@ -12,41 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = ["PRELUDE", "ELEMENTWISE", "Args", "Dtype", "literal"]
 
-PRELUDE = r"""
-#include <stdint.h>
-#include <string.h>
-#include <math.h>
+# The float exp/sigmoid/tanh of the fused kernels, one definition for both (csrc/rk_math.h, plain C).
+_MATH_H = (Path(__file__).resolve().parents[1] / "csrc" / "rk_math.h").read_text(encoding="utf-8")
+
+PRELUDE = _MATH_H.replace("#pragma once", "") + r"""
 #define RK_EXPORT __attribute__((visibility("default")))
 
-static inline float rk_exp_f(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  float n = floorf(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
-  int32_t bits = ((int32_t)n + 127) << 23;
-  float scale;
-  memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
-static inline float rk_sigmoid_f(float x) { return 1.0f / (1.0f + rk_exp_f(-x)); }
-static inline float rk_tanh_f(float x) {
-  float a = fabsf(x), z = x * x;
-  float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
-                 3.33332819422e-1f) * z * x + x;
-  float big = copysignf(1.0f - 2.0f / (rk_exp_f(2.0f * a) + 1.0f), x);
-  return a < 0.625f ? small : big;
-}
 static inline float rk_log_f(float x) { return logf(x); }
 static inline float rk_log1p_f(float x) { return log1pf(x); }
 static inline float rk_expm1_f(float x) { return expm1f(x); }

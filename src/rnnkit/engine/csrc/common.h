@@ -21,6 +21,8 @@
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 
+#include "rk_math.h"
+
 #include <algorithm>
 #include <initializer_list>
 #include <optional>
@@ -45,39 +47,12 @@ struct Schedule {
 Schedule schedule_of(const Tensor& batch_sizes);
 
 // ---- elementwise math ------------------------------------------------------------------------
-// float: branch-free Cephes-style exp so that GCC vectorises the loops (AVX2/FMA with
-// -march=native); about 1 ulp. double: libm, exact to the reference.
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
-
-inline float sigmoid_s(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+// float: rk_math.h's (branch-free, vectorisable, about 1 ulp; shared with compiled cells' generated code);
+// double: libm, exact to the reference.
+inline float exp_approx(float x) { return rk_exp_f(x); }
+inline float sigmoid_s(float x) { return rk_sigmoid_f(x); }
 inline double sigmoid_s(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-
-inline float tanh_s(float x) {
-  // Small |x|: Cephes' odd polynomial (keeps relative accuracy near 0); else 1 - 2 / (e^{2|x|} + 1).
-  float a = std::fabs(x);
-  float z = x * x;
-  float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z -
-                 3.33332819422e-1f) * z * x + x;
-  float big = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
-  big = std::copysign(big, x);
-  return a < 0.625f ? small : big;
-}
+inline float tanh_s(float x) { return rk_tanh_f(x); }
 inline double tanh_s(double x) { return std::tanh(x); }
 
 template <typename T>
