@@ -20,29 +20,28 @@ __all__ = ["PRELUDE", "ELEMENTWISE", "Args", "Dtype", "literal"]
 # The float exp/sigmoid/tanh of the fused kernels, one definition for both (csrc/rk_math.h, plain C).
 _MATH_H = (Path(__file__).resolve().parents[1] / "csrc" / "rk_math.h").read_text(encoding="utf-8")
 
-PRELUDE = _MATH_H.replace("#pragma once", "") + r"""
-#define RK_EXPORT __attribute__((visibility("default")))
+# libm's functions by their double names (float: the same with an ``f``), and the two-operand helpers.
+_LIBM = {"log": "log", "log1p": "log1p", "expm1": "expm1", "sqrt": "sqrt", "abs": "fabs"}
+_BINARY = {"pow": "{libm}(a, b)", "max": "a > b ? a : b", "min": "a < b ? a : b"}
 
-static inline float rk_log_f(float x) { return logf(x); }
-static inline float rk_log1p_f(float x) { return log1pf(x); }
-static inline float rk_expm1_f(float x) { return expm1f(x); }
-static inline float rk_sqrt_f(float x) { return sqrtf(x); }
-static inline float rk_abs_f(float x) { return fabsf(x); }
-static inline float rk_pow_f(float x, float e) { return powf(x, e); }
-static inline float rk_max_f(float a, float b) { return a > b ? a : b; }
-static inline float rk_min_f(float a, float b) { return a < b ? a : b; }
-static inline double rk_exp_d(double x) { return exp(x); }
-static inline double rk_sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
-static inline double rk_tanh_d(double x) { return tanh(x); }
-static inline double rk_log_d(double x) { return log(x); }
-static inline double rk_log1p_d(double x) { return log1p(x); }
-static inline double rk_expm1_d(double x) { return expm1(x); }
-static inline double rk_sqrt_d(double x) { return sqrt(x); }
-static inline double rk_abs_d(double x) { return fabs(x); }
-static inline double rk_pow_d(double x, double e) { return pow(x, e); }
-static inline double rk_max_d(double a, double b) { return a > b ? a : b; }
-static inline double rk_min_d(double a, double b) { return a < b ? a : b; }
-"""
+
+def _helpers(T: str, sfx: str) -> str:
+    f = "f" if T == "float" else ""
+    lines = [f"static inline {T} rk_{name}_{sfx}({T} x) {{ return {libm}{f}(x); }}" for name, libm in _LIBM.items()]
+    lines += [f"static inline {T} rk_{name}_{sfx}({T} a, {T} b) {{ return {body.format(libm='pow' + f)}; }}"
+              for name, body in _BINARY.items()]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+PRELUDE = (
+    _MATH_H.replace("#pragma once", "")
+    + '\n#define RK_EXPORT __attribute__((visibility("default")))\n\n'
+    + _helpers("float", "f")
+    + "static inline double rk_exp_d(double x) { return exp(x); }\n"
+    + "static inline double rk_sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }\n"
+    + "static inline double rk_tanh_d(double x) { return tanh(x); }\n"
+    + _helpers("double", "d")
+)
 
 
 class Dtype:
