@@ -69,7 +69,7 @@ def test_compiled_batch_one_inference(entry, style):  # noqa: ANN001
         _same(_run(cell, x), _run(cell, x, backend="reference"))
 
 
-@pytest.mark.parametrize(("entry", "style"), CASES[::3])
+@pytest.mark.parametrize(("entry", "style"), CASES)
 def test_compiled_float64_gradcheck(entry, style):  # noqa: ANN001
     cell = _cell(entry, style, units=4, depth=3, dtype=torch.float64)
     x = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -131,3 +131,17 @@ def test_a_cell_the_capture_cannot_take_runs_on_the_loop_and_explain_says_why():
     assert engine.explain(cell, x) == ["reference"]
     out = rnnkit.dynamic_rnn(cell, x, time_major=True)
     _same(out, _run(cell, x, backend="reference"))
+
+
+@pytest.mark.parametrize(("entry", "style"), CASES[:2] + CASES[-2:])
+def test_compiled_float64_gradgradcheck(entry, style):  # noqa: ANN001
+    # second derivatives: the native backward hands create_graph=True over to the program in torch ops
+    cell = _cell(entry, style, units=3, depth=2, dtype=torch.float64)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    params = list(cell.parameters())
+
+    def f(x, *ps):  # noqa: ANN001, ANN202
+        return rnnkit.dynamic_rnn(cell, x, sequence_length=torch.tensor([3, 2]), time_major=True)[0]
+
+    assert engine.explain(cell, x)[0] == "fused"
+    assert torch.autograd.gradgradcheck(f, (x, *params), eps=1e-6, atol=1e-6)
