@@ -94,7 +94,7 @@ def test_user_cells_match_the_reference_loop(name: str, reverse: bool) -> None:
 def test_rnnkit_cells_match_the_reference_loop(name: str) -> None:
     cell = RNNKIT_CELLS[name]()
     cell.build(INPUT_DEPTH)
-    cell.eval()  # (in training the dropout wrapper draws masks at every step: refused, test_random_ops_are_refused)
+    cell.eval()  # (in training the dropout wrapper draws at every step: test_compiled_random_draws.py)
     x = torch.randn(4, 3, INPUT_DEPTH, requires_grad=True)
     program = capture(cell, INPUT_DEPTH)
     assert isinstance(program, StepProgram), program
@@ -243,7 +243,6 @@ REFUSED = {
     "erf": (lambda c, x, h: F.gelu(h @ c.kernel[3:]), "aten.erf.default is outside the compiled op set", ""),
     "in_place_state": (lambda c, x, h: h.mul_(0.5), "writes into the state", "aten.mul_.Tensor"),
     "in_place_view": (lambda c, x, h: torch.tanh(h) + h[:, :2].zero_().sum(1, keepdim=True), "the state", "zero_"),
-    "dropout": (lambda c, x, h: F.dropout(h, 0.5, training=True), "aten.bernoulli", "random"),
     "untraceable": (lambda c, x, h: h * float(torch.from_numpy(h.detach().numpy()).sum()), "tracer", "numpy"),
     "einsum": (lambda c, x, h: torch.einsum("bi,ij->bj", h, c.kernel[3:]), "aten.unsqueeze.default", "op set"),
     "flip": (lambda c, x, h: torch.flip(h, [0]), "aten.flip.default is outside the compiled op set", ""),
@@ -260,11 +259,13 @@ def test_what_cannot_be_compiled_is_named(case: str) -> None:
     assert result.where == "_Probe.call" and what in result.what and detail in str(result), str(result)
 
 
-def test_random_ops_are_refused() -> None:
+def test_per_step_draws_become_inputs_drawn_before_the_loop() -> None:
+    # (per-step dropout of a DropoutWrapper: each draw is replayed before the loop, test_compiled_random_draws.py)
     cell = rnnkit.DropoutWrapper(rnnkit.GRUCell(4), output_keep_prob=0.5)
     cell.build(3)
     result = capture(cell, 3)
-    assert isinstance(result, Unsupported) and "random" in result.what and result.where == "DropoutWrapper.call"
+    assert isinstance(result, StepProgram), result
+    assert [(d.kind, d.p, d.width) for d in result.draws] == [("bernoulli_", 0.5, 4)]  # empty_like(h).bernoulli_(p)
 
 
 class _Cached(TFCell):

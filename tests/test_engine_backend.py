@@ -91,9 +91,9 @@ class _MyLSTM(rk.BasicLSTMCell):
         (lambda: _MyLSTM(4), "ProgramSpec"),  # a subclass: compiled from its own call
         (lambda: rk.GRUCell(4, activation=torch.sigmoid), "ProgramSpec"),
         (lambda: rk.BasicRNNCell(4, activation="elu"), "ProgramSpec"),
-        (lambda: rk.LayerNormBasicLSTMCell(4, dropout_keep_prob=0.8), None),  # per-step dropout in training
+        (lambda: rk.LayerNormBasicLSTMCell(4, dropout_keep_prob=0.8), "ProgramSpec"),  # per-step draws, replayed
         (lambda: rk.LayerNormBasicLSTMCell(4, dropout_keep_prob=0.8).eval(), "LNLSTMSpec"),
-        (lambda: rk.DropoutWrapper(rk.GRUCell(4), 0.8), None),  # per-step masks
+        (lambda: rk.DropoutWrapper(rk.GRUCell(4), 0.8), "ProgramSpec"),  # per-step masks, compiled whole
         (lambda: rk.DropoutWrapper(rk.GRUCell(4), 0.8, variational_recurrent=True), "DropoutSpec"),
         (lambda: rk.DropoutWrapper(rk.GRUCell(4), 0.8).eval(), "GRUSpec"),
         (lambda: rk.ResidualWrapper(rk.GRUCell(3), residual_fn=lambda i, o: i - o), "ProgramSpec"),

@@ -40,6 +40,11 @@ class Spec:
     def draw_masks(self, batch: int, like: Tensor, input_depth: int) -> None:
         """Draw this subtree's per-sequence dropout masks, in the reference loop's order."""
 
+    def draws_random(self) -> bool:
+        """Whether a leaf of this subtree draws random numbers at every step (a compiled cell's zoneout or dropout):
+        they are drawn before its loop, so two such leaves must not share a step (their draws would interleave)."""
+        return any(leaf is not self and leaf.draws_random() for leaf in self.leaves())
+
 
 class _Leaf(Spec):
     """A leaf over ``cell``, reading its parameters through ``read`` (a reader of ``rnnkit.engine.params``)."""

@@ -276,7 +276,12 @@ LOWERINGS[cells.TorchRNNCell] = _torch_layout(lambda c: RNNSpec.from_torch_weigh
 @register_lowering(cells.MultiRNNCell)
 def _stack(cell: Any) -> Spec | None:
     layers = [lowering_for(c) for c in cell.cells]
-    return None if any(layer is None for layer in layers) else StackSpec(cell, layers)
+    if any(layer is None for layer in layers):
+        return None
+    # The reference loop steps the layers together, so two layers drawing at every step interleave their draws:
+    # then the stack is compiled whole (one program, its draws in that order), not layer by layer.
+    random = [leaf for layer in layers for leaf in layer.leaves() if leaf.draws_random()]
+    return None if len(random) > 1 else StackSpec(cell, layers)
 
 
 @register_lowering(cells.DropoutWrapper)
@@ -288,6 +293,8 @@ def _dropout(cell: Any) -> Spec | None:
         return None  # per-step masks: the reference loop draws them
     if cell.state_keep_prob < 1.0 and any(isinstance(leaf, ProgramSpec) for leaf in inner.leaves()):
         return None  # a compiled step takes no state masks: the wrapper as a whole is captured, or the loop runs it
+    if inner.draws_random() or any(leaf.draws_random() for leaf in inner.leaves()):
+        return None  # the wrapper's masks come between the cell's draws in the reference loop
     return DropoutSpec(cell, inner)
 
 

@@ -266,13 +266,14 @@ def emit_function(
 
 def stage_backward(stage: Stage, widths: Sequence[int], dtype: torch.dtype) -> GraphModule:
     """The vector-Jacobian product of ``stage.graph``: ``(*inputs, *d_outputs) -> d_inputs``, an aten graph."""
-    prim = [torch.randn(3, w, dtype=dtype) for w in widths]
+    g = torch.Generator().manual_seed(0)  # (examples of our own: compiling must not move the user's random stream)
+    prim = [torch.randn(3, w, dtype=dtype, generator=g) for w in widths]
 
     def run(*xs: torch.Tensor) -> tuple:
         out = stage.graph(*xs)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
-    cots = [torch.randn_like(o) for o in run(*prim)]
+    cots = [torch.randn(o.shape, dtype=o.dtype, generator=g) for o in run(*prim)]
 
     def vjp(*args: torch.Tensor) -> tuple:
         _, pullback = torch.func.vjp(run, *args[: len(prim)])

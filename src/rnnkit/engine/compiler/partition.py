@@ -315,6 +315,7 @@ class _Builder:
             "stages": len(stages),
             "dtype": str(self.t.dtype).replace("torch.", ""),
             "bool_slots": sorted(self.bools),
+            "random_draws": len(self.t.draws),
         }
         digest = hashlib.sha256()
         for part in (
@@ -332,5 +333,6 @@ class _Builder:
             prepare=_Prepare(prepare),
             seq_names=tuple(self.seqs),
             key=digest.hexdigest(),
+            draws=tuple(self.t.draws),
             info=info,
         )

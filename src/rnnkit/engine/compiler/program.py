@@ -104,8 +104,9 @@ class StepProgram:
     """A cell's step as the engine runs it (see the module's docstring).
 
     ``prepare(tensors, x)``: ``tensors`` the cell's tensors in ``tensor_names`` order (parameters, buffers, tensor
-    attributes), ``x`` the inputs of all steps ``(N, input_depth)`` -> ``(step_inputs (N, step_width), weights,
-    row_params)``, differentiable in ``tensors`` and ``x``.
+    attributes), ``x`` the inputs of all steps ``(N, input_depth)`` (followed by the columns of ``draws``, drawn as the
+    reference loop draws them: ``draws.packed``) -> ``(step_inputs (N, step_width), weights, row_params)``,
+    differentiable in ``tensors`` and ``x``.
     """
 
     slots: dict[str, Slot]
@@ -117,6 +118,7 @@ class StepProgram:
     prepare: Callable[[list[Tensor], Tensor], tuple[Tensor, list[Tensor], list[Tensor]]]
     seq_names: tuple[str, ...] = ()  # which of tensor_names feed the ``seq`` slots, by index
     key: str = ""  # a hash of everything above that the generated code depends on (graphs, slots, dtype)
+    draws: tuple[Any, ...] = ()  # the step's random draws (``draws.Draw``): ``prepare``'s x carries them as columns
     info: dict[str, Any] = field(default_factory=dict)  # notes for explain (ops seen, hoisted multiplies...)
 
     def slots_of(self, kind: str) -> list[Slot]:

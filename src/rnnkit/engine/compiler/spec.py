@@ -38,6 +38,7 @@ from ..._structure import flatten, pack_as
 from .._leaf_specs import Spec
 from . import build, interpret
 from .capture import capture
+from .draws import packed
 from .program import StepProgram, Unsupported
 from .trace import tensors_of
 
@@ -105,18 +106,25 @@ class ProgramSpec(Spec):
     def zero_internal(self, batch: int, like: Tensor) -> tuple[Tensor, ...]:
         return tuple(like.new_zeros(batch, w) for w in self.program.state_widths)
 
-    def recurrent_rows(self, sort: Any) -> list[Tensor]:
-        """The program's per-sequence tensors (``seq`` slots), rows in the kernels' order."""
+    def recurrent_rows(self, sort: Any) -> tuple[list[Tensor], Any]:
+        """The program's per-sequence tensors (``seq`` slots), rows in the kernels' order, and ``sort`` itself (the
+        step's random draws are put in that order)."""
         names = self.program.seq_names
-        return [sort(t) for t in tensors_of(self.cell, names)] if names else []
+        return ([sort(t) for t in tensors_of(self.cell, names)] if names else []), sort
+
+    def draws_random(self) -> bool:
+        """Whether the step draws random numbers (they are drawn before the loop, in the reference loop's order)."""
+        return bool(self.program.draws)
 
     # -- running ---------------------------------------------------------------------------------------------------
     def run_fused(
         self, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Any
     ) -> tuple[Tensor, tuple]:
         program = self.program
+        seqs, sort = recurrent
+        if program.draws:  # the reference loop's draws, step by step, as columns after the inputs
+            x = torch.cat([x, packed(list(program.draws), bs, internal[0].shape[0], sort, x)], 1)
         step_inputs, weights, row_params = program.prepare(tensors_of(self.cell, program.tensor_names), x)
-        seqs = list(recurrent) if recurrent else []
         run = _native_runner() if native_runs(kern) else interpret.run_program
         y, finals = run(program, step_inputs, bs, list(internal), weights, row_params, seqs)
         return y, tuple(finals)

@@ -38,6 +38,7 @@ from torch.fx.experimental.symbolic_shapes import (
 )
 
 from ..._structure import flatten, pack_as
+from .draws import Draw, widen_for_draws
 from .program import Unsupported
 
 __all__ = ["trace", "cell_tensors", "tensors_of", "Traced", "DECOMPOSED"]
@@ -141,6 +142,7 @@ class Traced:
     mode: FakeTensorMode
     dtype: torch.dtype
     where: str
+    draws: list[Draw]  # what the step draws at random, as columns after x's (``draws.widen_for_draws``)
 
 
 class _Step(nn.Module):
@@ -259,10 +261,11 @@ def trace(
             gm = make_fx(torch.func.functionalize(gm, remove="mutations"), tracing_mode="real")(*inputs)
         bad = _check_ops(gm, functional=True)
     bad = bad or _check_shapes(mode, b.node.expr)
-    if bad:
-        return Unsupported(bad, where)
+    found = [] if bad else widen_for_draws(gm, [n for n in gm.graph.nodes if n.op == "placeholder"][nt], mode)
+    if bad or isinstance(found, str):
+        return Unsupported(bad or found, where)
     seq = tuple(i for i, n in enumerate(names) if n in seq_names)
-    return Traced(gm, tuple(names), seq, widths, int(cell.output_size), b.node.expr, mode, dtype, where)
+    return Traced(gm, tuple(names), seq, widths, int(cell.output_size), b.node.expr, mode, dtype, where, found)
 
 
 def _static(t: Tensor) -> StatelessSymbolicContext:
@@ -291,14 +294,12 @@ def _writes_input(gm: torch.fx.GraphModule, names: list[str]) -> str:
 
 
 def _check_ops(gm: torch.fx.GraphModule, functional: bool) -> str:
-    """What op in the trace makes it unfit, or ``""``: random ops, reads of values, writes left on inputs."""
+    """What op in the trace makes it unfit, or ``""``: reads of values, writes left on inputs (random draws are
+    ``draws``' to judge)."""
     for node in gm.graph.nodes:
         target = node.target
         if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
             continue
-        if torch.Tag.nondeterministic_seeded in target.tags:
-            return (f"{target} draws random numbers at every step; draw masks once per sequence in begin_sequence "
-                    "and store them on the cell")  # fmt: skip
         if target is aten._local_scalar_dense.default:
             return "data-dependent control flow: a tensor's value read as a Python number (.item(), float(t))"
         if functional and target is aten.copy_.default:  # (what functionalization leaves: a write into an input)
