@@ -22,6 +22,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from ._onnx_graph import Graph
+from ._onnx_io import onnx_module as _onnx
 
 __all__ = ["OPS", "Emitter", "emit_graph", "record"]
 
@@ -163,9 +164,9 @@ def _softplus(e: Emitter, n: Node, a: tuple, k: dict) -> str:
 
 
 def _elu(e: Emitter, n: Node, a: tuple, k: dict) -> str:
-    alpha, scale, input_scale = (list(a[1:]) + [k.get("alpha", 1), k.get("scale", 1), k.get("input_scale", 1)][
-        len(a) - 1 :
-    ])[:3]
+    alpha, scale, input_scale = (
+        list(a[1:]) + [k.get("alpha", 1), k.get("scale", 1), k.get("input_scale", 1)][len(a) - 1 :]
+    )[:3]
     x = e.t(a[0])
     if scale == 1 and input_scale == 1:
         return e.op("Elu", [x], alpha=float(alpha))
@@ -259,9 +260,8 @@ def _filled(e: Emitter, n: Node, fill: float) -> str:
 
 
 def _to_copy(e: Emitter, n: Node, a: tuple, k: dict) -> str:
-    onnx = __import__("onnx")
-    value = e.values[n]
-    to = {np.bool_: onnx.TensorProto.BOOL, np.int64: onnx.TensorProto.INT64}.get(_np_dtype(value), onnx.TensorProto.FLOAT)
+    types = _onnx().TensorProto
+    to = {np.bool_: types.BOOL, np.int64: types.INT64}.get(_np_dtype(e.values[n]), types.FLOAT)
     return e.op("Cast", [e.t(a[0])], to=to)
 
 

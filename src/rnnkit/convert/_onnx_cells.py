@@ -63,6 +63,12 @@ def _program(cell: Any, depth: int) -> StepProgram:
     return program
 
 
+def _probe(tensors: list[torch.Tensor], depth: int) -> torch.Tensor:
+    """Two rows of inputs like the cell's tensors (the probe runs record shapes and fold the weight-only work)."""
+    like = tensors[0] if tensors else torch.empty(0)
+    return torch.rand(2, depth, dtype=like.dtype, device=like.device)
+
+
 def _prepare(
     g: Graph, program: StepProgram, tensors: list[torch.Tensor], rows: str, depth: int, where: str, opset: int
 ) -> str:
@@ -71,8 +77,7 @@ def _prepare(
     gm = program.prepare.graph_module
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     x_node = placeholders[-1]
-    probe = torch.rand(2, depth, dtype=tensors[0].dtype if tensors else None, device=tensors[0].device if tensors else None)
-    values = record(gm, *tensors, probe)
+    values = record(gm, *tensors, _probe(tensors, depth))
     reads_x = {x_node}
     for n in gm.graph.nodes:
         if any(a in reads_x for a in n.all_input_nodes):
@@ -97,7 +102,8 @@ def _body(
     slots: dict[str, str] = {}
     for slot in program.slots.values():
         if slot.kind == "step":
-            slots[slot.name] = b.op("Slice", [x_t, b.ints([slot.index]), b.ints([slot.index + slot.width]), b.ints([1])])
+            start, stop = b.ints([slot.index]), b.ints([slot.index + slot.width])
+            slots[slot.name] = b.op("Slice", [x_t, start, stop, b.ints([1])])
         elif slot.kind == "state_in":
             slots[slot.name] = old[slot.index]
         elif slot.kind == "param":
@@ -164,14 +170,15 @@ def export_cell(
     name = type(cell).__name__
     depth = cell.input_depth if cell.input_depth is not None else input_size
     if depth is None:
-        raise ValueError(f"export_onnx: the input depth of {name} is not known yet (not built, never run); pass input_size=")
+        raise ValueError(
+            f"export_onnx: the input depth of {name} is not known yet (not built, never run); pass input_size="
+        )
     if input_size is not None and input_size != depth:
         raise ValueError(f"export_onnx: {name} was built for inputs of depth {depth}, got input_size={input_size}")
     program = _program(cell, depth)
     tensors = [t.detach() for t in tensors_of(cell, program.tensor_names)]
-    probe = torch.rand(2, depth, dtype=tensors[0].dtype if tensors else None)
     with torch.no_grad():
-        step_probe, weight_values, param_values = program.prepare(tensors, probe.to(tensors[0].device if tensors else "cpu"))
+        step_probe, weight_values, param_values = program.prepare(tensors, _probe(tensors, depth))
     g = Graph()
     where = f"{name}.call"
 
@@ -229,4 +236,3 @@ def export_cell(
     if path is not None:
         onnx.save(model, os.fspath(path))
     return model
-

@@ -131,7 +131,8 @@ def export_onnx(
     is_layer = type(layer) in LAYERS.values() or type(layer) in TORCH_NN_LAYERS
     if not is_layer and isinstance(layer, RNNCell):
         if implementation == "native":
-            raise ValueError(f"export_onnx: a cell ({type(layer).__name__}) exports as a Scan, not implementation='native'")
+            name = type(layer).__name__
+            raise ValueError(f"export_onnx: a cell ({name}) exports as a Scan, not implementation='native'")
         return export_cell(
             layer, path, input_size=input_size, time_major=bool(time_major), sequence_lens=sequence_lens,
             initial_states=initial_states, opset=opset,
