@@ -277,6 +277,10 @@ aten = torch.ops.aten
 _UNARY = {
     "neg": "Neg", "reciprocal": "Reciprocal", "sqrt": "Sqrt", "exp": "Exp", "log": "Log", "abs": "Abs",
     "sign": "Sign", "sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "logical_not": "Not",
+    # pointwise work on the inputs alone runs outside the loop, where the compiler takes any pointwise op
+    "sin": "Sin", "cos": "Cos", "tan": "Tan", "asin": "Asin", "acos": "Acos", "atan": "Atan", "sinh": "Sinh",
+    "cosh": "Cosh", "asinh": "Asinh", "acosh": "Acosh", "atanh": "Atanh", "erf": "Erf", "floor": "Floor",
+    "ceil": "Ceil", "round": "Round",
 }  # fmt: skip
 _COMPARE = {"gt": "Greater", "lt": "Less", "ge": "GreaterOrEqual", "le": "LessOrEqual", "eq": "Equal"}
 
@@ -333,8 +337,8 @@ def emit_graph(e: Emitter, gm: GraphModule, feeds: list[Any], folded: set[Node] 
         handler = OPS.get(n.target)
         if n.op != "call_function" or handler is None:
             raise NotImplementedError(
-                f"export_onnx: {e.where}: {n.target} has no ONNX translation (the ops exported are "
-                "rnnkit.convert's table OPS: the compiled step's op set, rnnkit.engine.compiler.program.STAGE_OPS)"
+                f"export_onnx: {e.where}: {n.target} has no ONNX translation (export_onnx translates the compiled "
+                "step's op set, rnnkit.engine.compiler.program.STAGE_OPS, and common pointwise ops on the inputs)"
             )
         e.made_full = False
         result = handler(e, n, n.args, dict(n.kwargs))
