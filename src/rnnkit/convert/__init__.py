@@ -18,6 +18,9 @@ torch.save files       `load_torch_state_dict` + `infer_config`     ``torch.save
 rnnkit modules         `load` (``.safetensors`` + configuration)    `save` (layers, TF-style cell trees)
 =====================  ===========================================  ==========================================
 
+`export_onnx` also takes any ``RNNCell`` (a user's own cell included): ``dynamic_rnn`` over it in eval mode, its
+compiled step (``rnnkit.engine.compiler``) in an ONNX ``Scan``; a step op with no ONNX translation is refused by name.
+
 The command line ``rnnkit convert SRC DST`` (``rnnkit.cli.conversion``, on `rnnkit.convert.files`) moves a model
 between these files.
 

@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 
+from ..cells import RNNCell
+from ._onnx_cells import export_cell
 from ._onnx_graph import Graph, Step, native_layer, scan_direction, value_info, zeros
 from ._onnx_io import load_model as _load_model
 from ._onnx_io import onnx_module as _onnx
@@ -84,8 +86,18 @@ def export_onnx(
     initial_states: bool = True,
     implementation: str = "auto",
     opset: int = DEFAULT_OPSET,
+    input_size: int | None = None,
+    time_major: bool = False,
 ) -> Any:
-    """Export ``layer`` (``rnnkit.RNN/LSTM/GRU`` or ``torch.nn.RNN/LSTM/GRU``) to ONNX; returns the ``ModelProto``.
+    """Export ``layer`` (``rnnkit.RNN/LSTM/GRU`` or ``torch.nn.RNN/LSTM/GRU``, or any ``rnnkit.RNNCell``) to ONNX;
+    returns the ``ModelProto``.
+
+    A cell (a user's own included) exports as ``dynamic_rnn(cell, input, sequence_length, initial_state)`` in eval
+    mode: its compiled step in a ``Scan`` (``rnnkit.convert._onnx_cells``' docstring: inputs ``input``
+    ``(batch, max_time, depth)``, ``state_0 ...``, ``sequence_lens``; outputs ``output``, ``state_out_0 ...``, the
+    state leaves in TF's flattened order). ``input_size``: the depth of its inputs, for a cell not built yet;
+    ``time_major``: ``(max_time, batch, depth)`` inputs and outputs, as ``dynamic_rnn``'s. ``implementation`` must be
+    ``"auto"`` or ``"scan"``. An op of the step with no ONNX translation raises ``NotImplementedError`` naming it.
 
     ``path``: where to write it (``None``: only return it). ``sequence_lens``: add the ``sequence_lens``
     input (``int32 (batch,)``, rnnkit's ``lengths=``). ``initial_states``: add ``h_0`` (and ``c_0``) inputs
@@ -100,6 +112,10 @@ def export_onnx(
         >>> model = export_onnx(rnnkit.GRU(3, 8, reset_after=False), "gru.onnx", sequence_lens=True)
         >>> [i.name for i in model.graph.input]
         ['input', 'h_0', 'sequence_lens']
+        >>> cell = rnnkit.LSTMCell(8, input_size=3, use_peepholes=True)     # or a cell of your own
+        >>> model = export_onnx(cell, "cell.onnx", sequence_lens=True)
+        >>> [i.name for i in model.graph.input], [o.name for o in model.graph.output]
+        (['input', 'state_0', 'state_1', 'sequence_lens'], ['output', 'state_out_0', 'state_out_1'])
     """
     onnx = _onnx()
     if implementation not in ("auto", "native", "scan"):
@@ -112,9 +128,23 @@ def export_onnx(
         raise ValueError(
             f"export_onnx: opset must be an int in [{_MIN_OPSET}, {onnx.defs.onnx_opset_version()}], got {opset!r}"
         )
-    if type(layer) not in LAYERS.values() and type(layer) not in TORCH_NN_LAYERS:
+    is_layer = type(layer) in LAYERS.values() or type(layer) in TORCH_NN_LAYERS
+    if not is_layer and isinstance(layer, RNNCell):
+        if implementation == "native":
+            name = type(layer).__name__
+            raise ValueError(f"export_onnx: a cell ({name}) exports as a Scan, not implementation='native'")
+        return export_cell(
+            layer, path, input_size=input_size, time_major=bool(time_major), sequence_lens=sequence_lens,
+            initial_states=initial_states, opset=opset,
+        )  # fmt: skip
+    if not is_layer:
         raise TypeError(
-            f"export_onnx: expected an rnnkit.RNN/LSTM/GRU or torch.nn.RNN/LSTM/GRU layer, got {type(layer).__name__}"
+            "export_onnx: expected an rnnkit.RNN/LSTM/GRU or torch.nn.RNN/LSTM/GRU layer or an rnnkit.RNNCell, "
+            f"got {type(layer).__name__}"
+        )
+    if input_size is not None or time_major:
+        raise ValueError(
+            "export_onnx: input_size= and time_major= are for cells; a layer has its input_size and batch_first"
         )
     layer_config = layer_description(layer)
     config = LayerConfig.from_module(layer)
@@ -227,6 +257,11 @@ def read_onnx(source: Any) -> tuple[dict[str, torch.Tensor], LayerConfig]:
     props = {p.key: p.value for p in model.metadata_props}
     initializers = {t.name: t for t in model.graph.initializer}
     export = json.loads(props.get("rnnkit.export", "{}"))
+    if export.get("implementation") == "cell":
+        raise ValueError(
+            f"read_onnx: the model is the step of a cell ({export.get('cell')}) exported by export_onnx, not a layer; "
+            "rnnkit reads back layers only"
+        )
     if export.get("implementation") == "scan":
         config = LayerConfig.from_dict(export["layer_config"])
         missing = [k for k in config.parameter_shapes() if k not in initializers]
