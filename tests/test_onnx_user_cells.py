@@ -180,3 +180,19 @@ def test_model_file_and_read_back_refusal(tmp_path):
     assert onnx.load(str(path)).graph.node[-1].op_type == model.graph.node[-1].op_type
     with pytest.raises(ValueError, match=r"step of a cell \(MGUCell\).*layers only"):
         read_onnx(path)
+
+
+def test_a_cell_drawing_at_every_step_in_eval_mode_is_refused():
+    class AlwaysDropping(rnnkit.RNNCell):
+        state_size = output_size = 4
+
+        def build(self, inputs_shape):  # noqa: ANN001, ANN202
+            self.kernel = self.add_variable("kernel", [inputs_shape[-1] + 4, 4])
+
+        def call(self, inputs, state):  # noqa: ANN001, ANN202
+            h = torch.tanh(torch.cat([inputs, state], 1) @ self.kernel)
+            h = torch.nn.functional.dropout(h, 0.5, training=True)  # draws even in eval mode
+            return h, h
+
+    with pytest.raises(NotImplementedError, match="draws random numbers at every step"):
+        export_onnx(AlwaysDropping(input_size=3).eval(), input_size=3)

@@ -55,6 +55,11 @@ def _program(cell: Any, depth: int) -> StepProgram:
         cell.train(was_training)
     if isinstance(program, Unsupported):
         raise NotImplementedError(f"export_onnx: the step of {name} cannot be captured for ONNX: {program}")
+    if program.draws:
+        raise NotImplementedError(
+            f"export_onnx: {name} draws random numbers at every step in eval mode ({len(program.draws)} draws); "
+            "ONNX export computes a deterministic inference function"
+        )
     if program.seq_names:
         raise NotImplementedError(
             f"export_onnx: {name} draws per-sequence tensors {list(program.seq_names)} in eval mode (random masks); "
@@ -63,10 +68,15 @@ def _program(cell: Any, depth: int) -> StepProgram:
     return program
 
 
+def _probe_stream() -> torch.Generator:
+    """The probes' own random numbers: exporting must not move the user's random stream."""
+    return torch.Generator().manual_seed(0)
+
+
 def _probe(tensors: list[torch.Tensor], depth: int) -> torch.Tensor:
     """Two rows of inputs like the cell's tensors (the probe runs record shapes and fold the weight-only work)."""
     like = tensors[0] if tensors else torch.empty(0)
-    return torch.rand(2, depth, dtype=like.dtype, device=like.device)
+    return torch.rand(2, depth, dtype=like.dtype, generator=_probe_stream()).to(like.device)
 
 
 def _prepare(
@@ -141,7 +151,9 @@ def _stage_shapes(program: StepProgram, step_inputs: torch.Tensor, weights: list
         if slot.kind == "step":
             slots[slot.name] = step_inputs[:rows, slot.index : slot.index + slot.width]
         elif slot.kind == "state_in":
-            slots[slot.name] = torch.rand(rows, slot.width, dtype=step_inputs.dtype, device=step_inputs.device)
+            slots[slot.name] = torch.rand(rows, slot.width, dtype=step_inputs.dtype, generator=_probe_stream()).to(
+                step_inputs.device
+            )
         elif slot.kind == "param":
             slots[slot.name] = params[slot.index].expand(rows, slot.width)
     shapes: dict[int, dict] = {}
