@@ -97,16 +97,6 @@ Tensor finals_of(const Schedule& s, const Tensor& h0, const Tensor& packed) {
   return last;
 }
 
-// How many row blocks a call's steps split into (1: the steps run whole, their multiplies split by columns). The
-// program is row-wise (a multiply's row r reads row r; a stage's rows are independent), so a block of rows can run
-// every step on its own: one parallel region per call, no barrier between multiply and stage or between steps,
-// and each block's multiply (BLAS on its rows) at the width of the machine's own GEMM. Worth it when every block
-// keeps enough rows for BLAS (kSmallGemmRows and more) and the step enough work for the threads (split_units).
-inline int64_t row_blocks(int64_t rows0, int64_t work_per_row) {
-  constexpr int64_t kMinBlockRows = 2 * kSmallGemmRows;
-  return std::min(rows0 / kMinBlockRows, step_threads(rows0 * work_per_row));
-}
-
 // Multiply-adds per row of a step.
 inline int64_t multiply_work(const Plan& pl, const std::vector<Tensor>& weights) {
   int64_t work = 0;
@@ -114,23 +104,6 @@ inline int64_t multiply_work(const Plan& pl, const std::vector<Tensor>& weights)
     if (st.type == 1) work += weights.at(st.b).size(0) * weights.at(st.b).size(1);
   }
   return work;
-}
-
-// Row boundaries of `blocks` blocks over the sequences [0, B): equal shares of the steps they run (a row's steps
-// are its sequence's length), so that variable lengths do not leave one block with the long sequences alone.
-inline std::vector<int64_t> row_bounds(const Schedule& s, int64_t B, int64_t blocks) {
-  std::vector<int64_t> len(B, 0);
-  for (int64_t t = 0; t < s.steps(); ++t)
-    for (int64_t b = 0; b < s.n[t]; ++b) ++len[b];
-  std::vector<int64_t> bounds{0};
-  int64_t done = 0, r = 0;
-  for (int64_t c = 1; c < blocks; ++c) {
-    const int64_t want = s.total * c / blocks;
-    while (r < B && done + len[r] <= want) done += len[r++];
-    bounds.push_back(std::max(r, bounds.back()));
-  }
-  bounds.push_back(B);
-  return bounds;
 }
 
 // The forward's buffers and where each slot's rows lie at a step (see the file's header).
