@@ -231,6 +231,38 @@ def test_values_and_gradients_match_a_torch_loop(name, batch, steps, dtype):
         torch.testing.assert_close(g, w, **tol)
 
 
+@pytest.mark.parametrize("threads,batch", [(2, 37), (3, 50)])
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_row_blocks_match_a_torch_loop(name, threads, batch):
+    # Forced on (set_min_step_work(1), threads >= 2): a large batch's steps run in blocks of rows, each block its
+    # whole sequence on its own thread; variable lengths shrink the later blocks' rows and end some blocks early.
+    ops = _ext.load()
+    (prog, fns), wshapes, pwidths, swidths = PROGRAMS[name](13, torch.float32)
+    x, bs, states0, weights, params, seqs = _inputs(prog, wshapes, pwidths, swidths, batch, 9, torch.float32, 11)
+    leaves = [x, *states0, *weights, *params]
+    previous, before = ops.set_min_step_work(1), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            y_inf, finals_inf = native.run_program_native(prog, x, bs, states0, weights, params, seqs)
+        y, finals = native.run_program_native(prog, x, bs, states0, weights, params, seqs)
+        gen = torch.Generator().manual_seed(3)
+        dy = torch.randn(y.shape, generator=gen)
+        dfin = [torch.randn(f.shape, generator=gen) for f in finals]
+        got = torch.autograd.grad([y, *finals], leaves, [dy, *dfin])
+    finally:
+        torch.set_num_threads(before)
+        ops.set_min_step_work(previous)
+    y_ref, finals_ref = _reference(prog, fns, x, bs, states0, weights, params, seqs)
+    want = torch.autograd.grad([y_ref, *finals_ref], leaves, [dy, *dfin])
+    # 1e-5 of each tensor's scale: the blocks multiply with another BLAS kernel (another summation order) than the
+    # reference, and the weight gradients (sums over every step, up to ~1e3 here) carry that rounding.
+    wanted = [y_ref, y_ref, *finals_ref, *finals_ref, *want]
+    for a, b in zip([y_inf, y, *finals_inf, *finals, *got], wanted, strict=True):
+        b = b.detach()
+        torch.testing.assert_close(a.detach(), b, atol=1e-5 * max(1.0, float(b.abs().max())), rtol=1e-5)
+
+
 def test_inference_runs_without_saving_and_equals_training():
     (prog, fns), wshapes, pwidths, swidths = lstm_like(7, torch.float32)
     x, bs, states0, weights, params, seqs = _inputs(prog, wshapes, pwidths, swidths, 4, 5, torch.float32, 1)

@@ -135,6 +135,9 @@ struct Units {
 // The least work (multiply-adds) per step worth splitting; returns the previous value (tests lower it).
 int64_t set_min_step_work(int64_t work);
 
+// How many threads a step of `work` multiply-adds is worth (at least 1).
+int64_t step_threads(int64_t work);
+
 // How many chunks a step of `rows x k x (gates * units)` multiply-adds is worth.
 Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates);
 

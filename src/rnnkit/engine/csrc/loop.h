@@ -160,6 +160,35 @@ inline void unmask_grad(T* dh, const T* mask_r, int64_t count) {
   }
 }
 
+// ---- blocks of rows -----------------------------------------------------------------------------
+// How many blocks of rows a call's steps split into (1: the steps run whole, their multiplies split by columns), for
+// a step that is row-wise (a multiply's row r reads row r; elementwise rows are independent, as in a compiled
+// program): a block runs every step of its rows on its own thread, one parallel region per call with no barrier
+// between multiply and elementwise part or between steps, and multiplies its rows with BLAS at the machine's full
+// vector width. Worth it when every block keeps enough rows for BLAS (twice kSmallGemmRows) and the step enough
+// work for the threads (step_threads).
+inline int64_t row_blocks(int64_t rows0, int64_t work_per_row) {
+  constexpr int64_t kMinBlockRows = 2 * kSmallGemmRows;
+  return std::min(rows0 / kMinBlockRows, step_threads(rows0 * work_per_row));
+}
+
+// Row boundaries of `blocks` blocks over the sequences [0, B): equal shares of the steps they run (a row's steps
+// are its sequence's length), so that variable lengths do not leave one block with the long sequences alone.
+inline std::vector<int64_t> row_bounds(const Schedule& s, int64_t B, int64_t blocks) {
+  std::vector<int64_t> len(B, 0);
+  for (int64_t t = 0; t < s.steps(); ++t)
+    for (int64_t b = 0; b < s.n[t]; ++b) ++len[b];
+  std::vector<int64_t> bounds{0};
+  int64_t done = 0, r = 0;
+  for (int64_t c = 1; c < blocks; ++c) {
+    const int64_t want = s.total * c / blocks;
+    while (r < B && done + len[r] <= want) done += len[r++];
+    bounds.push_back(std::max(r, bounds.back()));
+  }
+  bounds.push_back(B);
+  return bounds;
+}
+
 // ---- the time loop ------------------------------------------------------------------------------
 // A family's step is a few lambdas over the family's buffers: templates, so the compiler inlines each into the
 // loop (no virtual call, no per-step allocation), and the step's arithmetic is written once, in its family file.
