@@ -68,32 +68,39 @@ def program_for(cell: Any, batch: int | None = None) -> StepProgram | Unsupporte
     ``batch``: the rows of the sequence about to run (after ``begin_sequence(batch)``): the cell's 2-D tensors of
     that many rows are per-sequence (``seq`` slots).
     """
+    return _entry(cell, batch)[0]
+
+
+def _entry(cell: Any, batch: int | None) -> tuple[StepProgram | Unsupported, Any]:
     key = _configuration(cell)
     known = _PROGRAMS.setdefault(cell, {})
     if key not in known:
         dtype, device, depth = key[0], key[1], key[2]
-        known[key] = capture(cell, depth, dtype, torch.device(device), batch)
+        program = capture(cell, depth, dtype, torch.device(device), batch)
+        # (what is kept must not hold the cell: it is the key of a weak dictionary)
+        known[key] = program, (_reader(cell, program.tensor_names) if isinstance(program, StepProgram) else None)
     return known[key]
 
 
 def why_not(cell: Any) -> Unsupported | None:
     """Why ``cell`` cannot run compiled (``None``: it can, or it was never asked)."""
     entry = _PROGRAMS.get(cell, {}).get(_configuration(cell)) if cell in _PROGRAMS else None
-    return entry if isinstance(entry, Unsupported) else None
+    return entry[0] if entry is not None and isinstance(entry[0], Unsupported) else None
 
 
 def compiled_spec(cell: Any, batch: int | None = None) -> ProgramSpec | None:
     """A leaf running ``cell``'s captured program, or ``None`` when the capture could not compile it."""
-    program = program_for(cell, batch)
-    return ProgramSpec(cell, program) if isinstance(program, StepProgram) else None
+    program, read = _entry(cell, batch)
+    return ProgramSpec(cell, program, read) if read is not None else None
 
 
 class ProgramSpec(Spec):
     """A leaf that runs a ``StepProgram``: the cell's state leaves (flattened, TF's order) are the kernels' state."""
 
-    def __init__(self, cell: Any, program: StepProgram):
+    def __init__(self, cell: Any, program: StepProgram, read: Any = None):
         self.cell = cell
         self.program = program
+        self._read = read or _reader(cell, program.tensor_names)  # cell -> its tensors, in the program's order
         self.recurrent_mask = None  # (the engine's per-leaf hook; a program's masks are its ``seq`` slots)
 
     # -- state ----------------------------------------------------------------------------------------------------
@@ -124,7 +131,7 @@ class ProgramSpec(Spec):
         seqs, sort = recurrent
         if program.draws:  # the reference loop's draws, step by step, as columns after the inputs
             x = torch.cat([x, packed(list(program.draws), bs, internal[0].shape[0], sort, x)], 1)
-        step_inputs, weights, row_params = program.prepare(tensors_of(self.cell, program.tensor_names), x)
+        step_inputs, weights, row_params = program.prepare(self._read(self.cell), x)
         run = _native_runner() if native_runs(kern) else interpret.run_program
         y, finals = run(program, step_inputs, bs, list(internal), weights, row_params, seqs)
         return y, tuple(finals)
@@ -132,6 +139,25 @@ class ProgramSpec(Spec):
 
 def _is_nested(size: Any) -> bool:
     return isinstance(size, (tuple, list))
+
+
+def _reader(cell: Any, names: tuple[str, ...]) -> Any:
+    """A function ``cell -> tensors`` reading the cell's tensors ``names`` now: by their paths (attributes, dict keys) when each path
+    leads to the tensor ``tensors_of`` finds (checked once, here), else by ``tensors_of`` itself at every call."""
+    found = tensors_of(cell, names)
+    paths = [name.split(".") for name in names]
+    if not all(_follow(cell, path) is t for path, t in zip(paths, found, strict=True)):
+        return lambda c: tensors_of(c, names)
+    return lambda c: [_follow(c, path) for path in paths]
+
+
+def _follow(obj: Any, path: list[str]) -> Any:
+    for part in path:
+        if isinstance(obj, dict):
+            obj = obj.get(part, obj.get(int(part)) if part.isdigit() else None)
+        else:
+            obj = getattr(obj, part, None)
+    return obj
 
 
 def native_runs(kern: Any) -> bool:
