@@ -142,8 +142,8 @@ def _is_nested(size: Any) -> bool:
 
 
 def _reader(cell: Any, names: tuple[str, ...]) -> Any:
-    """A function ``cell -> tensors`` reading the cell's tensors ``names`` now: by their paths (attributes, dict keys) when each path
-    leads to the tensor ``tensors_of`` finds (checked once, here), else by ``tensors_of`` itself at every call."""
+    """A function ``cell -> tensors`` reading the cell's tensors ``names`` at each call: by their paths (attributes,
+    dict keys) when each path leads to the tensor ``tensors_of`` finds (checked once, here), else by ``tensors_of``."""
     found = tensors_of(cell, names)
     paths = [name.split(".") for name in names]
     if not all(_follow(cell, path) is t for path, t in zip(paths, found, strict=True)):
