@@ -174,13 +174,21 @@ def test_recurrent_dropout_in_training_runs_fused_with_the_reference_masks(name,
     assert not torch.allclose(_run(layer, x, lens, "auto")[0], runs[0][0])
 
 
-def test_zoneout_stays_on_the_reference_loop():
-    """Zoneout changes the kernels' update (h_t = lerp(h~_t, h_t-1, z)): the reference loop runs it, in training
-    and in eval."""
+def test_zoneout_runs_compiled_from_the_cells_step():
+    """Zoneout changes the family kernels' update (h_t = lerp(h~_t, h_t-1, z)): no table entry lowers it, so the cell
+    is compiled from its own step, in training (its per-step draws replayed before the loop,
+    test_compiled_random_draws.py) and in eval; equal to the reference loop in both."""
     x = torch.randn(4, 2, 3)
     for layer in (rk.LSTM(3, 8, zoneout=0.1), rk.GRU(3, 8, zoneout=0.1), rk.RNN(3, 8, zoneout=0.1)):
-        assert engine.explain(layer.train()._cell(0, 0), x) == ["reference"]
-        assert engine.explain(layer.eval()._cell(0, 0), x) == ["reference"]
+        for mode in (layer.train, layer.eval):
+            cell = mode()._cell(0, 0)
+            assert engine.explain(cell, x, reasons=True)[0].startswith("fused: compiled"), type(layer).__name__
+            torch.manual_seed(0)
+            out = layer(x)[0]
+            with engine.use("reference"):
+                torch.manual_seed(0)
+                ref = layer(x)[0]
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_layers_caches_do_not_keep_layers_alive():

@@ -136,16 +136,21 @@ def _same(v: Any, w: Any) -> bool:
 
 
 def _row_factories(traced: Traced, cls: dict[Node, str]) -> None:
-    """``torch.zeros(batch, w)`` and kin -> ``full((w,), value).expand(batch, w)``: a row parameter, expanded."""
+    """``torch.zeros(batch, w)`` and kin -> ``full((w,), value).expand(batch, w)``: a row parameter, expanded; a
+    factory of no rows made from a step value (``h.new_full((), p)``, only its dtype read) -> ``full``, a constant."""
     for node in list(traced.gm.graph.nodes):
         if node.target not in _FACTORIES or cls.get(node) != S:
             continue
         val = node.meta["val"]
         size_at, fill = _FACTORIES[node.target]
         size_arg = node.args[size_at]
+        fill = node.args[fill] if isinstance(fill, int) else fill
+        if val.dim() < 2 and all(isinstance(n, int) for n in size_arg):  # ``h.new_full((), p)``: a constant (lerp's)
+            _replace(node, emit(traced, node, aten.full.default, list(size_arg), fill, dtype=val.dtype,
+                                device=val.device))  # fmt: skip
+            continue
         if val.dim() != 2 or not _is_batch(val.shape[0], traced) or not isinstance(size_arg[1], int):
             continue
-        fill = node.args[fill] if isinstance(fill, int) else fill
         row = emit(traced, node, aten.full.default, [size_arg[1]], fill, dtype=val.dtype, device=val.device)
         _replace(node, emit(traced, node, aten.expand.default, row, [size_arg[0], size_arg[1]]))
 
