@@ -11,7 +11,7 @@ template <typename T>
 std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
                             const Tensor& h0, const Tensor& w_h, const OptT& mask_h, const OptT& mask_r, bool relu) {
   const Schedule s = schedule_of(batch_sizes);
-  const int64_t H = h0.size(1), rows0 = s.steps() ? s.n[0] : 0;
+  const int64_t B = h0.size(0), H = h0.size(1), rows0 = s.steps() ? s.n[0] : 0;
   Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0, s.steps());
   Tensor b_c = contig_or_zeros(bias, H, x.options());
   const Opt<T> mh(mask_h), mr(mask_r);
@@ -19,18 +19,18 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const Units u = split_units(H, rows0, H, 1);
   const ChunkGemm<T> chunk_w(wh, 1, H, u, rows0, s.steps());
   Tensor Y = project_inputs<T>(x, {wx});  // pre-activations, activated in place: the outputs
-  T* yp = Y.data_ptr<T>();
-  MatmulInput<T> hin(mr.p, h0.size(0), H, x.options());
+  Tensor A = at::empty({B, H}, x.options());
+  T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
+  MatmulInput<T> hin(mr.p, B, H, x.options());
   auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
   auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T* hn) {
     T* y = yp + off * H;
-    // The recurrent multiply accumulates straight into the step's pre-activations (no buffer of its own to write
-    // and read back).
-    chunk_w(c, lo, w, n, mr.p ? hin.h : hp, H, y + lo, H, T(1));
+    chunk_w(c, lo, w, n, mr.p ? hin.h : hp, H, ap + lo, H);
     for (int64_t b = 0; b < n; ++b) {
       T* __restrict__ yr = y + b * H + lo;
+      const T* __restrict__ a = ap + b * H + lo;
       const T* __restrict__ bb = bp + lo;
-      for (int64_t j = 0; j < w; ++j) yr[j] += bb[j];
+      for (int64_t j = 0; j < w; ++j) yr[j] += a[j] + bb[j];
       if (relu) {
         for (int64_t j = 0; j < w; ++j) yr[j] = std::max(yr[j], T(0));
       } else {
