@@ -12,7 +12,17 @@ it is imported below.
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from ._base import ACTIVATIONS, LayerRNNCell, RNNCell, SingleStateCell, check_units, dropout_mask, get_activation
+from ._base import (
+    ACTIVATIONS,
+    LayerRNNCell,
+    RNNCell,
+    SingleStateCell,
+    check_units,
+    dropout_mask,
+    edit_counts,
+    get_activation,
+    register_frame_runner,
+)
 from .basic import BasicRNNCell
 from .gru import GRUCell
 from .layer_norm import TF_LAYER_NORM_EPS, LayerNormBasicLSTMCell
@@ -52,6 +62,8 @@ __all__ = [
     "check_units",
     "check_clip",
     "default_state_filter",
+    "register_frame_runner",
+    "edit_counts",
 ]
 
 

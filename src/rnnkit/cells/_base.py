@@ -27,6 +27,8 @@ __all__ = [
     "glorot_uniform_",
     "check_units",
     "dropout_mask",
+    "register_frame_runner",
+    "edit_counts",
 ]
 
 # One parameter described by formulas: (name, one expression per dimension, the expressions' variables, gate blocks).
@@ -39,6 +41,23 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": nn.functional.elu,
     "linear": lambda x: x,
 }
+
+
+# How a built cell runs one step when called outside autograd (``cell(inputs, state)``): ``runner(cell, inputs, state)``
+# returns ``(output, next_state)``, or ``None`` where its predicate says no and the step is ``call``'s. The engine
+# registers its frame (``rnnkit.engine.frame.cell_frame``) on import: the cells do not import the engine.
+_FRAME_RUNNER: list[Callable[[Any, torch.Tensor, Any], Any]] = []
+
+
+def register_frame_runner(runner: Callable[[Any, torch.Tensor, Any], Any]) -> None:
+    """Make ``runner`` the way a checked cell call may run (``rnnkit.engine`` registers its frame)."""
+    _FRAME_RUNNER[:] = [runner]
+
+
+def edit_counts(module: nn.Module) -> tuple[int, ...]:
+    """How many attribute sets each cell among ``module``'s modules has seen (0 for a module that is not a cell): a
+    cache of what follows from a cell's configuration compares these instead of reading every attribute again."""
+    return tuple(m.__dict__.get("_edits", 0) for m in module.modules())
 
 
 def get_activation(activation: Any, default: Callable = torch.tanh) -> Callable:
@@ -150,6 +169,12 @@ class RNNCell(TFCellProtocol):
         return []
 
     # -- shared machinery ----------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Every attribute set counts (options, mode, parameters, submodules): what is computed from a cell's
+        # configuration (the engine's frame plans) compares the counts (`edit_counts`) instead of the attributes.
+        self.__dict__["_edits"] = self.__dict__.get("_edits", 0) + 1
+        super().__setattr__(name, value)
+
     @property
     def _name(self) -> str:
         return type(self).__name__
@@ -229,11 +254,16 @@ class RNNCell(TFCellProtocol):
             )
 
     def forward(self, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        """Check ``inputs`` and ``state``, build if needed, and run one step (``call``)."""
+        """Check ``inputs`` and ``state``, build if needed, and run one step: ``call``, or in inference the engine's
+        frame of the same math (``rnnkit.engine.frame``: one kernel call for a lowered cell or stack)."""
         self._check_inputs(inputs)
         state = check_state(state, self.state_size, inputs.shape[0], self._name)
         self._build_for(inputs)
         check_placement(self._name, self, [("inputs", inputs), *named_leaves(state, "state")])
+        if _FRAME_RUNNER:
+            framed = _FRAME_RUNNER[0](self, inputs, state)
+            if framed is not None:
+                return framed
         return self.call(inputs, state)
 
     def __getattr__(self, name: str) -> Any:

@@ -8,7 +8,7 @@ else. ``use("auto")`` (the default) picks per layer; ``use(...)`` also works as 
 Modules: ``lowering`` (cell -> spec, the table ``LOWERINGS``), ``params`` (where specs read weights), ``stack``
 (layers x directions, the one loop over layers), ``route`` (the one decision of a path), ``plan`` (packing by
 lengths), ``unroll`` (the entries and the running), ``_functions`` and ``twin`` (the fused kernels: ``csrc/`` compiled,
-or their pure-PyTorch twin), ``extension`` (the compiled extension's build and status).
+or their pure-PyTorch twin), ``frame`` (streaming: one frame of a stack per kernel call), ``extension`` (the compiled extension's build and status).
 
 Example::
 
@@ -25,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from . import extension
+from . import extension, frame  # (frame: registers the cells' frame runner)
 from ._ext import FusedKernelUnavailableWarning
 from ._select import BACKENDS, KERNELS, current, register_device_kernels, use
 from .info import backend_info
@@ -48,6 +48,7 @@ __all__ = [
     "current",
     "explain",
     "extension",
+    "frame",
     "lowering_for",
     "make_plan",
     "reference_unroll",

@@ -91,6 +91,18 @@ class _Leaf(Spec):
         """
         raise NotImplementedError
 
+    #: the kernel family (``csrc/frame.cpp``'s names: ``"lstm"``, ``"lnlstm"``, ``"gru"``, ``"rnn"``)
+    family = ""
+
+    def kernel_weights(self) -> tuple[Tensor | None, ...]:
+        """The family kernel's weight arguments read from the cell now, in ``csrc/frame.cpp``'s order for the family
+        (``None`` for an absent optional one); ``run_fused`` passes them on, a frame plan keeps them."""
+        raise NotImplementedError
+
+    def kernel_options(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """The family kernel's int and float options, in ``csrc/frame.cpp``'s order."""
+        raise NotImplementedError
+
 
 # ---- LSTM ------------------------------------------------------------------------------------
 
@@ -158,15 +170,25 @@ class LSTMSpec(_LSTMLeaf):
             exact = exact and self.forget_bias == 0.0  # biases stored as they are: nothing to fold a forget_bias in
         self.torch_mode = "LSTM" if exact else None
 
-    def _layer(
-        self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any, m_r: Tensor | None
-    ) -> tuple:
+    family = "lstm"
+
+    def kernel_weights(self) -> tuple[Tensor | None, ...]:
+        """``(w_x, bias, w_h, peep, w_proj)``."""
         cell, read = self.cell, self.read
         w_x, w_h = read.matrices(cell)
         peep = read.peepholes(cell) if self.peepholes else None
         w_proj = read.projection(cell) if self.has_proj else None
+        return w_x, read.bias(cell), w_h, peep, w_proj
+
+    def kernel_options(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        return tuple(self.gate_order), (self.forget_bias, self.cell_clip, self.proj_clip)
+
+    def _layer(
+        self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any, m_r: Tensor | None
+    ) -> tuple:
+        w_x, bias, w_h, peep, w_proj = self.kernel_weights()
         return F.lstm_layer(
-            kern, bs, x, w_x, read.bias(cell), h0, c0, w_h, peep, w_proj, m_h, m_c,
+            kern, bs, x, w_x, bias, h0, c0, w_h, peep, w_proj, m_h, m_c,
             self.gate_order, self.forget_bias, self.cell_clip, self.proj_clip, m_r,
         )  # fmt: skip
 
@@ -185,11 +207,21 @@ class LNLSTMSpec(_LSTMLeaf):
         self.gate_order = read.gate_order
         self.eps = TF_LAYER_NORM_EPS  # the cells' own (one definition)
 
+    family = "lnlstm"
+
+    def kernel_weights(self) -> tuple[Tensor | None, ...]:
+        """``(w_x, bias, w_h, gamma, beta)``."""
+        w_x, w_h = self.read.matrices(self.cell)
+        bias, gamma, beta = self.read.layer_norms(self.cell, self.num_units)
+        return w_x, bias, w_h, gamma, beta
+
+    def kernel_options(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        return tuple(self.gate_order), (self.forget_bias, self.eps)
+
     def _layer(
         self, kern: Any, bs: Tensor, x: Tensor, h0: Tensor, c0: Tensor, m_h: Any, m_c: Any, m_r: Tensor | None
     ) -> tuple:
-        w_x, w_h = self.read.matrices(self.cell)
-        bias, gamma, beta = self.read.layer_norms(self.cell, self.num_units)
+        w_x, bias, w_h, gamma, beta = self.kernel_weights()
         return F.lnlstm_layer(
             kern, bs, x, w_x, bias, h0, c0, w_h, gamma, beta, m_h, m_c, self.gate_order, self.forget_bias, self.eps,
             m_r,
@@ -208,14 +240,23 @@ class GRUSpec(_Leaf):
         self.reset_after = reset_after
         self.torch_mode = "GRU" if (read is TORCH_WEIGHTS and reset_after) else None
 
+    family = "gru"
+
+    def kernel_weights(self) -> tuple[Tensor | None, ...]:
+        """``(w_x, bias_x, w_h, bias_h, w_xn, w_hn)``."""
+        p = self.read.gru(self)
+        return p["w_x"], p["bias_x"], p["w_h"], p["bias_h"], p["w_xn"], p["w_hn"]
+
+    def kernel_options(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        return (int(self.reset_after),), ()
+
     def run_fused(
         self, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Tensor | None
     ) -> tuple[Tensor, tuple]:
-        p = self.read.gru(self)
+        w_x, bias_x, w_h, bias_h, w_xn, w_hn = self.kernel_weights()
         (h0,) = internal
         y, h = F.gru_layer(
-            kern, bs, x, p["w_x"], p["bias_x"], h0, p["w_h"], p["bias_h"], p["w_xn"], p["w_hn"], masks, recurrent,
-            self.reset_after,
+            kern, bs, x, w_x, bias_x, h0, w_h, bias_h, w_xn, w_hn, masks, recurrent, self.reset_after
         )  # fmt: skip
         return y, (h,)
 
@@ -243,12 +284,22 @@ class RNNSpec(_Leaf):
     def from_torch_weights(cls, cell: RNNCell, relu: bool = False) -> RNNSpec:
         return cls(cell, TORCH_WEIGHTS, relu)
 
+    family = "rnn"
+
+    def kernel_weights(self) -> tuple[Tensor | None, ...]:
+        """``(w_x, bias, w_h)``."""
+        w_x, w_h = self.read.matrices(self.cell)
+        return w_x, self.read.bias(self.cell), w_h
+
+    def kernel_options(self) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        return (int(self.relu),), ()
+
     def run_fused(
         self, kern: Any, bs: Tensor, x: Tensor, internal: tuple, masks: Any, recurrent: Tensor | None
     ) -> tuple[Tensor, tuple]:
         (h0,) = internal
-        w_x, w_h = self.read.matrices(self.cell)
-        y, h = F.rnn_layer(kern, bs, x, w_x, self.read.bias(self.cell), h0, w_h, masks, self.relu, recurrent)
+        w_x, bias, w_h = self.kernel_weights()
+        y, h = F.rnn_layer(kern, bs, x, w_x, bias, h0, w_h, masks, self.relu, recurrent)
         return y, (h,)
 
     def torch_params(self) -> tuple[list[Tensor], bool]:

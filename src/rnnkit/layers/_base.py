@@ -25,6 +25,7 @@ from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parame
 from ..engine import LayerStack, run_stack
 from ..errors import ArgumentTypeError, NotATensorError, ShapeError, StateStructureError
 from ..runners import _check_lengths
+from .stream import LayerStream, step_frame
 
 # layer -> {(layer index, direction): (key, cell), ("stack", training): (key, node)}; weak, so that caching never
 # keeps a layer alive (nothing cached refers back to the layer).
@@ -220,9 +221,33 @@ class RNNLayer(nn.Module):
             raise ShapeError(
                 f"{name}.step: expected x_t of shape (batch, input_size) or (input_size,), got {tuple(input.shape)}"
             )
-        time_dim = 1 if self.batch_first and input.dim() == 2 else 0
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input  # (B, I)
+        self._check_features(x, "x_t")
+        parts = self._check_hidden(hx, x.shape[0], unbatched)
+        check_placement(name, self, [("x_t", x), *zip(self._hidden_names, parts or (), strict=False)])
+        frame = step_frame(self, x, parts)  # a frame of the stack where the engine's predicate allows
+        if frame is None:
+            time_dim = 1 if self.batch_first and input.dim() == 2 else 0
+            return self._step_as_sequence(input, hx, time_dim)
+        y, parts = frame
+        if unbatched:
+            y, parts = y.squeeze(0), tuple(p.squeeze(1) for p in parts)
+        return y, parts[0] if len(parts) == 1 else parts
+
+    def _step_as_sequence(self, input: torch.Tensor, hx: Any, time_dim: int) -> tuple[torch.Tensor, Any]:
         output, hidden = self(input.unsqueeze(time_dim), hx)
         return output.squeeze(time_dim), hidden
+
+    def stream(self, batch: int = 1, hx: Any = None) -> LayerStream:
+        """A stream of frames through this one-direction stack: ``with layer.stream(batch) as s: y_t = s(x_t)``.
+
+        ``x_t (batch, input_size)`` -> ``y_t (batch, hidden_size)`` (``proj_size`` with a projection), the state
+        carried inside from ``hx`` (``forward``'s ``h_0`` form; ``None``: zeros); ``s.state`` is ``forward``'s
+        ``h_n`` of the frames so far, ``s.reset(hx)`` starts again. The frames equal ``forward`` on the whole
+        sequence; in inference on CPU a frame costs one kernel call (``rnnkit.engine.frame``).
+        """
+        return LayerStream(self, batch, hx)
 
     def engine_stack(self) -> LayerStack:
         """This layer as the engine's stack node: one cell per (layer, direction), ``dropout`` between layers in

@@ -56,8 +56,8 @@ int64_t step_threads(int64_t work) {
   return std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, work / g_min_step_work.load()));
 }
 
-Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates) {
-  int64_t chunks = step_threads(rows * k * gates * units);
+Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates, int64_t steps) {
+  int64_t chunks = one_frame(steps) ? 1 : step_threads(rows * k * gates * units);
   chunks = std::max<int64_t>(1, std::min<int64_t>(chunks, units / 8));  // at least 8 units (a vector) each
   Units u;
   for (int64_t c = 0; c < chunks; ++c) {

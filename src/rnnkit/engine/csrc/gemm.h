@@ -76,11 +76,20 @@ constexpr int64_t kSmallGemmRows = 8;
 bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* W, int64_t ldw, float beta,
                 float* C, int64_t ldc);
 
-// C (m x n, ldc) = alpha * X (m x k, row-major ldx) @ W + beta * C.
+// A call of a single step: a streamed frame (rnnkit.engine.frame). Its multiplies take BLAS on W as stored, threaded
+// inside the library: re-laying W out (a contiguous copy, panels, the small-row multiply's strided tiles) or splitting
+// the step by units would cost more than the one multiply it serves (measured: 3x the frame's time at H = 256).
+inline bool one_frame(int64_t steps) { return steps == 1; }
+
+// C (m x n, ldc) = alpha * X (m x k, row-major ldx) @ W + beta * C; small_ok: rnnkit's small-row multiply may take
+// it (see one_frame).
 template <typename T>
-inline void gemm_xw(int64_t m, const T* X, int64_t ldx, const Mat<T>& W, T alpha, T beta, T* C, int64_t ldc) {
+inline void gemm_xw(int64_t m, const T* X, int64_t ldx, const Mat<T>& W, T alpha, T beta, T* C, int64_t ldc,
+                    bool small_ok = true) {
   if constexpr (std::is_same_v<T, float>) {
-    if (!W.trans && alpha == 1.0f && small_gemm(m, W.cols, W.rows, X, ldx, W.p, W.ld, beta, C, ldc)) return;
+    if (small_ok && !W.trans && alpha == 1.0f && small_gemm(m, W.cols, W.rows, X, ldx, W.p, W.ld, beta, C, ldc)) {
+      return;
+    }
   }
   gemm(false, W.trans, m, W.cols, W.rows, alpha, X, ldx, W.p, W.ld, beta, C, ldc);
 }
@@ -89,7 +98,8 @@ template <typename T>
 struct StepGemm {
   Mat<T> w;
   PackedWeights packed;
-  StepGemm(const Mat<T>& w_, int64_t rows) : w(w_) {
+  bool small_ok;
+  StepGemm(const Mat<T>& w_, int64_t rows, bool small_ok_ = true) : w(w_), small_ok(small_ok_) {
     // 1-8 rows of a row-major W take the small-row multiply: MKL's packed one measured 2-3x slower there.
     const bool small = rows <= kSmallGemmRows && !w.trans && w.cols % 8 == 0;
     if constexpr (std::is_same_v<T, float>) {
@@ -105,7 +115,7 @@ struct StepGemm {
         return;
       }
     }
-    gemm_xw<T>(n, X, ldx, w, T(1), beta, C, ldc);
+    gemm_xw<T>(n, X, ldx, w, T(1), beta, C, ldc, small_ok);
   }
 };
 
@@ -138,8 +148,9 @@ int64_t set_min_step_work(int64_t work);
 // How many threads a step of `work` multiply-adds is worth (at least 1).
 int64_t step_threads(int64_t work);
 
-// How many chunks a step of `rows x k x (gates * units)` multiply-adds is worth.
-Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates);
+// How many chunks a step of `rows x k x (gates * units)` multiply-adds is worth (one for a call of one step:
+// one_frame).
+Units split_units(int64_t units, int64_t rows, int64_t k, int64_t gates, int64_t steps = 0);
 
 // The row count to pack W_h for (MKL's packed multiply, threaded inside MKL) when a step runs as one chunk;
 // 0 (no packing) when the step is split over threads, each multiplying its own columns.
@@ -172,7 +183,7 @@ struct ChunkGemm {
   StepGemm<T> whole;                 // MKL-packed W when the step is one chunk (see pack_rows)
   std::vector<PanelWeights> panels;  // [chunk * gates + q]; empty: BLAS
   ChunkGemm(const Mat<T>& w_, int64_t gates_, int64_t units_, const Units& u, int64_t rows, int64_t steps)
-      : w(w_), gates(gates_), units(units_), whole(w_, pack_rows(u, rows)) {
+      : w(w_), gates(gates_), units(units_), whole(w_, pack_rows(u, rows), !one_frame(steps)) {
     if constexpr (std::is_same_v<T, float>) {
       if (whole.is_packed() || steps < kMinPanelSteps) return;
       panels.resize(u.chunks() * gates);
@@ -207,11 +218,12 @@ struct ChunkGemm {
 };
 
 // A recurrent weight as the steps read it: row-major when rnnkit's small-row multiply will read rows of it
-// (a small batch over a sequence too short for panels; torch-layout weights arrive transposed), else as
-// given (BLAS and the panel packing read both orientations).
+// (a small batch over a sequence too short for panels, but more than one_frame; torch-layout weights arrive
+// transposed), else as given (BLAS and the panel packing read both orientations). steps 0: any number.
 template <typename T>
 Mat<T> step_weights(const Tensor& w, int64_t rows, int64_t steps = 0) {
-  const bool small = std::is_same_v<T, float> && rows <= kSmallGemmRows && steps < kMinPanelSteps;
+  const bool small =
+      std::is_same_v<T, float> && rows <= kSmallGemmRows && steps < kMinPanelSteps && !one_frame(steps);
   return mat_of<T>(small ? w.contiguous() : w);
 }
 

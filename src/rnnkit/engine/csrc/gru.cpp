@@ -34,11 +34,11 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
   MatmulInput<T> hin(mr.p, B, H, x.options());  // what the recurrent matmuls read: h, or h * mask_r
   // h @ W_rz every step; h @ W_n with it (reset-after) or, reset-before, (r * h) @ W_n after it.
-  const Units u = split_units(H, rows0, H, 3);  // one chunk of units per thread, or one (packed) multiply
+  const Units u = split_units(H, rows0, H, 3, s.steps());  // one chunk of units per thread, or one (packed) multiply
   const int64_t ga = reset_after ? 3 : 2;          // gate blocks in the first multiply
   const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, rows0, s.steps()), chunk_n(wh_n, 1, H, u, rows0, s.steps());
 
-  Tensor G = project_inputs<T>(x, {wx_rz, wx_n});  // (total, 3H) -> activated r, z, n
+  Tensor G = project_inputs<T>(x, {wx_rz, wx_n}, s.steps());  // (total, 3H) -> activated r, z, n
   Tensor Y = at::empty({s.total, H}, x.options());
   Tensor Sv = reset_after ? at::empty({save ? s.total : B, H}, x.options()) : Tensor();
   Tensor A = at::empty({B, G3}, x.options());  // h @ W_h (chunked columns); reset-before: also r * h, (r*h) @ W_n

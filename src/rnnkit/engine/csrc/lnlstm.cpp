@@ -76,7 +76,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   const T fb = static_cast<T>(k.forget_bias), eps = static_cast<T>(eps_);
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
 
-  Tensor XH = project_inputs<T>(x, {wx});  // pre-activations, normalised in place: saved
+  Tensor XH = project_inputs<T>(x, {wx}, s.steps());  // pre-activations, normalised in place: saved
   if (has(bias)) XH.add_(*bias);
   Tensor cs = c0.contiguous().clone();
   Tensor Y = at::empty({s.total, H}, x.options());
@@ -86,7 +86,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   // Every gate's norm needs whole rows: the multiply is split over threads by columns (one region), the
   // norms by rows (a second); a step not worth splitting runs one MKL-packed multiply.
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const Units cols = split_units(G4, rows0, H, 1);
+  const Units cols = split_units(G4, rows0, H, 1, s.steps());
   const ChunkGemm<T> chunk_w(wh, 1, G4, cols, rows0, s.steps());
   const std::vector<T> ones(H, T(1));           // stands for an absent mask: branch-free loops
   T *xh = XH.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(), *chp = CH.data_ptr<T>(),

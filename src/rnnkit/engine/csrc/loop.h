@@ -9,9 +9,10 @@
 namespace rnnkit {
 
 // The input projection of every step in one matrix multiply per column block of W_x: (total, I) @ [W_1 | W_2 ...]
-// -> (total, N_1 + N_2 ...). The blocks may live in different tensors (TF's GRU keeps its candidate apart).
+// -> (total, N_1 + N_2 ...). The blocks may live in different tensors (TF's GRU keeps its candidate apart). steps:
+// the call's (one_frame: BLAS only).
 template <typename T>
-Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks) {
+Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks, int64_t steps = 0) {
   Tensor xc = contig(x);
   const int64_t total = xc.size(0);
   int64_t width = 0;
@@ -21,7 +22,7 @@ Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks) {
   for (const Mat<T>& w : blocks) {
     if (total > 0 && w.cols > 0) {
       gemm_xw<T>(total, xc.data_ptr<T>(), std::max<int64_t>(1, xc.size(1)), w, T(1), T(0), out.data_ptr<T>() + col,
-                 width);
+                 width, !one_frame(steps));
     }
     col += w.cols;
   }

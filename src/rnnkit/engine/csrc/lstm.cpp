@@ -35,13 +35,13 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
           pclip = static_cast<T>(k.proj_clip);
   // A step worth splitting runs one chunk of units per thread (its columns of W_h, then its units'
   // update: threads meet once per step); otherwise one multiply on MKL's packed weights.
-  const Units u = split_units(H, rows0, P, 4);
-  const Units up = !proj ? Units() : split_units(P, rows0, H, 1);
+  const Units u = split_units(H, rows0, P, 4, s.steps());
+  const Units up = !proj ? Units() : split_units(P, rows0, H, 1, s.steps());
   const ChunkGemm<T> chunk_w(wh, 4, H, u, rows0, s.steps());
   std::optional<ChunkGemm<T>> chunk_p;
   if (proj) chunk_p.emplace(wp, 1, P, up, rows0, s.steps());
 
-  Tensor G = project_inputs<T>(x, {wx});  // (total, 4H): becomes the saved activated gates
+  Tensor G = project_inputs<T>(x, {wx}, s.steps());  // (total, 4H): becomes the saved activated gates
   Tensor cs = c0.contiguous().clone();
   Tensor Y = at::empty({s.total, P}, x.options());
   Tensor C = at::empty({save ? s.total : B, H}, x.options());

@@ -79,4 +79,8 @@ std::vector<Tensor> program_backward(const Tensor& dY, at::TensorList dfinals, c
                                      at::TensorList saved, at::IntArrayRef slots, at::IntArrayRef steps,
                                      at::IntArrayRef fns);
 
+// One frame of a stack of layers: every layer's forward for a single step, in one call (frame.cpp).
+std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::TensorList states,
+                                  at::IntArrayRef desc, at::ArrayRef<double> scalars);
+
 }  // namespace rnnkit

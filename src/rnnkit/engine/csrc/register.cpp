@@ -55,6 +55,8 @@ TORCH_LIBRARY(rnnkit, m) {
         " Tensor[] weights, Tensor[] params, Tensor[] seqs, Tensor Y, Tensor[] saved, int[] slots, int[] steps,"
         " int[] fns) -> Tensor[]",
         &rnnkit::program_backward);
+  m.def("frame_forward(Tensor x, Tensor[] weights, Tensor[] states, int[] desc, float[] scalars) -> Tensor[]",
+        &rnnkit::frame_forward);
   m.def("blas_found", &rnnkit::blas_found);
   m.def("parallel_threads", &rnnkit::parallel_threads);
   m.def("set_min_step_work", &rnnkit::set_min_step_work);

@@ -16,9 +16,9 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   Tensor b_c = contig_or_zeros(bias, H, x.options());
   const Opt<T> mh(mask_h), mr(mask_r);
   const T* bp = b_c.data_ptr<T>();
-  const Units u = split_units(H, rows0, H, 1);
+  const Units u = split_units(H, rows0, H, 1, s.steps());
   const ChunkGemm<T> chunk_w(wh, 1, H, u, rows0, s.steps());
-  Tensor Y = project_inputs<T>(x, {wx});  // pre-activations, activated in place: the outputs
+  Tensor Y = project_inputs<T>(x, {wx}, s.steps());  // pre-activations, activated in place: the outputs
   Tensor A = at::empty({B, H}, x.options());
   T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
   MatmulInput<T> hin(mr.p, B, H, x.options());

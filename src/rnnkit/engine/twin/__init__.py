@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+from .frame import FRAME_LAYOUT, frame_forward
 from .gru import gru_backward, gru_forward
 from .lnlstm import lnlstm_backward, lnlstm_forward
 from .lstm import lstm_backward, lstm_forward
@@ -31,4 +32,4 @@ from .rnn import rnn_backward, rnn_forward
 
 # (The names of the ``torch.ops.rnnkit`` ops they stand for.)
 __all__ = ["lstm_forward", "lstm_backward", "lnlstm_forward", "lnlstm_backward"]
-__all__ += ["gru_forward", "gru_backward", "rnn_forward", "rnn_backward"]
+__all__ += ["gru_forward", "gru_backward", "rnn_forward", "rnn_backward", "frame_forward", "FRAME_LAYOUT"]

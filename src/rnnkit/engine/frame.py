@@ -1,0 +1,167 @@
+"""Streaming: a stack of layers one frame at a time, at the cost of the frame's multiplies.
+
+A frame is one time step of every layer, ``x_t (B, I) -> y_t (B, O)`` with the state carried from call to call
+(``RNNLayer.step``, ``RNNLayer.stream``, a TF cell called per frame). Running it as a sequence of length 1 pays a
+sequence's setup at every call: a lowering, a routing decision, the weights read and combined (torch's two biases
+added, TF's peepholes stacked), one kernel dispatch per layer. A ``FramePlan`` does that once:
+
+* it keeps every layer's kernel arguments (``Spec.kernel_weights``: views of the parameters and what is derived from
+  them) and rebuilds them only when a parameter changes (its version counter, e.g. an optimizer step or
+  ``load_state_dict``, or its storage, e.g. ``.to()``);
+* a frame is then one call of ``frame_forward`` (``csrc/frame.cpp``, or its twin): every layer's own family kernel
+  for a single step, whose multiplies run on BLAS over the weights as stored (``gemm.h``'s ``one_frame``).
+
+The math is the family kernels' (the same code as whole sequences), so a stream fed a sequence frame by frame gives
+``forward``'s outputs and final state (to float rounding: a multiply's summation order depends on its row count).
+
+``frame_plan(leaves)`` is the predicate: a plan exists for a stack of lowered leaves of the kernel families (LSTM with
+TF's options, layer-norm LSTM, both GRUs, Elman RNN) without masks; ``streams(x, plan, ...)`` says whether this
+call may take it (inference on CPU in float32/float64 under the ``auto`` or ``fused`` backend). Anything else runs
+the sequence path with ``T = 1``, which gives the same values.
+
+Example::
+
+    >>> import torch, rnnkit
+    >>> lstm = rnnkit.LSTM(8, 16, num_layers=2).eval()
+    >>> x = torch.randn(5, 1, 8)
+    >>> with torch.inference_mode(), lstm.stream(batch=1) as s:
+    ...     ys = torch.stack([s(x_t) for x_t in x])
+    >>> torch.allclose(ys, lstm(x)[0], atol=1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._structure import flatten
+from ..cells import edit_counts, register_frame_runner
+from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec
+from ._select import current, fused_kernels
+from .lowering import StackSpec, lowering_for
+from .twin import FRAME_LAYOUT
+
+__all__ = ["FramePlan", "frame_plan", "streams", "cell_frame", "FRAME_FAMILIES"]
+
+#: the leaf kinds a frame runs (each one of ``FRAME_LAYOUT``'s families)
+FRAME_FAMILIES = (LSTMSpec, LNLSTMSpec, GRUSpec, RNNSpec)
+_FRAME_DTYPES = (torch.float32, torch.float64)
+_EMPTY = torch.empty(0)
+
+
+class FramePlan:
+    """One frame of ``leaves`` (one lowered leaf per layer, layer ``k + 1`` reading layer ``k``'s output).
+
+    ``plan(x, states) -> (y, next_states)``: ``x (B, I)``, ``states`` every layer's kernel state tensors in order
+    (``(h, c)`` for the LSTMs, ``(h,)`` otherwise: ``Spec.to_internal``'s), each ``(B, size)``.
+    """
+
+    def __init__(self, leaves: Sequence[Spec]):
+        self.leaves = tuple(leaves)
+        self.params = [p for leaf in self.leaves for p in leaf.cell.parameters()]
+        self.state_counts = tuple(FRAME_LAYOUT[leaf.family][3] for leaf in self.leaves)
+        self._stamp: tuple | None = None
+        self._weights: list[Tensor] = []
+        self.desc: list[int] = []
+        self.scalars: list[float] = []
+        for leaf in self.leaves:
+            ints, floats = leaf.kernel_options()
+            self.desc += [FRAME_LAYOUT[leaf.family][0], *ints]
+            self.scalars += [float(v) for v in floats]
+
+    def weights(self) -> list[Tensor]:
+        """Every layer's kernel weights, read again only when a parameter changed since the last frame (every frame
+        when a parameter is an inference tensor, made under ``torch.inference_mode``: those have no version)."""
+        params = self.params
+        stamp = None if any(p.is_inference() for p in params) else tuple((p._version, p.data_ptr()) for p in params)
+        if stamp is None or stamp != self._stamp:
+            with torch.no_grad():  # (a frame is inference: what is derived from the weights keeps no graph)
+                read = [w for leaf in self.leaves for w in leaf.kernel_weights()]
+            self._weights = [_EMPTY if w is None else w.detach() for w in read]
+            self._stamp = stamp
+        return self._weights
+
+    def __call__(self, x: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        kern = fused_kernels("cpu")
+        y, *finals = kern.frame_forward(x, self.weights(), states, self.desc, self.scalars)
+        return y, finals
+
+
+def frame_plan(leaves: Sequence[Spec | None]) -> FramePlan | None:
+    """A plan for ``leaves`` (one per layer), or ``None`` when a frame cannot run them: a layer not lowered, of
+    another kind (a compiled cell, a wrapper), or with masks (recurrent dropout in training)."""
+    if not leaves or any(type(leaf) not in FRAME_FAMILIES or leaf.state_masked() for leaf in leaves):
+        return None
+    return FramePlan(leaves)  # type: ignore[arg-type]
+
+
+def streams(plan: FramePlan | None, x: Tensor, states: Sequence[Tensor] = ()) -> bool:
+    """Whether this call runs as a frame of ``plan``: a plan, CPU float32/float64 inputs and parameters alike, no
+    gradient asked for (inference), and the ``auto`` or ``fused`` backend (``use("reference")`` and ``use("torch")``
+    keep their paths)."""
+    if plan is None or x.device.type != "cpu" or x.dtype not in _FRAME_DTYPES or current()[0] not in ("auto", "fused"):
+        return False
+    params = plan.params
+    if params and (params[0].dtype != x.dtype or params[0].device.type != "cpu"):
+        return False
+    if torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in params) or any(s.requires_grad for s in states)
+    ):
+        return False
+    return True
+
+
+# ---- a TF cell called per frame ---------------------------------------------------------------------------------
+
+# cell -> (fingerprint, spec, plan): the cell's lowering and frame plan for its configuration
+_CELL_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(cell: Any) -> tuple:
+    """What a cell's lowering reads besides tensor values: its cells' options and mode (by their count of attribute
+    sets, ``edit_counts``) and its parameter objects."""
+    return edit_counts(cell), tuple(map(id, cell.parameters()))
+
+
+def _cell_entry(cell: Any) -> tuple[Spec | None, FramePlan | None]:
+    key = _fingerprint(cell)
+    hit = _CELL_PLANS.get(cell)
+    if hit is None or hit[0] != key:
+        spec = lowering_for(cell)
+        if isinstance(spec, StackSpec) and all(len(layer.leaves()) == 1 and layer.leaves()[0] is layer
+                                               for layer in spec.layers):  # fmt: skip
+            plan = frame_plan(spec.layers)
+        else:
+            plan = frame_plan([spec]) if spec is not None else None
+        hit = _CELL_PLANS[cell] = (key, spec, plan)
+    return hit[1], hit[2]
+
+
+def cell_frame(cell: Any, inputs: Tensor, state: Any) -> tuple[Tensor, Any] | None:
+    """A checked call ``cell(inputs, state)`` of a built cell as a frame (``inputs (B, D)``), or ``None`` where the
+    frame's predicate says no (the step is then ``cell.call``'s). Registered as the cells' frame runner."""
+    if not cell.built:
+        return None
+    spec, plan = _cell_entry(cell)
+    leaves_of_state = flatten(state)
+    if plan is None or not streams(plan, inputs, leaves_of_state):
+        return None
+    if isinstance(spec, StackSpec):
+        per_layer = spec.split_state(state)
+        flat = [t for leaf, s in zip(plan.leaves, per_layer, strict=True) for t in leaf.to_internal(s)]
+    else:
+        flat = list(plan.leaves[0].to_internal(state))
+    y, finals = plan(inputs.contiguous(), flat)
+    states, at = [], 0
+    for leaf, count in zip(plan.leaves, plan.state_counts, strict=True):
+        states.append(leaf.from_internal(*finals[at : at + count]))
+        at += count
+    return y, (spec.join_state(states) if isinstance(spec, StackSpec) else states[0])
+
+
+register_frame_runner(cell_frame)

@@ -1,0 +1,155 @@
+"""Streaming a torch-style layer: ``layer.step(x_t, state)`` and ``with layer.stream(batch) as s: y_t = s(x_t)``.
+
+Both run a frame of the layer's stack (``rnnkit.engine.frame``) when the engine's predicate allows (inference on CPU
+in float32/float64, a one-direction stack of the kernel families); otherwise the layer's ``forward`` on a sequence
+of one step, which gives the same values. The states at the boundary are ``forward``'s: ``h_0`` (and ``c_0``), each
+``(num_layers, batch, size)``.
+
+``LayerStream`` keeps the state between frames in the kernels' own form (one ``(batch, size)`` tensor per layer and
+state part), so a frame costs one kernel call and no conversion; ``s.state`` gives it in ``forward``'s form.
+
+Example::
+
+    >>> import torch, rnnkit
+    >>> gru = rnnkit.GRU(4, 8, num_layers=2).eval()
+    >>> with torch.no_grad(), gru.stream(batch=3) as s:
+    ...     y1 = s(torch.randn(3, 4))
+    ...     y2 = s(torch.randn(3, 4))
+    >>> tuple(y2.shape), tuple(s.state.shape)
+    ((3, 8), (2, 3, 8))
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from torch import Tensor
+
+from ..engine import LayerStack
+from ..engine.frame import FramePlan, frame_plan, streams
+from ..errors import NotATensorError, ShapeError
+
+__all__ = ["LayerStream", "stack_frame_plan", "frame_states", "layer_states", "step_frame"]
+
+# stack node -> its frame plan (or None); weak: a node lives as long as its layer's configuration
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def stack_frame_plan(node: LayerStack) -> FramePlan | None:
+    """The frame plan of a one-direction stack node whose layers' dropout is off, or ``None`` (decided once)."""
+    if node not in _PLANS:
+        ok = node.directions == 1 and node.lowered and not (node.dropout and len(node.layers) > 1)
+        _PLANS[node] = frame_plan([units[0] for units in node.specs]) if ok else None
+    return _PLANS[node]
+
+
+def frame_states(
+    node: LayerStack, plan: FramePlan, parts: tuple[Tensor, ...] | None, x: Tensor
+) -> list[Tensor] | None:
+    """``forward``'s ``(h_0[, c_0])`` (each ``(L, B, size)``, or ``None`` for zeros) -> the kernels' state tensors,
+    layer after layer; ``None`` when a part is not placed as ``x`` (the sequence path then says so)."""
+    if parts is None:
+        return [t for leaf in plan.leaves for t in leaf.zero_internal(x.shape[0], x)]
+    if any(p.dtype != x.dtype or p.device != x.device for p in parts):
+        return None
+    per_layer = node.split(parts)
+    return [t for leaf, units in zip(plan.leaves, per_layer, strict=True) for t in leaf.to_internal(units[0])]
+
+
+def layer_states(node: LayerStack, plan: FramePlan, flat: list[Tensor]) -> tuple[Tensor, ...]:
+    """The kernels' state tensors, layer after layer -> ``forward``'s ``(h_n[, c_n])``."""
+    finals, at = [], 0
+    for leaf, count in zip(plan.leaves, plan.state_counts, strict=True):
+        finals.append((leaf.from_internal(*flat[at : at + count]),))
+        at += count
+    return node.join(finals)
+
+
+def step_frame(layer: Any, x: Tensor, parts: tuple[Tensor, ...] | None) -> tuple[Tensor, tuple[Tensor, ...]] | None:
+    """``layer.step`` as a frame, for a checked ``x (B, I)`` and ``parts`` (``forward``'s ``h_0`` parts, checked and
+    placed, or ``None``), or ``None`` where the frame's predicate says no."""
+    node = layer.engine_stack()
+    plan = stack_frame_plan(node)
+    if not streams(plan, x, parts or ()):
+        return None
+    flat = frame_states(node, plan, parts, x)
+    if flat is None:
+        return None
+    y, flat = plan(x.contiguous(), flat)
+    return y, layer_states(node, plan, flat)
+
+
+class LayerStream:
+    """``layer``'s state carried frame to frame for ``batch`` rows: ``y_t = s(x_t)``, ``x_t (batch, input_size)``
+    -> ``y_t (batch, hidden)`` (``proj_size`` with a projection); ``s.state``: ``forward``'s ``h_n`` of the frames so
+    far. ``hx``: ``forward``'s ``h_0`` form (``None`` for zeros). A context manager for readability: leaving it
+    ends nothing that needs ending."""
+
+    def __init__(self, layer: Any, batch: int = 1, hx: Any = None):
+        name = type(layer).__name__
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"{name}.stream: batch must be a positive int, got {batch!r}")
+        if layer.bidirectional:
+            raise ValueError(
+                f"{name}.stream: a bidirectional layer cannot stream (its backward direction starts from the "
+                "sequence's end); call forward on the whole sequence"
+            )
+        self.layer, self.batch = layer, batch
+        self._shape = (batch, layer.input_size)
+        self._parts: tuple[Tensor, ...] | None = None
+        self._flat: list[Tensor] | None = None  # the kernels' states, when the last frame ran as one ...
+        self._made_by: tuple[LayerStack, FramePlan] | None = None  # ... of this node's plan
+        #: how the last frame ran: ``"frame"`` (one kernel call, ``rnnkit.engine.frame``) or ``"sequence"``
+        #: (``forward`` on one step: outside the frame's predicate, e.g. with autograd on)
+        self.path = ""
+        self.reset(hx)
+
+    def __enter__(self) -> LayerStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def reset(self, hx: Any = None) -> None:
+        """Start again from ``hx`` (``forward``'s ``h_0`` form; ``None``: zeros)."""
+        self._parts = None if hx is None else self.layer._check_hidden(hx, self.batch, False)
+        self._flat = None
+
+    @property
+    def state(self) -> Any:
+        """``forward``'s ``h_n`` (and ``c_n``) after the frames so far (zeros before the first)."""
+        layer = self.layer
+        if self._flat is not None and self._made_by is not None:
+            self._parts = layer_states(*self._made_by, self._flat)
+            self._flat = None
+        if self._parts is None:
+            like = next(iter(layer.parameters()))
+            sizes = layer._hidden_sizes()
+            stacked = layer.num_layers
+            self._parts = tuple(like.new_zeros(stacked, self.batch, size) for size in sizes)
+        return self._parts[0] if len(self._parts) == 1 else self._parts
+
+    def __call__(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        if not isinstance(x, Tensor):
+            raise NotATensorError(f"{type(layer).__name__}.stream: expected x_t to be a tensor, got {type(x).__name__}")
+        if x.shape != self._shape:
+            raise ShapeError(
+                f"{type(layer).__name__}.stream: expected x_t of shape (batch, input_size) = {self._shape}, "
+                f"got {tuple(x.shape)}"
+            )
+        node = layer.engine_stack()
+        plan = stack_frame_plan(node)
+        if streams(plan, x, self._flat or ()):
+            if self._flat is not None and (self._made_by is None or self._made_by[1] is not plan):
+                _ = self.state  # (the layer's configuration changed: its states through forward's form)
+            flat = self._flat if self._flat is not None else frame_states(node, plan, self._parts, x)
+            if flat is not None:
+                y, self._flat = plan(x.contiguous(), flat)
+                self._parts, self._made_by, self.path = None, (node, plan), "frame"
+                return y
+        y, hidden = layer.step(x, self.state)  # the sequence path: its checks, then forward on one step
+        self._parts, self._flat = (hidden if isinstance(hidden, tuple) else (hidden,)), None
+        self.path = "sequence"
+        return y
