@@ -8,7 +8,8 @@ else. ``use("auto")`` (the default) picks per layer; ``use(...)`` also works as 
 Modules: ``lowering`` (cell -> spec, the table ``LOWERINGS``), ``params`` (where specs read weights), ``stack``
 (layers x directions, the one loop over layers), ``route`` (the one decision of a path), ``plan`` (packing by
 lengths), ``unroll`` (the entries and the running), ``_functions`` and ``twin`` (the fused kernels: ``csrc/`` compiled,
-or their pure-PyTorch twin), ``frame`` (streaming: one frame of a stack per kernel call), ``extension`` (the compiled extension's build and status).
+or their pure-PyTorch twin), ``frame`` (streaming: one frame of a stack per kernel call), ``extension`` (the
+compiled extension's build and status).
 
 Example::
 

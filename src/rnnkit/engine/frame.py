@@ -109,11 +109,9 @@ def streams(plan: FramePlan | None, x: Tensor, states: Sequence[Tensor] = ()) ->
     params = plan.params
     if params and (params[0].dtype != x.dtype or params[0].device.type != "cpu"):
         return False
-    if torch.is_grad_enabled() and (
+    return not torch.is_grad_enabled() or not (
         x.requires_grad or any(p.requires_grad for p in params) or any(s.requires_grad for s in states)
-    ):
-        return False
-    return True
+    )
 
 
 # ---- a TF cell called per frame ---------------------------------------------------------------------------------
