@@ -180,22 +180,23 @@ def ort_frame(path: str, x: np.ndarray, states: dict[str, np.ndarray], threads: 
     return frame
 
 
-def ort_layer_frame(layer: nn.Module, batch: int, tmp: str, threads: int | None) -> Callable[[], Any]:
-    """onnxruntime running ``export_onnx(layer)`` (a float32 copy): input ``(1, batch, I)``, ``h_0`` (``c_0``) fed
-    back."""
+def ort_layer_frame(layer: nn.Module, x: torch.Tensor, tmp: str, threads: int | None) -> Callable[[], Any]:
+    """onnxruntime running ``export_onnx(layer)`` (a float32 copy) on ``x`` (batch, I) as ``(1, batch, I)``,
+    ``h_n`` (``c_n``) fed back as ``h_0`` (``c_0``); returns the frame's output ``(1, batch, H)``. A float32 ``x``
+    is shared, not copied: writing a new frame into it feeds the next call."""
     path = str(Path(tmp) / f"layer{next(_FILES)}.onnx")
     rnnkit.convert.export_onnx(copy.deepcopy(layer).float(), path)
-    zeros = np.zeros((layer.num_layers, batch, layer.hidden_size), np.float32)
+    zeros = np.zeros((layer.num_layers, x.shape[0], layer.hidden_size), np.float32)
     states = {"h_0": zeros} | ({"c_0": zeros.copy()} if isinstance(layer, rnnkit.LSTM) else {})
-    return ort_frame(path, np.random.randn(1, batch, layer.input_size).astype(np.float32), states, threads)
+    return ort_frame(path, x.float().numpy()[None], states, threads)
 
 
 def choose_threads(reps: int, budget: float, tmp: str) -> tuple[int | None, dict[int | None, float | None]]:
     """onnxruntime's fastest setting of ``ORT_SETTINGS`` on ``TODAY``'s model, and every setting's seconds/frame."""
     from .run import round_robin  # (run imports this module for its table)
 
-    layer = make_layer(TODAY)
-    fns: list[Callable[[], Any] | None] = [ort_layer_frame(layer, TODAY.batch, tmp, t) for t in ORT_SETTINGS]
+    layer, x = make_layer(TODAY), torch.randn(TODAY.batch, TODAY.input_size)
+    fns: list[Callable[[], Any] | None] = [ort_layer_frame(layer, x, tmp, t) for t in ORT_SETTINGS]
     times = dict(zip(ORT_SETTINGS, round_robin(fns, reps, budget), strict=True))
     return fastest(times), times
 
@@ -222,7 +223,7 @@ def layer_row(cfg: Config, reps: int, budget: float, tmp: str, threads: int | No
     with contextlib.ExitStack() as stack, torch.inference_mode():
         fns = [
             step_frame(layer, x), stream_frame(layer, x, stack), torch_frame(cfg, x), cell_loop_frame(cfg, x),
-            ort_layer_frame(layer, cfg.batch, tmp, threads),
+            ort_layer_frame(layer, x, tmp, threads),
         ]  # fmt: skip
         times = round_robin(fns, reps, budget)
     return _row(cfg.label, cfg, times, weight_bytes(layer))
