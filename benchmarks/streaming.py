@@ -23,6 +23,7 @@ import contextlib
 import copy
 import itertools
 import random
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -95,10 +96,6 @@ def fastest(times: dict[Any, float | None]) -> Any:
 
 def setting_name(threads: int | None) -> str:
     return "SessionOptions defaults" if threads is None else f"intra_op_num_threads={threads}"
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a / b
 
 
 # ---- one frame per call, for each side ------------------------------------------------------------
@@ -206,12 +203,12 @@ def choose_threads(reps: int, budget: float, tmp: str) -> tuple[int | None, dict
 
 def _row(label: str, cfg: Config, times: list[float | None], nbytes: int) -> dict[str, Any]:
     step, stream, tnn, loop, ort = times
-    assert step is not None
     return {
         "config": label, "sizes": cfg.sizes, "batch": cfg.batch, "step": step * 1e6,
-        "stream": None if stream is None else stream * 1e6, "torch_nn": tnn * 1e6 if tnn else None,
-        "cells": loop * 1e6 if loop else None, "ort": ort * 1e6 if ort else None, "step_ort": _ratio(step, ort),
-        "stream_ort": _ratio(stream, ort), "fps": 1 / step, "weight_kb": nbytes / 1024,
+        "stream": stream * 1e6 if stream else None, "torch_nn": tnn * 1e6 if tnn else None,
+        "cells": loop * 1e6 if loop else None, "ort": ort * 1e6 if ort else None,
+        "step_ort": step / ort if ort else None, "stream_ort": stream / ort if stream and ort else None,
+        "fps": 1 / step, "weight_kb": nbytes / 1024,
         "gbs": bandwidth_gbs(nbytes, step), "today": None, "today_x": None,
     }  # fmt: skip
 
@@ -247,7 +244,7 @@ def cells_row(reps: int, budget: float, tmp: str, threads: int | None) -> dict[s
     path = str(Path(tmp) / "cells.onnx")
     rnnkit.convert.export_onnx(cells, path, input_size=cfg.input_size)
     zeros = {f"state_{k}": np.zeros((b, cfg.hidden_size), np.float32) for k in range(2 * cfg.num_layers)}
-    xo = np.random.randn(b, 1, cfg.input_size).astype(np.float32)
+    xo = x.numpy()[:, None]  # (batch, 1, I): the cell's export is batch-major, as dynamic_rnn's default
     with torch.inference_mode():
         fns = [tf_frame, None, torch_frame(cfg, x), cell_loop_frame(cfg, x), ort_frame(path, xo, zeros, threads)]
         times = round_robin(fns, reps, budget)
@@ -269,6 +266,12 @@ def today(reps: int, base: str = BASE) -> tuple[float, float, float]:
             before.close()
             after.close()
     return t_before, t_after, 1 / ratio
+
+
+def _has_revision(rev: str) -> bool:
+    root = Path(__file__).resolve().parents[1]
+    found = subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=root, capture_output=True, check=False)
+    return found.returncode == 0
 
 
 def _worker() -> None:
@@ -309,7 +312,9 @@ def rows(quick: bool = False, reps: int = 11, budget: float = 2.0, base: str | N
             print(_line(out[-1]), flush=True)
         out.append(cells_row(reps, budget, tmp, threads))
         print(_line(out[-1]), flush=True)
-    if base is not None and (Path(__file__).resolve().parents[1] / ".git").exists():
+    if base is not None and not _has_revision(base):
+        print(f"today's step(): no revision {base} in this checkout; column left out", flush=True)
+    elif base is not None:
         t_before, _, speedup = today(reps, base)
         row = next(r for r in out if r["config"] == TODAY.label and r["sizes"] == TODAY.sizes and r["batch"] == 1)
         row["today"], row["today_x"] = t_before * 1e6, speedup
