@@ -18,6 +18,7 @@ held against the 3% bound.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,13 @@ def _worker(quick: bool, filter_text: str, shape_text: str) -> None:
             if filter_text and filter_text not in case.config:
                 continue
             rows.append((_row_id(case.config, shape, train), _callable(bench, case, train)))
+    serve(rows)
+
+
+def serve(rows: list[tuple[Any, Callable[[], Any]]]) -> None:
+    """A worker's side of the protocol: print the rows' ids (JSON, one line), then for each request ``[k, calls]``
+    read on stdin run row ``k``'s callable once untimed and ``calls`` times timed, and print the seconds per call.
+    Shared by every benchmark that times a base revision in a worker (``benchmarks.streaming`` too)."""
     out = sys.stdout
     sys.stdout = sys.stderr  # (nothing but the protocol on the pipe)
     print(json.dumps([r for r, _ in rows]), file=out, flush=True)
@@ -93,10 +102,13 @@ def _callable(bench: Any, case: Any, train: bool) -> Any:
 # ---- the coordinator -------------------------------------------------------------------------------
 
 
-class _Side:
-    def __init__(self, src: Path, args: list[str]):
+class Side:
+    """One rnnkit in a worker process: ``python -m <module> --worker <args>`` with ``src`` first on its path (the
+    benchmark code itself from this tree); ``time(k, calls)`` asks it for row ``k``'s seconds per call."""
+
+    def __init__(self, src: Path, args: list[str], module: str = "benchmarks.compare"):
         env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{ROOT}")
-        cmd = [sys.executable, "-m", "benchmarks.compare", "--worker", *args]
+        cmd = [sys.executable, "-m", module, "--worker", *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.rows = json.loads(self._read())
 
@@ -121,25 +133,15 @@ def compare(
 ) -> list[dict[str, Any]]:
     worker_args = (["--quick"] if quick else []) + (["--filter", filter_text] if filter_text else [])
     worker_args += ["--shape", shape_text] if shape_text else []
-    before, after = _Side(base_src, worker_args), _Side(ROOT / "src", worker_args)
+    before, after = Side(base_src, worker_args), Side(ROOT / "src", worker_args)
     try:
         if before.rows != after.rows:
             raise RuntimeError("benchmarks.compare: the two sides built different cases")
         shuffle = random.Random(0).shuffle
         results = []
         for k, row in enumerate(after.rows):
-            one = max(before.time(k, 1), after.time(k, 1))
-            calls = max(1, min(50, int(sample_s / max(one, 1e-6))))
-            t_before, t_after, pairs = [], [], []
-            for _ in range(reps):
-                sides = [("before", before), ("after", after)]
-                shuffle(sides)
-                got = {name: side.time(k, calls) for name, side in sides}
-                t_before.append(got["before"])
-                t_after.append(got["after"])
-                pairs.append(got["after"] / got["before"])
-            result = dict(row, before=statistics.median(t_before) * 1e3, after=statistics.median(t_after) * 1e3)
-            result["ratio"] = statistics.median(pairs)
+            t_before, t_after, ratio = paired(before, after, k, reps, sample_s, shuffle)
+            result = dict(row, before=t_before * 1e3, after=t_after * 1e3, ratio=ratio)
             results.append(result)
             print(
                 f"{row['config'][:58]:58s} {row['shape']:>17s} {row['mode']:9s} "
@@ -150,6 +152,36 @@ def compare(
     finally:
         before.close()
         after.close()
+
+
+def paired(
+    before: Side, after: Side, k: int, reps: int, sample_s: float, shuffle: Callable[[list[Any]], None]
+) -> tuple[float, float, float]:
+    """Row ``k`` timed on both sides in ``reps`` pairs (order within a pair shuffled): each side's median seconds
+    per call and the median of the paired ratios after / before."""
+    one = max(before.time(k, 1), after.time(k, 1))
+    calls = max(1, min(50, int(sample_s / max(one, 1e-6))))
+    t_before, t_after, pairs = [], [], []
+    for _ in range(reps):
+        sides = [("before", before), ("after", after)]
+        shuffle(sides)
+        got = {name: side.time(k, calls) for name, side in sides}
+        t_before.append(got["before"])
+        t_after.append(got["after"])
+        pairs.append(got["after"] / got["before"])
+    return statistics.median(t_before), statistics.median(t_after), statistics.median(pairs)
+
+
+@contextlib.contextmanager
+def base_tree(rev: str) -> Iterator[Path]:
+    """``rev`` checked out (detached) into a temporary ``git worktree`` of this repository, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="rnnkit-base-") as tmp:
+        tree = Path(tmp) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=ROOT, check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
 
 
 def table(runs: list[list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
@@ -195,18 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (7 if args.quick else 15)
     started = datetime.datetime.now()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    with tempfile.TemporaryDirectory(prefix="rnnkit-base-") as tmp:
-        tree = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), args.base], cwd=ROOT, check=True)
-        try:
-            load0 = os.getloadavg()
-            runs = [
-                compare(tree / "src", reps, args.quick, args.filter, args.shape.replace(" ", ""))
-                for _ in range(args.runs)
-            ]
-            load1 = os.getloadavg()
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    with base_tree(args.base) as tree:
+        load0 = os.getloadavg()
+        runs = [
+            compare(tree / "src", reps, args.quick, args.filter, args.shape.replace(" ", ""))
+            for _ in range(args.runs)
+        ]
+        load1 = os.getloadavg()
     md, results = table(runs)
     worst = max(results, key=lambda r: r["ratio"])
     verdict = (

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run            # full table, also written to docs/benchmarks.md
     python -m benchmarks.run --quick    # two shapes, fewer repetitions, nothing written
+    python -m benchmarks.run --only streaming   # one of the extra tables (streaming, bf16) alone, nothing written
 
 Each row times rnnkit against ``torch.nn`` and against a Python loop over the equivalent cell
 (``nn.LSTMCell``/``nn.GRUCell``/``nn.RNNCell`` for torch's math, rnnkit's reference loop over the
@@ -35,7 +36,7 @@ from torch import nn
 import rnnkit
 from rnnkit import engine
 
-from . import user_cells
+from . import bf16, streaming, user_cells
 
 INFERENCE_SHAPES = [(100, 1, 64, 128), (100, 32, 128, 256), (50, 64, 512, 512), (200, 16, 256, 256)]
 TRAINING_SHAPES = [(100, 1, 64, 128), (200, 16, 256, 256)]
@@ -485,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--filter", default="", help="only configs containing this text")
+    ap.add_argument("--no-streaming", action="store_true", help="leave out the streaming (per-frame) table")
+    ap.add_argument("--no-bf16", action="store_true", help="leave out the bfloat16 table")
+    ap.add_argument(
+        "--only", choices=["streaming", "bf16"], help="only this table (with --quick: its short form); nothing written"
+    )
     args = ap.parse_args(argv)
     reps = args.reps or (5 if args.quick else 11)
     budget = args.budget or (2.0 if args.quick else 6.0)
@@ -497,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     plan = [(s, False) for s in (QUICK_SHAPES if args.quick else INFERENCE_SHAPES)]
     plan += [(s, True) for s in (QUICK_SHAPES[:1] if args.quick else TRAINING_SHAPES)]
+    if args.only:
+        plan = []
     for shape, train in plan:
         for case in cases(shape):
             if args.filter and args.filter not in case.config:
@@ -508,16 +516,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"ratio {_fmt(row['ratio'])}  vsLSTM {_fmt(row['vs_lstm'])}  loop/rnnkit {_fmt(row['loop_x'], '.1f')}",
                 flush=True,
             )
-    own = []
-    if not args.quick and (not args.filter or args.filter in "user cells"):
+    own, frames, half, half_frames = [], [], [], []
+    full = not args.quick and not args.filter and not args.only
+    if not args.quick and not args.only and (not args.filter or args.filter in "user cells"):
         own = user_cells.rows(reps, budget)
+    if args.only == "streaming" or (full and not args.no_streaming):
+        frames = streaming.rows(args.quick, reps, 1.0 if args.quick else 2.0)
+    if args.only == "bf16" or (full and not args.no_bf16):
+        half, half_frames = bf16.rows(args.quick, reps, 0.5 if args.quick else 1.5)
     load1 = os.getloadavg()
-    md = table(rows, peak)
-    summary = targets(rows) + (user_cells.targets(own) if own else "")
+    md = table(rows, peak) if rows else ""
+    extra = ("\n" + streaming.table(frames) if frames else "") + ("\n" + bf16.table(half, half_frames) if half else "")
+    summary = (targets(rows) if rows else "| target | bound | measured | met |\n|---|---|---|---|\n") + (
+        (user_cells.targets(own) if own else "")
+        + (streaming.targets(frames) if frames else "")
+        + (bf16.targets(half, half_frames) if half else "")
+    )
     print()
-    print(md)
+    print(md + extra)
     print(summary)
-    if not args.quick and not args.no_write:
+    if not args.quick and not args.no_write and not args.only:
         doc = (
             "# Benchmarks\n\n"
             f"Produced by `python -m benchmarks.run` on {started:%Y-%m-%d %H:%M} (one run; medians of up to {reps} "
@@ -530,6 +548,10 @@ def main(argv: list[str] | None = None) -> int:
             + md
             + ("\n## Your own cells, compiled\n\n" + user_cells.__doc__.split("\n\n", 2)[2] + "\n" +
                user_cells.table(own) if own else "")
+            + ("\n## Streaming: one frame per call\n\n" + streaming.__doc__.split("\n\n", 2)[2] + "\n"
+               + streaming.table(frames) if frames else "")
+            + ("\n## bfloat16\n\n" + bf16.__doc__.split("\n\n", 2)[2] + "\n"
+               + bf16.table(half, half_frames) if half else "")
             + "\n## The issue's targets, row by row\n\n"
             + summary
         )
