@@ -34,6 +34,11 @@ class CharModel(nn.Module):
         out, state = self.core(self.embedding(tokens), state)  # (B, T, O)
         return self.head(self.dropout(out)), state  # (B, T, V)
 
+    def step(self, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One character per row: ``tokens (B,)`` and ``forward``'s state -> ``(logits (B, V), state)``."""
+        out, state = self.core.step(self.embedding(tokens), state)  # (B, O)
+        return self.head(self.dropout(out)), state
+
 
 class AddingModel(nn.Module):
     """A regressor for the adding problem; ``forward(x (B, T, 2), state) -> (prediction (B,), state)``."""

@@ -85,6 +85,10 @@ class CellCore(nn.Module):
     def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         return dynamic_rnn(self.rnn, x, initial_state=state)  # (B, T, O), per-layer states
 
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One frame ``x (B, D) -> (B, O)``: the cell called per frame (the engine's streaming frame)."""
+        return self.rnn(x, state)
+
     def zero_state(self, batch: int, device: Any = None) -> Any:
         return self.rnn.zero_state(batch, torch.float32, device=device)  # one (c, h) or h per layer
 
@@ -104,6 +108,10 @@ class LayerCore(nn.Module):
 
     def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
         return self.rnn(x, state)  # (B, T, H), h_n or (h_n, c_n)
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """One frame ``x (B, D) -> (B, H)``: the layer's ``step`` (the engine's streaming frame)."""
+        return self.rnn.step(x, state)
 
     def zero_state(self, batch: int, device: Any = None) -> Any:
         h = torch.zeros(self.rnn.num_layers, batch, self.output_size, device=device)  # (L, B, H)

@@ -1,8 +1,9 @@
 """``rnnkit sample CKPT``: stream text from a trained character model, one step at a time.
 
-The prime is read through the model once; then each step feeds the last character and the carried state
-(``(1, 1)`` tokens) and draws the next character from ``softmax(logits / temperature)`` (``temperature 0``:
-the most likely one). Characters are printed as they are drawn.
+The prime is read through the model once; then each step feeds the last character and the carried state through
+the model's ``step`` (the engine's streaming frame: one kernel call per character on CPU) and draws the next
+character from ``softmax(logits / temperature)`` (``temperature 0``: the most likely one). Characters are printed
+as they are drawn.
 """
 
 from __future__ import annotations
@@ -67,14 +68,16 @@ def generate(
     try:
         tokens = torch.tensor([[index[ch] for ch in prime]], device=device)  # (1, P)
         logits, state = model(tokens)  # (1, P, V)
+        last_logits = logits[0, -1]  # (V,)
         for _ in range(length):
-            last = logits[0, -1].float().cpu()  # (V,)
+            last = last_logits.float().cpu()
             if temperature <= 0:
                 nxt = int(last.argmax())
             else:
                 nxt = int(torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=generator))
             yield vocab[nxt]
-            logits, state = model(torch.tensor([[nxt]], device=device), state)  # one step: (1, 1, V)
+            logits, state = model.step(torch.tensor([nxt], device=device), state)  # one frame: (1, V)
+            last_logits = logits[0]
     finally:
         model.train(was_training)
 

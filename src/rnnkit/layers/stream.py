@@ -24,6 +24,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..engine import LayerStack
@@ -32,16 +33,39 @@ from ..errors import NotATensorError, ShapeError
 
 __all__ = ["LayerStream", "stack_frame_plan", "frame_states", "layer_states", "step_frame"]
 
-# stack node -> its frame plan (or None); weak: a node lives as long as its layer's configuration
+# stack node -> (its frame plan or None, whether its states map straight onto the kernels'); weak: a node lives as
+# long as its layer's configuration
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan_entry(node: LayerStack) -> tuple[FramePlan | None, bool]:
+    hit = _PLANS.get(node)
+    if hit is None:
+        ok = node.directions == 1 and node.lowered and not (node.dropout and len(node.layers) > 1)
+        plan = frame_plan([units[0] for units in node.specs]) if ok else None
+        hit = _PLANS[node] = (plan, plan is not None and _direct(node, plan))
+    return hit
+
+
+def _direct(node: LayerStack, plan: FramePlan) -> bool:
+    """Whether each layer's part ``k`` of ``forward``'s ``(h[, c])`` is the kernels' state ``k`` as it is (checked
+    once by identity on placeholders): then a frame indexes the stacked parts instead of converting through the
+    cells' state structures."""
+    to_state, from_state = node.stacked
+    for leaf in plan.leaves:
+        probe = tuple(torch.empty(0) for _ in node.state_sizes)
+        inside = leaf.to_internal(to_state(probe))
+        back = from_state(leaf.from_internal(*probe))
+        if len(inside) != len(probe) or any(a is not b for a, b in zip(inside, probe, strict=False)):
+            return False
+        if len(back) != len(probe) or any(a is not b for a, b in zip(back, probe, strict=False)):
+            return False
+    return True
 
 
 def stack_frame_plan(node: LayerStack) -> FramePlan | None:
     """The frame plan of a one-direction stack node whose layers' dropout is off, or ``None`` (decided once)."""
-    if node not in _PLANS:
-        ok = node.directions == 1 and node.lowered and not (node.dropout and len(node.layers) > 1)
-        _PLANS[node] = frame_plan([units[0] for units in node.specs]) if ok else None
-    return _PLANS[node]
+    return _plan_entry(node)[0]
 
 
 def frame_states(
@@ -53,12 +77,18 @@ def frame_states(
         return [t for leaf in plan.leaves for t in leaf.zero_internal(x.shape[0], x)]
     if any(p.dtype != x.dtype or p.device != x.device for p in parts):
         return None
+    if _plan_entry(node)[1]:
+        layers = [p.unbind(0) for p in parts]
+        return [part[k] for k in range(len(plan.leaves)) for part in layers]
     per_layer = node.split(parts)
     return [t for leaf, units in zip(plan.leaves, per_layer, strict=True) for t in leaf.to_internal(units[0])]
 
 
 def layer_states(node: LayerStack, plan: FramePlan, flat: list[Tensor]) -> tuple[Tensor, ...]:
     """The kernels' state tensors, layer after layer -> ``forward``'s ``(h_n[, c_n])``."""
+    if _plan_entry(node)[1]:
+        count = plan.state_counts[0]
+        return tuple(torch.stack(flat[k::count]) for k in range(count))
     finals, at = [], 0
     for leaf, count in zip(plan.leaves, plan.state_counts, strict=True):
         finals.append((leaf.from_internal(*flat[at : at + count]),))
