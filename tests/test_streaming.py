@@ -18,6 +18,7 @@ from rnnkit import engine
 from rnnkit._structure import flatten
 from rnnkit.engine import frame as frame_module
 from rnnkit.errors import DtypeError, NotATensorError, ShapeError
+from rnnkit.layers.stream import stack_frame_plan
 from test_roundtrip_all_options import LAYER_CASES, _build_layer, _case_id
 
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
@@ -252,3 +253,68 @@ def test_the_frame_kernel_refuses_a_malformed_description():
         kern.frame_forward(x, [w, torch.empty(0), w], [torch.zeros(1, 2)], [7, 0], [])
     with pytest.raises(RuntimeError, match="fewer weights"):
         kern.frame_forward(x, [w], [torch.zeros(1, 2)], [3, 0], [])
+
+
+PACKED_LAYERS = {
+    "lstm": lambda: rnnkit.LSTM(5, 16, num_layers=2),
+    "lstm_tf_options": lambda: rnnkit.LSTM(5, 16, num_layers=2, peepholes=True, cell_clip=0.7, forget_bias=0.5),
+    "lstm_proj": lambda: rnnkit.LSTM(5, 24, num_layers=3, proj_size=8),
+    "lstm_layer_norm_unpacked": lambda: rnnkit.LSTM(5, 16, num_layers=2, layer_norm=True),
+    "gru": lambda: rnnkit.GRU(5, 16, num_layers=2),
+    "gru_reset_before": lambda: rnnkit.GRU(5, 32, num_layers=2, reset_after=False),
+    "gru_no_bias": lambda: rnnkit.GRU(5, 16, bias=False),
+    "rnn_relu": lambda: rnnkit.RNN(5, 16, num_layers=2, nonlinearity="relu"),
+    "rnn": lambda: rnnkit.RNN(5, 40),
+}
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("name", list(PACKED_LAYERS))
+def test_packed_frames_equal_forward(name, batch):
+    """Widths of multiples of 8 run packed on the compiled kernels (desc ids 10, 12, 13; the layer-norm LSTM runs its
+    family kernel), on one thread and two."""
+    torch.manual_seed(4)
+    layer = PACKED_LAYERS[name]().eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(STEPS, batch, 5)
+    threads = torch.get_num_threads()
+    for n in sorted({1, min(2, threads)}):
+        torch.set_num_threads(n)
+        try:
+            with torch.no_grad(), layer.stream(batch) as s:
+                got = torch.stack([s(x_t) for x_t in x])
+                want, state = layer(x)
+        finally:
+            torch.set_num_threads(threads)
+        plan = stack_frame_plan(layer.engine_stack())
+        packed = bool(set(plan.arguments(True)[1]) & {10, 12, 13})
+        assert s.path == "frame" and packed == (name != "lstm_layer_norm_unpacked")
+        _close(got, want)
+        _close(s.state, state)
+
+
+@pytest.mark.parametrize("name", ["lstm_full16", "multi16"])
+def test_packed_tf_cells_per_frame(name, monkeypatch):
+    torch.manual_seed(5)
+    cell = {
+        "lstm_full16": lambda: rnnkit.LSTMCell(16, use_peepholes=True, cell_clip=0.8, num_proj=8, proj_clip=0.6,
+                                               input_size=4),  # fmt: skip
+        "multi16": lambda: rnnkit.MultiRNNCell(
+            [rnnkit.BasicLSTMCell(16, input_size=4), rnnkit.GRUCell(24, input_size=16),
+             rnnkit.BasicRNNCell(8, input_size=24)]
+        ),  # fmt: skip
+    }[name]()
+    x = torch.randn(STEPS, 2, 4)
+    counting = _Counting(monkeypatch)
+    with torch.no_grad():
+        state = want_state = cell.zero_state(2, torch.float32)
+        for x_t in x:
+            y, state = cell(x_t, state)
+        with engine.use("reference"):
+            for x_t in x:
+                want, want_state = cell(x_t, want_state)
+    assert counting.calls == STEPS
+    _close(y, want)
+    _close(state, want_state)

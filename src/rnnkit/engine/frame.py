@@ -44,6 +44,7 @@ from ..cells import edit_counts, register_frame_runner
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec
 from ._select import current, fused_kernels
 from .lowering import StackSpec, lowering_for
+from . import twin
 from .twin import FRAME_LAYOUT
 
 __all__ = ["FramePlan", "frame_plan", "streams", "cell_frame", "FRAME_FAMILIES"]
@@ -59,6 +60,11 @@ class FramePlan:
 
     ``plan(x, states) -> (y, next_states)``: ``x (B, I)``, ``states`` every layer's kernel state tensors in order
     (``(h, c)`` for the LSTMs, ``(h,)`` otherwise: ``Spec.to_internal``'s), each ``(B, size)``.
+
+    On the compiled kernels in float32, a layer whose widths are multiples of 8 runs *packed* (``csrc/frame.cpp``):
+    its weights re-laid out once into panels per chunk of units (``frame_pack``), one chunk per thread, so that each
+    core multiplies the same share of the weights at every frame, from its own cache. The other layers (float64, the
+    twin, the layer-norm LSTM, odd widths) take their family kernel's arguments as they are (``kernel_weights``).
     """
 
     def __init__(self, leaves: Sequence[Spec]):
@@ -66,30 +72,88 @@ class FramePlan:
         self.params = [p for leaf in self.leaves for p in leaf.cell.parameters()]
         self.state_counts = tuple(FRAME_LAYOUT[leaf.family][3] for leaf in self.leaves)
         self._stamp: tuple | None = None
-        self._weights: list[Tensor] = []
-        self.desc: list[int] = []
-        self.scalars: list[float] = []
-        for leaf in self.leaves:
-            ints, floats = leaf.kernel_options()
-            self.desc += [FRAME_LAYOUT[leaf.family][0], *ints]
-            self.scalars += [float(v) for v in floats]
+        self._args: tuple[list[Tensor], list[int], list[float]] = ([], [], [])
 
-    def weights(self) -> list[Tensor]:
-        """Every layer's kernel weights, read again only when a parameter changed since the last frame (every frame
-        when a parameter is an inference tensor, made under ``torch.inference_mode``: those have no version)."""
+    def arguments(self, packed: bool) -> tuple[list[Tensor], list[int], list[float]]:
+        """``frame_forward``'s ``(weights, desc, scalars)``, made again only when a parameter changed since the last
+        frame, or the packing or the thread count did (every frame when a parameter is an inference tensor, made under
+        ``torch.inference_mode``: those have no version)."""
         params = self.params
-        stamp = None if any(p.is_inference() for p in params) else tuple((p._version, p.data_ptr()) for p in params)
-        if stamp is None or stamp != self._stamp:
+        versions = None if any(p.is_inference() for p in params) else tuple((p._version, p.data_ptr()) for p in params)
+        stamp = (versions, packed, torch.get_num_threads())
+        if versions is None or stamp != self._stamp:
+            weights: list[Tensor] = []
+            desc: list[int] = []
+            scalars: list[float] = []
             with torch.no_grad():  # (a frame is inference: what is derived from the weights keeps no graph)
-                read = [w for leaf in self.leaves for w in leaf.kernel_weights()]
-            self._weights = [_EMPTY if w is None else w.detach() for w in read]
-            self._stamp = stamp
-        return self._weights
+                for leaf in self.leaves:
+                    w, d, f = _packed(leaf) if packed and _packs(leaf) else _plain(leaf)
+                    weights += [_EMPTY if t is None else t.detach() for t in w]
+                    desc += d
+                    scalars += [float(v) for v in f]
+            self._args, self._stamp = (weights, desc, scalars), stamp
+        return self._args
 
-    def __call__(self, x: Tensor, states: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def __call__(self, x: Tensor, states: list[Tensor], stacked: int = 0) -> tuple[Tensor, list[Tensor]]:
+        """``stacked = n > 0``: ``states`` are ``n`` tensors ``(layers, B, size)`` (torch.nn's ``h_0``, ``c_0``), each
+        layer's ``n`` kernel states, and come back so."""
         kern = fused_kernels("cpu")
-        y, *finals = kern.frame_forward(x, self.weights(), states, self.desc, self.scalars)
+        packed = kern is not twin and x.dtype == torch.float32
+        weights, desc, scalars = self.arguments(packed)
+        y, *finals = kern.frame_forward(x, weights, states, desc, scalars, stacked)
         return y, finals
+
+
+def _plain(leaf: Spec) -> tuple[tuple, list[int], tuple]:
+    ints, floats = leaf.kernel_options()
+    return leaf.kernel_weights(), [FRAME_LAYOUT[leaf.family][0], *ints], floats
+
+
+def _packs(leaf: Spec) -> bool:
+    """Whether a packed frame runs ``leaf``: the LSTM, GRU and Elman families at widths of multiples of 8."""
+    if not isinstance(leaf, (LSTMSpec, GRUSpec, RNNSpec)) or leaf.cell.output_size % 8:
+        return False
+    return not isinstance(leaf, LSTMSpec) or leaf.num_units % 8 == 0
+
+
+def _chunks(units: int, depth: int, gates: int) -> int:
+    return torch.ops.rnnkit.frame_chunks(units, 1, depth, gates)
+
+
+def _pack(mats: list[Tensor], units: int, gates: int) -> tuple[Tensor, int]:
+    chunks = _chunks(units, sum(m.shape[0] for m in mats), gates)
+    return torch.ops.rnnkit.frame_pack(mats, units, gates, chunks), chunks
+
+
+def _packed(leaf: Spec) -> tuple[tuple, list[int], tuple]:
+    """``leaf``'s packed layer for ``csrc/frame.cpp`` (its description there)."""
+    ints, floats = leaf.kernel_options()
+    if isinstance(leaf, LSTMSpec):
+        w_x, bias, w_h, peep, w_proj = leaf.kernel_weights()
+        units = leaf.num_units
+        w, chunks = _pack([w_x, w_h], units, 4)
+        w_p, chunks_p = _pack([w_proj], w_proj.shape[1], 1) if w_proj is not None else (None, 1)
+        bias = bias.contiguous() if bias is not None else w_x.new_zeros(4 * units)
+        peep = peep.contiguous() if peep is not None else None
+        return (w, bias, peep, w_p), [10, *ints, chunks, chunks_p], floats
+    if isinstance(leaf, GRUSpec):
+        w_x, bias_x, w_h, bias_h, w_xn, w_hn = leaf.kernel_weights()
+        units = w_h.shape[0]
+        if w_xn is None:  # the candidate's columns inside w_x, w_h
+            w_x, w_xn, w_h, w_hn = w_x[:, : 2 * units], w_x[:, 2 * units :], w_h[:, : 2 * units], w_h[:, 2 * units :]
+        zeros = w_h.new_zeros(3 * units)
+        bias_x = zeros if bias_x is None else bias_x
+        bias_h = zeros if bias_h is None else bias_h
+        w_rz, chunks = _pack([w_x, w_h], units, 2)
+        w_xn_p, _ = _pack([w_xn], units, 1)
+        w_hn_p, _ = _pack([w_hn], units, 1)
+        b_rz = (bias_x[: 2 * units] + bias_h[: 2 * units]).contiguous()
+        weights = (w_rz, w_xn_p, w_hn_p, b_rz, bias_x[2 * units :].contiguous(), bias_h[2 * units :].contiguous())
+        return weights, [12, *ints, chunks], ()
+    w_x, bias, w_h = leaf.kernel_weights()
+    units = w_h.shape[0]
+    w, chunks = _pack([w_x, w_h], units, 1)
+    return (w, bias.contiguous() if bias is not None else w_h.new_zeros(units)), [13, *ints, chunks], ()
 
 
 def frame_plan(leaves: Sequence[Spec | None]) -> FramePlan | None:

@@ -77,18 +77,12 @@ def frame_states(
         return [t for leaf in plan.leaves for t in leaf.zero_internal(x.shape[0], x)]
     if any(p.dtype != x.dtype or p.device != x.device for p in parts):
         return None
-    if _plan_entry(node)[1]:
-        layers = [p.unbind(0) for p in parts]
-        return [part[k] for k in range(len(plan.leaves)) for part in layers]
     per_layer = node.split(parts)
     return [t for leaf, units in zip(plan.leaves, per_layer, strict=True) for t in leaf.to_internal(units[0])]
 
 
 def layer_states(node: LayerStack, plan: FramePlan, flat: list[Tensor]) -> tuple[Tensor, ...]:
     """The kernels' state tensors, layer after layer -> ``forward``'s ``(h_n[, c_n])``."""
-    if _plan_entry(node)[1]:
-        count = plan.state_counts[0]
-        return tuple(torch.stack(flat[k::count]) for k in range(count))
     finals, at = [], 0
     for leaf, count in zip(plan.leaves, plan.state_counts, strict=True):
         finals.append((leaf.from_internal(*flat[at : at + count]),))
@@ -100,13 +94,19 @@ def step_frame(layer: Any, x: Tensor, parts: tuple[Tensor, ...] | None) -> tuple
     """``layer.step`` as a frame, for a checked ``x (B, I)`` and ``parts`` (``forward``'s ``h_0`` parts, checked and
     placed, or ``None``), or ``None`` where the frame's predicate says no."""
     node = layer.engine_stack()
-    plan = stack_frame_plan(node)
-    if not streams(plan, x, parts or ()):
+    plan, direct = _plan_entry(node)
+    if plan is None or not streams(plan, x, parts or ()):
         return None
+    x = x.contiguous()
+    if direct:  # the kernel takes and gives torch.nn's stacked (h[, c]) itself
+        if parts is None:
+            parts = tuple(x.new_zeros(len(plan.leaves), x.shape[0], size) for size in node.state_sizes)
+        y, finals = plan(x, list(parts), len(parts))
+        return y, tuple(finals)
     flat = frame_states(node, plan, parts, x)
     if flat is None:
         return None
-    y, flat = plan(x.contiguous(), flat)
+    y, flat = plan(x, flat)
     return y, layer_states(node, plan, flat)
 
 

@@ -317,32 +317,47 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, co
   return true;
 }
 
+void pack_panels_into(float* out, const std::vector<Mat<float>>& blocks, int64_t n) {
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {  // panels of 16 columns (the last may have 8)
+    const int64_t width = std::min<int64_t>(16, n - j0);
+    for (const Mat<float>& w : blocks) {  // the blocks' rows one after the other
+      for (int64_t p = 0; p < w.rows; ++p)
+        for (int64_t j = 0; j < width; ++j) *out++ = w.trans ? w.p[(j0 + j) * w.ld + p] : w.p[p * w.ld + j0 + j];
+    }
+  }
+}
+
 bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n) {
   if (n <= 0 || n % 8 != 0 || k <= 0) return false;
   pw.k = k;
   pw.n = n;
   pw.buf.resize(static_cast<size_t>(k * n));
-  float* out = pw.buf.data();
-  for (int64_t j0 = 0; j0 < n; j0 += 16) {  // panels of 16 columns (the last may have 8)
-    const int64_t width = std::min<int64_t>(16, n - j0);
-    for (int64_t p = 0; p < k; ++p)
-      for (int64_t j = 0; j < width; ++j) *out++ = trans ? W[(j0 + j) * ld + p] : W[p * ld + j0 + j];
-  }
+  Mat<float> w;
+  w.p = W;
+  w.trans = trans;
+  w.ld = ld;
+  w.rows = k;
+  w.cols = n;
+  pack_panels_into(pw.buf.data(), {w}, n);
   return true;
 }
 
-void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
+void panel_gemm_at(const float* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, float beta,
+                   float* C, int64_t ldc) {
   const bool acc = beta != 0.0f;  // beta is 0 or 1 (the callers' contract)
-  const float* P = pw.buf.data();
-  for (int64_t j0 = 0; j0 < pw.n; j0 += 16) {
-    const int64_t width = std::min<int64_t>(16, pw.n - j0);
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t width = std::min<int64_t>(16, n - j0);
     if (width == 16) {
-      panel_rows<2>(m, A, lda, P, 16, pw.k, acc, C + j0, ldc);
+      panel_rows<2>(m, A, lda, P, 16, k, acc, C + j0, ldc);
     } else {
-      panel_rows<1>(m, A, lda, P, 8, pw.k, acc, C + j0, ldc);
+      panel_rows<1>(m, A, lda, P, 8, k, acc, C + j0, ldc);
     }
-    P += pw.k * width;
+    P += k * width;
   }
+}
+
+void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {
+  panel_gemm_at(pw.buf.data(), pw.k, pw.n, m, A, lda, beta, C, ldc);
 }
 
 bool have_blas() { return blas().s != nullptr && blas().d != nullptr; }

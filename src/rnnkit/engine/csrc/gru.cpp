@@ -9,7 +9,7 @@
 // them in a kernel of their own), read where they are and given their own gradients, so no weight is copied.
 // mask_r (B, H), recurrent dropout: the matmuls read h * mask_r while z * h keeps h (mask_h, the state mask of a
 // DropoutWrapper, drops the carried state itself). Saved: r, z, n (total, 3H) and, reset-after, a_n (total, H).
-#include "loop.h"
+#include "gru.h"
 #include "ops.h"
 
 namespace rnnkit {
@@ -65,13 +65,9 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
       sigmoid_inplace(z, w);
       if (reset_after) {
         T* __restrict__ an = sb + b * H + lo;
-        for (int64_t j = 0; j < w; ++j) {
-          an[j] = a[2 * w + j] + bh[2 * H + lo + j];
-          nn[j] += bx[2 * H + lo + j] + r[j] * an[j];
-        }
-        tanh_inplace(nn, w);
-        T* __restrict__ y = yp + (off + b) * H + lo;
-        for (int64_t j = 0; j < w; ++j) y[j] = nn[j] + z[j] * (h[j] - nn[j]);
+        for (int64_t j = 0; j < w; ++j) an[j] = a[2 * w + j] + bh[2 * H + lo + j];
+        gru_candidate_after(nn, bx + 2 * H + lo, r, an, w);
+        gru_blend(yp + (off + b) * H + lo, nn, z, h, w);
       } else {
         T* __restrict__ rh = ap + b * G3 + 2 * H + lo;  // r * h, read by every chunk in phase two
         const T* __restrict__ hm = hin.h + b * H + lo;
@@ -92,10 +88,8 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
           T* __restrict__ nn = g + b * G3 + 2 * H + lo;
           const T* __restrict__ a = ap + b * G3 + ga * lo;
           const T* __restrict__ h = hp + b * H + lo;
-          for (int64_t j = 0; j < w; ++j) nn[j] += a[j] + bx[2 * H + lo + j];
-          tanh_inplace(nn, w);
-          T* __restrict__ y = yp + (off + b) * H + lo;
-          for (int64_t j = 0; j < w; ++j) y[j] = nn[j] + z[j] * (h[j] - nn[j]);
+          gru_candidate_before(nn, a, bx + 2 * H + lo, w);
+          gru_blend(yp + (off + b) * H + lo, nn, z, h, w);
         }
       });
     }

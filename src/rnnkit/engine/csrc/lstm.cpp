@@ -68,31 +68,10 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
         for (int64_t j = 0; j < w; ++j) dst[j] += a[j] + bq[j];
         blk[q] = dst;
       }
-      T *__restrict__ gi = blk[0], *__restrict__ gg = blk[1], *__restrict__ gf = blk[2], *__restrict__ go = blk[3];
       T* __restrict__ cp = csp + b * H + lo;
       T* __restrict__ cn = cbuf + b * H + lo;
       T* __restrict__ m = proj ? mp + b * H + lo : yp + (off + b) * P + lo;
-      if (pp) {
-        const T *wi = pp + lo, *wf = pp + H + lo;
-        for (int64_t j = 0; j < w; ++j) {
-          gi[j] += wi[j] * cp[j];
-          gf[j] += wf[j] * cp[j];
-        }
-      }
-      sigmoid_inplace(gi, w);
-      sigmoid_inplace(gf, w, fb);
-      tanh_inplace(gg, w);
-      for (int64_t j = 0; j < w; ++j) cn[j] = gf[j] * cp[j] + gi[j] * gg[j];
-      if (cclip > T(0)) {
-        for (int64_t j = 0; j < w; ++j) cn[j] = std::min(std::max(cn[j], -cclip), cclip);
-      }
-      if (pp) {
-        const T* wo = pp + 2 * H + lo;
-        for (int64_t j = 0; j < w; ++j) go[j] += wo[j] * cn[j];
-      }
-      sigmoid_inplace(go, w);
-      for (int64_t j = 0; j < w; ++j) m[j] = tanh_s(cn[j]);
-      for (int64_t j = 0; j < w; ++j) m[j] *= go[j];
+      lstm_units(blk, cp, cn, m, pp ? pp + lo : nullptr, H, w, fb, cclip);
       if (mc) {
         const T* mcr = mc + b * H + lo;
         for (int64_t j = 0; j < w; ++j) cp[j] = cn[j] * mcr[j];

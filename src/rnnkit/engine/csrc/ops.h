@@ -81,6 +81,10 @@ std::vector<Tensor> program_backward(const Tensor& dY, at::TensorList dfinals, c
 
 // One frame of a stack of layers: every layer's forward for a single step, in one call (frame.cpp).
 std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::TensorList states,
-                                  at::IntArrayRef desc, at::ArrayRef<double> scalars);
+                                  at::IntArrayRef desc, at::ArrayRef<double> scalars, int64_t stacked);
+// A layer's weights packed for frames: the columns of `gates` blocks of `units`, over the rows of `mats` stacked, in
+// panels per chunk of units (frame.cpp); and how many chunks a frame of that layer is worth.
+Tensor frame_pack(at::TensorList mats, int64_t units, int64_t gates, int64_t chunks);
+int64_t frame_chunks(int64_t units, int64_t rows, int64_t k, int64_t gates);
 
 }  // namespace rnnkit

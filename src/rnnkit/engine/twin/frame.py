@@ -4,6 +4,8 @@ family's forward over a single step.
 The stack is described by flat lists, layer after layer (``FRAME_LAYOUT``): ``desc`` holds the family's id and its
 int options, ``weights`` its weight arguments (an empty tensor for an absent optional one), ``states`` its state
 tensors ``(B, size)``, ``scalars`` its float options. Returns ``[y (B, O), every layer's next states in order]``.
+``stacked = n > 0``: the states come as ``n`` tensors ``(layers, B, size)`` (torch.nn's ``h_0``, ``c_0``) and go back
+so.
 
 Example::
 
@@ -43,8 +45,11 @@ def _present(t: Tensor) -> Tensor | None:
 
 
 def frame_forward(
-    x: Tensor, weights: list[Tensor], states: list[Tensor], desc: list[int], scalars: list[float]
+    x: Tensor, weights: list[Tensor], states: list[Tensor], desc: list[int], scalars: list[float], stacked: int = 0
 ) -> list[Tensor]:
+    if stacked:  # n tensors (layers, B, size): part j of layer l is states[j][l]
+        y, *finals = frame_forward(x, weights, [p[k] for k in range(len(states[0])) for p in states], desc, scalars)
+        return [y, *(torch.stack(finals[j::stacked]) for j in range(stacked))]
     bs = torch.tensor([x.shape[0]])  # one step of every row
     out: list[Tensor] = []
     d = w = s = f = 0
