@@ -72,15 +72,21 @@ class FramePlan:
         self.params = [p for leaf in self.leaves for p in leaf.cell.parameters()]
         self.state_counts = tuple(FRAME_LAYOUT[leaf.family][3] for leaf in self.leaves)
         self._stamp: tuple | None = None
+        self._storage: list[int] | None = None
+        self._inference = False
         self._args: tuple[list[Tensor], list[int], list[float]] = ([], [], [])
 
     def arguments(self, packed: bool) -> tuple[list[Tensor], list[int], list[float]]:
         """``frame_forward``'s ``(weights, desc, scalars)``, made again only when a parameter changed since the last
-        frame, or the packing or the thread count did (every frame when a parameter is an inference tensor, made under
-        ``torch.inference_mode``: those have no version)."""
+        frame, or the packing or the thread count did (every frame, and unpacked, when a parameter is an inference tensor,
+        made under ``torch.inference_mode``: those have no version)."""
         params = self.params
-        versions = None if any(p.is_inference() for p in params) else tuple((p._version, p.data_ptr()) for p in params)
-        stamp = (versions, packed, torch.get_num_threads())
+        storage = [p.data_ptr() for p in params]
+        if storage != self._storage:  # (a parameter is an inference tensor or not for the life of its storage)
+            self._storage, self._inference = storage, any(p.is_inference() for p in params)
+        versions = None if self._inference else [p._version for p in params]
+        packed = packed and not self._inference  # (re-packing at every frame would cost a copy of the weights)
+        stamp = (storage, versions, packed, torch.get_num_threads())
         if versions is None or stamp != self._stamp:
             weights: list[Tensor] = []
             desc: list[int] = []

@@ -101,7 +101,7 @@ def step_frame(layer: Any, x: Tensor, parts: tuple[Tensor, ...] | None) -> tuple
     if direct:  # the kernel takes and gives torch.nn's stacked (h[, c]) itself
         if parts is None:
             parts = tuple(x.new_zeros(len(plan.leaves), x.shape[0], size) for size in node.state_sizes)
-        y, finals = plan(x, list(parts), len(parts))
+        y, finals = plan(x, [p.contiguous() for p in parts], len(parts))
         return y, tuple(finals)
     flat = frame_states(node, plan, parts, x)
     if flat is None:

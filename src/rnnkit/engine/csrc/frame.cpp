@@ -29,6 +29,8 @@
 #include "ops.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -64,16 +66,22 @@ Packed packed_of(const Tensor& t, int64_t k, int64_t gates, int64_t units) {
   return {t.data_ptr<float>(), k, gates};
 }
 
-// [x | h] (B, I + R) and its row stride: the rows every chunk's multiply reads.
+// [x | h] (B, I + R): the rows every chunk's multiply reads (x and h contiguous float32).
 Tensor joined(const Tensor& x, const Tensor& h) {
-  Tensor a = at::empty({x.size(0), x.size(1) + h.size(1)}, x.options());
-  a.narrow(1, 0, x.size(1)).copy_(x);
-  a.narrow(1, x.size(1), h.size(1)).copy_(h);
+  const int64_t B = x.size(0), I = x.size(1), R = h.size(1);
+  Tensor a = at::empty({B, I + R}, x.options());
+  const float *xp = x.data_ptr<float>(), *hp = h.data_ptr<float>();
+  float* ap = a.data_ptr<float>();
+  for (int64_t r = 0; r < B; ++r) {
+    std::memcpy(ap + r * (I + R), xp + r * I, sizeof(float) * I);
+    std::memcpy(ap + r * (I + R) + I, hp + r * R, sizeof(float) * R);
+  }
   return a;
 }
 
 void check_rows(const Tensor& t, int64_t rows, int64_t cols, const char* what) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == rows && t.size(1) == cols,
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == rows && t.size(1) == cols &&
+                  t.is_contiguous(),
               "rnnkit frame_forward: expected ", what, " of shape (", rows, ", ", cols, ") float32, got ", t.sizes());
 }
 
@@ -87,7 +95,8 @@ std::vector<Tensor> lstm_packed(const Tensor& x, const Tensor& h0, const Tensor&
   check_rows(h0, B, R, "h");
   check_rows(c0, B, H, "c");
   const Packed P = packed_of(w, K, 4, H);
-  check_rows(bias.view({1, -1}), 1, G4, "bias");
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == G4,
+              "rnnkit frame_forward: expected a float32 bias of ", G4, " values, got ", bias.sizes());
   const Tensor A = joined(x, h0);
   Tensor S = at::empty({B, G4}, x.options()), h1 = at::empty({B, R}, x.options());
   Tensor c1 = at::empty({B, H}, x.options()), M = proj ? at::empty({B, H}, x.options()) : h1;
@@ -265,12 +274,23 @@ std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::T
                                   at::IntArrayRef desc, at::ArrayRef<double> scalars, int64_t stacked) {
   TORCH_CHECK(x.dim() == 2, "rnnkit frame_forward: expected x of shape (batch, features), got ", x.dim(), "-D");
   // stacked = n > 0: the states come as n tensors (layers, B, size), torch.nn's h_0 and c_0, and go back so.
-  std::vector<Tensor> unstacked;
-  if (stacked > 0) {
+  std::vector<Tensor> unstacked, parts;
+  if (stacked > 0) {  // views of each layer's rows (no dispatch per view), and the outputs stacked alike
     TORCH_CHECK(static_cast<int64_t>(given.size()) == stacked, "rnnkit frame_forward: expected ", stacked,
                 " stacked states, got ", given.size());
-    for (int64_t l = 0; l < given[0].size(0); ++l)
-      for (int64_t j = 0; j < stacked; ++j) unstacked.push_back(given[j].select(0, l));
+    for (int64_t j = 0; j < stacked; ++j) {
+      TORCH_CHECK(given[j].dim() == 3 && given[j].size(0) == given[0].size(0) && given[j].is_contiguous(),
+                  "rnnkit frame_forward: expected contiguous stacked states (layers, B, size), got ", given[j].sizes());
+      parts.push_back(at::empty_like(given[j]));
+    }
+    for (int64_t l = 0; l < given[0].size(0); ++l) {
+      for (int64_t j = 0; j < stacked; ++j) {
+        const Tensor& g = given[j];
+        const int64_t rows = g.size(1), width = g.size(2);
+        unstacked.push_back(at::from_blob(static_cast<char*>(g.data_ptr()) + l * rows * width * g.element_size(),
+                                          {rows, width}, g.options()));
+      }
+    }
   }
   const at::TensorList states = stacked > 0 ? at::TensorList(unstacked) : given;
   Tensor bs = at::empty({1}, x.options().dtype(at::kLong));
@@ -338,12 +358,16 @@ std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::T
               "rnnkit frame_forward: more weights, states or scalars than the description uses");
   out[0] = h;
   if (stacked > 0) {  // each part's layers in one (layers, B, size) tensor
-    std::vector<Tensor> parts{h};
-    for (int64_t j = 0; j < stacked; ++j) {
-      std::vector<Tensor> layers;
-      for (size_t k = 1 + j; k < out.size(); k += stacked) layers.push_back(out[k]);
-      parts.push_back(at::stack(layers));
+    for (size_t k = 1; k < out.size(); ++k) {
+      const Tensor& part = parts[(k - 1) % stacked];
+      const Tensor state = out[k].contiguous();
+      TORCH_CHECK(state.numel() == part.size(1) * part.size(2) && state.scalar_type() == part.scalar_type(),
+                  "rnnkit frame_forward: a layer's next state ", state.sizes(), " does not fit its stacked part ",
+                  part.sizes());
+      std::memcpy(static_cast<char*>(part.data_ptr()) + ((k - 1) / stacked) * state.numel() * state.element_size(),
+                  state.data_ptr(), state.numel() * state.element_size());
     }
+    parts.insert(parts.begin(), h);
     return parts;
   }
   return out;
