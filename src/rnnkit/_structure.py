@@ -22,6 +22,7 @@ import torch
 from .errors import DeviceError, DtypeError, ShapeError, StateStructureError
 
 __all__ = [
+    "same_nesting",
     "LSTMStateTuple",
     "flatten",
     "pack_as",
@@ -116,6 +117,12 @@ def _describe(structure: Any) -> str:
     if isinstance(structure, torch.Tensor):
         return f"tensor{tuple(structure.shape)}"
     return repr(structure)
+
+
+def same_nesting(state: Any, size: Any) -> bool:
+    """Whether ``state`` nests like ``size`` (a ``state_size``), with a tensor at each leaf (plain tuples stand for
+    named ones, as ``check_state`` accepts them)."""
+    return _same_nesting(state, size)
 
 
 def _same_nesting(state: Any, size: Any) -> bool:

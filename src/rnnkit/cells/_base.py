@@ -44,8 +44,10 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 # How a built cell runs one step when called outside autograd (``cell(inputs, state)``): ``runner(cell, inputs, state)``
-# returns ``(output, next_state)``, or ``None`` where its predicate says no and the step is ``call``'s. The engine
-# registers its frame (``rnnkit.engine.frame.cell_frame``) on import: the cells do not import the engine.
+# returns ``(output, next_state)`` for arguments it has checked as ``forward`` would (the state's structure, shapes,
+# dtypes and devices), or ``None`` (anything else: its predicate says no, or an argument is off, which ``forward``'s
+# own checks then report), and the step is ``call``'s. The engine registers its frame
+# (``rnnkit.engine.frame.cell_frame``) on import: the cells do not import the engine.
 _FRAME_RUNNER: list[Callable[[Any, torch.Tensor, Any], Any]] = []
 
 
@@ -55,9 +57,19 @@ def register_frame_runner(runner: Callable[[Any, torch.Tensor, Any], Any]) -> No
 
 
 def edit_counts(module: nn.Module) -> tuple[int, ...]:
-    """How many attribute sets each cell among ``module``'s modules has seen (0 for a module that is not a cell): a
-    cache of what follows from a cell's configuration compares these instead of reading every attribute again."""
-    return tuple(m.__dict__.get("_edits", 0) for m in module.modules())
+    """How many attribute sets each cell among ``module``'s modules has seen (0 for a module that is not a cell), then
+    the identities of their parameters: a cache of what follows from a cell's configuration compares these instead
+    of reading every attribute again. (One walk of the module tree, cheaper than ``modules()`` and ``parameters()``:
+    this runs at every frame of a streamed cell.)"""
+    counts: list[int] = []
+    ids: list[int] = []
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        counts.append(m.__dict__.get("_edits", 0))
+        ids.extend(map(id, m._parameters.values()))
+        todo.extend(m._modules.values())
+    return (*counts, -1, *ids)
 
 
 def get_activation(activation: Any, default: Callable = torch.tanh) -> Callable:
@@ -257,13 +269,13 @@ class RNNCell(TFCellProtocol):
         """Check ``inputs`` and ``state``, build if needed, and run one step: ``call``, or in inference the engine's
         frame of the same math (``rnnkit.engine.frame``: one kernel call for a lowered cell or stack)."""
         self._check_inputs(inputs)
-        state = check_state(state, self.state_size, inputs.shape[0], self._name)
-        self._build_for(inputs)
-        check_placement(self._name, self, [("inputs", inputs), *named_leaves(state, "state")])
-        if _FRAME_RUNNER:
+        if _FRAME_RUNNER and self.built:  # the runner takes only arguments it has checked itself, else None
             framed = _FRAME_RUNNER[0](self, inputs, state)
             if framed is not None:
                 return framed
+        state = check_state(state, self.state_size, inputs.shape[0], self._name)
+        self._build_for(inputs)
+        check_placement(self._name, self, [("inputs", inputs), *named_leaves(state, "state")])
         return self.call(inputs, state)
 
     def __getattr__(self, name: str) -> Any:

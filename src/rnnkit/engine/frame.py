@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._structure import flatten
+from .._structure import flatten, same_nesting
 from ..cells import edit_counts, register_frame_runner
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec
 from ._select import current, fused_kernels
@@ -177,7 +177,7 @@ def streams(plan: FramePlan | None, x: Tensor, states: Sequence[Tensor] = ()) ->
     if plan is None or x.device.type != "cpu" or x.dtype not in _FRAME_DTYPES or current()[0] not in ("auto", "fused"):
         return False
     params = plan.params
-    if params and (params[0].dtype != x.dtype or params[0].device.type != "cpu"):
+    if any(p.dtype != x.dtype or p.device.type != "cpu" for p in params):
         return False
     return not torch.is_grad_enabled() or not (
         x.requires_grad or any(p.requires_grad for p in params) or any(s.requires_grad for s in states)
@@ -190,14 +190,9 @@ def streams(plan: FramePlan | None, x: Tensor, states: Sequence[Tensor] = ()) ->
 _CELL_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(cell: Any) -> tuple:
-    """What a cell's lowering reads besides tensor values: its cells' options and mode (by their count of attribute
-    sets, ``edit_counts``) and its parameter objects."""
-    return edit_counts(cell), tuple(map(id, cell.parameters()))
-
-
-def _cell_entry(cell: Any) -> tuple[Spec | None, FramePlan | None]:
-    key = _fingerprint(cell)
+def _cell_entry(cell: Any) -> tuple[Spec | None, FramePlan | None, Any, list[int]]:
+    """``(spec, plan, state_size, the state leaves' sizes)`` of ``cell``'s present configuration."""
+    key = edit_counts(cell)  # what a cell's lowering reads besides tensor values: its options, mode, parameters
     hit = _CELL_PLANS.get(cell)
     if hit is None or hit[0] != key:
         spec = lowering_for(cell)
@@ -206,25 +201,32 @@ def _cell_entry(cell: Any) -> tuple[Spec | None, FramePlan | None]:
             plan = frame_plan(spec.layers)
         else:
             plan = frame_plan([spec]) if spec is not None else None
-        hit = _CELL_PLANS[cell] = (key, spec, plan)
-    return hit[1], hit[2]
+        state_size = cell.state_size
+        hit = _CELL_PLANS[cell] = (key, spec, plan, state_size, flatten(state_size))
+    return hit[1:]
 
 
 def cell_frame(cell: Any, inputs: Tensor, state: Any) -> tuple[Tensor, Any] | None:
-    """A checked call ``cell(inputs, state)`` of a built cell as a frame (``inputs (B, D)``), or ``None`` where the
-    frame's predicate says no (the step is then ``cell.call``'s). Registered as the cells' frame runner."""
-    if not cell.built:
+    """A call ``cell(inputs, state)`` of a built cell as a frame (``inputs (B, D)``, checked by ``_check_inputs``),
+    or ``None`` where the frame's predicate says no or an argument is not as ``forward`` requires (its own checks then
+    run, and say what is wrong). Registered as the cells' frame runner."""
+    spec, plan, state_size, sizes = _cell_entry(cell)
+    if plan is None:
         return None
-    spec, plan = _cell_entry(cell)
-    leaves_of_state = flatten(state)
-    if plan is None or not streams(plan, inputs, leaves_of_state):
+    leaves = flatten(state)
+    if len(leaves) != len(sizes) or not same_nesting(state, state_size):
+        return None
+    shape, dtype, device = inputs.shape[0], inputs.dtype, inputs.device
+    for leaf, size in zip(leaves, sizes, strict=True):
+        if leaf.shape != (shape, size) or leaf.dtype != dtype or leaf.device != device:
+            return None
+    if not streams(plan, inputs, leaves):
         return None
     if isinstance(spec, StackSpec):
-        per_layer = spec.split_state(state)
-        flat = [t for leaf, s in zip(plan.leaves, per_layer, strict=True) for t in leaf.to_internal(s)]
+        flat = [t for leaf, s in zip(plan.leaves, spec.split_state(state), strict=True) for t in leaf.to_internal(s)]
     else:
         flat = list(plan.leaves[0].to_internal(state))
-    y, finals = plan(inputs.contiguous(), flat)
+    y, finals = plan(inputs.contiguous(), [t.contiguous() for t in flat])
     states, at = [], 0
     for leaf, count in zip(plan.leaves, plan.state_counts, strict=True):
         states.append(leaf.from_internal(*finals[at : at + count]))
