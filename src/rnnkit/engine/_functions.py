@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _autodiff
+from .precision import LOW_PRECISION, all_widened, narrowed
 
 __all__ = ["lstm_layer", "lnlstm_layer", "gru_layer", "rnn_layer", "needs_grad"]
 
@@ -140,6 +141,10 @@ def _torch_ops_forward(family: _Family, cfg: tuple, batch_sizes: Tensor, inputs:
 
 
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
+    dtype = inputs[0].dtype
+    if dtype in LOW_PRECISION:  # bf16/fp16: float32 compute inside, the caller's dtype outside (``precision``)
+        out = _layer(kern, family, cfg, batch_sizes, *all_widened(inputs))
+        return tuple(narrowed(t, dtype) for t in out)
     if _transformed():  # under torch.func transforms: the same forward in torch ops
         return _torch_ops_forward(family, cfg, batch_sizes, inputs)
     if needs_grad(*inputs[: len(inputs) - family.masks]):
