@@ -14,8 +14,9 @@ parameters are ``torch.bfloat16`` or ``torch.float16`` runs on them so:
 * at the layer's exit, the outputs and the final state are rounded once to the input dtype.
 
 So a bf16 layer differs from its float32 twin (weights and inputs the same bf16 values) only by one rounding of
-each output and final state (a relative 2^-9 for bf16, 2^-12 for fp16), and from a float32 model by the rounding
-of its weights and inputs to bf16; a stack rounds once per layer (each layer's outputs are the next one's inputs).
+each output and final state (at most a relative 2^-8 for bf16, 2^-11 for fp16: half a unit in the last place of
+8 and 11 significant bits), and from a float32 model by the rounding of its weights and inputs to bf16; a stack
+rounds once per layer (each layer's outputs are the next one's inputs).
 
 Example::
 
