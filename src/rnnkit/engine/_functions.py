@@ -13,7 +13,8 @@ None; absent, it is not passed, and they run as before it existed); the GRU's ta
 is one forward call over the packed sequence (saving the activations once per step) and one backward call
 (backpropagation through time, weight gradients as single matmuls over all steps). ``kern`` is the compiled op
 namespace or the pure-PyTorch twin module: both expose the same functions. When no input needs a gradient the
-forward kernel runs directly, saving nothing.
+forward kernel runs directly, saving nothing. A layer in bfloat16 or float16 runs them on its inputs widened to float32
+and returns its outputs in its own dtype (``rnnkit.engine.precision``).
 
 Higher-order gradients: autograd runs a backward in grad mode exactly when it was asked for a differentiable
 gradient (``create_graph=True``). Then, and only then, the layer's gradient is taken through its forward
