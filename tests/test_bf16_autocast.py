@@ -142,3 +142,17 @@ def test_runners_with_lengths_take_the_native_loops_dtypes():
         out_rnn, h = rnnkit.dynamic_rnn(rnnkit.BasicRNNCell(5), torch.randn(2, 6, 3), sequence_length=[6, 3])
     assert out.dtype == F32 and state.c.dtype == state.h.dtype == F32
     assert out_rnn.dtype == h.dtype == BF16
+
+
+def test_float16_autocast_never_takes_onednn():
+    """torch.nn.LSTM fails under float16 autocast on CPUs whose oneDNN has no fp16 LSTM; rnnkit runs float32 math and
+    returns torch's table in float16, within 2 * 2^-11 (one fp16 rounding) of the float32 layer."""
+    rk = rnnkit.LSTM(4, 6, num_layers=2)
+    x = torch.randn(5, 8, 4)  # (a batch above FUSED_MAX_BATCH, in inference: the oneDNN route in float32)
+    with torch.no_grad():
+        out_ref, (h_ref, c_ref) = rk(x)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out, (h, c) = rk(x)
+    for got, want in ((out, out_ref), (h, h_ref), (c, c_ref)):
+        assert got.dtype == torch.float16
+        _close(got, want, 2 * 2.0**-11, "fp16")

@@ -128,9 +128,11 @@ def run_stack(node: LayerStack, x: Tensor, states: Any, lengths: Tensor | None) 
     states in the same form)``. Arguments already checked (the layers' and runners' ``check_placement``)."""
     lengths = full_to_none(lengths, x.shape[0], x.device.type)
     path = route(node, x, lengths)
-    if path == "torch":  # (under autocast too: torch's kernel autocasts itself, as in torch.nn)
-        return torch_stack_call(node, x, states, lengths)
     low = autocast_dtype(x)
+    # torch's kernel autocasts itself, as in torch.nn; but oneDNN has no float16 LSTM on many CPUs (torch.nn fails
+    # under float16 autocast there), so float16 autocast takes the branch below: float32 math, float16 results
+    if path == "torch" and low is not torch.float16:
+        return torch_stack_call(node, x, states, lengths)
     if low is not None:  # float32 math, torch.nn's dtypes (``engine.autocast``)
         with torch.autocast("cpu", enabled=False):
             y, finals = run_stack(node, x, states, lengths)
