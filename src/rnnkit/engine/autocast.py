@@ -25,7 +25,8 @@ its inner cell's, a ``ResidualWrapper`` float32 outputs (the float32 input is ad
 lower, and a compiled user cell, return float32.
 
 Where the route is torch's own kernel (the oneDNN LSTM of a stack, in inference above ``route.FUSED_MAX_BATCH``
-rows), autocast runs it exactly as torch.nn (same results bit for bit). Everywhere else the engine runs with
+rows), bf16 autocast runs it exactly as torch.nn (same results bit for bit; under float16 autocast it runs in
+float32 instead: oneDNN has no float16 LSTM on many CPUs, where torch.nn fails). Everywhere else the engine runs with
 autocast off, in float32 on the float32 operands (the fused kernels are not autocast ops: nothing is rounded to
 bf16 inside, so values are at least as accurate as torch's, which multiplies bf16-rounded operands), and rounds
 the results the table gives in the autocast dtype once, at the end. Gradients reach the float32 parameters in
