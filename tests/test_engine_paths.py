@@ -151,7 +151,9 @@ def test_auto_routes():
     with engine.use("reference"):
         assert engine.explain(lstm, x) == ["reference"]
     assert engine.explain(lstm.double(), x.double()) == ["torch"]
-    assert engine.explain(lstm.half(), x.half()) == ["reference"]  # no fused half kernels on CPU
+    # float16: fused with float32 compute (torch's CPU half LSTM is its slow native loop); bf16: oneDNN's
+    assert engine.explain(lstm.half(), x.half()) == ["fused"]
+    assert engine.explain(lstm.bfloat16(), x.bfloat16()) == ["torch"]
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -13,7 +13,8 @@ None; absent, it is not passed, and they run as before it existed); the GRU's ta
 is one forward call over the packed sequence (saving the activations once per step) and one backward call
 (backpropagation through time, weight gradients as single matmuls over all steps). ``kern`` is the compiled op
 namespace or the pure-PyTorch twin module: both expose the same functions. When no input needs a gradient the
-forward kernel runs directly, saving nothing.
+forward kernel runs directly, saving nothing. A layer in bfloat16 or float16 runs them on its inputs widened to float32
+and returns its outputs in its own dtype (``rnnkit.engine.precision``).
 
 Higher-order gradients: autograd runs a backward in grad mode exactly when it was asked for a differentiable
 gradient (``create_graph=True``). Then, and only then, the layer's gradient is taken through its forward
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import _autodiff
+from .precision import LOW_PRECISION, all_widened, narrowed
 
 __all__ = ["lstm_layer", "lnlstm_layer", "gru_layer", "rnn_layer", "needs_grad"]
 
@@ -140,6 +142,10 @@ def _torch_ops_forward(family: _Family, cfg: tuple, batch_sizes: Tensor, inputs:
 
 
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
+    dtype = inputs[0].dtype
+    if dtype in LOW_PRECISION:  # bf16/fp16: float32 compute inside, the caller's dtype outside (``precision``)
+        out = _layer(kern, family, cfg, batch_sizes, *all_widened(inputs))
+        return tuple(narrowed(t, dtype) for t in out)
     if _transformed():  # under torch.func transforms: the same forward in torch ops
         return _torch_ops_forward(family, cfg, batch_sizes, inputs)
     if needs_grad(*inputs[: len(inputs) - family.masks]):

@@ -9,12 +9,13 @@ direction routed as a cell). The predicates, by backend (``rnnkit.engine.use``):
 
 * ``reference``, or a device without torch's RNN kernels (meta tensors, other accelerators): the reference loop.
 * ``torch``: torch's kernel wherever the math is identical (no state masks), else the reference loop.
-* ``fused``: rnnkit's kernels wherever they run (float32/float64; CPU, or a device with registered kernels).
+* ``fused``: rnnkit's kernels wherever they run (float32/float64, and bfloat16/float16 with float32 compute inside
+  each layer, ``rnnkit.engine.precision``; CPU, or a device with registered kernels).
 * ``auto``: torch's kernel when it is the fast choice (CUDA; on CPU the LSTM without projection and without
-  lengths, in inference at a batch above ``FUSED_MAX_BATCH``), the fused kernels otherwise, the reference loop
-  for what neither runs. A stack takes torch's whole-stack call under the same rule, never with a sequence of
-  length 0 (torch cannot pack it); ``"fused"`` when it is one direction of full sequences on CPU whose every
-  cell lowers (and no dropout between layers in training).
+  lengths at a batch above ``FUSED_MAX_BATCH``, in float32/float64 in inference, in bfloat16 in training too), the
+  fused kernels otherwise, the reference loop for what neither runs. A stack takes torch's whole-stack call under
+  the same rule, never with a sequence of length 0 (torch cannot pack it); ``"fused"`` when it is one direction of
+  full sequences on CPU whose every cell lowers (and no dropout between layers in training).
 
 Parameters, states and inputs share one dtype and device by the time a node runs (``check_placement`` ran at
 the entry). A stack's decision is cached on the node per configuration, so a small batch pays one lookup.
@@ -41,11 +42,13 @@ from ._select import current, fused_kernels
 from .compiler.spec import ProgramSpec, native_runs, why_not
 from .lowering import lowering_for
 from .plan import full_to_none
+from .precision import LOW_PRECISION
 from .stack import LayerStack
 
 __all__ = ["route", "choose_path", "explain", "torch_whole_stack", "trains", "FUSED_MAX_BATCH"]
 
-FUSED_DTYPES = (torch.float32, torch.float64)
+#: what the fused kernels run: float32/float64 natively, bf16/fp16 with float32 compute (``engine.precision``)
+FUSED_DTYPES = (torch.float32, torch.float64, *LOW_PRECISION)
 DEVICES = ("cpu", "cuda")  # where torch's fused RNN kernels exist
 
 # Measured on 2 cores (python -m benchmarks.run and wider sweeps): in training rnnkit's fused LSTM is at par with
@@ -55,6 +58,19 @@ DEVICES = ("cpu", "cuda")  # where torch's fused RNN kernels exist
 # torch.nn's results bit for bit. TF's kernel layout reaches oneDNN only re-laid out (a copy of the weights); the
 # fused kernel reads it as it is.
 FUSED_MAX_BATCH = 4
+#: dtypes whose CPU LSTM in torch (oneDNN) can be the faster choice under ``auto``. float16 is not: torch runs it on
+#: its native loop, 2-3x slower than the fused kernels' float32 compute (21 ms against 9.7 at (100, 8, 128, 256)).
+TORCH_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+# bfloat16 on oneDNN (bf16 multiplies on AMX/AVX512-BF16, float32 accumulation), against the fused kernels' float32
+# compute (``engine.precision``), LSTM (T, B, I, H), ms torch / fused, medians of 5 (timeit, Xeon with AMX, 2 shared
+# cores, noisy):
+#   inference  (100, 1, 64, 128) 0.57 / 0.70   (100, 4, 128, 256) 1.55 / 3.19   (100, 8, 128, 256) 1.99 / 5.69
+#              (100, 32, 128, 256) 4.6 / 17.6   (50, 64, 512, 512) 14.4 / 72.3
+#   fwd+bwd    (100, 1, 64, 128) 3.85 / 2.04   (100, 4, 128, 256) 12.7 / 9.8   (100, 8, 128, 256) 12.2 / 15.3
+#              (100, 32, 128, 256) 28 / 49     (50, 64, 512, 512) 483 / 1060
+# so in bf16 torch's kernel takes the LSTM above FUSED_MAX_BATCH rows in training too (oneDNN's fixed cost per call
+# still loses at 1-4 rows in training, and at T=1; see the issue's streaming numbers).
+TORCH_TRAINS_DTYPES = (torch.bfloat16,)
 
 
 def trains(*modules: torch.nn.Module) -> bool:
@@ -117,11 +133,11 @@ def _prefers_torch(leaf: Spec, x: Tensor, has_lengths: bool, masked: bool) -> bo
     # torch's native per-step loop, which the fused kernels beat (oneDNN has no projection: torch warns and
     # falls back to its native loop). With lengths the fused kernels, which skip finished sequences, beat
     # oneDNN run segment by segment (measured at every benchmark shape; ``use("torch")`` still runs that).
-    if leaf.torch_mode != "LSTM" or has_lengths or x.dtype not in FUSED_DTYPES:
+    if leaf.torch_mode != "LSTM" or has_lengths or x.dtype not in TORCH_CPU_DTYPES:
         return False
     if getattr(leaf, "has_proj", False):
         return False
-    return not (x.shape[1] <= FUSED_MAX_BATCH or trains(leaf.cell))
+    return not (x.shape[1] <= FUSED_MAX_BATCH or (x.dtype not in TORCH_TRAINS_DTYPES and trains(leaf.cell)))
 
 
 def _stack_path(node: LayerStack, x: Tensor, lengths: Tensor | None) -> str:
@@ -149,7 +165,7 @@ def _stack_decision(node: LayerStack, backend: str, x: Tensor, has_lengths: bool
         # CPU under auto: oneDNN runs the LSTM without projection on whole sequences, in inference above a batch of
         # FUSED_MAX_BATCH rows; the rest is faster fused.
         lstm = node.torch_mode == "LSTM" and not node.has_proj
-        torch_ok = lstm and not has_lengths and x.dtype in FUSED_DTYPES and x.shape[1] > FUSED_MAX_BATCH
+        torch_ok = lstm and not has_lengths and x.dtype in TORCH_CPU_DTYPES and x.shape[1] > FUSED_MAX_BATCH
     fused = (
         not has_lengths
         and node.directions == 1
@@ -160,7 +176,8 @@ def _stack_decision(node: LayerStack, backend: str, x: Tensor, has_lengths: bool
         and node.lowered
         and not empty
     )
-    return torch_ok, torch_ok and has_lengths, torch_ok and cpu_auto, "fused" if fused else "cells"
+    untrained = torch_ok and cpu_auto and x.dtype not in TORCH_TRAINS_DTYPES
+    return torch_ok, torch_ok and has_lengths, untrained, "fused" if fused else "cells"
 
 
 # ---- public views ------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch import Tensor
 from .._structure import check_placement, map_structure, named_leaves
 from ..cells import RNNCell
 from ._select import fused_kernels
+from .autocast import autocast_dtype, cast_stack, cast_state, output_dtype
 from .lowering import DropoutSpec, ResidualSpec, Spec, StackSpec, combine_masks, lowering_for
 from .plan import Plan, full_batch_sizes, full_to_none, plan_for, reverse_sequence
 from .route import DEVICES, route
@@ -111,6 +112,12 @@ def run_cell(
 ) -> tuple[Tensor, Any]:
     """``unroll`` for arguments already checked (``check_placement``, the runners' lengths check)."""
     lengths = full_to_none(lengths, x.shape[0], x.device.type)
+    low = autocast_dtype(x)
+    if low is not None:  # torch.autocast: float32 math, torch.nn's dtypes (``engine.autocast``)
+        with torch.autocast("cpu", enabled=False):
+            y, final = run_cell(cell, x, state, lengths, reverse)
+        spec = lowering_for(cell, x.shape[1])
+        return y.to(output_dtype(spec, low, lengths is not None)), cast_state(spec, final, low, lengths is not None)
     cell.begin_sequence(x.shape[1])  # first: a compiled step reads what it draws (per-sequence masks)
     return _unroll(cell, lowering_for(cell, x.shape[1]), x, state, lengths, reverse)
 
@@ -121,8 +128,19 @@ def run_stack(node: LayerStack, x: Tensor, states: Any, lengths: Tensor | None) 
     states in the same form)``. Arguments already checked (the layers' and runners' ``check_placement``)."""
     lengths = full_to_none(lengths, x.shape[0], x.device.type)
     path = route(node, x, lengths)
-    if path == "torch":
+    low = autocast_dtype(x)
+    # torch's kernel autocasts itself, as in torch.nn; but oneDNN has no float16 LSTM on many CPUs (torch.nn fails
+    # under float16 autocast there), so float16 autocast takes the branch below: float32 math, float16 results
+    if path == "torch" and low is not torch.float16:
         return torch_stack_call(node, x, states, lengths)
+    if low is not None:  # float32 math, torch.nn's dtypes (``engine.autocast``)
+        with torch.autocast("cpu", enabled=False):
+            y, finals = run_stack(node, x, states, lengths)
+        if node.stacked is not None:
+            return cast_stack(node.specs[0][0], y, finals, low, lengths is not None)
+        finals = [tuple(cast_state(spec, f, low, lengths is not None) for spec, f in zip(specs, ends, strict=True))
+                  for specs, ends in zip(node.specs, finals, strict=True)]  # fmt: skip
+        return y.to(output_dtype(node.specs[-1][0], low, lengths is not None)), finals
     if path == "fused":  # full sequences, one direction: each layer one kernel call on the (T * B, I) rows
         steps, batch = x.shape[0], x.shape[1]
         lean = _Lean(fused_kernels("cpu"), full_batch_sizes(steps, batch), batch, x)

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Any
 
@@ -36,10 +37,12 @@ from torch import Tensor
 
 from ..._structure import flatten, pack_as
 from .._leaf_specs import Spec
+from ..precision import COMPUTE_DTYPE, LOW_PRECISION, all_widened, narrowed, widened
 from . import build, interpret
 from .capture import capture
 from .draws import packed
 from .program import StepProgram, Unsupported
+from .trace import _entries as trace_entries
 from .trace import tensors_of
 
 __all__ = ["ProgramSpec", "compiled_spec", "why_not", "program_for", "native_runs"]
@@ -76,7 +79,10 @@ def _entry(cell: Any, batch: int | None) -> tuple[StepProgram | Unsupported, Any
     known = _PROGRAMS.setdefault(cell, {})
     if key not in known:
         dtype, device, depth = key[0], key[1], key[2]
-        program = capture(cell, depth, dtype, torch.device(device), batch)
+        if dtype in LOW_PRECISION:  # computed in float32 (``engine.precision``): the step of a float32 copy
+            program = capture(_float32_copy(cell), depth, COMPUTE_DTYPE, torch.device(device), batch)
+        else:
+            program = capture(cell, depth, dtype, torch.device(device), batch)
         # (what is kept must not hold the cell: it is the key of a weak dictionary)
         known[key] = program, (_reader(cell, program.tensor_names) if isinstance(program, StepProgram) else None)
     return known[key]
@@ -129,12 +135,28 @@ class ProgramSpec(Spec):
     ) -> tuple[Tensor, tuple]:
         program = self.program
         seqs, sort = recurrent
+        dtype = x.dtype
+        tensors = self._read(self.cell)
+        if dtype in LOW_PRECISION:  # float32 inside, the caller's dtype outside (``engine.precision``)
+            x, internal, tensors, seqs = widened(x), all_widened(internal), all_widened(tensors), all_widened(seqs)
         if program.draws:  # the reference loop's draws, step by step, as columns after the inputs
             x = torch.cat([x, packed(list(program.draws), bs, internal[0].shape[0], sort, x)], 1)
-        step_inputs, weights, row_params = program.prepare(self._read(self.cell), x)
+        step_inputs, weights, row_params = program.prepare(tensors, x)
         run = _native_runner() if native_runs(kern) else interpret.run_program
         y, finals = run(program, step_inputs, bs, list(internal), weights, row_params, seqs)
-        return y, tuple(finals)
+        return narrowed(y, dtype), tuple(narrowed(f, dtype) for f in finals)
+
+
+def _float32_copy(cell: Any) -> Any:
+    """A copy of ``cell`` whose bf16/fp16 tensors (parameters, buffers, plain tensor attributes such as a mask drawn
+    per sequence) are float32: what a low-precision cell's step is captured from (the program reads the tensors by
+    name, so it runs on the cell's own tensors, widened, afterwards)."""
+    twin = copy.deepcopy(cell)
+    twin._apply(widened)
+    for _, t, holder, key in trace_entries(twin):
+        if holder is not None and t.dtype in LOW_PRECISION:
+            holder[key] = t.float()
+    return twin
 
 
 def _is_nested(size: Any) -> bool:

@@ -1,0 +1,112 @@
+"""The engine under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (or float16): torch.nn's dtypes, float32 math.
+
+What torch 2.13 does (measured): autocast casts ops, not modules. On CPU its lower-precision list has the matmuls and
+``mkldnn_rnn_layer`` (oneDNN's LSTM), so ``torch.nn`` on float32 inputs and weights returns
+
+================================================  ==========================  ===================
+torch.nn layer under CPU autocast                  outputs and ``h_n``          ``c_n``
+================================================  ==========================  ===================
+LSTM, padded input, no projection (oneDNN)         autocast dtype              autocast dtype
+LSTM with ``proj_size`` (its native loop)          autocast dtype              float32
+LSTM on a PackedSequence (its native loop)         float32                     float32
+GRU, either input                                  float32                     --
+RNN (tanh or relu), either input                   autocast dtype              --
+================================================  ==========================  ===================
+
+(the native loops' dtypes are autocast's op rules on the step: a matmul's result is bf16, ``c' = f * c + i * g``
+promotes to the float32 ``c``, GRU's ``h' = (1 - z) * n + z * h`` to the float32 ``h``, RNN's ``h' = tanh(...)`` of a
+matmul stays bf16). rnnkit's engine follows that table, leaf family by leaf family, for its layers and for the TF
+runners alike (``rnnkit.dynamic_rnn`` & co., ``engine.unroll``): an LSTM leaf whose math is torch's returns the
+autocast dtype on full sequences (no lengths) without projection; an LSTM with lengths, or with peepholes or clips
+(torch's native-loop math) returns float32, with a projection outputs and ``h`` in the autocast dtype; a layer-norm
+LSTM float32 (layer norm is one of autocast's float32 ops); GRUs float32; RNNs the autocast dtype. A
+``MultiRNNCell`` gives each layer's state its family's dtype and the top layer's output dtype, a ``DropoutWrapper``
+its inner cell's, a ``ResidualWrapper`` float32 outputs (the float32 input is added). A cell the engine does not
+lower, and a compiled user cell, return float32.
+
+Where the route is torch's own kernel (the oneDNN LSTM of a stack, in inference above ``route.FUSED_MAX_BATCH``
+rows), bf16 autocast runs it exactly as torch.nn (same results bit for bit; under float16 autocast it runs in
+float32 instead: oneDNN has no float16 LSTM on many CPUs, where torch.nn fails). Everywhere else the engine runs with
+autocast off, in float32 on the float32 operands (the fused kernels are not autocast ops: nothing is rounded to
+bf16 inside, so values are at least as accurate as torch's, which multiplies bf16-rounded operands), and rounds
+the results the table gives in the autocast dtype once, at the end. Gradients reach the float32 parameters in
+float32.
+
+Example::
+
+    >>> import torch, rnnkit
+    >>> layer = rnnkit.GRU(4, 8)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     out, h = layer(torch.randn(5, 2, 4))
+    ...     out_rnn, h_rnn = rnnkit.RNN(4, 8)(torch.randn(5, 2, 4))
+    >>> out.dtype, out_rnn.dtype, h_rnn.dtype
+    (torch.float32, torch.bfloat16, torch.bfloat16)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec
+from .lowering import DropoutSpec, ResidualSpec, StackSpec
+
+__all__ = ["autocast_dtype", "leaf_dtypes", "output_dtype", "cast_state", "cast_stack"]
+
+F32 = torch.float32
+
+
+def autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The lower dtype of an active CPU autocast that applies to ``x`` (float32 on the CPU), else ``None``."""
+    if x.dtype != F32 or x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    return torch.get_autocast_dtype("cpu")
+
+
+def leaf_dtypes(leaf: Spec, low: torch.dtype, has_lengths: bool) -> tuple[torch.dtype, tuple[torch.dtype, ...]]:
+    """``(output dtype, dtypes of the kernels' state (h[, c]))`` of a leaf under autocast to ``low`` (the table)."""
+    if isinstance(leaf, LSTMSpec):
+        if leaf.torch_mode == "LSTM" and not leaf.has_proj and not has_lengths:
+            return low, (low, low)  # torch's oneDNN LSTM: one autocast op
+        h = low if leaf.has_proj else F32
+        return h, (h, F32)
+    if isinstance(leaf, RNNSpec):
+        return low, (low,)
+    if isinstance(leaf, (GRUSpec, LNLSTMSpec)):
+        return F32, (F32,) * (2 if isinstance(leaf, LNLSTMSpec) else 1)
+    return F32, ()  # (a compiled cell: float32 throughout)
+
+
+def output_dtype(spec: Spec | None, low: torch.dtype, has_lengths: bool) -> torch.dtype:
+    """The dtype of the outputs of a (possibly composite) lowered cell under autocast to ``low``."""
+    if isinstance(spec, StackSpec):
+        return output_dtype(spec.layers[-1], low, has_lengths)
+    if isinstance(spec, DropoutSpec):
+        return output_dtype(spec.inner, low, has_lengths)
+    if spec is None or isinstance(spec, ResidualSpec):
+        return F32
+    return leaf_dtypes(spec, low, has_lengths)[0]
+
+
+def cast_state(spec: Spec | None, state: Any, low: torch.dtype, has_lengths: bool) -> Any:
+    """A (float32) final state of ``spec``'s cell with each leaf's parts in its dtype under autocast to ``low``."""
+    if spec is None:
+        return state
+    if isinstance(spec, StackSpec):
+        parts = spec.split_state(state)
+        return spec.join_state([cast_state(s, p, low, has_lengths) for s, p in zip(spec.layers, parts, strict=True)])
+    if isinstance(spec, (DropoutSpec, ResidualSpec)):
+        return cast_state(spec.inner, state, low, has_lengths)
+    dtypes = leaf_dtypes(spec, low, has_lengths)[1]
+    if not dtypes:
+        return state
+    internal = spec.to_internal(state)
+    return spec.from_internal(*(t.to(d) for t, d in zip(internal, dtypes, strict=True)))
+
+
+def cast_stack(leaf: Spec, y: Tensor, parts: Any, low: torch.dtype, has_lengths: bool) -> tuple[Tensor, Any]:
+    """A layer stack's float32 ``(outputs, stacked state parts (h[, c]))`` in the dtypes of its leaves' family."""
+    out, dtypes = leaf_dtypes(leaf, low, has_lengths)
+    return y.to(out), tuple(p.to(d) for p, d in zip(parts, dtypes, strict=True))
