@@ -41,10 +41,10 @@ from torch import Tensor
 
 from .._structure import flatten, same_nesting
 from ..cells import edit_counts, register_frame_runner
+from . import twin
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec
 from ._select import current, fused_kernels
 from .lowering import StackSpec, lowering_for
-from . import twin
 from .twin import FRAME_LAYOUT
 
 __all__ = ["FramePlan", "frame_plan", "streams", "cell_frame", "FRAME_FAMILIES"]
@@ -78,8 +78,8 @@ class FramePlan:
 
     def arguments(self, packed: bool) -> tuple[list[Tensor], list[int], list[float]]:
         """``frame_forward``'s ``(weights, desc, scalars)``, made again only when a parameter changed since the last
-        frame, or the packing or the thread count did (every frame, and unpacked, when a parameter is an inference tensor,
-        made under ``torch.inference_mode``: those have no version)."""
+        frame, or the packing or the thread count did (every frame, and unpacked, when a parameter is an inference
+        tensor, made under ``torch.inference_mode``: those have no version)."""
         params = self.params
         storage = [p.data_ptr() for p in params]
         if storage != self._storage:  # (a parameter is an inference tensor or not for the life of its storage)
