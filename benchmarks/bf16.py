@@ -110,7 +110,7 @@ def frame_row(cfg: streaming.Config, reps: int, budget: float, tmp: str, threads
             streaming.step_frame(layer16, x16), streaming.stream_frame(layer16, x16, stack),
             streaming.step_frame(layer32, x), streaming.ort_layer_frame(layer32, x, tmp, threads),
         ]  # fmt: skip
-        step, stream, step32, ort = round_robin(fns, reps, budget)
+        step, stream, step32, ort = round_robin(fns, reps, budget, settle_s=streaming.SETTLE_S, warm=streaming.WARM)
     return {
         "config": cfg.label, "sizes": cfg.sizes, "batch": cfg.batch, "step": step * 1e6,
         "stream": None if stream is None else stream * 1e6, "step32": step32 * 1e6, "ort": ort * 1e6,

@@ -60,7 +60,8 @@ def matmul_peak(n: int = 1024, reps: int = 10) -> float:
 
 
 def round_robin(
-    fns: list[Callable[[], Any] | None], reps: int, budget_s: float, sample_s: float = 0.01
+    fns: list[Callable[[], Any] | None], reps: int, budget_s: float, sample_s: float = 0.01, settle_s: float = 0.0,
+    warm: int = 1,
 ) -> list[float | None]:
     """Median seconds per call of each function, timed in turns after two warm-up calls.
 
@@ -69,6 +70,11 @@ def round_robin(
     each timing starts from that function's own warm state (the cache-clearing Python loop no longer leaks
     into its neighbour's time) and a sub-millisecond call is not one reading of the clock: single timed
     calls of a 0.7 ms forward drifted +-10% between runs of the same build.
+
+    ``settle_s``: an idle pause before each function's turn, for functions whose thread pools spin after a call
+    (onnxruntime's, OpenMP's): without it the previous function's spinning threads take the cores from the next one's
+    first calls (frames of 100 µs measured 1.5-2x slower interleaved so than each in a loop of its own). ``warm``: the
+    untimed calls before each sample.
     """
     live = [f for f in fns if f is not None]
     for f in live:
@@ -92,7 +98,10 @@ def round_robin(
             f = fns[k]
             if f is None:
                 continue
-            f()  # untimed: leaves this function's own state in the caches
+            if settle_s:
+                time.sleep(settle_s)
+            for _ in range(warm):
+                f()  # untimed: leaves this function's own state in the caches
             t = time.perf_counter()
             for _ in range(calls[k]):
                 f()

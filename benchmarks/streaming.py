@@ -39,7 +39,10 @@ import rnnkit
 
 BASE = "8e7edda"  # the revision before issue 14's streaming engine: "today's step()"
 _FILES = itertools.count()  # names of exported models in a table's temporary folder
-ORT_SETTINGS: list[int | None] = [None, 1, 2]  # intra_op_num_threads tried (None: SessionOptions' defaults)
+ORT_SETTINGS: list[int | None] = [None, 1, 2]
+# Each side's turn starts after an idle pause and a few untimed frames: onnxruntime's and OpenMP's thread pools spin
+# after a call, and interleaved without a pause each side's spinning threads slowed the other's frames 1.5-2x.
+SETTLE_S, WARM = 0.02, 5  # intra_op_num_threads tried (None: SessionOptions' defaults)
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,7 @@ def choose_threads(reps: int, budget: float, tmp: str) -> tuple[int | None, dict
 
     layer, x = make_layer(TODAY), torch.randn(TODAY.batch, TODAY.input_size)
     fns: list[Callable[[], Any] | None] = [ort_layer_frame(layer, x, tmp, t) for t in ORT_SETTINGS]
-    times = dict(zip(ORT_SETTINGS, round_robin(fns, reps, budget), strict=True))
+    times = dict(zip(ORT_SETTINGS, round_robin(fns, reps, budget, settle_s=SETTLE_S, warm=WARM), strict=True))
     return fastest(times), times
 
 
@@ -222,7 +225,7 @@ def layer_row(cfg: Config, reps: int, budget: float, tmp: str, threads: int | No
             step_frame(layer, x), stream_frame(layer, x, stack), torch_frame(cfg, x), cell_loop_frame(cfg, x),
             ort_layer_frame(layer, x, tmp, threads),
         ]  # fmt: skip
-        times = round_robin(fns, reps, budget)
+        times = round_robin(fns, reps, budget, settle_s=SETTLE_S, warm=WARM)
     return _row(cfg.label, cfg, times, weight_bytes(layer))
 
 
@@ -247,7 +250,7 @@ def cells_row(reps: int, budget: float, tmp: str, threads: int | None) -> dict[s
     xo = x.numpy()[:, None]  # (batch, 1, I): the cell's export is batch-major, as dynamic_rnn's default
     with torch.inference_mode():
         fns = [tf_frame, None, torch_frame(cfg, x), cell_loop_frame(cfg, x), ort_frame(path, xo, zeros, threads)]
-        times = round_robin(fns, reps, budget)
+        times = round_robin(fns, reps, budget, settle_s=SETTLE_S, warm=WARM)
     label = f"TF MultiRNNCell of {cfg.num_layers} rnnkit.LSTMCell, cells(x_t, state)"
     return _row(label, cfg, times, weight_bytes(cells))
 
