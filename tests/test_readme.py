@@ -98,7 +98,7 @@ def _cheap(cmd: list[str]) -> bool:  # run as written
     return any(_is_rnnkit(cmd, sub) for sub in ("explain", "convert", "sample"))
 
 
-_BENCHMARKS = (["python", "-m", "benchmarks.run"], ["python", "-m", "benchmarks.compare"])
+_BENCHMARKS = tuple(["python", "-m", f"benchmarks.{m}"] for m in ("run", "compare", "sample_speed"))
 
 
 def _slow(cmd: list[str]) -> bool:  # parsed only
@@ -179,7 +179,7 @@ def test_slow_commands_parse(commands, capsys):
     assert len(outs) >= 3 and len(set(outs)) == len(outs), outs
 
 
-@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.compare"])
+@pytest.mark.parametrize("module", ["benchmarks.run", "benchmarks.compare", "benchmarks.sample_speed"])
 def test_benchmark_lines_parse(commands, module):
     bench = [c for c in commands if c[:3] == ["python", "-m", module]]
     assert bench
