@@ -155,17 +155,24 @@ def compare(
 
 
 def paired(
-    before: Side, after: Side, k: int, reps: int, sample_s: float, shuffle: Callable[[list[Any]], None]
+    before: Side, after: Side, k: int, reps: int, sample_s: float, shuffle: Callable[[list[Any]], None],
+    settle_s: float = 0.0,
 ) -> tuple[float, float, float]:
     """Row ``k`` timed on both sides in ``reps`` pairs (order within a pair shuffled): each side's median seconds
-    per call and the median of the paired ratios after / before."""
+    per call and the median of the paired ratios after / before. ``settle_s``: an idle pause before each side's
+    sample, for calls of a few hundred µs whose OpenMP threads spin after them (the other worker's spinning threads
+    would otherwise share the cores with the side being timed)."""
     one = max(before.time(k, 1), after.time(k, 1))
     calls = max(1, min(50, int(sample_s / max(one, 1e-6))))
     t_before, t_after, pairs = [], [], []
     for _ in range(reps):
         sides = [("before", before), ("after", after)]
         shuffle(sides)
-        got = {name: side.time(k, calls) for name, side in sides}
+        got = {}
+        for name, side in sides:
+            if settle_s:
+                time.sleep(settle_s)
+            got[name] = side.time(k, calls)
         t_before.append(got["before"])
         t_after.append(got["after"])
         pairs.append(got["after"] / got["before"])

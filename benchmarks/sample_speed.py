@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                   "after chars/s | speed-up |")  # fmt: skip
             print("|---|---:|---:|---:|")
             for k, name in enumerate(before.rows):
-                t_before, t_after, ratio = compare.paired(before, after, k, args.reps, 0.5, shuffle)
+                t_before, t_after, ratio = compare.paired(before, after, k, args.reps, 0.5, shuffle, 0.02)
                 print(f"| {name} | {LENGTH / t_before:,.0f} | {LENGTH / t_after:,.0f} | {1 / ratio:.1f}x |")
         finally:
             before.close()

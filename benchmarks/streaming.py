@@ -264,7 +264,7 @@ def today(reps: int, base: str = BASE) -> tuple[float, float, float]:
         before = compare.Side(tree / "src", [], "benchmarks.streaming")
         after = compare.Side(compare.ROOT / "src", [], "benchmarks.streaming")
         try:
-            t_before, t_after, ratio = compare.paired(before, after, 0, reps, 0.02, random.Random(0).shuffle)
+            t_before, t_after, ratio = compare.paired(before, after, 0, reps, 0.02, random.Random(0).shuffle, SETTLE_S)
         finally:
             before.close()
             after.close()

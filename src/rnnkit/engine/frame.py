@@ -44,7 +44,7 @@ from ..cells import edit_counts, register_frame_runner
 from . import twin
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec
 from ._select import current, fused_kernels
-from .lowering import StackSpec, lowering_for
+from .lowering import LOWERINGS, StackSpec, lowering_for
 from .twin import FRAME_LAYOUT
 
 __all__ = ["FramePlan", "frame_plan", "streams", "cell_frame", "FRAME_FAMILIES"]
@@ -210,6 +210,12 @@ def cell_frame(cell: Any, inputs: Tensor, state: Any) -> tuple[Tensor, Any] | No
     """A call ``cell(inputs, state)`` of a built cell as a frame (``inputs (B, D)``, checked by ``_check_inputs``),
     or ``None`` where the frame's predicate says no or an argument is not as ``forward`` requires (its own checks then
     run, and say what is wrong). Registered as the cells' frame runner."""
+    if inputs.device.type != "cpu" or inputs.dtype not in _FRAME_DTYPES or current()[0] not in ("auto", "fused"):
+        return None
+    if torch.is_grad_enabled() and (inputs.requires_grad or any(p.requires_grad for p in cell.parameters())):
+        return None  # (first, so that training never pays for a lowering)
+    if type(cell) not in LOWERINGS or any(type(c) not in LOWERINGS for c in getattr(cell, "cells", ())):
+        return None  # (only the table's cells frame: a user's cell would be captured for nothing)
     spec, plan, state_size, sizes = _cell_entry(cell)
     if plan is None:
         return None
