@@ -118,17 +118,12 @@ class _Counting:
         monkeypatch.setattr(frame_module.FramePlan, "__call__", counted)
 
 
-@pytest.mark.parametrize("name", list(_tf_cases()))
-def test_tf_cell_per_frame_equals_the_reference_step(name, monkeypatch):
-    torch.manual_seed(2)
-    cell = _tf_cases()[name]()
-    with torch.no_grad():
-        for p in cell.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    x = torch.randn(STEPS, BATCH, 4)
+def _frames_equal_the_reference_steps(cell, batch: int, monkeypatch) -> None:
+    """``cell(x_t, state)`` per frame (each one frame kernel call) equals the same calls of ``cell.call``."""
+    x = torch.randn(STEPS, batch, 4)
     counting = _Counting(monkeypatch)
     with torch.no_grad():
-        state = want_state = cell.zero_state(BATCH, torch.float32)
+        state = want_state = cell.zero_state(batch, torch.float32)
         for x_t in x:
             y, state = cell(x_t, state)
         with engine.use("reference"):
@@ -138,6 +133,16 @@ def test_tf_cell_per_frame_equals_the_reference_step(name, monkeypatch):
     _close(y, want)
     _close(state, want_state)
     assert type(state) is type(want_state)
+
+
+@pytest.mark.parametrize("name", list(_tf_cases()))
+def test_tf_cell_per_frame_equals_the_reference_step(name, monkeypatch):
+    torch.manual_seed(2)
+    cell = _tf_cases()[name]()
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    _frames_equal_the_reference_steps(cell, BATCH, monkeypatch)
 
 
 def test_tf_cell_in_training_with_autograd_runs_its_call(monkeypatch):
@@ -306,15 +311,4 @@ def test_packed_tf_cells_per_frame(name, monkeypatch):
              rnnkit.BasicRNNCell(8, input_size=24)]
         ),  # fmt: skip
     }[name]()
-    x = torch.randn(STEPS, 2, 4)
-    counting = _Counting(monkeypatch)
-    with torch.no_grad():
-        state = want_state = cell.zero_state(2, torch.float32)
-        for x_t in x:
-            y, state = cell(x_t, state)
-        with engine.use("reference"):
-            for x_t in x:
-                want, want_state = cell(x_t, want_state)
-    assert counting.calls == STEPS
-    _close(y, want)
-    _close(state, want_state)
+    _frames_equal_the_reference_steps(cell, 2, monkeypatch)
