@@ -22,7 +22,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -63,27 +62,9 @@ SPECS = [
 ]  # fmt: skip
 
 
-def _timed(fn: Callable[[], Any] | None, params: list[torch.Tensor], train: bool) -> Callable[[], None] | None:
-    from .run import _loss
-
-    if fn is None:
-        return None
-
-    def run() -> None:
-        if train:
-            for p in params:
-                p.grad = None
-            _loss(fn()).backward()
-        else:
-            with torch.no_grad():
-                fn()
-
-    return run
-
-
 def sequence_row(spec: Spec, shape: tuple[int, int, int, int], train: bool, reps: int, budget: float) -> dict:
     """One whole-sequence row: seconds of rnnkit, its baseline and (GRU) torch.nn.LSTM, all bf16."""
-    from .run import round_robin
+    from .run import round_robin, timed_call
 
     T, B, I, H = shape
     x = torch.randn(T, B, I, dtype=BF16)
@@ -91,7 +72,7 @@ def sequence_row(spec: Spec, shape: tuple[int, int, int, int], train: bool, reps
     lstm = nn.LSTM(I, H).to(BF16) if spec.gru else None
     params = [p for m in (ours, base, lstm) if m is not None for p in m.parameters()]
     fns = [lambda: ours(x), lambda: base(x), None if lstm is None else (lambda: lstm(x))]
-    r, t, lt = round_robin([_timed(f, params, train) for f in fns], reps, budget)
+    r, t, lt = round_robin([timed_call(f, params, train) for f in fns], reps, budget)
     return {
         "config": spec.config, "shape": ", ".join(map(str, shape)), "mode": "fwd+bwd" if train else "inference",
         "rnnkit": r * 1e3, "baseline": spec.baseline, "base_ms": t * 1e3, "ratio": r / t,
@@ -197,14 +178,7 @@ def targets(seq: list[dict], frames: list[dict]) -> str:
         if hits:
             values = "; ".join(f"{_tag(r, several)}{r['shape']} {r['mode']}: {r[key]:.2f}" for r in hits)
             out.append(f"| {label} | {text} | {values} | {sum(r[key] <= bound for r in hits)}/{len(hits)} |")
-    for key, what in (("step_ort", "step()"), ("stream_ort", "stream")):
-        hits = [r for r in frames if r[key] is not None]
-        if hits:
-            values = "; ".join(f"{r['config'].split(' (')[0]} {r['sizes']}: {r[key]:.2f}" for r in hits)
-            out.append(
-                f"| bf16 streaming, batch 1, {what} | <= 0.6x onnxruntime float32 per frame | {values} | "
-                f"{sum(r[key] <= 0.6 for r in hits)}/{len(hits)} |"
-            )
+    out += streaming.frame_target_lines(frames, "bf16 streaming, batch 1", "<= 0.6x onnxruntime float32 per frame", 0.6)
     return "\n".join(out) + ("\n" if out else "")
 
 

@@ -160,6 +160,24 @@ def _loss(out: Any) -> torch.Tensor:
     return sum(t.float().sum() for t in _flat(out))
 
 
+def timed_call(fn: Callable[[], Any] | None, params: list[torch.Tensor], train: bool) -> Callable[[], None] | None:
+    """What a table times of ``fn``: its call under ``torch.no_grad()``, or (``train``) its outputs' sum backward
+    from cleared gradients of ``params``; ``None`` stays ``None`` (a side that has no such call)."""
+    if fn is None:
+        return None
+
+    def run() -> None:
+        if train:
+            for p in params:
+                p.grad = None
+            _loss(fn()).backward()
+        else:
+            with torch.no_grad():
+                fn()
+
+    return run
+
+
 def _torch_loop(cell: nn.Module, x: torch.Tensor, lstm: bool) -> Any:
     h = torch.zeros(x.shape[1], cell.hidden_size)
     c = torch.zeros_like(h)
@@ -355,23 +373,8 @@ def _fmt(v: float | None, spec: str = ".2f") -> str:
 def measure(case: Case, shape: tuple[int, ...], train: bool, reps: int, budget: float, peak: float) -> dict[str, Any]:
     T = shape[0]
 
-    def step(fn: Callable[[], Any] | None) -> Callable[[], Any] | None:
-        if fn is None:
-            return None
-        if train:
-
-            def run() -> None:
-                for p in case.params:
-                    p.grad = None
-                _loss(fn()).backward()
-
-            return run
-
-        def infer() -> None:
-            with torch.no_grad():
-                fn()
-
-        return infer
+    def step(fn: Callable[[], Any] | None) -> Callable[[], None] | None:
+        return timed_call(fn, case.params, train)
 
     fns = [step(case.rnnkit), step(case.torch_nn), step(case.loop)]
     if "vs_lstm" in case.extra:

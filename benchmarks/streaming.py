@@ -357,19 +357,25 @@ def table(results: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def frame_target_lines(rows: list[dict[str, Any]], label: str, bound_text: str, bound: float) -> list[str]:
+    """The target rows of per-frame ratios to onnxruntime, ``step()``'s and ``stream``'s: each row's value and how
+    many meet ``bound`` (shared with ``benchmarks.bf16``'s frames)."""
+    out = []
+    for key, what in (("step_ort", "step()"), ("stream_ort", "stream")):
+        hits = [r for r in rows if r[key] is not None]
+        if hits:
+            values = "; ".join(f"{r['config'].split(' (')[0]} {r['sizes']}: {r[key]:.2f}" for r in hits)
+            out.append(
+                f"| {label}, {what} | {bound_text} | {values} | {sum(r[key] <= bound for r in hits)}/{len(hits)} |"
+            )
+    return out
+
+
 def targets(results: list[dict[str, Any]]) -> str:
     """Issue 14's streaming bounds against this run: the target rows ``benchmarks.run`` prints."""
     layers = [r for r in results if r["batch"] == 1 and not r["config"].startswith("TF ")]
     cells = [r for r in results if r["config"].startswith("TF ")]
-    out = []
-    for key, what in (("step_ort", "step()"), ("stream_ort", "stream")):
-        hits = [r for r in layers if r[key] is not None]
-        if hits:
-            values = "; ".join(f"{r['config'].split(' (')[0]} {r['sizes']}: {r[key]:.2f}" for r in hits)
-            out.append(
-                f"| streaming float32, batch 1, {what} | <= 1.0x onnxruntime per frame | {values} | "
-                f"{sum(r[key] <= 1.0 for r in hits)}/{len(hits)} |"
-            )
+    out = frame_target_lines(layers, "streaming float32, batch 1", "<= 1.0x onnxruntime per frame", 1.0)
     hits = [r for r in cells if r["step_ort"] is not None]
     if hits:
         values = "; ".join(f"{r['sizes']}: {r['step_ort']:.2f}" for r in hits)

@@ -25,7 +25,6 @@ from torch import nn
 import rnnkit
 from rnnkit import engine
 
-
 SHAPES = [(100, 1, 64, 128), (100, 32, 128, 256)]
 
 
@@ -115,7 +114,7 @@ def compile_seconds(name: str, shape: tuple[int, int, int, int]) -> float:
 
 
 def rows(reps: int = 11, budget: float = 6.0) -> list[dict[str, Any]]:
-    from .run import round_robin  # (run imports this module for its table)
+    from .run import round_robin, timed_call  # (run imports this module for its table)
 
     out = []
     for name, make in CELLS:
@@ -137,7 +136,7 @@ def rows(reps: int = 11, budget: float = 6.0) -> list[dict[str, Any]]:
             path = engine.explain(cell, x)
             for train in (False, True):
                 torch_lstm = lambda lstm=lstm, x=x: lstm(x)  # noqa: E731
-                fns = [_step(f, params, train) for f in (ours, torch_lstm, reference)]
+                fns = [timed_call(f, params, train) for f in (ours, torch_lstm, reference)]
                 r, t, loop = round_robin(fns, reps, budget)
                 out.append({
                     "cell": name, "shape": ", ".join(map(str, shape)), "mode": "fwd+bwd" if train else "inference",
@@ -145,24 +144,6 @@ def rows(reps: int = 11, budget: float = 6.0) -> list[dict[str, Any]]:
                     "loop": loop * 1e3, "loop_x": loop / r, "compile_s": compile_s,
                 })  # fmt: skip
     return out
-
-
-def _loss(out: Any) -> torch.Tensor:
-    flat = rnnkit._structure.flatten(out)
-    return sum(t.float().sum() for t in flat if isinstance(t, torch.Tensor))
-
-
-def _step(fn: Callable[[], Any], params: list[torch.Tensor], train: bool) -> Callable[[], None]:
-    def run() -> None:
-        if train:
-            for p in params:
-                p.grad = None
-            _loss(fn()).backward()
-        else:
-            with torch.no_grad():
-                fn()
-
-    return run
 
 
 def table(results: list[dict[str, Any]]) -> str:
