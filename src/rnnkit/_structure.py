@@ -123,15 +123,11 @@ def _describe(structure: Any) -> str:
 def same_nesting(state: Any, size: Any) -> bool:
     """Whether ``state`` nests like ``size`` (a ``state_size``), with a tensor at each leaf (plain tuples stand for
     named ones, as ``check_state`` accepts them)."""
-    return _same_nesting(state, size)
-
-
-def _same_nesting(state: Any, size: Any) -> bool:
     if _is_sequence(size):
         return (
             _is_sequence(state)
             and len(state) == len(size)
-            and all(_same_nesting(s, z) for s, z in zip(state, size, strict=True))
+            and all(same_nesting(s, z) for s, z in zip(state, size, strict=True))
         )
     return isinstance(state, torch.Tensor)
 
@@ -143,7 +139,7 @@ def check_state(state: Any, state_size: Any, batch_size: int, component: str) ->
     ``LSTMStateTuple``) and come back as the named tuple. Nothing is broadcast: every leaf
     must be exactly ``(batch_size, size)`` and floating point.
     """
-    if not _same_nesting(state, state_size):
+    if not same_nesting(state, state_size):
         # TF1's words where it expects a tuple ("Expected state to be a tuple of length 2, but received: ...")
         expected = (
             f"a tuple of length {len(state_size)}" if isinstance(state_size, tuple) else "one tensor"
