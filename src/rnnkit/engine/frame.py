@@ -32,8 +32,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +47,7 @@ from . import twin
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec
 from ._select import current, fused_kernels
 from .lowering import LOWERINGS, StackSpec, lowering_for
+from .precision import all_widened
 from .twin import FRAME_LAYOUT
 
 __all__ = ["FramePlan", "frame_plan", "streams", "cell_frame", "FRAME_FAMILIES"]
@@ -52,6 +55,8 @@ __all__ = ["FramePlan", "frame_plan", "streams", "cell_frame", "FRAME_FAMILIES"]
 #: the leaf kinds a frame runs (each one of ``FRAME_LAYOUT``'s families)
 FRAME_FAMILIES = (LSTMSpec, LNLSTMSpec, GRUSpec, RNNSpec)
 _FRAME_DTYPES = (torch.float32, torch.float64)
+_FRAME_BACKENDS = ("auto", "fused")
+_PACKED_DTYPES = (torch.float32, torch.bfloat16)
 _EMPTY = torch.empty(0)
 
 
@@ -74,26 +79,51 @@ class FramePlan:
         self._stamp: tuple | None = None
         self._storage: list[int] | None = None
         self._inference = False
+        self._dtype: torch.dtype | None = None
         self._args: tuple[list[Tensor], list[int], list[float]] = ([], [], [])
+        #: a bf16 frame runs packed layers only (the family kernels take float32/float64)
+        self._all_pack = all(_packs(leaf) for leaf in self.leaves)
+
+    def _placed(self) -> list[int]:
+        """The parameters' storage addresses; what depends only on where they live (a frame's dtype, whether they are
+        inference tensors) is read again when one of those changed (``.to()``, ``.data =``)."""
+        params = self.params
+        storage = [p.data_ptr() for p in params]
+        if storage != self._storage:  # (a parameter is an inference tensor or not for the life of its storage)
+            self._storage, self._inference = storage, any(p.is_inference() for p in params)
+            placed = {(p.dtype, p.device.type) for p in params}
+            dtype, device = next(iter(placed), (None, None))  # (no parameters yet: a cell not built, no frame)
+            packs = self._all_pack and not self._inference  # (bf16 runs packed: weights with a version to follow)
+            ok = dtype in _FRAME_DTYPES or (dtype == torch.bfloat16 and packs)
+            self._dtype = dtype if len(placed) == 1 and device == "cpu" and ok else None
+        return storage
+
+    def dtype(self) -> torch.dtype | None:
+        """The dtype a frame runs in: the parameters', when all are on the CPU in float32, float64 or (every layer
+        packed) bfloat16, else ``None`` (no frame)."""
+        self._placed()
+        return self._dtype
 
     def arguments(self, packed: bool) -> tuple[list[Tensor], list[int], list[float]]:
         """``frame_forward``'s ``(weights, desc, scalars)``, made again only when a parameter changed since the last
         frame, or the packing or the thread count did (every frame, and unpacked, when a parameter is an inference
         tensor, made under ``torch.inference_mode``: those have no version)."""
-        params = self.params
-        storage = [p.data_ptr() for p in params]
-        if storage != self._storage:  # (a parameter is an inference tensor or not for the life of its storage)
-            self._storage, self._inference = storage, any(p.is_inference() for p in params)
-        versions = None if self._inference else [p._version for p in params]
+        storage = self._placed()
+        versions = None if self._inference else [p._version for p in self.params]
         packed = packed and not self._inference  # (re-packing at every frame would cost a copy of the weights)
         stamp = (storage, versions, packed, torch.get_num_threads())
         if versions is None or stamp != self._stamp:
             weights: list[Tensor] = []
             desc: list[int] = []
             scalars: list[float] = []
+            bf16 = self._dtype == torch.bfloat16
+            # Weights that fit in half a core's L2 run on one thread: splitting them would cost the threads' meeting
+            # (a few microseconds a layer) to save less reading (measured at H = 128: 2 us a frame faster whole).
+            size = sum(p.numel() for p in self.params) * (2 if bf16 else 4)
+            one_core = size <= core_cache_bytes() // 2
             with torch.no_grad():  # (a frame is inference: what is derived from the weights keeps no graph)
                 for leaf in self.leaves:
-                    w, d, f = _packed(leaf) if packed and _packs(leaf) else _plain(leaf)
+                    w, d, f = _packed(leaf, bf16, one_core) if packed and _packs(leaf) else _plain(leaf)
                     weights += [_EMPTY if t is None else t.detach() for t in w]
                     desc += d
                     scalars += [float(v) for v in f]
@@ -104,7 +134,7 @@ class FramePlan:
         """``stacked = n > 0``: ``states`` are ``n`` tensors ``(layers, B, size)`` (torch.nn's ``h_0``, ``c_0``), each
         layer's ``n`` kernel states, and come back so."""
         kern = fused_kernels("cpu")
-        packed = kern is not twin and x.dtype == torch.float32
+        packed = kern is not twin and x.dtype in _PACKED_DTYPES
         weights, desc, scalars = self.arguments(packed)
         y, *finals = kern.frame_forward(x, weights, states, desc, scalars, stacked)
         return y, finals
@@ -122,20 +152,33 @@ def _packs(leaf: Spec) -> bool:
     return not isinstance(leaf, LSTMSpec) or leaf.num_units % 8 == 0
 
 
-def _chunks(units: int, depth: int, gates: int) -> int:
-    return torch.ops.rnnkit.frame_chunks(units, 1, depth, gates)
+@functools.lru_cache(maxsize=1)
+def core_cache_bytes() -> int:
+    """One core's L2 cache in bytes (Linux's sysfs), or 1 MiB where the system does not say."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return 1 << 20
 
 
-def _pack(mats: list[Tensor], units: int, gates: int) -> tuple[Tensor, int]:
-    chunks = _chunks(units, sum(m.shape[0] for m in mats), gates)
-    return torch.ops.rnnkit.frame_pack(mats, units, gates, chunks), chunks
+def _chunks(units: int, depth: int, gates: int, one_core: bool) -> int:
+    return 1 if one_core else torch.ops.rnnkit.frame_chunks(units, 1, depth, gates)
 
 
-def _packed(leaf: Spec) -> tuple[tuple, list[int], tuple]:
-    """``leaf``'s packed layer for ``csrc/frame.cpp`` (its description there)."""
+def _packed(leaf: Spec, bf16: bool, one_core: bool) -> tuple[tuple, list[int], tuple]:
+    """``leaf``'s packed layer for ``csrc/frame.cpp`` (its description there). ``bf16``: a bf16 model's, its weights
+    read as the sequence path reads them (``precision.widened``: the same float32 biases) and packed in bf16.
+    ``one_core``: one chunk per multiply (the whole stack's weights stay in one core's cache)."""
+
+    def _pack(mats: list[Tensor], units: int, gates: int) -> tuple[Tensor, int]:
+        chunks = _chunks(units, sum(m.shape[0] for m in mats), gates, one_core)
+        return torch.ops.rnnkit.frame_pack(mats, units, gates, chunks, bf16), chunks
+
     ints, floats = leaf.kernel_options()
     if isinstance(leaf, LSTMSpec):
-        w_x, bias, w_h, peep, w_proj = leaf.kernel_weights()
+        w_x, bias, w_h, peep, w_proj = all_widened(leaf.kernel_weights())
         units = leaf.num_units
         w, chunks = _pack([w_x, w_h], units, 4)
         w_p, chunks_p = _pack([w_proj], w_proj.shape[1], 1) if w_proj is not None else (None, 1)
@@ -143,7 +186,7 @@ def _packed(leaf: Spec) -> tuple[tuple, list[int], tuple]:
         peep = peep.contiguous() if peep is not None else None
         return (w, bias, peep, w_p), [10, *ints, chunks, chunks_p], floats
     if isinstance(leaf, GRUSpec):
-        w_x, bias_x, w_h, bias_h, w_xn, w_hn = leaf.kernel_weights()
+        w_x, bias_x, w_h, bias_h, w_xn, w_hn = all_widened(leaf.kernel_weights())
         units = w_h.shape[0]
         if w_xn is None:  # the candidate's columns inside w_x, w_h
             w_x, w_xn, w_h, w_hn = w_x[:, : 2 * units], w_x[:, 2 * units :], w_h[:, : 2 * units], w_h[:, 2 * units :]
@@ -156,7 +199,7 @@ def _packed(leaf: Spec) -> tuple[tuple, list[int], tuple]:
         b_rz = (bias_x[: 2 * units] + bias_h[: 2 * units]).contiguous()
         weights = (w_rz, w_xn_p, w_hn_p, b_rz, bias_x[2 * units :].contiguous(), bias_h[2 * units :].contiguous())
         return weights, [12, *ints, chunks], ()
-    w_x, bias, w_h = leaf.kernel_weights()
+    w_x, bias, w_h = all_widened(leaf.kernel_weights())
     units = w_h.shape[0]
     w, chunks = _pack([w_x, w_h], units, 1)
     return (w, bias.contiguous() if bias is not None else w_h.new_zeros(units)), [13, *ints, chunks], ()
@@ -171,16 +214,15 @@ def frame_plan(leaves: Sequence[Spec | None]) -> FramePlan | None:
 
 
 def streams(plan: FramePlan | None, x: Tensor, states: Sequence[Tensor] = ()) -> bool:
-    """Whether this call runs as a frame of ``plan``: a plan, CPU float32/float64 inputs and parameters alike, no
-    gradient asked for (inference), and the ``auto`` or ``fused`` backend (``use("reference")`` and ``use("torch")``
-    keep their paths)."""
-    if plan is None or x.device.type != "cpu" or x.dtype not in _FRAME_DTYPES or current()[0] not in ("auto", "fused"):
-        return False
-    params = plan.params
-    if any(p.dtype != x.dtype or p.device.type != "cpu" for p in params):
+    """Whether this call runs as a frame of ``plan``: a plan, CPU inputs and parameters alike in float32, float64 or
+    (on the compiled kernels, every layer packed) bfloat16, no gradient asked for (inference), no autocast, and the
+    ``auto`` or ``fused`` backend (``use("reference")`` and ``use("torch")`` keep their paths)."""
+    if plan is None or not x.is_cpu or current()[0] not in _FRAME_BACKENDS or torch.is_autocast_enabled("cpu"):
+        return False  # (under autocast the sequence path gives torch.nn's dtypes: engine.autocast)
+    if x.dtype != plan.dtype() or (x.dtype == torch.bfloat16 and fused_kernels("cpu") is twin):
         return False
     return not torch.is_grad_enabled() or not (
-        x.requires_grad or any(p.requires_grad for p in params) or any(s.requires_grad for s in states)
+        x.requires_grad or any(p.requires_grad for p in plan.params) or any(s.requires_grad for s in states)
     )
 
 
@@ -210,7 +252,7 @@ def cell_frame(cell: Any, inputs: Tensor, state: Any) -> tuple[Tensor, Any] | No
     """A call ``cell(inputs, state)`` of a built cell as a frame (``inputs (B, D)``, checked by ``_check_inputs``),
     or ``None`` where the frame's predicate says no or an argument is not as ``forward`` requires (its own checks then
     run, and say what is wrong). Registered as the cells' frame runner."""
-    if inputs.device.type != "cpu" or inputs.dtype not in _FRAME_DTYPES or current()[0] not in ("auto", "fused"):
+    if inputs.device.type != "cpu" or inputs.dtype not in _FRAME_DTYPES or current()[0] not in _FRAME_BACKENDS:
         return None
     if torch.is_grad_enabled() and (inputs.requires_grad or any(p.requires_grad for p in cell.parameters())):
         return None  # (first, so that training never pays for a lowering)

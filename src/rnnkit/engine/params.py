@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..gates import permutation, relayout, split_kernel, tf_lstm_as_torch
+from .precision import widened
 
 __all__ = ["TF_KERNEL", "TORCH_WEIGHTS", "TF_GRU_KERNELS", "TFKernel", "TorchWeights", "TFGRUKernels"]
 
@@ -87,8 +88,9 @@ class TorchWeights:
         return cell.bias_ih, cell.bias_hh
 
     def bias(self, cell: Any) -> Tensor | None:
-        """The one input-side bias ``bias_ih + bias_hh`` (both act alike outside a reset gate)."""
-        return cell.bias_ih + cell.bias_hh if cell.bias else None
+        """The one input-side bias ``bias_ih + bias_hh`` (both act alike outside a reset gate); of bf16 or fp16
+        biases, summed in float32 (the kernels' compute dtype: ``precision``), so that no rounding enters here."""
+        return widened(cell.bias_ih) + widened(cell.bias_hh) if cell.bias else None
 
     def peepholes(self, cell: Any) -> Tensor:
         return torch.stack([cell.weight_ci, cell.weight_cf, cell.weight_co])

@@ -25,7 +25,7 @@ from ..cells.torch_layout import TorchLayoutCell, check_probability, init_parame
 from ..engine import LayerStack, run_stack
 from ..errors import ArgumentTypeError, NotATensorError, ShapeError, StateStructureError
 from ..runners import _check_lengths
-from .stream import LayerStream, step_frame
+from .stream import LayerStream, checked_step, step_frame
 
 # layer -> {(layer index, direction): (key, cell), ("stack", training): (key, node)}; weak, so that caching never
 # keeps a layer alive (nothing cached refers back to the layer).
@@ -96,6 +96,12 @@ class RNNLayer(nn.Module):
         self.dropout = float(dropout)
         self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout", name)
         self.zoneout = check_probability(zoneout, "zoneout", name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Every attribute set counts (options, mode, parameters): engine_stack compares the count instead of reading
+        # the options again at every call (a streamed frame's budget is a few microseconds).
+        self.__dict__["_edits"] = self.__dict__.get("_edits", 0) + 1
+        super().__setattr__(name, value)
 
     def _create_parameters(self, device: Any, dtype: Any) -> None:
         """Register every (layer, direction)'s parameters in torch's order, then initialise them as torch does.
@@ -204,6 +210,9 @@ class RNNLayer(nn.Module):
         ``x_t`` is ``(batch, input_size)`` or unbatched ``(input_size,)``; ``state`` is ``forward``'s ``h_0``
         (``None`` for zeros) and comes back as its ``h_n``. Feeding a sequence step by step equals ``forward``.
         """
+        frame = checked_step(self, input, hx)  # a call placed as the last framed one: no checks to repeat
+        if frame is not None:
+            return frame
         name = type(self).__name__
         if self.bidirectional:
             raise ValueError(
@@ -252,15 +261,18 @@ class RNNLayer(nn.Module):
     def engine_stack(self) -> LayerStack:
         """This layer as the engine's stack node: one cell per (layer, direction), ``dropout`` between layers in
         training, states as torch's stacked ``(h_0[, c_0])``. Kept while the parameter objects, the options and the
-        mode stay the same, so that the engine's routing is decided once per configuration."""
-        key = (tuple(map(id, self._parameters.values())), tuple(self._cell_options().items()), self.training)
-        cache = _CELLS.setdefault(self, {})
+        mode stay the same (the attribute sets counted by ``__setattr__``), so that the engine's routing is decided
+        once per configuration."""
+        key = (self.__dict__.get("_edits", 0), tuple(map(id, self._parameters.values())))
+        cache = _CELLS.get(self)
+        if cache is None:
+            cache = _CELLS[self] = {}
         hit = cache.get("stack")
-        if hit is None or hit[0] != (key, self.dropout):
+        if hit is None or hit[0] != key:
             cells = [[self._cell(k, d) for d in range(self._directions)] for k in range(self.num_layers)]
             dropout = self.dropout if self.training else 0.0
             node = LayerStack(cells, dropout, self.training, (self._to_cell_state, self._from_cell_state))
-            hit = cache["stack"] = ((key, self.dropout), node)
+            hit = cache["stack"] = (key, node)
         return hit[1]
 
     def _cell(self, layer: int, direction: int) -> TorchLayoutCell:

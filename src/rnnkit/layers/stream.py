@@ -29,9 +29,10 @@ from torch import Tensor
 
 from ..engine import LayerStack
 from ..engine.frame import FramePlan, frame_plan, streams
+from ..engine.precision import LOW_PRECISION, narrowed, widened
 from ..errors import NotATensorError, ShapeError
 
-__all__ = ["LayerStream", "stack_frame_plan", "frame_states", "layer_states", "step_frame"]
+__all__ = ["LayerStream", "stack_frame_plan", "frame_states", "layer_states", "step_frame", "checked_step"]
 
 # stack node -> (its frame plan or None, whether its states map straight onto the kernels'); weak: a node lives as
 # long as its layer's configuration
@@ -99,8 +100,10 @@ def step_frame(layer: Any, x: Tensor, parts: tuple[Tensor, ...] | None) -> tuple
         return None
     x = x.contiguous()
     if direct:  # the kernel takes and gives torch.nn's stacked (h[, c]) itself
+        sizes = node.state_sizes
+        _CHECKED[layer] = (node, plan, x.shape, x.dtype, tuple((len(plan.leaves), x.shape[0], n) for n in sizes))
         if parts is None:
-            parts = tuple(x.new_zeros(len(plan.leaves), x.shape[0], size) for size in node.state_sizes)
+            parts = tuple(x.new_zeros(len(plan.leaves), x.shape[0], size) for size in sizes)
         y, finals = plan(x, [p.contiguous() for p in parts], len(parts))
         return y, tuple(finals)
     flat = frame_states(node, plan, parts, x)
@@ -108,6 +111,36 @@ def step_frame(layer: Any, x: Tensor, parts: tuple[Tensor, ...] | None) -> tuple
         return None
     y, flat = plan(x, flat)
     return y, layer_states(node, plan, flat)
+
+
+# layer -> what its last framed step() checked: (stack node, plan, x's shape, dtype, the state parts' shapes)
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def checked_step(layer: Any, x: Any, hx: Any) -> tuple[Tensor, Any] | None:
+    """``layer.step(x, hx)`` as a frame without its argument checks, when the call is placed exactly as the last
+    framed step was (the same configuration, ``x`` and ``hx`` of the same shapes and dtype, batched, on the CPU) and
+    the frame's predicate still holds; else ``None`` (``step`` then checks everything). Per frame this costs a few
+    comparisons instead of the checks' few microseconds, a streamed frame's budget."""
+    hit = _CHECKED.get(layer)
+    if hit is None or type(x) is not Tensor or not x.is_cpu:
+        return None
+    node, plan, shape, dtype, part_shapes = hit
+    if x.shape != shape or x.dtype != dtype or layer.engine_stack() is not node:
+        return None
+    if hx is None:
+        parts = [x.new_zeros(s) for s in part_shapes]
+    else:
+        parts = [hx] if type(hx) is Tensor else list(hx) if type(hx) is tuple else []
+        if len(parts) != len(part_shapes):
+            return None
+        for part, s in zip(parts, part_shapes, strict=True):
+            if type(part) is not Tensor or part.shape != s or part.dtype != dtype or not part.is_cpu:
+                return None
+    if not streams(plan, x, parts):
+        return None
+    y, finals = plan(x.contiguous(), [p.contiguous() for p in parts], len(parts))
+    return y, finals[0] if len(finals) == 1 else tuple(finals)
 
 
 class LayerStream:
@@ -151,7 +184,8 @@ class LayerStream:
         """``forward``'s ``h_n`` (and ``c_n``) after the frames so far (zeros before the first)."""
         layer = self.layer
         if self._flat is not None and self._made_by is not None:
-            self._parts = layer_states(*self._made_by, self._flat)
+            dtype = self._made_by[1].dtype() or self._flat[0].dtype  # (a bf16 layer's states: rounded once, here)
+            self._parts = tuple(narrowed(t, dtype) for t in layer_states(*self._made_by, self._flat))
             self._flat = None
         if self._parts is None:
             like = next(iter(layer.parameters()))
@@ -176,6 +210,8 @@ class LayerStream:
                 _ = self.state  # (the layer's configuration changed: its states through forward's form)
             flat = self._flat if self._flat is not None else frame_states(node, plan, self._parts, x)
             if flat is not None:
+                if x.dtype in LOW_PRECISION:  # carried in float32 between frames, as forward carries them between steps
+                    flat = [widened(t) for t in flat]
                 y, self._flat = plan(x.contiguous(), flat)
                 self._parts, self._made_by, self.path = None, (node, plan), "frame"
                 return y

@@ -216,12 +216,44 @@ inline v8f load8_reg(const float* p) {
   return v;
 }
 
-// One M x 8V tile of C = A @ P (+ C when acc), P a panel: k rows of `width` floats apart. U interleaved
+// A row of a panel (8V weights) into registers. float32: V loads. bfloat16 (a bf16 model's frame panels, frame.cpp):
+// a bf16 number is the upper half of a float32's bits, so widening is exact; a 16-column row is packed with columns
+// j and j + 8 side by side (pack_panels_into), so that one load of 8 pairs gives both vectors by a shift (column j)
+// and a mask (column j + 8): half the bytes of float32 and few more instructions.
+template <int V>
+inline void load_row(const float* p, v8f (&w)[V]) {
+  for (int v = 0; v < V; ++v) w[v] = load8_reg(p + 8 * v);
+}
+
+template <int V>
+inline void load_row(const at::BFloat16* p, v8f (&w)[V]) {
+  typedef uint32_t v8u __attribute__((vector_size(32)));
+  if constexpr (V == 2) {
+    v8u pairs;
+    std::memcpy(&pairs, p, sizeof(pairs));
+    const v8u lo = pairs << 16, hi = pairs & 0xFFFF0000u;
+    std::memcpy(&w[0], &lo, sizeof(lo));
+    std::memcpy(&w[1], &hi, sizeof(hi));
+  } else {
+    typedef uint16_t v8h __attribute__((vector_size(16)));
+    for (int v = 0; v < V; ++v) {
+      v8h h;
+      std::memcpy(&h, p + 8 * v, sizeof(h));
+      const v8u bits = __builtin_convertvector(h, v8u) << 16;
+      std::memcpy(&w[v], &bits, sizeof(bits));
+    }
+  }
+#if defined(__x86_64__) && defined(__AVX__)
+  for (int v = 0; v < V; ++v) __asm__("" : "+x"(w[v]));
+#endif
+}
+
+// One M x 8V tile of C = A @ P (+ C when acc), P a panel: k rows of `width` weights apart (float32, or bfloat16
+// widened on load: half the bytes read for the same float32 arithmetic). U interleaved
 // partial sums over k keep at least 8 independent accumulators when M is small (FMA latency, not throughput,
 // bounds a single chain).
-template <int M, int V>
-void panel_tile(const float* A, int64_t lda, const float* P, int64_t width, int64_t k, bool acc, float* C,
-                int64_t ldc) {
+template <int M, int V, typename W>
+void panel_tile(const float* A, int64_t lda, const W* P, int64_t width, int64_t k, bool acc, float* C, int64_t ldc) {
   constexpr int U = M * V >= 8 ? 1 : 8 / (M * V);
   v8f c[U][M][V];
   for (int u = 0; u < U; ++u)
@@ -231,7 +263,7 @@ void panel_tile(const float* A, int64_t lda, const float* P, int64_t width, int6
   for (; p + U <= k; p += U) {
     for (int u = 0; u < U; ++u) {
       v8f w[V];
-      for (int v = 0; v < V; ++v) w[v] = load8_reg(P + (p + u) * width + 8 * v);
+      load_row<V>(P + (p + u) * width, w);
       for (int i = 0; i < M; ++i) {
         const float a = A[i * lda + p + u];
         for (int v = 0; v < V; ++v) c[u][i][v] += a * w[v];
@@ -240,7 +272,7 @@ void panel_tile(const float* A, int64_t lda, const float* P, int64_t width, int6
   }
   for (; p < k; ++p) {
     v8f w[V];
-    for (int v = 0; v < V; ++v) w[v] = load8_reg(P + p * width + 8 * v);
+    load_row<V>(P + p * width, w);
     for (int i = 0; i < M; ++i) {
       const float a = A[i * lda + p];
       for (int v = 0; v < V; ++v) c[0][i][v] += a * w[v];
@@ -256,8 +288,8 @@ void panel_tile(const float* A, int64_t lda, const float* P, int64_t width, int6
   }
 }
 
-template <int V>
-void panel_tile_rows(int64_t rows, const float* A, int64_t lda, const float* P, int64_t width, int64_t k, bool acc,
+template <int V, typename W>
+void panel_tile_rows(int64_t rows, const float* A, int64_t lda, const W* P, int64_t width, int64_t k, bool acc,
                      float* C, int64_t ldc) {
   switch (rows) {
     case 6: panel_tile<6, V>(A, lda, P, width, k, acc, C, ldc); break;
@@ -272,8 +304,8 @@ void panel_tile_rows(int64_t rows, const float* A, int64_t lda, const float* P, 
 
 // All m rows in tiles of at most 6, their sizes differing by at most one (16 rows: 5, 5, 6). A short last tile
 // (16 = 6 + 6 + 4) has too few accumulators to hide the FMA latency: perf measured its rows 75% slower.
-template <int V>
-void panel_rows(int64_t m, const float* A, int64_t lda, const float* P, int64_t width, int64_t k, bool acc, float* C,
+template <int V, typename W>
+void panel_rows(int64_t m, const float* A, int64_t lda, const W* P, int64_t width, int64_t k, bool acc, float* C,
                 int64_t ldc) {
   const int64_t tiles = (m + 5) / 6;
   for (int64_t t = 0, i = 0; t < tiles; ++t) {
@@ -317,14 +349,42 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, co
   return true;
 }
 
-void pack_panels_into(float* out, const std::vector<Mat<float>>& blocks, int64_t n) {
+namespace {
+template <typename W>
+void pack_panels_as(W* out, const std::vector<Mat<float>>& blocks, int64_t n) {
+  constexpr bool pairs = std::is_same_v<W, at::BFloat16>;  // 16 bf16 columns as (j, j + 8) pairs: load_row
   for (int64_t j0 = 0; j0 < n; j0 += 16) {  // panels of 16 columns (the last may have 8)
     const int64_t width = std::min<int64_t>(16, n - j0);
     for (const Mat<float>& w : blocks) {  // the blocks' rows one after the other
-      for (int64_t p = 0; p < w.rows; ++p)
-        for (int64_t j = 0; j < width; ++j) *out++ = w.trans ? w.p[(j0 + j) * w.ld + p] : w.p[p * w.ld + j0 + j];
+      for (int64_t p = 0; p < w.rows; ++p) {
+        for (int64_t i = 0; i < width; ++i) {
+          const int64_t j = pairs && width == 16 ? (i / 2) + 8 * (i % 2) : i;
+          *out++ = W(w.trans ? w.p[(j0 + j) * w.ld + p] : w.p[p * w.ld + j0 + j]);
+        }
+      }
     }
   }
+}
+
+template <typename W>
+void panel_gemm_of(const W* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, float beta, float* C,
+                   int64_t ldc) {
+  const bool acc = beta != 0.0f;  // beta is 0 or 1 (the callers' contract)
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t width = std::min<int64_t>(16, n - j0);
+    if (width == 16) {
+      panel_rows<2>(m, A, lda, P, 16, k, acc, C + j0, ldc);
+    } else {
+      panel_rows<1>(m, A, lda, P, 8, k, acc, C + j0, ldc);
+    }
+    P += k * width;
+  }
+}
+}  // namespace
+
+void pack_panels_into(float* out, const std::vector<Mat<float>>& blocks, int64_t n) { pack_panels_as(out, blocks, n); }
+void pack_panels_into(at::BFloat16* out, const std::vector<Mat<float>>& blocks, int64_t n) {
+  pack_panels_as(out, blocks, n);
 }
 
 bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n) {
@@ -344,16 +404,11 @@ bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64
 
 void panel_gemm_at(const float* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, float beta,
                    float* C, int64_t ldc) {
-  const bool acc = beta != 0.0f;  // beta is 0 or 1 (the callers' contract)
-  for (int64_t j0 = 0; j0 < n; j0 += 16) {
-    const int64_t width = std::min<int64_t>(16, n - j0);
-    if (width == 16) {
-      panel_rows<2>(m, A, lda, P, 16, k, acc, C + j0, ldc);
-    } else {
-      panel_rows<1>(m, A, lda, P, 8, k, acc, C + j0, ldc);
-    }
-    P += k * width;
-  }
+  panel_gemm_of(P, k, n, m, A, lda, beta, C, ldc);
+}
+void panel_gemm_at(const at::BFloat16* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, float beta,
+                   float* C, int64_t ldc) {
+  panel_gemm_of(P, k, n, m, A, lda, beta, C, ldc);
 }
 
 void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {

@@ -18,7 +18,13 @@
 // panels per chunk of units, as the sequence kernels lay them out per call (gemm.h), kept by the caller between
 // frames; a layer's frame is then one parallel region: each thread multiplies [x | h] by its own chunk's panels
 // (which stay in its core's cache from frame to frame) and updates its own units with the family's equations
-// (lstm.h, gru.h); threads meet once per layer (twice for a projection or the reset-before GRU).
+// (lstm.h, gru.h); threads meet once per layer (twice for a projection or the reset-before GRU). A packed layer
+// writes its next states where they are returned (stacked: into the returned parts) and the next layer reads its
+// h there; its temporaries live in a per-thread scratch kept between frames, so a frame allocates only its results.
+// bfloat16 (a bf16 model, every layer packed): the panels hold the bf16 weights (frame_pack(bf16=True): half the bytes
+// a frame reads), widened exactly on load; the multiplies, gates and state updates are float32, as on the sequence
+// path (engine/precision.py). x and the states are read in their dtype (bf16 or float32: a stream carries float32
+// states) and written back in it, each layer's output rounded once to x's dtype for the next layer and for y.
 //   desc:    10 lstm: gate_order (4), chunks, proj chunks;  12 gru: reset_after, chunks;  13 rnn: relu, chunks
 //   weights: lstm: W (packed [W_x; W_h], 4 gates), bias (4H), peep or empty, W_proj (packed, 1 gate) or empty
 //            gru: W_rz (packed [W_x; W_h] r, z), W_xn (packed), W_hn (packed), b_rz (2H, both biases), b_xn, b_hn
@@ -49,64 +55,115 @@ Units frame_units(int64_t units, int64_t chunks) {
   return u;
 }
 
-// Packed weights of `gates` blocks of `units` columns over k rows: chunk c's gate q at P + k * (gates * lo + q * w).
+// Packed weights of `gates` blocks of `units` columns over k rows, float32 or bfloat16: chunk c's gate q at
+// offset k * (gates * lo + q * w).
 struct Packed {
-  const float* p;
+  const void* p;
+  bool bf16;
   int64_t k;
   int64_t gates;
-  const float* at(const Units& u, int64_t c, int64_t q) const {
-    return p + k * (gates * u.lo[c] + q * (u.hi[c] - u.lo[c]));
+  // C (m x w, ldc) = A (m x k, lda) @ chunk c's gate q.
+  void mul(const Units& u, int64_t c, int64_t q, int64_t m, const float* A, int64_t lda, float* C, int64_t ldc) const {
+    const int64_t w = u.hi[c] - u.lo[c], off = k * (gates * u.lo[c] + q * w);
+    if (bf16) {
+      panel_gemm_at(static_cast<const at::BFloat16*>(p) + off, k, w, m, A, lda, 0.0f, C, ldc);
+    } else {
+      panel_gemm_at(static_cast<const float*>(p) + off, k, w, m, A, lda, 0.0f, C, ldc);
+    }
   }
 };
 
 Packed packed_of(const Tensor& t, int64_t k, int64_t gates, int64_t units) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == k * gates * units,
-              "rnnkit frame_forward: packed weights of ", k, " x ", gates * units, " floats expected, got ",
+  const bool bf16 = t.scalar_type() == at::kBFloat16;
+  TORCH_CHECK((bf16 || t.scalar_type() == at::kFloat) && t.is_contiguous() && t.numel() == k * gates * units,
+              "rnnkit frame_forward: packed weights of ", k, " x ", gates * units, " float32 or bfloat16 expected, got ",
               t.numel(), " (", t.scalar_type(), ")");
-  return {t.data_ptr<float>(), k, gates};
+  return {t.data_ptr(), bf16, k, gates};
 }
 
-// [x | h] (B, I + R): the rows every chunk's multiply reads (x and h contiguous float32).
-Tensor joined(const Tensor& x, const Tensor& h) {
-  const int64_t B = x.size(0), I = x.size(1), R = h.size(1);
-  Tensor a = at::empty({B, I + R}, x.options());
-  const float *xp = x.data_ptr<float>(), *hp = h.data_ptr<float>();
-  float* ap = a.data_ptr<float>();
-  for (int64_t r = 0; r < B; ++r) {
-    std::memcpy(ap + r * (I + R), xp + r * I, sizeof(float) * I);
-    std::memcpy(ap + r * (I + R) + I, hp + r * R, sizeof(float) * R);
+// The frame's scratch (the joined [x | h], the gates, a projection's m, the reset-before GRU's r * h, float32 copies
+// of bfloat16 rows): kept by the calling thread from frame to frame, so that a frame allocates only its results.
+float* scratch(int64_t floats) {
+  static thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < floats) buf.resize(floats);
+  return buf.data();
+}
+
+// Rows (B, width) row-major of a packed layer's input or state: float32, or bfloat16 (a bf16 model's frame, read
+// widened, written rounded once).
+struct Ptr {
+  void* p = nullptr;
+  bool bf16 = false;
+};
+
+void read_rows(float* dst, Ptr src, int64_t count) {
+  if (!src.bf16) {
+    std::memcpy(dst, src.p, sizeof(float) * count);
+    return;
   }
-  return a;
+  const at::BFloat16* s = static_cast<const at::BFloat16*>(src.p);
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(s[i]);
 }
 
-void check_rows(const Tensor& t, int64_t rows, int64_t cols, const char* what) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == rows && t.size(1) == cols &&
-                  t.is_contiguous(),
-              "rnnkit frame_forward: expected ", what, " of shape (", rows, ", ", cols, ") float32, got ", t.sizes());
+void write_rows(Ptr dst, const float* src, int64_t count) {
+  if (!dst.bf16) {
+    if (dst.p != src) std::memcpy(dst.p, src, sizeof(float) * count);
+    return;
+  }
+  at::BFloat16* d = static_cast<at::BFloat16*>(dst.p);
+  for (int64_t i = 0; i < count; ++i) d[i] = at::BFloat16(src[i]);
 }
 
-// A packed LSTM layer: {y, h, c}.
-std::vector<Tensor> lstm_packed(const Tensor& x, const Tensor& h0, const Tensor& c0_, const Tensor& w, const Tensor& bias,
-                                const Tensor& peep, const Tensor& w_proj, at::IntArrayRef order, int64_t chunks,
-                                int64_t chunks_p, float fb, float cclip, float pclip) {
-  const Tensor c0 = c0_.contiguous();
-  const int64_t B = x.size(0), I = x.size(1), R = h0.size(1), H = c0.size(1), K = I + R, G4 = 4 * H;
+// [x | h] (B, I + R) into a: the rows every chunk's multiply reads.
+void join_rows(float* a, Ptr x, int64_t I, Ptr h, int64_t R, int64_t B) {
+  const int64_t size = x.bf16 ? 2 : 4, hsize = h.bf16 ? 2 : 4;
+  for (int64_t r = 0; r < B; ++r) {
+    read_rows(a + r * (I + R), {static_cast<char*>(x.p) + r * I * size, x.bf16}, I);
+    read_rows(a + r * (I + R) + I, {static_cast<char*>(h.p) + r * R * hsize, h.bf16}, R);
+  }
+}
+
+// A packed layer's rows: x (B, I) in, its states in and out.
+struct Rows {
+  int64_t B, I;
+  Ptr x;
+  std::vector<Ptr> in, out;
+};
+
+// Where a layer computes an output (count floats): the output's own rows when float32, else float32 scratch at `spare`
+// (then rounded into the output by write_rows).
+float* out_floats(Ptr out, float* spare) { return out.bf16 ? spare : static_cast<float*>(out.p); }
+
+// The input state rows as float32: the rows themselves, or widened into `spare`.
+const float* in_floats(Ptr in, float* spare, int64_t count) {
+  if (!in.bf16) return static_cast<const float*>(in.p);
+  read_rows(spare, in, count);
+  return spare;
+}
+
+// A packed LSTM layer: h1 (= y), c1.
+void lstm_packed(const Rows& io, int64_t R, int64_t H, const Tensor& w, const Tensor& bias, const Tensor& peep,
+                 const Tensor& w_proj, at::IntArrayRef order, int64_t chunks, int64_t chunks_p, float fb, float cclip,
+                 float pclip) {
+  const int64_t B = io.B, I = io.I, K = I + R, G4 = 4 * H;
   const bool proj = w_proj.numel() > 0;
-  check_rows(h0, B, R, "h");
-  check_rows(c0, B, H, "c");
   const Packed P = packed_of(w, K, 4, H);
   TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == G4,
               "rnnkit frame_forward: expected a float32 bias of ", G4, " values, got ", bias.sizes());
-  const Tensor A = joined(x, h0);
-  Tensor S = at::empty({B, G4}, x.options()), h1 = at::empty({B, R}, x.options());
-  Tensor c1 = at::empty({B, H}, x.options()), M = proj ? at::empty({B, H}, x.options()) : h1;
-  const float *a = A.data_ptr<float>(), *b = bias.data_ptr<float>(), *cp = c0.data_ptr<float>();
+  TORCH_CHECK(proj || R == H, "rnnkit frame_forward: an LSTM without projection has h as wide as c, got ", R, " and ",
+              H);
+  // scratch: [x | h], the gates, m (a projection's input), then float32 rows of bf16 c_0, h_1, c_1
+  float* a = scratch(B * K + B * G4 + B * H + B * H + B * R + B * H);
+  float *sp = a + B * K, *m_rows = sp + B * G4, *spare = m_rows + B * H;
+  join_rows(a, io.x, I, io.in[0], R, B);
+  const float *b = bias.data_ptr<float>(), *cp = in_floats(io.in[1], spare, B * H);
   const float* pp = peep.numel() ? peep.data_ptr<float>() : nullptr;
-  float *sp = S.data_ptr<float>(), *cn = c1.data_ptr<float>(), *mp = M.data_ptr<float>();
+  float *hp = out_floats(io.out[0], spare + B * H), *cn = out_floats(io.out[1], spare + B * H + B * R);
+  float* mp = proj ? m_rows : hp;
   const Units u = frame_units(H, chunks);
   for_chunks(u, [&](int64_t c) {
     const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
-    for (int64_t q = 0; q < 4; ++q) panel_gemm_at(P.at(u, c, q), K, wd, B, a, K, 0.0f, sp + 4 * lo + q * wd, G4);
+    for (int64_t q = 0; q < 4; ++q) P.mul(u, c, q, B, a, K, sp + 4 * lo + q * wd, G4);
     for (int64_t r = 0; r < B; ++r) {
       float* gate[4];
       for (int k = 0; k < 4; ++k) {
@@ -121,40 +178,42 @@ std::vector<Tensor> lstm_packed(const Tensor& x, const Tensor& h0, const Tensor&
   if (proj) {  // h = clip(m @ W_proj): every unit of m, so a second region, split over the projection's outputs
     const Packed Pp = packed_of(w_proj, H, 1, R);
     const Units up = frame_units(R, chunks_p);
-    float* hp = h1.data_ptr<float>();
     for_chunks(up, [&](int64_t c) {
       const int64_t lo = up.lo[c], wd = up.hi[c] - up.lo[c];
-      panel_gemm_at(Pp.at(up, c, 0), H, wd, B, mp, H, 0.0f, hp + lo, R);
+      Pp.mul(up, c, 0, B, mp, H, hp + lo, R);
       if (pclip > 0.0f) {
         for (int64_t r = 0; r < B; ++r)
           for (int64_t j = 0; j < wd; ++j) hp[r * R + lo + j] = std::min(std::max(hp[r * R + lo + j], -pclip), pclip);
       }
     });
   }
-  return {h1, h1, c1};
+  write_rows(io.out[0], hp, B * R);
+  write_rows(io.out[1], cn, B * H);
 }
 
-// A packed GRU layer (both maths): {y, h}. S holds each chunk's r, z, x_n, a_n side by side.
-std::vector<Tensor> gru_packed(const Tensor& x, const Tensor& h0_, const Tensor& w_rz, const Tensor& w_xn,
-                               const Tensor& w_hn, const Tensor& b_rz, const Tensor& b_xn, const Tensor& b_hn,
-                               bool reset_after, int64_t chunks) {
-  const Tensor h0 = h0_.contiguous();
-  const int64_t B = x.size(0), I = x.size(1), H = h0.size(1), K = I + H, G4 = 4 * H;
-  check_rows(h0, B, H, "h");
+// A packed GRU layer (both maths): h1 (= y). S holds each chunk's r, z, x_n, a_n side by side.
+void gru_packed(const Rows& io, int64_t H, const Tensor& w_rz, const Tensor& w_xn, const Tensor& w_hn,
+                const Tensor& b_rz, const Tensor& b_xn, const Tensor& b_hn, bool reset_after, int64_t chunks) {
+  const int64_t B = io.B, I = io.I, K = I + H, G4 = 4 * H;
   const Packed Prz = packed_of(w_rz, K, 2, H), Pxn = packed_of(w_xn, I, 1, H), Phn = packed_of(w_hn, H, 1, H);
-  const Tensor A = joined(x, h0);
-  Tensor S = at::empty({B, G4}, x.options()), h1 = at::empty({B, H}, x.options());
-  Tensor RH = reset_after ? Tensor() : at::empty({B, H}, x.options());
-  const float *a = A.data_ptr<float>(), *hp = h0.data_ptr<float>(), *brz = b_rz.data_ptr<float>();
-  const float *bxn = b_xn.data_ptr<float>(), *bhn = b_hn.data_ptr<float>();
-  float *sp = S.data_ptr<float>(), *yp = h1.data_ptr<float>(), *rh = reset_after ? nullptr : RH.data_ptr<float>();
+  for (const Tensor* t : {&b_rz, &b_xn, &b_hn}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == (t == &b_rz ? 2 * H : H),
+                "rnnkit frame_forward: a GRU bias of the wrong size or type: ", t->sizes());
+  }
+  // scratch: [x | h], the gates, r * h (reset-before), float32 rows of bf16 h_0 and h_1
+  float* a = scratch(B * K + B * G4 + 3 * B * H);
+  float *sp = a + B * K, *rh = sp + B * G4, *spare = rh + B * H;
+  join_rows(a, io.x, I, io.in[0], H, B);
+  const float* hp = in_floats(io.in[0], spare, B * H);
+  float* yp = out_floats(io.out[0], spare + B * H);
+  const float *brz = b_rz.data_ptr<float>(), *bxn = b_xn.data_ptr<float>(), *bhn = b_hn.data_ptr<float>();
   const Units u = frame_units(H, chunks);
   for_chunks(u, [&](int64_t c) {
     const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
     float* s = sp + 4 * lo;
-    for (int64_t q = 0; q < 2; ++q) panel_gemm_at(Prz.at(u, c, q), K, wd, B, a, K, 0.0f, s + q * wd, G4);
-    panel_gemm_at(Pxn.at(u, c, 0), I, wd, B, a, K, 0.0f, s + 2 * wd, G4);
-    if (reset_after) panel_gemm_at(Phn.at(u, c, 0), H, wd, B, a + I, K, 0.0f, s + 3 * wd, G4);
+    for (int64_t q = 0; q < 2; ++q) Prz.mul(u, c, q, B, a, K, s + q * wd, G4);
+    Pxn.mul(u, c, 0, B, a, K, s + 2 * wd, G4);
+    if (reset_after) Phn.mul(u, c, 0, B, a + I, K, s + 3 * wd, G4);
     for (int64_t r = 0; r < B; ++r) {
       float *__restrict__ rg = s + r * G4, *__restrict__ z = rg + wd, *__restrict__ nn = rg + 2 * wd;
       for (int64_t j = 0; j < wd; ++j) {
@@ -177,7 +236,7 @@ std::vector<Tensor> gru_packed(const Tensor& x, const Tensor& h0_, const Tensor&
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
       float* s = sp + 4 * lo;
-      panel_gemm_at(Phn.at(u, c, 0), H, wd, B, rh, H, 0.0f, s + 3 * wd, G4);
+      Phn.mul(u, c, 0, B, rh, H, s + 3 * wd, G4);
       for (int64_t r = 0; r < B; ++r) {
         float* rg = s + r * G4;
         gru_candidate_before(rg + 2 * wd, rg + 3 * wd, bxn + lo, wd);
@@ -185,23 +244,23 @@ std::vector<Tensor> gru_packed(const Tensor& x, const Tensor& h0_, const Tensor&
       }
     });
   }
-  return {h1, h1};
+  write_rows(io.out[0], yp, B * H);
 }
 
-// A packed Elman layer: {y, h}, h' = act([x | h] @ [W_x; W_h] + b).
-std::vector<Tensor> rnn_packed(const Tensor& x, const Tensor& h0, const Tensor& w, const Tensor& bias, bool relu,
-                               int64_t chunks) {
-  const int64_t B = x.size(0), I = x.size(1), H = h0.size(1), K = I + H;
-  check_rows(h0, B, H, "h");
+// A packed Elman layer: h1 (= y), h' = act([x | h] @ [W_x; W_h] + b).
+void rnn_packed(const Rows& io, int64_t H, const Tensor& w, const Tensor& bias, bool relu, int64_t chunks) {
+  const int64_t B = io.B, I = io.I, K = I + H;
   const Packed P = packed_of(w, K, 1, H);
-  const Tensor A = joined(x, h0);
-  Tensor h1 = at::empty({B, H}, x.options());
-  const float *a = A.data_ptr<float>(), *b = bias.data_ptr<float>();
-  float* yp = h1.data_ptr<float>();
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == H,
+              "rnnkit frame_forward: expected a float32 bias of ", H, " values, got ", bias.sizes());
+  float* a = scratch(B * K + B * H);
+  join_rows(a, io.x, I, io.in[0], H, B);
+  const float* b = bias.data_ptr<float>();
+  float* yp = out_floats(io.out[0], a + B * K);
   const Units u = frame_units(H, chunks);
   for_chunks(u, [&](int64_t c) {
     const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
-    panel_gemm_at(P.at(u, c, 0), K, wd, B, a, K, 0.0f, yp + lo, H);
+    P.mul(u, c, 0, B, a, K, yp + lo, H);
     for (int64_t r = 0; r < B; ++r) {
       float* __restrict__ y = yp + r * H + lo;
       for (int64_t j = 0; j < wd; ++j) y[j] += b[lo + j];
@@ -212,13 +271,80 @@ std::vector<Tensor> rnn_packed(const Tensor& x, const Tensor& h0, const Tensor& 
       }
     }
   });
-  return {h1, h1};
+  write_rows(io.out[0], yp, B * H);
 }
+
+// Where the frame reads and writes the layers' states, numbered k in the description's order (layer after layer,
+// part after part): the given (B, size) tensors (new ones returned), or stacked = n > 0, torch.nn's h_0 and c_0: n
+// tensors (layers, B, size), state k being row block k / n of part k % n, returned stacked alike (written in place of
+// new parts, so a packed layer writes its states where they are returned).
+struct StateIO {
+  at::TensorList given;
+  int64_t stacked;
+  std::vector<Tensor> parts, out;  // stacked: the n returned parts; else the returned state k
+  StateIO(at::TensorList g, int64_t n) : given(g), stacked(n) {
+    if (n <= 0) {
+      out.resize(g.size());
+      return;
+    }
+    TORCH_CHECK(static_cast<int64_t>(g.size()) == n, "rnnkit frame_forward: expected ", n, " stacked states, got ",
+                g.size());
+    for (const Tensor& t : g) {
+      TORCH_CHECK(t.dim() == 3 && t.size(0) == g[0].size(0) && t.is_contiguous(),
+                  "rnnkit frame_forward: expected contiguous stacked states (layers, B, size), got ", t.sizes());
+      parts.push_back(at::empty_like(t));
+    }
+  }
+  size_t count() const { return stacked > 0 ? static_cast<size_t>(given[0].size(0) * stacked) : given.size(); }
+  // State k's rows in a tensor (B, size) at `base` (given[k % n] or its returned part).
+  char* at_row(const Tensor& whole, size_t k) const {
+    return static_cast<char*>(whole.data_ptr()) + (k / stacked) * whole.size(1) * whole.size(2) * whole.element_size();
+  }
+  // State k as a (B, size) tensor, for the family kernels.
+  Tensor view(size_t k) const {
+    if (stacked <= 0) return given[k];
+    const Tensor& g = given[k % stacked];
+    return at::from_blob(at_row(g, k), {g.size(1), g.size(2)}, g.options());
+  }
+  // State k read by a packed layer: rows (B, width), float32 or bfloat16.
+  Ptr in(size_t k, int64_t rows, int64_t width) const {
+    const Tensor& t = stacked > 0 ? given[k % stacked] : given[k];
+    const int64_t r = t.size(t.dim() - 2), w = t.size(t.dim() - 1);
+    const bool bf16 = t.scalar_type() == at::kBFloat16;
+    TORCH_CHECK((bf16 || t.scalar_type() == at::kFloat) && t.is_contiguous() && r == rows && w == width,
+                "rnnkit frame_forward: expected a state of shape (", rows, ", ", width, ") float32 or bfloat16, got ",
+                t.sizes(), " (", t.scalar_type(), ")");
+    return {stacked > 0 ? at_row(t, k) : t.data_ptr(), bf16};
+  }
+  // Where a packed layer writes state k (rows, width), in the given state's dtype: its place in the returned part, or
+  // a new tensor.
+  Ptr write(size_t k, int64_t rows, int64_t width) {
+    const Tensor& like = stacked > 0 ? given[k % stacked] : given[k];
+    const bool bf16 = like.scalar_type() == at::kBFloat16;
+    if (stacked > 0) return {at_row(parts[k % stacked], k), bf16};
+    out[k] = at::empty({rows, width}, like.options());
+    return {out[k].data_ptr(), bf16};
+  }
+  // A family kernel's next state k.
+  void put(size_t k, const Tensor& next) {
+    if (stacked <= 0) {
+      out[k] = next;
+      return;
+    }
+    const Tensor& part = parts[k % stacked];
+    const Tensor state = next.contiguous();
+    TORCH_CHECK(state.numel() == part.size(1) * part.size(2) && state.scalar_type() == part.scalar_type(),
+                "rnnkit frame_forward: a layer's next state ", state.sizes(), " does not fit its stacked part ",
+                part.sizes());
+    std::memcpy(at_row(part, k), state.data_ptr(), state.numel() * state.element_size());
+  }
+};
 
 // Reads the flat lists in order, checking that each holds what the description asks for.
 struct Cursor {
   at::IntArrayRef desc;
-  at::TensorList weights, states;
+  at::TensorList weights;
+  size_t states;
   at::ArrayRef<double> scalars;
   size_t d = 0, w = 0, s = 0, f = 0;
   at::IntArrayRef ints(size_t n) {
@@ -230,9 +356,9 @@ struct Cursor {
     TORCH_CHECK(w < weights.size(), "rnnkit frame_forward: fewer weights than the description needs");
     return weights[w++];
   }
-  const Tensor& state() {
-    TORCH_CHECK(s < states.size(), "rnnkit frame_forward: fewer states than the description needs");
-    return states[s++];
+  size_t state() {  // the state's number k (StateIO)
+    TORCH_CHECK(s < states, "rnnkit frame_forward: fewer states than the description needs");
+    return s++;
   }
   double scalar() {
     TORCH_CHECK(f < scalars.size(), "rnnkit frame_forward: fewer scalars than the description needs");
@@ -242,7 +368,7 @@ struct Cursor {
 
 }  // namespace
 
-Tensor frame_pack(at::TensorList mats, int64_t units, int64_t gates, int64_t chunks) {
+Tensor frame_pack(at::TensorList mats, int64_t units, int64_t gates, int64_t chunks, bool bf16) {
   TORCH_CHECK(units % 8 == 0 && chunks >= 1, "rnnkit frame_pack: units must be a multiple of 8, got ", units);
   std::vector<Mat<float>> blocks;
   int64_t k = 0;
@@ -252,15 +378,19 @@ Tensor frame_pack(at::TensorList mats, int64_t units, int64_t gates, int64_t chu
     blocks.push_back(mat_of<float>(m));
     k += m.size(0);
   }
-  Tensor out = at::empty({k * gates * units}, mats[0].options());
+  Tensor out = at::empty({k * gates * units}, mats[0].options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
   const Units u = frame_units(units, chunks);
-  const Packed P{out.data_ptr<float>(), k, gates};
   for (int64_t c = 0; c < u.chunks(); ++c) {
     const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
     for (int64_t q = 0; q < gates; ++q) {
       std::vector<Mat<float>> cols;
       for (const Mat<float>& b : blocks) cols.push_back(cols_of(b, q * units + lo, wd));
-      pack_panels_into(const_cast<float*>(P.at(u, c, q)), cols, wd);
+      const int64_t off = k * (gates * lo + q * wd);  // (Packed's layout)
+      if (bf16) {
+        pack_panels_into(out.data_ptr<at::BFloat16>() + off, cols, wd);
+      } else {
+        pack_panels_into(out.data_ptr<float>() + off, cols, wd);
+      }
     }
   }
   return out;
@@ -273,104 +403,134 @@ int64_t frame_chunks(int64_t units, int64_t rows, int64_t k, int64_t gates) {
 std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::TensorList given,
                                   at::IntArrayRef desc, at::ArrayRef<double> scalars, int64_t stacked) {
   TORCH_CHECK(x.dim() == 2, "rnnkit frame_forward: expected x of shape (batch, features), got ", x.dim(), "-D");
-  // stacked = n > 0: the states come as n tensors (layers, B, size), torch.nn's h_0 and c_0, and go back so.
-  std::vector<Tensor> unstacked, parts;
-  if (stacked > 0) {  // views of each layer's rows (no dispatch per view), and the outputs stacked alike
-    TORCH_CHECK(static_cast<int64_t>(given.size()) == stacked, "rnnkit frame_forward: expected ", stacked,
-                " stacked states, got ", given.size());
-    for (int64_t j = 0; j < stacked; ++j) {
-      TORCH_CHECK(given[j].dim() == 3 && given[j].size(0) == given[0].size(0) && given[j].is_contiguous(),
-                  "rnnkit frame_forward: expected contiguous stacked states (layers, B, size), got ", given[j].sizes());
-      parts.push_back(at::empty_like(given[j]));
-    }
-    for (int64_t l = 0; l < given[0].size(0); ++l) {
-      for (int64_t j = 0; j < stacked; ++j) {
-        const Tensor& g = given[j];
-        const int64_t rows = g.size(1), width = g.size(2);
-        unstacked.push_back(at::from_blob(static_cast<char*>(g.data_ptr()) + l * rows * width * g.element_size(),
-                                          {rows, width}, g.options()));
-      }
-    }
-  }
-  const at::TensorList states = stacked > 0 ? at::TensorList(unstacked) : given;
-  Tensor bs = at::empty({1}, x.options().dtype(at::kLong));
-  bs.data_ptr<int64_t>()[0] = x.size(0);  // one step of every row
-  Cursor in{desc, weights, states, scalars};
-  std::vector<Tensor> out{Tensor()};
-  Tensor h = x;
+  StateIO st(given, stacked);
+  const int64_t B = x.size(0);
+  Tensor bs;  // the family kernels' batch sizes: one step of every row (made for the first unpacked layer)
+  Cursor in{desc, weights, st.count(), scalars};
   const std::nullopt_t none = std::nullopt;
+  // The layer's input: a tensor (x, or a family kernel's output), or a packed layer's rows (its h, where it was
+  // written: the next layer reads it there, in the state's dtype).
+  Tensor h = x.contiguous();
+  Ptr rows;
+  int64_t width = x.size(1);
+  auto input = [&]() -> Tensor {  // the input as a tensor, for a family kernel (a float stack: no bf16 rows)
+    TORCH_CHECK(!rows.bf16, "rnnkit frame_forward: a bfloat16 frame runs packed layers only");
+    return rows.p ? at::from_blob(rows.p, {B, width}, x.options()) : h;
+  };
+  auto packed_rows = [&](size_t n_states, const std::vector<int64_t>& widths) {
+    const bool bf16 = h.scalar_type() == at::kBFloat16;
+    TORCH_CHECK(bf16 || h.scalar_type() == at::kFloat, "rnnkit frame_forward: packed layers run float32 or bfloat16, "
+                "got ", h.scalar_type());
+    Rows io{B, width, rows.p ? rows : Ptr{h.data_ptr(), bf16}, {}, {}};
+    for (size_t j = 0; j < n_states; ++j) {
+      const size_t k = in.state();
+      io.in.push_back(st.in(k, B, widths[j]));
+      io.out.push_back(st.write(k, B, widths[j]));
+    }
+    return io;
+  };
+  std::vector<Tensor> rounded;  // a bf16 frame's float32 states: each layer's output rounded for the next layer
+  auto next_input = [&](Ptr out) {
+    rows = out;
+    if (x.scalar_type() == at::kBFloat16 && !out.bf16 && in.d < desc.size()) {
+      rounded.push_back(at::empty({B, width}, x.options()));
+      write_rows({rounded.back().data_ptr(), true}, static_cast<const float*>(out.p), B * width);
+      rows = {rounded.back().data_ptr(), true};
+    }
+  };
   while (in.d < desc.size()) {
     const int64_t family = in.ints(1)[0];
+    if (family == 10) {
+      const at::IntArrayRef order = in.ints(4);
+      const at::IntArrayRef chunks = in.ints(2);
+      const Tensor &w = in.weight(), &bias = in.weight(), &peep = in.weight(), &w_proj = in.weight();
+      const int64_t H = bias.numel() / 4, R = w_proj.numel() ? w_proj.numel() / std::max<int64_t>(1, H) : H;
+      const Rows io = packed_rows(2, {R, H});
+      const float fb = in.scalar(), cclip = in.scalar(), pclip = in.scalar();
+      lstm_packed(io, R, H, w, bias, peep, w_proj, order, chunks[0], chunks[1], fb, cclip, pclip);
+      width = R;
+      next_input(io.out[0]);
+      continue;
+    }
+    if (family == 12 || family == 13) {
+      const at::IntArrayRef ints = in.ints(2);
+      const Tensor& w = in.weight();
+      if (family == 12) {
+        const Tensor &w_xn = in.weight(), &w_hn = in.weight();
+        const Tensor &b_rz = in.weight(), &b_xn = in.weight(), &b_hn = in.weight();
+        const int64_t units = b_xn.numel();
+        const Rows io = packed_rows(1, {units});
+        gru_packed(io, units, w, w_xn, w_hn, b_rz, b_xn, b_hn, ints[0] != 0, ints[1]);
+        width = units;
+        next_input(io.out[0]);
+      } else {
+        const Tensor& bias = in.weight();
+        const int64_t units = bias.numel();
+        const Rows io = packed_rows(1, {units});
+        rnn_packed(io, units, w, bias, ints[0] != 0, ints[1]);
+        width = units;
+        next_input(io.out[0]);
+      }
+      continue;
+    }
     std::vector<Tensor> r;
+    const Tensor layer_in = input();
+    if (!bs.defined()) {
+      bs = at::empty({1}, x.options().dtype(at::kLong));
+      bs.data_ptr<int64_t>()[0] = B;
+    }
     if (family == 0 || family == 1) {
       const at::IntArrayRef order = in.ints(4);
       const Tensor &w_x = in.weight(), &bias = in.weight(), &w_h = in.weight(), &a = in.weight(), &b = in.weight();
-      const Tensor &h0 = in.state(), &c0 = in.state();
+      const size_t kh = in.state(), kc = in.state();
       const double fb = in.scalar();
       if (family == 0) {
         const double cell_clip = in.scalar(), proj_clip = in.scalar();
-        r = lstm_forward(h, w_x, present(bias), bs, h0, c0, w_h, present(a), present(b), none, none, order, fb,
-                         cell_clip, proj_clip, false, none);
+        r = lstm_forward(layer_in, w_x, present(bias), bs, st.view(kh), st.view(kc), w_h, present(a), present(b),
+                         none, none, order, fb, cell_clip, proj_clip, false, none);
       } else {
-        r = lnlstm_forward(h, w_x, present(bias), bs, h0, c0, w_h, a, b, none, none, order, fb, in.scalar(), false,
-                           none);
+        r = lnlstm_forward(layer_in, w_x, present(bias), bs, st.view(kh), st.view(kc), w_h, a, b, none, none, order,
+                           fb, in.scalar(), false, none);
       }
-      out.push_back(r[1]);
-      out.push_back(r[2]);
+      st.put(kh, r[1]);
+      st.put(kc, r[2]);
     } else if (family == 2) {
       const bool reset_after = in.ints(1)[0] != 0;
       const Tensor &w_x = in.weight(), &bias_x = in.weight(), &w_h = in.weight(), &bias_h = in.weight();
       const Tensor &w_xn = in.weight(), &w_hn = in.weight();
-      r = gru_forward(h, w_x, present(bias_x), bs, in.state(), w_h, present(bias_h), present(w_xn), present(w_hn),
-                      none, none, reset_after, false);
-      out.push_back(r[1]);
-    } else if (family == 10) {
-      const at::IntArrayRef order = in.ints(4);
-      const at::IntArrayRef chunks = in.ints(2);
-      const Tensor &w = in.weight(), &bias = in.weight(), &peep = in.weight(), &w_proj = in.weight();
-      const Tensor &h0 = in.state(), &c0 = in.state();
-      const float fb = in.scalar(), cclip = in.scalar(), pclip = in.scalar();
-      r = lstm_packed(h, h0, c0, w, bias, peep, w_proj, order, chunks[0], chunks[1], fb, cclip, pclip);
-      out.push_back(r[1]);
-      out.push_back(r[2]);
-    } else if (family == 12) {
-      const at::IntArrayRef ints = in.ints(2);
-      const Tensor &w_rz = in.weight(), &w_xn = in.weight(), &w_hn = in.weight();
-      const Tensor &b_rz = in.weight(), &b_xn = in.weight(), &b_hn = in.weight();
-      r = gru_packed(h, in.state(), w_rz, w_xn, w_hn, b_rz, b_xn, b_hn, ints[0] != 0, ints[1]);
-      out.push_back(r[1]);
-    } else if (family == 13) {
-      const at::IntArrayRef ints = in.ints(2);
-      const Tensor &w = in.weight(), &bias = in.weight();
-      r = rnn_packed(h, in.state(), w, bias, ints[0] != 0, ints[1]);
-      out.push_back(r[1]);
+      const size_t k = in.state();
+      r = gru_forward(layer_in, w_x, present(bias_x), bs, st.view(k), w_h, present(bias_h), present(w_xn),
+                      present(w_hn), none, none, reset_after, false);
+      st.put(k, r[1]);
     } else {
       TORCH_CHECK(family == 3, "rnnkit frame_forward: unknown family ", family,
                   " (0 lstm, 1 lnlstm, 2 gru, 3 rnn; packed: 10 lstm, 12 gru, 13 rnn)");
       const bool relu = in.ints(1)[0] != 0;
       const Tensor &w_x = in.weight(), &bias = in.weight(), &w_h = in.weight();
-      r = rnn_forward(h, w_x, present(bias), bs, in.state(), w_h, none, relu, false, none);
-      out.push_back(r[1]);
+      const size_t k = in.state();
+      r = rnn_forward(layer_in, w_x, present(bias), bs, st.view(k), w_h, none, relu, false, none);
+      st.put(k, r[1]);
     }
-    h = r[0];
+    h = r[0], rows = Ptr(), width = h.size(1);
   }
-  TORCH_CHECK(in.w == weights.size() && in.s == states.size() && in.f == scalars.size(),
+  TORCH_CHECK(in.w == weights.size() && in.s == st.count() && in.f == scalars.size(),
               "rnnkit frame_forward: more weights, states or scalars than the description uses");
-  out[0] = h;
-  if (stacked > 0) {  // each part's layers in one (layers, B, size) tensor
-    for (size_t k = 1; k < out.size(); ++k) {
-      const Tensor& part = parts[(k - 1) % stacked];
-      const Tensor state = out[k].contiguous();
-      TORCH_CHECK(state.numel() == part.size(1) * part.size(2) && state.scalar_type() == part.scalar_type(),
-                  "rnnkit frame_forward: a layer's next state ", state.sizes(), " does not fit its stacked part ",
-                  part.sizes());
-      std::memcpy(static_cast<char*>(part.data_ptr()) + ((k - 1) / stacked) * state.numel() * state.element_size(),
-                  state.data_ptr(), state.numel() * state.element_size());
+  // y: the top layer's output in x's dtype, a tensor of its own (not a view of a returned state)
+  Tensor y = h;
+  if (rows.p) {
+    y = at::empty({B, width}, x.options());
+    if (rows.bf16 == (x.scalar_type() == at::kBFloat16)) {
+      std::memcpy(y.data_ptr(), rows.p, y.numel() * y.element_size());
+    } else if (rows.bf16) {  // float32 x over bf16 states: no such frame (the engine passes x in the states' dtype)
+      read_rows(y.data_ptr<float>(), rows, B * width);
+    } else {
+      write_rows({y.data_ptr(), true}, static_cast<const float*>(rows.p), B * width);
     }
-    parts.insert(parts.begin(), h);
-    return parts;
   }
-  return out;
+  std::vector<Tensor> result{y};
+  const std::vector<Tensor>& states = stacked > 0 ? st.parts : st.out;
+  result.insert(result.end(), states.begin(), states.end());
+  return result;
 }
 
 }  // namespace rnnkit

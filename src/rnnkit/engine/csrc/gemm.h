@@ -167,10 +167,14 @@ struct PanelWeights {
 bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n);  // n % 8 == 0
 void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc);
 // The same on panels kept elsewhere (a streamed frame's packed weights, frame.cpp): k rows of n columns at P, packed
-// by pack_panels_into, which stacks the rows of `blocks` (each n columns wide) into one set of panels.
+// by pack_panels_into, which stacks the rows of `blocks` (each n columns wide) into one set of panels. In bfloat16
+// (a bf16 model's frame): weights read at half the bytes, widened exactly, multiplied and summed in float32.
 void panel_gemm_at(const float* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, float beta,
                    float* C, int64_t ldc);
+void panel_gemm_at(const at::BFloat16* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, float beta,
+                   float* C, int64_t ldc);
 void pack_panels_into(float* out, const std::vector<Mat<float>>& blocks, int64_t n);
+void pack_panels_into(at::BFloat16* out, const std::vector<Mat<float>>& blocks, int64_t n);  // (bf16 values: exact)
 
 // Sequences shorter than this multiply through BLAS or the small-row kernel: packing panels costs about one
 // step's multiply.

@@ -83,8 +83,9 @@ std::vector<Tensor> program_backward(const Tensor& dY, at::TensorList dfinals, c
 std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::TensorList states,
                                   at::IntArrayRef desc, at::ArrayRef<double> scalars, int64_t stacked);
 // A layer's weights packed for frames: the columns of `gates` blocks of `units`, over the rows of `mats` stacked, in
-// panels per chunk of units (frame.cpp); and how many chunks a frame of that layer is worth.
-Tensor frame_pack(at::TensorList mats, int64_t units, int64_t gates, int64_t chunks);
+// panels per chunk of units (frame.cpp), float32 or (bf16: a bf16 model's values, exact) bfloat16; and how many
+// chunks a frame of that layer is worth.
+Tensor frame_pack(at::TensorList mats, int64_t units, int64_t gates, int64_t chunks, bool bf16);
 int64_t frame_chunks(int64_t units, int64_t rows, int64_t k, int64_t gates);
 
 }  // namespace rnnkit

@@ -58,7 +58,7 @@ TORCH_LIBRARY(rnnkit, m) {
   m.def("frame_forward(Tensor x, Tensor[] weights, Tensor[] states, int[] desc, float[] scalars, int stacked=0)"
         " -> Tensor[]",
         &rnnkit::frame_forward);
-  m.def("frame_pack(Tensor[] mats, int units, int gates, int chunks) -> Tensor", &rnnkit::frame_pack);
+  m.def("frame_pack(Tensor[] mats, int units, int gates, int chunks, bool bf16=False) -> Tensor", &rnnkit::frame_pack);
   m.def("frame_chunks(int units, int rows, int k, int gates) -> int", &rnnkit::frame_chunks);
   m.def("blas_found", &rnnkit::blas_found);
   m.def("parallel_threads", &rnnkit::parallel_threads);
