@@ -215,6 +215,20 @@ def _refuse_tensor(component: str, name: str, t: torch.Tensor, ref: str, dtype: 
     raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref} {verb} on {device}; {fix}")
 
 
+_AUTOCAST_STATE_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _autocast_state(got: torch.dtype, params: torch.dtype, device: torch.device) -> bool:
+    """Whether a state of dtype ``got`` goes with float32 parameters on ``device`` under the active autocast: on the
+    CPU, a bfloat16 or float16 state (either, whatever autocast's dtype: torch.nn promotes)."""
+    return (
+        got in _AUTOCAST_STATE_DTYPES
+        and params is torch.float32
+        and device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+    )
+
+
 def check_placement(
     component: str,
     module: torch.nn.Module | None,
@@ -227,6 +241,10 @@ def check_placement(
     * every tensor of ``tensors`` (``(name, tensor)`` pairs, input first; ``None`` entries skipped) has the
       parameters' dtype and device (the first tensor's when there are no parameters);
     * ``lengths`` (``(name, value)``; checked only when the value is a tensor) is on that device or on the CPU.
+
+    Under an active CPU ``torch.autocast`` a state (a tensor after the input, when ``module`` has float32 CPU
+    parameters) may also be bfloat16 or float16, as ``torch.nn`` accepts: a state returned under autocast is fed
+    back (the engine computes in float32 and returns torch.nn's dtypes, ``rnnkit.engine.autocast``).
 
     Raises ``DtypeError`` or ``DeviceError``: ``ValueError`` and ``RuntimeError`` alike, as torch.nn raises for
     the same mismatches (``ValueError`` for an input against the weights, ``RuntimeError`` from its kernels).
@@ -250,7 +268,8 @@ def check_placement(
         if t is None:
             continue
         if t is not ref and (t.dtype is not dtype or t.device != device):
-            _refuse_tensor(component, name, t, ref_name, dtype, device, first and bool(params))
+            if not (t.device == device and not first and params and _autocast_state(t.dtype, dtype, device)):
+                _refuse_tensor(component, name, t, ref_name, dtype, device, first and bool(params))
         first = False
     if lengths is not None and isinstance(lengths[1], torch.Tensor):
         name, where = lengths[0], lengths[1].device

@@ -65,48 +65,75 @@ def autocast_dtype(x: Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype("cpu")
 
 
-def leaf_dtypes(leaf: Spec, low: torch.dtype, has_lengths: bool) -> tuple[torch.dtype, tuple[torch.dtype, ...]]:
-    """``(output dtype, dtypes of the kernels' state (h[, c]))`` of a leaf under autocast to ``low`` (the table)."""
+def _carried(low: torch.dtype, given: torch.dtype | None) -> torch.dtype:
+    """The dtype a native loop carries a state in from an initial state of dtype ``given`` (``None``: zeros, float32):
+    autocast's promotion of the step's lower-precision terms with it (``f * c``, ``z * h``)."""
+    return torch.promote_types(low, F32 if given is None else given)
+
+
+def leaf_dtypes(
+    leaf: Spec, low: torch.dtype, has_lengths: bool, given: tuple[torch.dtype, ...] | None = None
+) -> tuple[torch.dtype, tuple[torch.dtype, ...]]:
+    """``(output dtype, dtypes of the kernels' state (h[, c]))`` of a leaf under autocast to ``low`` (the table),
+    from an initial state of dtypes ``given`` (the kernels' ``(h[, c])``; ``None``: zeros)."""
     if isinstance(leaf, LSTMSpec):
         if leaf.torch_mode == "LSTM" and not leaf.has_proj and not has_lengths:
-            return low, (low, low)  # torch's oneDNN LSTM: one autocast op
-        h = low if leaf.has_proj else F32
-        return h, (h, F32)
+            return low, (low, low)  # torch's oneDNN LSTM: one autocast op, whatever the state's dtypes
+        # peepholes multiply the float32 parameters with c: float32 gates and state whatever came
+        c = F32 if leaf.peepholes else _carried(low, given[1] if given else None)
+        h = low if leaf.has_proj else c
+        return h, (h, c)
     if isinstance(leaf, RNNSpec):
         return low, (low,)
-    if isinstance(leaf, (GRUSpec, LNLSTMSpec)):
-        return F32, (F32,) * (2 if isinstance(leaf, LNLSTMSpec) else 1)
+    if isinstance(leaf, GRUSpec):
+        h = _carried(low, given[0] if given else None)
+        return h, (h,)
+    if isinstance(leaf, LNLSTMSpec):
+        return F32, (F32, F32)
     return F32, ()  # (a compiled cell: float32 throughout)
 
 
-def output_dtype(spec: Spec | None, low: torch.dtype, has_lengths: bool) -> torch.dtype:
-    """The dtype of the outputs of a (possibly composite) lowered cell under autocast to ``low``."""
+def _given(spec: Spec, state: Any) -> tuple[torch.dtype, ...] | None:
+    """The dtypes of a leaf's initial ``state`` as the kernels' ``(h[, c])``, or ``None`` for zeros."""
+    return None if state is None else tuple(t.dtype for t in spec.to_internal(state))
+
+
+def output_dtype(spec: Spec | None, low: torch.dtype, has_lengths: bool, given: Any = None) -> torch.dtype:
+    """The dtype of the outputs of a (possibly composite) lowered cell under autocast to ``low``, from the initial
+    state ``given`` (the cell's state structure; ``None``: zeros)."""
     if isinstance(spec, StackSpec):
-        return output_dtype(spec.layers[-1], low, has_lengths)
+        last = None if given is None else spec.split_state(given)[-1]
+        return output_dtype(spec.layers[-1], low, has_lengths, last)
     if isinstance(spec, DropoutSpec):
-        return output_dtype(spec.inner, low, has_lengths)
+        return output_dtype(spec.inner, low, has_lengths, given)
     if spec is None or isinstance(spec, ResidualSpec):
         return F32
-    return leaf_dtypes(spec, low, has_lengths)[0]
+    return leaf_dtypes(spec, low, has_lengths, _given(spec, given))[0]
 
 
-def cast_state(spec: Spec | None, state: Any, low: torch.dtype, has_lengths: bool) -> Any:
-    """A (float32) final state of ``spec``'s cell with each leaf's parts in its dtype under autocast to ``low``."""
+def cast_state(spec: Spec | None, state: Any, low: torch.dtype, has_lengths: bool, given: Any = None) -> Any:
+    """A (float32) final state of ``spec``'s cell with each leaf's parts in its dtype under autocast to ``low``, from
+    the initial state ``given`` (same structure; ``None``: zeros)."""
     if spec is None:
         return state
     if isinstance(spec, StackSpec):
         parts = spec.split_state(state)
-        return spec.join_state([cast_state(s, p, low, has_lengths) for s, p in zip(spec.layers, parts, strict=True)])
+        starts = [None] * len(parts) if given is None else spec.split_state(given)
+        layers = zip(spec.layers, parts, starts, strict=True)
+        return spec.join_state([cast_state(leaf, p, low, has_lengths, g) for leaf, p, g in layers])
     if isinstance(spec, (DropoutSpec, ResidualSpec)):
-        return cast_state(spec.inner, state, low, has_lengths)
-    dtypes = leaf_dtypes(spec, low, has_lengths)[1]
+        return cast_state(spec.inner, state, low, has_lengths, given)
+    dtypes = leaf_dtypes(spec, low, has_lengths, _given(spec, given))[1]
     if not dtypes:
         return state
     internal = spec.to_internal(state)
     return spec.from_internal(*(t.to(d) for t, d in zip(internal, dtypes, strict=True)))
 
 
-def cast_stack(leaf: Spec, y: Tensor, parts: Any, low: torch.dtype, has_lengths: bool) -> tuple[Tensor, Any]:
-    """A layer stack's float32 ``(outputs, stacked state parts (h[, c]))`` in the dtypes of its leaves' family."""
-    out, dtypes = leaf_dtypes(leaf, low, has_lengths)
+def cast_stack(
+    leaf: Spec, y: Tensor, parts: Any, low: torch.dtype, has_lengths: bool, given: Any = None
+) -> tuple[Tensor, Any]:
+    """A layer stack's float32 ``(outputs, stacked state parts (h[, c]))`` in the dtypes of its leaves' family, from
+    the stacked initial parts ``given`` (``None``: zeros)."""
+    out, dtypes = leaf_dtypes(leaf, low, has_lengths, None if given is None else tuple(p.dtype for p in given))
     return y.to(out), tuple(p.to(d) for p, d in zip(parts, dtypes, strict=True))
