@@ -210,6 +210,9 @@ def _refuse_tensor(component: str, name: str, t: torch.Tensor, ref: str, dtype: 
                 f"{said} (RNN input dtype ({t.dtype}) does not match weight dtype ({dtype})). Convert input: "
                 f"input.to({dtype}), or convert model: model.to({t.dtype})"
             )
+        if not module and ref == "the parameters" and _autocast_state(t.dtype, dtype, t.device, False):
+            # (torch.nn's kernels refuse it too, with a RuntimeError: DtypeError is one)
+            said += f" (a {t.dtype} state goes with {dtype} parameters only under torch.autocast('cpu'))"
         raise DtypeError(f"{said}; convert {name} ({name}.to({dtype}))")
     fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if module else "")
     raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref} {verb} on {device}; {fix}")
@@ -218,14 +221,14 @@ def _refuse_tensor(component: str, name: str, t: torch.Tensor, ref: str, dtype: 
 _AUTOCAST_STATE_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def _autocast_state(got: torch.dtype, params: torch.dtype, device: torch.device) -> bool:
-    """Whether a state of dtype ``got`` goes with float32 parameters on ``device`` under the active autocast: on the
-    CPU, a bfloat16 or float16 state (either, whatever autocast's dtype: torch.nn promotes)."""
+def _autocast_state(got: torch.dtype, params: torch.dtype, device: torch.device, active: bool = True) -> bool:
+    """Whether a state of dtype ``got`` goes with float32 parameters on ``device`` under autocast (``active``: the
+    present one): on the CPU, a bfloat16 or float16 state (either, whatever autocast's dtype: torch.nn promotes)."""
     return (
         got in _AUTOCAST_STATE_DTYPES
         and params is torch.float32
         and device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
+        and (not active or torch.is_autocast_enabled("cpu"))
     )
 
 
@@ -267,9 +270,10 @@ def check_placement(
     for name, t in tensors:
         if t is None:
             continue
-        if t is not ref and (t.dtype is not dtype or t.device != device):
-            if not (t.device == device and not first and params and _autocast_state(t.dtype, dtype, device)):
-                _refuse_tensor(component, name, t, ref_name, dtype, device, first and bool(params))
+        misplaced = t is not ref and (t.dtype is not dtype or t.device != device)
+        # (a state fed back under autocast: torch.nn takes it)
+        if misplaced and (first or not params or t.device != device or not _autocast_state(t.dtype, dtype, device)):
+            _refuse_tensor(component, name, t, ref_name, dtype, device, first and bool(params))
         first = False
     if lengths is not None and isinstance(lengths[1], torch.Tensor):
         name, where = lengths[0], lengths[1].device

@@ -15,14 +15,44 @@ RNN (tanh or relu), either input                   autocast dtype              -
 
 (the native loops' dtypes are autocast's op rules on the step: a matmul's result is bf16, ``c' = f * c + i * g``
 promotes to the float32 ``c``, GRU's ``h' = (1 - z) * n + z * h`` to the float32 ``h``, RNN's ``h' = tanh(...)`` of a
-matmul stays bf16). rnnkit's engine follows that table, leaf family by leaf family, for its layers and for the TF
-runners alike (``rnnkit.dynamic_rnn`` & co., ``engine.unroll``): an LSTM leaf whose math is torch's returns the
-autocast dtype on full sequences (no lengths) without projection; an LSTM with lengths, or with peepholes or clips
-(torch's native-loop math) returns float32, with a projection outputs and ``h`` in the autocast dtype; a layer-norm
-LSTM float32 (layer norm is one of autocast's float32 ops); GRUs float32; RNNs the autocast dtype. A
-``MultiRNNCell`` gives each layer's state its family's dtype and the top layer's output dtype, a ``DropoutWrapper``
-its inner cell's, a ``ResidualWrapper`` float32 outputs (the float32 input is added). A cell the engine does not
-lower, and a compiled user cell, return float32.
+matmul stays bf16).
+
+**A state fed back** (measured, torch 2.13 CPU, 2 layers, padded and packed, ``batch_first``, unbatched, inference
+and grad mode alike): under autocast ``torch.nn`` takes ``h_0``/``c_0`` in float32, bfloat16 or float16 (either low
+dtype under either autocast dtype, and mixed, as an LSTM with ``proj_size`` returns them), and a native loop carries
+its state in ``promote_types(low, dtype of the state given)``; float64 states raise ``RuntimeError``:
+
+===========================================  =========================================  ============================
+torch.nn layer, initial state (h, c)          outputs and ``h_n``                        ``c_n``
+===========================================  =========================================  ============================
+LSTM padded, no projection (oneDNN)           autocast dtype, whatever the state's       autocast dtype
+LSTM packed, no projection (native loop)      ``promote(low, c_0)``: (bf16, bf16) bf16;  as ``h_n``
+                                              (f32, bf16) bf16; (bf16, f32) float32;
+                                              fp16 states under bf16 autocast float32
+LSTM with ``proj_size``, either input         autocast dtype                             ``promote(low, c_0)``
+GRU, either input                             ``promote(low, h_0)``: bf16 from bf16,     --
+                                              float32 from float32 (or fp16 under bf16)
+RNN (tanh or relu), either input              autocast dtype, whatever the state's       --
+===========================================  =========================================  ============================
+
+Outside autocast, a bf16/fp16 state with float32 parameters raises ``RuntimeError`` (oneDNN's "could not create a
+primitive descriptor for the LSTM forward propagation primitive", else "mat1 and mat2 must have the same dtype, but
+got BFloat16 and Float"), except where promotion happens to let it through (an LSTM with a float32 ``h_0`` and a bf16
+``c_0``, packed or with ``proj_size``: float32 results). rnnkit refuses every such state with ``DtypeError`` (a
+``RuntimeError``) naming the state, the exception included (its padded twin refuses it in torch.nn too). Under
+float16 autocast in grad mode torch.nn's padded LSTM raises (oneDNN has no fp16 LSTM training here); rnnkit runs it.
+
+rnnkit's engine follows both tables, leaf family by leaf family, for its layers (``forward``, ``step``, ``stream``)
+and for the TF runners alike (``rnnkit.dynamic_rnn`` & co., ``engine.unroll``): it takes a bf16/fp16 state under CPU
+autocast (``_structure.check_placement``), computes in float32 (the state widened exactly), and gives each leaf the
+dtypes of ``leaf_dtypes`` from the dtypes of the state it started from (``None``: zeros, float32). An LSTM leaf whose
+math is torch's returns the autocast dtype on full sequences (no lengths) without projection; an LSTM with lengths,
+or with clips (torch's native-loop math) carries ``c`` in ``promote(low, c_0)`` and ``h`` the same, or in the
+autocast dtype with a projection; peepholes multiply float32 parameters with ``c``, so a peephole LSTM is float32; a
+layer-norm LSTM float32 (layer norm is one of autocast's float32 ops); GRUs ``promote(low, h_0)``; RNNs the autocast
+dtype. A ``MultiRNNCell`` gives each layer's state its family's dtype and the top layer's output dtype, a
+``DropoutWrapper`` its inner cell's, a ``ResidualWrapper`` float32 outputs (the float32 input is added). A cell the
+engine does not lower, and a compiled user cell, return float32.
 
 Where the route is torch's own kernel (the oneDNN LSTM of a stack, in inference above ``route.FUSED_MAX_BATCH``
 rows), bf16 autocast runs it exactly as torch.nn (same results bit for bit; under float16 autocast it runs in

@@ -31,9 +31,9 @@ from .._structure import check_placement, map_structure, named_leaves
 from ..cells import RNNCell
 from ._select import fused_kernels
 from .autocast import autocast_dtype, cast_stack, cast_state, output_dtype
-from .precision import widened_state
 from .lowering import DropoutSpec, ResidualSpec, Spec, StackSpec, combine_masks, lowering_for
 from .plan import Plan, full_batch_sizes, full_to_none, plan_for, reverse_sequence
+from .precision import widened_state
 from .route import DEVICES, route
 from .stack import VF_CALLS, LayerStack, dropout_between_layers, run_layers, torch_stack_call
 

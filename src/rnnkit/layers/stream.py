@@ -2,8 +2,8 @@
 
 Both run a frame of the layer's stack (``rnnkit.engine.frame``) when the engine's predicate allows (inference on CPU
 in float32/float64 outside ``torch.autocast``, a one-direction stack of the kernel families); otherwise the layer's
-``forward`` on a sequence of one step, which gives the same values (under autocast: torch.nn's dtypes). The states at the boundary are ``forward``'s: ``h_0`` (and ``c_0``), each
-``(num_layers, batch, size)``.
+``forward`` on a sequence of one step, which gives the same values (under autocast: torch.nn's dtypes). The states at
+the boundary are ``forward``'s: ``h_0`` (and ``c_0``), each ``(num_layers, batch, size)``.
 
 ``LayerStream`` keeps the state between frames in the kernels' own form (one ``(batch, size)`` tensor per layer and
 state part), so a frame costs one kernel call and no conversion; ``s.state`` gives it in ``forward``'s form.
