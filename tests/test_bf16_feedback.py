@@ -18,6 +18,7 @@ the dtypes the table gives (what rnnkit hands back): the two differ by the one f
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnkit
+from rnnkit import engine
 from rnnkit._structure import flatten, map_structure
 from rnnkit.errors import DtypeError
 from test_bf16_autocast import U, _close
@@ -131,7 +133,7 @@ def test_lstm_from_mixed_low_states_follows_torch_nn(start, proj, packed):
     _check_chunks(tn, rk, pieces, 1, start=(h0, c0))
 
 
-@pytest.mark.parametrize("case", ["lstm", "gru_2_layers", "rnn_tanh"])
+@pytest.mark.parametrize("case", ["lstm", "gru_2_layers"])
 def test_float16_autocast_feedback_follows_torch_nn(case):
     """Under float16 autocast (inference: torch.nn's oneDNN LSTM has no fp16 training here) the same, within the
     bounds in fp16's unit roundoff 2^-11."""
@@ -145,26 +147,27 @@ STEP_LAYERS = ["lstm", "lstm_proj", "gru_2_layers", "rnn_tanh"]
 
 
 @ignore_proj_warning
-@pytest.mark.parametrize("grad", [False, True], ids=["inference", "grad"])
 @pytest.mark.parametrize("case", STEP_LAYERS)
-def test_step_and_stream_under_autocast_follow_torch_nn(case, grad):
-    """``layer.step(x_t, state)`` and ``layer.stream(batch)`` frame by frame under bf16 autocast, each fed its state:
-    torch.nn's dtypes of one-step calls fed theirs, values within 8Lu of them (as sequences in chunks of one)."""
+def test_step_and_stream_under_autocast_follow_torch_nn(case):
+    """``layer.step(x_t, state)`` and ``layer.stream(batch)`` frame by frame under bf16 autocast, each fed its state,
+    in inference and with autograd: torch.nn's dtypes of one-step calls fed theirs, values within 8Lu of them (as
+    sequences in chunks of one)."""
     tn, rk = _pair(case)
     rk.eval()
     layers = LAYERS[case][1].get("num_layers", 1)
     x = torch.randn(4, 3, FEATURES)
-    state_t = state_r = None
-    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=BF16), rk.stream(3) as s:
-        for t in range(x.shape[0]):
-            out_t, state_t = tn(x[t : t + 1], state_t)
-            out_r, state_r = rk.step(x[t], state_r)
-            out_s = s(x[t])
-            want = [out_t[0], *flatten(state_t)]
-            for got in ([out_r, *flatten(state_r)], [out_s, *flatten(s.state)]):
-                assert [g.dtype for g in got] == [w.dtype for w in want], f"frame {t} dtypes"
-                for g, w in zip(got, want, strict=True):
-                    _close(g, w, 8 * layers * U, f"frame {t}")
+    for grad in (False, True):
+        state_t = state_r = None
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=BF16), rk.stream(3) as s:
+            for t in range(x.shape[0]):
+                out_t, state_t = tn(x[t : t + 1], state_t)
+                out_r, state_r = rk.step(x[t], state_r)
+                out_s = s(x[t])
+                want = [out_t[0], *flatten(state_t)]
+                for got in ([out_r, *flatten(state_r)], [out_s, *flatten(s.state)]):
+                    assert [g.dtype for g in got] == [w.dtype for w in want], f"frame {t} dtypes"
+                    for g, w in zip(got, want, strict=True):
+                        _close(g, w, 8 * layers * U, f"frame {t}")
 
 
 @ignore_proj_warning
@@ -193,3 +196,91 @@ def test_low_states_outside_autocast_refused_as_torch_nn(case):
             tn(x, wide)
         with pytest.raises(DtypeError, match=f"{name} has dtype torch.float64"):
             rk(x, wide)
+
+
+# (cell factory, its state's dtypes in flatten order under bf16 autocast on full sequences, and with lengths: the
+# table; feeding them back keeps them: each is its family's fixed point of ``leaf_dtypes``)
+CELLS = {
+    "multi_lstm": (lambda: rnnkit.MultiRNNCell([rnnkit.LSTMCell(5), rnnkit.LSTMCell(4)]), [BF16] * 4, [F32] * 4),
+    "gru": (lambda: rnnkit.GRUCell(5), [F32], [F32]),
+    "multi_mixed": (
+        lambda: rnnkit.MultiRNNCell([rnnkit.LSTMCell(5, num_proj=3), rnnkit.GRUCell(4), rnnkit.BasicRNNCell(4)]),
+        [F32, BF16, F32, BF16],  # (c, h) of the projected LSTM, GRU's h, RNN's h
+        [F32, BF16, F32, BF16],
+    ),
+}
+RUNS = [
+    ("dynamic_rnn", None),
+    ("dynamic_rnn", [CHUNK, 2]),
+    ("static_rnn", None),
+    ("bidirectional_dynamic_rnn", [CHUNK, 2]),
+]
+
+
+def _run(runner: str, cell: Any, twin: Any, x: torch.Tensor, state: Any, lengths: Any) -> tuple[torch.Tensor, Any]:
+    """One chunk ``x (B, T, D)`` through ``runner`` -> (outputs (B, T, O), state); bidirectional: ``twin`` runs the
+    reversed chunk from the same state, its outputs concatenated."""
+    if runner == "dynamic_rnn":
+        return rnnkit.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=state)
+    if runner == "static_rnn":
+        outs, state = rnnkit.static_rnn(cell, list(x.unbind(1)), initial_state=state, sequence_length=lengths)
+        return torch.stack(outs, 1), state
+    (fw, bw), (state, _) = rnnkit.bidirectional_dynamic_rnn(
+        cell, twin, x, sequence_length=lengths, initial_state_fw=state, initial_state_bw=state
+    )
+    return torch.cat([fw, bw], -1), state
+
+
+@pytest.mark.parametrize("runner, lengths", RUNS, ids=[f"{r}-{'lengths' if n else 'full'}" for r, n in RUNS])
+@pytest.mark.parametrize("case", sorted(CELLS))
+def test_runner_fed_its_autocast_state(case, runner, lengths):
+    """Three chunks under bf16 autocast, the returned state fed back as initial_state: the table's dtypes at every
+    chunk, values within 2u of the float32 reference loop run chunk by chunk from the state rounded as rnnkit hands
+    it back (the one final rounding apart)."""
+    make, full, ragged = CELLS[case]
+    cell, twin = make(), make()
+    cell.build(3)
+    twin.build(3)
+    ref, ref_twin = copy.deepcopy(cell), copy.deepcopy(twin)
+    x = torch.randn(2, CHUNK * CHUNKS, 3)
+    state = state_ref = None
+    for k, chunk in enumerate(x.split(CHUNK, dim=1)):
+        with torch.autocast("cpu", dtype=BF16):
+            out, state = _run(runner, cell, twin, chunk, state, lengths)
+        with engine.use("reference"):
+            out_ref, state_ref = _run(runner, ref, ref_twin, chunk, state_ref, lengths)
+        assert [s.dtype for s in flatten(state)] == (full if lengths is None else ragged), f"chunk {k} dtypes"
+        _close(out, out_ref, 2 * U, f"chunk {k} outputs")
+        for s, s_ref in zip(flatten(state), flatten(state_ref), strict=True):
+            _close(s, s_ref, 2 * U, f"chunk {k} state")
+        state_ref = map_structure(lambda r, s: r.to(s.dtype).float(), state_ref, state)
+
+
+def test_runners_native_loops_keep_a_low_state():
+    """A bf16 state into a native loop stays bf16 (torch.nn's packed LSTM and GRU from a bf16 state: promote(bf16,
+    bf16)): an LSTM stack's full-sequence state fed to a chunk with lengths, a bf16 state to a GRU; values within 2u
+    of the float32 reference from the same (widened) state. And a direct ``cell(x_t, state)`` call takes it."""
+    lstm, gru = CELLS["multi_lstm"][0](), rnnkit.GRUCell(5)
+    x = torch.randn(2, 2 * CHUNK, 3)
+    with torch.autocast("cpu", dtype=BF16):
+        _, state = rnnkit.dynamic_rnn(lstm, x[:, :CHUNK])
+        h0 = torch.randn(2, 5).to(BF16)
+        runs = [(lstm, state, [CHUNK, 1]), (gru, h0, None)]
+        results = [rnnkit.dynamic_rnn(c, x[:, CHUNK:], sequence_length=n, initial_state=s) for c, s, n in runs]
+        stepped = lstm(x[:, 0], results[0][1])
+    for (cell, start, lengths), (out, final) in zip(runs, results, strict=True):
+        assert out.dtype == BF16 and all(s.dtype == BF16 for s in flatten(final))
+        with engine.use("reference"):
+            widened = map_structure(lambda t: t.float(), start)
+            out_ref, final_ref = rnnkit.dynamic_rnn(cell, x[:, CHUNK:], sequence_length=lengths, initial_state=widened)
+        _close(out, out_ref, 2 * U, "outputs")
+        for s, s_ref in zip(flatten(final), flatten(final_ref), strict=True):
+            _close(s, s_ref, 2 * U, "state")
+    assert stepped[0].dtype == BF16
+
+
+def test_runner_low_state_outside_autocast_refused():
+    """Outside autocast a bf16 initial_state with float32 parameters is a DtypeError (torch.nn: RuntimeError)."""
+    cell = rnnkit.GRUCell(5)
+    with pytest.raises(DtypeError, match="initial_state has dtype torch.bfloat16.*only under torch.autocast"):
+        rnnkit.dynamic_rnn(cell, torch.randn(2, 3, 3), initial_state=torch.zeros(2, 5, dtype=BF16))
