@@ -1,7 +1,8 @@
 """The engine under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (or float16): torch.nn's dtypes, float32 math.
 
 What torch 2.13 does (measured): autocast casts ops, not modules. On CPU its lower-precision list has the matmuls and
-``mkldnn_rnn_layer`` (oneDNN's LSTM), so ``torch.nn`` on float32 inputs and weights returns
+``mkldnn_rnn_layer`` (oneDNN's LSTM), so ``torch.nn`` on float32 inputs and weights (from zeros or a float32
+state) returns
 
 ================================================  ==========================  ===================
 torch.nn layer under CPU autocast                  outputs and ``h_n``          ``c_n``
