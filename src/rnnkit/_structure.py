@@ -210,9 +210,26 @@ def _refuse_tensor(component: str, name: str, t: torch.Tensor, ref: str, dtype: 
                 f"{said} (RNN input dtype ({t.dtype}) does not match weight dtype ({dtype})). Convert input: "
                 f"input.to({dtype}), or convert model: model.to({t.dtype})"
             )
+        if not module and ref == "the parameters" and _autocast_state(t.dtype, dtype, t.device, False):
+            # (torch.nn's kernels refuse it too, with a RuntimeError: DtypeError is one)
+            said += f" (a {t.dtype} state goes with {dtype} parameters only under torch.autocast('cpu'))"
         raise DtypeError(f"{said}; convert {name} ({name}.to({dtype}))")
     fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if module else "")
     raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref} {verb} on {device}; {fix}")
+
+
+_AUTOCAST_STATE_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _autocast_state(got: torch.dtype, params: torch.dtype, device: torch.device, active: bool = True) -> bool:
+    """Whether a state of dtype ``got`` goes with float32 parameters on ``device`` under autocast (``active``: the
+    present one): on the CPU, a bfloat16 or float16 state (either, whatever autocast's dtype: torch.nn promotes)."""
+    return (
+        got in _AUTOCAST_STATE_DTYPES
+        and params is torch.float32
+        and device.type == "cpu"
+        and (not active or torch.is_autocast_enabled("cpu"))
+    )
 
 
 def check_placement(
@@ -227,6 +244,10 @@ def check_placement(
     * every tensor of ``tensors`` (``(name, tensor)`` pairs, input first; ``None`` entries skipped) has the
       parameters' dtype and device (the first tensor's when there are no parameters);
     * ``lengths`` (``(name, value)``; checked only when the value is a tensor) is on that device or on the CPU.
+
+    Under an active CPU ``torch.autocast`` a state (a tensor after the input, when ``module`` has float32 CPU
+    parameters) may also be bfloat16 or float16, as ``torch.nn`` accepts: a state returned under autocast is fed
+    back (the engine computes in float32 and returns torch.nn's dtypes, ``rnnkit.engine.autocast``).
 
     Raises ``DtypeError`` or ``DeviceError``: ``ValueError`` and ``RuntimeError`` alike, as torch.nn raises for
     the same mismatches (``ValueError`` for an input against the weights, ``RuntimeError`` from its kernels).
@@ -249,7 +270,9 @@ def check_placement(
     for name, t in tensors:
         if t is None:
             continue
-        if t is not ref and (t.dtype is not dtype or t.device != device):
+        misplaced = t is not ref and (t.dtype is not dtype or t.device != device)
+        # (a state fed back under autocast: torch.nn takes it)
+        if misplaced and (first or not params or t.device != device or not _autocast_state(t.dtype, dtype, device)):
             _refuse_tensor(component, name, t, ref_name, dtype, device, first and bool(params))
         first = False
     if lengths is not None and isinstance(lengths[1], torch.Tensor):

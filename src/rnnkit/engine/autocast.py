@@ -1,7 +1,8 @@
 """The engine under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (or float16): torch.nn's dtypes, float32 math.
 
 What torch 2.13 does (measured): autocast casts ops, not modules. On CPU its lower-precision list has the matmuls and
-``mkldnn_rnn_layer`` (oneDNN's LSTM), so ``torch.nn`` on float32 inputs and weights returns
+``mkldnn_rnn_layer`` (oneDNN's LSTM), so ``torch.nn`` on float32 inputs and weights (from zeros or a float32
+state) returns
 
 ================================================  ==========================  ===================
 torch.nn layer under CPU autocast                  outputs and ``h_n``          ``c_n``
@@ -15,14 +16,44 @@ RNN (tanh or relu), either input                   autocast dtype              -
 
 (the native loops' dtypes are autocast's op rules on the step: a matmul's result is bf16, ``c' = f * c + i * g``
 promotes to the float32 ``c``, GRU's ``h' = (1 - z) * n + z * h`` to the float32 ``h``, RNN's ``h' = tanh(...)`` of a
-matmul stays bf16). rnnkit's engine follows that table, leaf family by leaf family, for its layers and for the TF
-runners alike (``rnnkit.dynamic_rnn`` & co., ``engine.unroll``): an LSTM leaf whose math is torch's returns the
-autocast dtype on full sequences (no lengths) without projection; an LSTM with lengths, or with peepholes or clips
-(torch's native-loop math) returns float32, with a projection outputs and ``h`` in the autocast dtype; a layer-norm
-LSTM float32 (layer norm is one of autocast's float32 ops); GRUs float32; RNNs the autocast dtype. A
-``MultiRNNCell`` gives each layer's state its family's dtype and the top layer's output dtype, a ``DropoutWrapper``
-its inner cell's, a ``ResidualWrapper`` float32 outputs (the float32 input is added). A cell the engine does not
-lower, and a compiled user cell, return float32.
+matmul stays bf16).
+
+**A state fed back** (measured, torch 2.13 CPU, 2 layers, padded and packed, ``batch_first``, unbatched, inference
+and grad mode alike): under autocast ``torch.nn`` takes ``h_0``/``c_0`` in float32, bfloat16 or float16 (either low
+dtype under either autocast dtype, and mixed, as an LSTM with ``proj_size`` returns them), and a native loop carries
+its state in ``promote_types(low, dtype of the state given)``; float64 states raise ``RuntimeError``:
+
+===========================================  =========================================  ============================
+torch.nn layer, initial state (h, c)          outputs and ``h_n``                        ``c_n``
+===========================================  =========================================  ============================
+LSTM padded, no projection (oneDNN)           autocast dtype, whatever the state's       autocast dtype
+LSTM packed, no projection (native loop)      ``promote(low, c_0)``: (bf16, bf16) bf16;  as ``h_n``
+                                              (f32, bf16) bf16; (bf16, f32) float32;
+                                              fp16 states under bf16 autocast float32
+LSTM with ``proj_size``, either input         autocast dtype                             ``promote(low, c_0)``
+GRU, either input                             ``promote(low, h_0)``: bf16 from bf16,     --
+                                              float32 from float32 (or fp16 under bf16)
+RNN (tanh or relu), either input              autocast dtype, whatever the state's       --
+===========================================  =========================================  ============================
+
+Outside autocast, a bf16/fp16 state with float32 parameters raises ``RuntimeError`` (oneDNN's "could not create a
+primitive descriptor for the LSTM forward propagation primitive", else "mat1 and mat2 must have the same dtype, but
+got BFloat16 and Float"), except where promotion happens to let it through (an LSTM with a float32 ``h_0`` and a bf16
+``c_0``, packed or with ``proj_size``: float32 results). rnnkit refuses every such state with ``DtypeError`` (a
+``RuntimeError``) naming the state, the exception included (its padded twin refuses it in torch.nn too). Under
+float16 autocast in grad mode torch.nn's padded LSTM raises (oneDNN has no fp16 LSTM training here); rnnkit runs it.
+
+rnnkit's engine follows both tables, leaf family by leaf family, for its layers (``forward``, ``step``, ``stream``)
+and for the TF runners alike (``rnnkit.dynamic_rnn`` & co., ``engine.unroll``): it takes a bf16/fp16 state under CPU
+autocast (``_structure.check_placement``), computes in float32 (the state widened exactly), and gives each leaf the
+dtypes of ``leaf_dtypes`` from the dtypes of the state it started from (``None``: zeros, float32). An LSTM leaf whose
+math is torch's returns the autocast dtype on full sequences (no lengths) without projection; an LSTM with lengths,
+or with clips (torch's native-loop math) carries ``c`` in ``promote(low, c_0)`` and ``h`` the same, or in the
+autocast dtype with a projection; peepholes multiply float32 parameters with ``c``, so a peephole LSTM is float32; a
+layer-norm LSTM float32 (layer norm is one of autocast's float32 ops); GRUs ``promote(low, h_0)``; RNNs the autocast
+dtype. A ``MultiRNNCell`` gives each layer's state its family's dtype and the top layer's output dtype, a
+``DropoutWrapper`` its inner cell's, a ``ResidualWrapper`` float32 outputs (the float32 input is added). A cell the
+engine does not lower, and a compiled user cell, return float32.
 
 Where the route is torch's own kernel (the oneDNN LSTM of a stack, in inference above ``route.FUSED_MAX_BATCH``
 rows), bf16 autocast runs it exactly as torch.nn (same results bit for bit; under float16 autocast it runs in
@@ -65,48 +96,75 @@ def autocast_dtype(x: Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype("cpu")
 
 
-def leaf_dtypes(leaf: Spec, low: torch.dtype, has_lengths: bool) -> tuple[torch.dtype, tuple[torch.dtype, ...]]:
-    """``(output dtype, dtypes of the kernels' state (h[, c]))`` of a leaf under autocast to ``low`` (the table)."""
+def _carried(low: torch.dtype, given: torch.dtype | None) -> torch.dtype:
+    """The dtype a native loop carries a state in from an initial state of dtype ``given`` (``None``: zeros, float32):
+    autocast's promotion of the step's lower-precision terms with it (``f * c``, ``z * h``)."""
+    return torch.promote_types(low, F32 if given is None else given)
+
+
+def leaf_dtypes(
+    leaf: Spec, low: torch.dtype, has_lengths: bool, given: tuple[torch.dtype, ...] | None = None
+) -> tuple[torch.dtype, tuple[torch.dtype, ...]]:
+    """``(output dtype, dtypes of the kernels' state (h[, c]))`` of a leaf under autocast to ``low`` (the table),
+    from an initial state of dtypes ``given`` (the kernels' ``(h[, c])``; ``None``: zeros)."""
     if isinstance(leaf, LSTMSpec):
         if leaf.torch_mode == "LSTM" and not leaf.has_proj and not has_lengths:
-            return low, (low, low)  # torch's oneDNN LSTM: one autocast op
-        h = low if leaf.has_proj else F32
-        return h, (h, F32)
+            return low, (low, low)  # torch's oneDNN LSTM: one autocast op, whatever the state's dtypes
+        # peepholes multiply the float32 parameters with c: float32 gates and state whatever came
+        c = F32 if leaf.peepholes else _carried(low, given[1] if given else None)
+        h = low if leaf.has_proj else c
+        return h, (h, c)
     if isinstance(leaf, RNNSpec):
         return low, (low,)
-    if isinstance(leaf, (GRUSpec, LNLSTMSpec)):
-        return F32, (F32,) * (2 if isinstance(leaf, LNLSTMSpec) else 1)
+    if isinstance(leaf, GRUSpec):
+        h = _carried(low, given[0] if given else None)
+        return h, (h,)
+    if isinstance(leaf, LNLSTMSpec):
+        return F32, (F32, F32)
     return F32, ()  # (a compiled cell: float32 throughout)
 
 
-def output_dtype(spec: Spec | None, low: torch.dtype, has_lengths: bool) -> torch.dtype:
-    """The dtype of the outputs of a (possibly composite) lowered cell under autocast to ``low``."""
+def _given(spec: Spec, state: Any) -> tuple[torch.dtype, ...] | None:
+    """The dtypes of a leaf's initial ``state`` as the kernels' ``(h[, c])``, or ``None`` for zeros."""
+    return None if state is None else tuple(t.dtype for t in spec.to_internal(state))
+
+
+def output_dtype(spec: Spec | None, low: torch.dtype, has_lengths: bool, given: Any = None) -> torch.dtype:
+    """The dtype of the outputs of a (possibly composite) lowered cell under autocast to ``low``, from the initial
+    state ``given`` (the cell's state structure; ``None``: zeros)."""
     if isinstance(spec, StackSpec):
-        return output_dtype(spec.layers[-1], low, has_lengths)
+        last = None if given is None else spec.split_state(given)[-1]
+        return output_dtype(spec.layers[-1], low, has_lengths, last)
     if isinstance(spec, DropoutSpec):
-        return output_dtype(spec.inner, low, has_lengths)
+        return output_dtype(spec.inner, low, has_lengths, given)
     if spec is None or isinstance(spec, ResidualSpec):
         return F32
-    return leaf_dtypes(spec, low, has_lengths)[0]
+    return leaf_dtypes(spec, low, has_lengths, _given(spec, given))[0]
 
 
-def cast_state(spec: Spec | None, state: Any, low: torch.dtype, has_lengths: bool) -> Any:
-    """A (float32) final state of ``spec``'s cell with each leaf's parts in its dtype under autocast to ``low``."""
+def cast_state(spec: Spec | None, state: Any, low: torch.dtype, has_lengths: bool, given: Any = None) -> Any:
+    """A (float32) final state of ``spec``'s cell with each leaf's parts in its dtype under autocast to ``low``, from
+    the initial state ``given`` (same structure; ``None``: zeros)."""
     if spec is None:
         return state
     if isinstance(spec, StackSpec):
         parts = spec.split_state(state)
-        return spec.join_state([cast_state(s, p, low, has_lengths) for s, p in zip(spec.layers, parts, strict=True)])
+        starts = [None] * len(parts) if given is None else spec.split_state(given)
+        layers = zip(spec.layers, parts, starts, strict=True)
+        return spec.join_state([cast_state(leaf, p, low, has_lengths, g) for leaf, p, g in layers])
     if isinstance(spec, (DropoutSpec, ResidualSpec)):
-        return cast_state(spec.inner, state, low, has_lengths)
-    dtypes = leaf_dtypes(spec, low, has_lengths)[1]
+        return cast_state(spec.inner, state, low, has_lengths, given)
+    dtypes = leaf_dtypes(spec, low, has_lengths, _given(spec, given))[1]
     if not dtypes:
         return state
     internal = spec.to_internal(state)
     return spec.from_internal(*(t.to(d) for t, d in zip(internal, dtypes, strict=True)))
 
 
-def cast_stack(leaf: Spec, y: Tensor, parts: Any, low: torch.dtype, has_lengths: bool) -> tuple[Tensor, Any]:
-    """A layer stack's float32 ``(outputs, stacked state parts (h[, c]))`` in the dtypes of its leaves' family."""
-    out, dtypes = leaf_dtypes(leaf, low, has_lengths)
+def cast_stack(
+    leaf: Spec, y: Tensor, parts: Any, low: torch.dtype, has_lengths: bool, given: Any = None
+) -> tuple[Tensor, Any]:
+    """A layer stack's float32 ``(outputs, stacked state parts (h[, c]))`` in the dtypes of its leaves' family, from
+    the stacked initial parts ``given`` (``None``: zeros)."""
+    out, dtypes = leaf_dtypes(leaf, low, has_lengths, None if given is None else tuple(p.dtype for p in given))
     return y.to(out), tuple(p.to(d) for p, d in zip(parts, dtypes, strict=True))

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LOW_PRECISION", "COMPUTE_DTYPE", "widened", "narrowed", "all_widened"]
+__all__ = ["LOW_PRECISION", "COMPUTE_DTYPE", "widened", "narrowed", "all_widened", "widened_state"]
 
 #: the dtypes that run on the fused path with float32 compute (the kernels themselves take float32/float64)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -50,6 +50,18 @@ def widened(t: Any) -> Any:
 def all_widened(tensors: Any) -> list[Any]:
     """``widened`` over a sequence."""
     return [widened(t) for t in tensors]
+
+
+def widened_state(state: Any) -> Any:
+    """``widened`` at every tensor of a (nested) state: tuples (named ones too) and lists, ``None`` kept."""
+    if state is None or isinstance(state, Tensor):
+        return widened(state)
+    if isinstance(state, list):
+        return [widened_state(s) for s in state]
+    if isinstance(state, tuple):
+        items = [widened_state(s) for s in state]
+        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
+    return state
 
 
 def narrowed(t: Tensor, dtype: torch.dtype) -> Tensor:

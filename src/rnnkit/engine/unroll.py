@@ -20,6 +20,7 @@ loop until a GPU kernel is registered (``register_device_kernels``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from ._select import fused_kernels
 from .autocast import autocast_dtype, cast_stack, cast_state, output_dtype
 from .lowering import DropoutSpec, ResidualSpec, Spec, StackSpec, combine_masks, lowering_for
 from .plan import Plan, full_batch_sizes, full_to_none, plan_for, reverse_sequence
+from .precision import widened_state
 from .route import DEVICES, route
 from .stack import VF_CALLS, LayerStack, dropout_between_layers, run_layers, torch_stack_call
 
@@ -114,10 +116,10 @@ def run_cell(
     lengths = full_to_none(lengths, x.shape[0], x.device.type)
     low = autocast_dtype(x)
     if low is not None:  # torch.autocast: float32 math, torch.nn's dtypes (``engine.autocast``)
-        with torch.autocast("cpu", enabled=False):
-            y, final = run_cell(cell, x, state, lengths, reverse)
-        spec = lowering_for(cell, x.shape[1])
-        return y.to(output_dtype(spec, low, lengths is not None)), cast_state(spec, final, low, lengths is not None)
+        with torch.autocast("cpu", enabled=False):  # (a fed-back bf16/fp16 state: float32 inside, too)
+            y, final = run_cell(cell, x, widened_state(state), lengths, reverse)
+        spec, ragged = lowering_for(cell, x.shape[1]), lengths is not None
+        return y.to(output_dtype(spec, low, ragged, state)), cast_state(spec, final, low, ragged, state)
     cell.begin_sequence(x.shape[1])  # first: a compiled step reads what it draws (per-sequence masks)
     return _unroll(cell, lowering_for(cell, x.shape[1]), x, state, lengths, reverse)
 
@@ -134,13 +136,16 @@ def run_stack(node: LayerStack, x: Tensor, states: Any, lengths: Tensor | None) 
     if path == "torch" and low is not torch.float16:
         return torch_stack_call(node, x, states, lengths)
     if low is not None:  # float32 math, torch.nn's dtypes (``engine.autocast``)
-        with torch.autocast("cpu", enabled=False):
-            y, finals = run_stack(node, x, states, lengths)
+        with torch.autocast("cpu", enabled=False):  # (a fed-back bf16/fp16 state: float32 inside, too)
+            y, finals = run_stack(node, x, widened_state(states), lengths)
+        ragged = lengths is not None
         if node.stacked is not None:
-            return cast_stack(node.specs[0][0], y, finals, low, lengths is not None)
-        finals = [tuple(cast_state(spec, f, low, lengths is not None) for spec, f in zip(specs, ends, strict=True))
-                  for specs, ends in zip(node.specs, finals, strict=True)]  # fmt: skip
-        return y.to(output_dtype(node.specs[-1][0], low, lengths is not None)), finals
+            return cast_stack(node.specs[0][0], y, finals, low, ragged, states)
+        starts = states if states is not None else [[None] * len(specs) for specs in node.specs]
+        finals = [tuple(cast_state(spec, f, low, ragged, g) for spec, f, g in zip(specs, ends, given, strict=True))
+                  for specs, ends, given in zip(node.specs, finals, starts, strict=True)]  # fmt: skip
+        top = [output_dtype(spec, low, ragged, g) for spec, g in zip(node.specs[-1], starts[-1], strict=True)]
+        return y.to(functools.reduce(torch.promote_types, top)), finals  # (directions concatenated: promoted)
     if path == "fused":  # full sequences, one direction: each layer one kernel call on the (T * B, I) rows
         steps, batch = x.shape[0], x.shape[1]
         lean = _Lean(fused_kernels("cpu"), full_batch_sizes(steps, batch), batch, x)
