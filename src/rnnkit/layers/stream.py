@@ -1,9 +1,10 @@
 """Streaming a torch-style layer: ``layer.step(x_t, state)`` and ``with layer.stream(batch) as s: y_t = s(x_t)``.
 
-Both run a frame of the layer's stack (``rnnkit.engine.frame``) when the engine's predicate allows (inference on CPU
-in float32/float64 outside ``torch.autocast``, a one-direction stack of the kernel families); otherwise the layer's
-``forward`` on a sequence of one step, which gives the same values (under autocast: torch.nn's dtypes). The states at
-the boundary are ``forward``'s: ``h_0`` (and ``c_0``), each ``(num_layers, batch, size)``.
+Both run a frame of the layer's stack (``rnnkit.engine.frame``) when the engine's predicate allows (``streams``:
+inference on CPU in float32, float64 or bfloat16 outside ``torch.autocast``, a one-direction stack of the kernel
+families); otherwise the layer's ``forward`` on a sequence of one step, which gives the same values (under autocast:
+torch.nn's dtypes). The states at the boundary are ``forward``'s: ``h_0`` (and ``c_0``), each
+``(num_layers, batch, size)``.
 
 ``LayerStream`` keeps the state between frames in the kernels' own form (one ``(batch, size)`` tensor per layer and
 state part), so a frame costs one kernel call and no conversion; ``s.state`` gives it in ``forward``'s form.
@@ -28,7 +29,6 @@ import torch
 from torch import Tensor
 
 from ..engine import LayerStack
-from ..engine.autocast import autocast_dtype
 from ..engine.frame import FramePlan, frame_plan, streams
 from ..engine.precision import LOW_PRECISION, narrowed, widened
 from ..errors import NotATensorError, ShapeError
@@ -95,8 +95,6 @@ def layer_states(node: LayerStack, plan: FramePlan, flat: list[Tensor]) -> tuple
 def step_frame(layer: Any, x: Tensor, parts: tuple[Tensor, ...] | None) -> tuple[Tensor, tuple[Tensor, ...]] | None:
     """``layer.step`` as a frame, for a checked ``x (B, I)`` and ``parts`` (``forward``'s ``h_0`` parts, checked and
     placed, or ``None``), or ``None`` where the frame's predicate says no."""
-    if autocast_dtype(x) is not None:
-        return None  # (the sequence path follows torch.autocast: torch.nn's dtypes; a frame computes in x's dtype)
     node = layer.engine_stack()
     plan, direct = _plan_entry(node)
     if plan is None or not streams(plan, x, parts or ()):
@@ -208,7 +206,7 @@ class LayerStream:
             )
         node = layer.engine_stack()
         plan = stack_frame_plan(node)
-        if autocast_dtype(x) is None and streams(plan, x, self._flat or ()):
+        if streams(plan, x, self._flat or ()):
             if self._flat is not None and (self._made_by is None or self._made_by[1] is not plan):
                 _ = self.state  # (the layer's configuration changed: its states through forward's form)
             flat = self._flat if self._flat is not None else frame_states(node, plan, self._parts, x)
