@@ -76,6 +76,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -83,41 +84,70 @@ from torch import Tensor
 
 from ._leaf_specs import GRUSpec, LNLSTMSpec, LSTMSpec, RNNSpec, Spec
 from .lowering import DropoutSpec, ResidualSpec, StackSpec
+from .precision import LOW_PRECISION
 
 __all__ = ["autocast_dtype", "leaf_dtypes", "output_dtype", "cast_state", "cast_stack"]
 
 F32 = torch.float32
 
 
-def autocast_dtype(x: Tensor) -> torch.dtype | None:
-    """The lower dtype of an active CPU autocast that applies to ``x`` (float32 on the CPU), else ``None``."""
-    if x.dtype != F32 or x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+def autocast_dtype(x: Tensor, like: Tensor | None = None) -> torch.dtype | None:
+    """The lower dtype of an active CPU autocast that applies to ``x`` on the CPU, else ``None``: to a float32 ``x``,
+    and to a bf16/fp16 ``x`` when ``like`` (a parameter of the module it enters) is float32 (a bf16 model's own
+    bf16 input is not autocast's: ``engine.precision``)."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    if x.dtype != F32 and (x.dtype not in LOW_PRECISION or like is None or like.dtype != F32):
         return None
     return torch.get_autocast_dtype("cpu")
 
 
-def _carried(low: torch.dtype, given: torch.dtype | None) -> torch.dtype:
-    """The dtype a native loop carries a state in from an initial state of dtype ``given`` (``None``: zeros, float32):
-    autocast's promotion of the step's lower-precision terms with it (``f * c``, ``z * h``)."""
-    return torch.promote_types(low, F32 if given is None else given)
+def _onednn(x_dtype: torch.dtype) -> bool:
+    """Whether torch.nn's padded LSTM without projection runs oneDNN (``mkldnn_rnn_layer``, one autocast op) on a
+    CPU input of ``x_dtype``, as torch's ``use_mkldnn`` decides: float32; bf16 where oneDNN has bf16 on this CPU;
+    fp16 where it has fp16, outside grad mode only. Else its native loop (``_carried``)."""
+    if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+        return False
+    if x_dtype == torch.bfloat16:
+        return _supported("bf16")
+    if x_dtype == torch.float16:
+        return not torch.is_grad_enabled() and _supported("fp16")
+    return True
+
+
+@functools.cache
+def _supported(kind: str) -> bool:
+    return bool(getattr(torch.ops.mkldnn, f"_is_mkldnn_{kind}_supported")())
+
+
+def _carried(low: torch.dtype, given: torch.dtype | None, x_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a native loop carries a state in from an initial state of dtype ``given`` (``None``: zeros, made in
+    the input's dtype ``x_dtype``, as torch.nn makes them): autocast's promotion of the step's lower-precision terms
+    with it (``f * c``, ``z * h``)."""
+    return torch.promote_types(low, x_dtype if given is None else given)
 
 
 def leaf_dtypes(
-    leaf: Spec, low: torch.dtype, has_lengths: bool, given: tuple[torch.dtype, ...] | None = None
+    leaf: Spec,
+    low: torch.dtype,
+    has_lengths: bool,
+    given: tuple[torch.dtype, ...] | None = None,
+    x_dtype: torch.dtype = F32,
 ) -> tuple[torch.dtype, tuple[torch.dtype, ...]]:
-    """``(output dtype, dtypes of the kernels' state (h[, c]))`` of a leaf under autocast to ``low`` (the table),
-    from an initial state of dtypes ``given`` (the kernels' ``(h[, c])``; ``None``: zeros)."""
+    """``(output dtype, dtypes of the kernels' state (h[, c]))`` of a leaf under autocast to ``low`` (the tables),
+    from an initial state of dtypes ``given`` (the kernels' ``(h[, c])``; ``None``: zeros) on an input of the
+    stack's (or runner's) dtype ``x_dtype``."""
     if isinstance(leaf, LSTMSpec):
-        if leaf.torch_mode == "LSTM" and not leaf.has_proj and not has_lengths:
+        if leaf.torch_mode == "LSTM" and not leaf.has_proj and not has_lengths and _onednn(x_dtype):
             return low, (low, low)  # torch's oneDNN LSTM: one autocast op, whatever the state's dtypes
         # peepholes multiply the float32 parameters with c: float32 gates and state whatever came
-        c = F32 if leaf.peepholes else _carried(low, given[1] if given else None)
+        c = F32 if leaf.peepholes else _carried(low, given[1] if given else None, x_dtype)
         h = low if leaf.has_proj else c
         return h, (h, c)
     if isinstance(leaf, RNNSpec):
         return low, (low,)
     if isinstance(leaf, GRUSpec):
-        h = _carried(low, given[0] if given else None)
+        h = _carried(low, given[0] if given else None, x_dtype)
         return h, (h,)
     if isinstance(leaf, LNLSTMSpec):
         return F32, (F32, F32)
@@ -129,32 +159,36 @@ def _given(spec: Spec, state: Any) -> tuple[torch.dtype, ...] | None:
     return None if state is None else tuple(t.dtype for t in spec.to_internal(state))
 
 
-def output_dtype(spec: Spec | None, low: torch.dtype, has_lengths: bool, given: Any = None) -> torch.dtype:
+def output_dtype(
+    spec: Spec | None, low: torch.dtype, has_lengths: bool, given: Any = None, x_dtype: torch.dtype = F32
+) -> torch.dtype:
     """The dtype of the outputs of a (possibly composite) lowered cell under autocast to ``low``, from the initial
-    state ``given`` (the cell's state structure; ``None``: zeros)."""
+    state ``given`` (the cell's state structure; ``None``: zeros) on an input of dtype ``x_dtype``."""
     if isinstance(spec, StackSpec):
         last = None if given is None else spec.split_state(given)[-1]
-        return output_dtype(spec.layers[-1], low, has_lengths, last)
+        return output_dtype(spec.layers[-1], low, has_lengths, last, x_dtype)
     if isinstance(spec, DropoutSpec):
-        return output_dtype(spec.inner, low, has_lengths, given)
+        return output_dtype(spec.inner, low, has_lengths, given, x_dtype)
     if spec is None or isinstance(spec, ResidualSpec):
         return F32
-    return leaf_dtypes(spec, low, has_lengths, _given(spec, given))[0]
+    return leaf_dtypes(spec, low, has_lengths, _given(spec, given), x_dtype)[0]
 
 
-def cast_state(spec: Spec | None, state: Any, low: torch.dtype, has_lengths: bool, given: Any = None) -> Any:
+def cast_state(
+    spec: Spec | None, state: Any, low: torch.dtype, has_lengths: bool, given: Any = None, x_dtype: torch.dtype = F32
+) -> Any:
     """A (float32) final state of ``spec``'s cell with each leaf's parts in its dtype under autocast to ``low``, from
-    the initial state ``given`` (same structure; ``None``: zeros)."""
+    the initial state ``given`` (same structure; ``None``: zeros) on an input of dtype ``x_dtype``."""
     if spec is None:
         return state
     if isinstance(spec, StackSpec):
         parts = spec.split_state(state)
         starts = [None] * len(parts) if given is None else spec.split_state(given)
         layers = zip(spec.layers, parts, starts, strict=True)
-        return spec.join_state([cast_state(leaf, p, low, has_lengths, g) for leaf, p, g in layers])
+        return spec.join_state([cast_state(leaf, p, low, has_lengths, g, x_dtype) for leaf, p, g in layers])
     if isinstance(spec, (DropoutSpec, ResidualSpec)):
-        return cast_state(spec.inner, state, low, has_lengths, given)
-    dtypes = leaf_dtypes(spec, low, has_lengths, _given(spec, given))[1]
+        return cast_state(spec.inner, state, low, has_lengths, given, x_dtype)
+    dtypes = leaf_dtypes(spec, low, has_lengths, _given(spec, given), x_dtype)[1]
     if not dtypes:
         return state
     internal = spec.to_internal(state)
@@ -162,9 +196,16 @@ def cast_state(spec: Spec | None, state: Any, low: torch.dtype, has_lengths: boo
 
 
 def cast_stack(
-    leaf: Spec, y: Tensor, parts: Any, low: torch.dtype, has_lengths: bool, given: Any = None
+    leaf: Spec,
+    y: Tensor,
+    parts: Any,
+    low: torch.dtype,
+    has_lengths: bool,
+    given: Any = None,
+    x_dtype: torch.dtype = F32,
 ) -> tuple[Tensor, Any]:
     """A layer stack's float32 ``(outputs, stacked state parts (h[, c]))`` in the dtypes of its leaves' family, from
-    the stacked initial parts ``given`` (``None``: zeros)."""
-    out, dtypes = leaf_dtypes(leaf, low, has_lengths, None if given is None else tuple(p.dtype for p in given))
+    the stacked initial parts ``given`` (``None``: zeros) on an input of dtype ``x_dtype``."""
+    starts = None if given is None else tuple(p.dtype for p in given)
+    out, dtypes = leaf_dtypes(leaf, low, has_lengths, starts, x_dtype)
     return y.to(out), tuple(p.to(d) for p, d in zip(parts, dtypes, strict=True))
