@@ -43,10 +43,34 @@ got BFloat16 and Float"), except where promotion happens to let it through (an L
 ``RuntimeError``) naming the state, the exception included (its padded twin refuses it in torch.nn too). Under
 float16 autocast in grad mode torch.nn's padded LSTM raises (oneDNN has no fp16 LSTM training here); rnnkit runs it.
 
-rnnkit's engine follows both tables, leaf family by leaf family, for its layers (``forward``, ``step``, ``stream``)
+**A bf16 or fp16 input** with float32 parameters (measured likewise, both autocast dtypes, zeros or a float32, bf16 or
+fp16 state): torch.nn takes it; its zeros are made in the input's dtype, so a native loop carries
+``promote(low, x)`` from zeros, and its oneDNN LSTM takes a bf16 input always (where oneDNN has bf16 on the CPU) but
+an fp16 one only outside grad mode (``use_mkldnn``; ``_onednn``), else its native loop:
+
+===========================================  =========================================  ============================
+torch.nn layer, bf16 autocast                 outputs and ``h_n``                        ``c_n``
+===========================================  =========================================  ============================
+LSTM padded, bf16 input; fp16 in inference    autocast dtype, whatever the state's       autocast dtype
+LSTM padded, fp16 input with grad; packed     ``promote(low, c_0 or x)``: bf16 from a    as ``h_n``
+                                              bf16 input or state, else float32
+LSTM with ``proj_size``                       autocast dtype                             ``promote(low, c_0 or x)``
+GRU                                           ``promote(low, h_0 or x)``                 --
+RNN (tanh or relu)                            autocast dtype                             --
+===========================================  =========================================  ============================
+
+(the same under fp16 autocast, the two low dtypes' roles swapped: an fp16 input's zeros give fp16, a bf16 one's
+float32). Outside autocast torch.nn refuses the input with ``ValueError`` (its dtype check; a packed LSTM, which
+skips it: its matmul's ``RuntimeError``); rnnkit raises ``DtypeError``, both classes, naming the input. Where
+torch.nn fails inside (fp16 autocast in grad mode on the padded LSTM's oneDNN, bf16 input as float32; a packed
+bidirectional RNN meeting the other low dtype, in ``at::autocast::prioritize``) rnnkit runs, with the table's dtypes.
+
+rnnkit's engine follows the tables, leaf family by leaf family, for its layers (``forward``, ``step``, ``stream``)
 and for the TF runners alike (``rnnkit.dynamic_rnn`` & co., ``engine.unroll``): it takes a bf16/fp16 state under CPU
-autocast (``_structure.check_placement``), computes in float32 (the state widened exactly), and gives each leaf the
-dtypes of ``leaf_dtypes`` from the dtypes of the state it started from (``None``: zeros, float32). An LSTM leaf whose
+autocast, and a bf16/fp16 input with float32 parameters (``_structure.check_placement``), computes in float32 (input
+and state widened exactly), and gives each leaf the dtypes of ``leaf_dtypes`` from the dtypes of the state it started
+from (``None``: zeros, in the input's dtype) and of the input. A cell called directly runs its own step on the widened
+input with autocast's ops, as torch.nn's cells do (``_structure.autocast_operands``). An LSTM leaf whose
 math is torch's returns the autocast dtype on full sequences (no lengths) without projection; an LSTM with lengths,
 or with clips (torch's native-loop math) carries ``c`` in ``promote(low, c_0)`` and ``h`` the same, or in the
 autocast dtype with a projection; peepholes multiply float32 parameters with ``c``, so a peephole LSTM is float32; a
