@@ -31,6 +31,7 @@ __all__ = [
     "check_state",
     "check_float_dtype",
     "check_placement",
+    "autocast_operands",
     "named_leaves",
     "as_torch_dtype",
 ]
@@ -205,14 +206,15 @@ def _refuse_tensor(component: str, name: str, t: torch.Tensor, ref: str, dtype: 
     verb = "are" if ref == "the parameters" else "is"
     if t.dtype != dtype:
         said = f"{component}: {name} has dtype {t.dtype}, but {ref} {verb} {dtype}"
+        if ref == "the parameters" and _autocast_state(t.dtype, dtype, t.device, False):
+            # (torch.nn refuses it too, with a ValueError or a RuntimeError from its kernels: DtypeError is both)
+            what = "an input" if module else "a state"
+            said += f" ({what} of {t.dtype} goes with {dtype} parameters only under torch.autocast('cpu'))"
         if module and t.dtype.is_floating_point:  # and torch.nn's own words for the input against the weights
             raise DtypeError(
                 f"{said} (RNN input dtype ({t.dtype}) does not match weight dtype ({dtype})). Convert input: "
                 f"input.to({dtype}), or convert model: model.to({t.dtype})"
             )
-        if not module and ref == "the parameters" and _autocast_state(t.dtype, dtype, t.device, False):
-            # (torch.nn's kernels refuse it too, with a RuntimeError: DtypeError is one)
-            said += f" (a {t.dtype} state goes with {dtype} parameters only under torch.autocast('cpu'))"
         raise DtypeError(f"{said}; convert {name} ({name}.to({dtype}))")
     fix = f"move {name} (.to('{device}'))" + (f" or the module (.to('{t.device}'))" if module else "")
     raise DeviceError(f"{component}: {name} is on device {t.device}, but {ref} {verb} on {device}; {fix}")
@@ -232,6 +234,24 @@ def _autocast_state(got: torch.dtype, params: torch.dtype, device: torch.device,
     )
 
 
+def autocast_operands(module: torch.nn.Module, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """A direct cell call's ``(inputs, state)`` under an active CPU autocast with float32 parameters (checked): a
+    bf16/fp16 input widened to float32 (exactly, differentiably: the engine's policy, ``engine.precision``), and a
+    state of the low dtype that autocast does not run (fp16 under bf16 autocast, or the reverse) too: autocast's ops
+    refuse it (``at::autocast::prioritize``), and its dtype only ever promotes with autocast's to float32. Neither
+    changes the dtypes torch.nn's cells return (those of ``promote_types(low, state)``); else both as they came."""
+    if not torch.is_autocast_enabled("cpu") or inputs.device.type != "cpu":
+        return inputs, state
+    like = next(module.parameters(), None)
+    if like is None or like.dtype is not torch.float32:
+        return inputs, state
+    low = torch.get_autocast_dtype("cpu")
+    other = torch.float16 if low is torch.bfloat16 else torch.bfloat16
+    if inputs.dtype in _AUTOCAST_STATE_DTYPES:
+        inputs = inputs.float()
+    return inputs, map_structure(lambda t: t.float() if isinstance(t, torch.Tensor) and t.dtype is other else t, state)
+
+
 def check_placement(
     component: str,
     module: torch.nn.Module | None,
@@ -245,9 +265,9 @@ def check_placement(
       parameters' dtype and device (the first tensor's when there are no parameters);
     * ``lengths`` (``(name, value)``; checked only when the value is a tensor) is on that device or on the CPU.
 
-    Under an active CPU ``torch.autocast`` a state (a tensor after the input, when ``module`` has float32 CPU
-    parameters) may also be bfloat16 or float16, as ``torch.nn`` accepts: a state returned under autocast is fed
-    back (the engine computes in float32 and returns torch.nn's dtypes, ``rnnkit.engine.autocast``).
+    Under an active CPU ``torch.autocast`` the input and the states (when ``module`` has float32 CPU parameters) may
+    also be bfloat16 or float16, each on its own, as ``torch.nn`` accepts: a bf16 input, a state returned under
+    autocast fed back (the engine computes in float32 and returns torch.nn's dtypes, ``rnnkit.engine.autocast``).
 
     Raises ``DtypeError`` or ``DeviceError``: ``ValueError`` and ``RuntimeError`` alike, as torch.nn raises for
     the same mismatches (``ValueError`` for an input against the weights, ``RuntimeError`` from its kernels).
@@ -272,7 +292,7 @@ def check_placement(
             continue
         misplaced = t is not ref and (t.dtype is not dtype or t.device != device)
         # (a state fed back under autocast: torch.nn takes it)
-        if misplaced and (first or not params or t.device != device or not _autocast_state(t.dtype, dtype, device)):
+        if misplaced and (not params or t.device != device or not _autocast_state(t.dtype, dtype, device)):
             _refuse_tensor(component, name, t, ref_name, dtype, device, first and bool(params))
         first = False
     if lengths is not None and isinstance(lengths[1], torch.Tensor):

@@ -214,7 +214,8 @@ def _stack_steps(inputs: Any, component: str) -> torch.Tensor:
     if len(shapes) != 1:
         raise ShapeError(f"{component}: all time steps must have one shape, got {sorted(shapes)}")
     check_placement(component, None, [(f"inputs[{t}]", step) for t, step in enumerate(inputs)])
-    return torch.stack(list(inputs))  # (T, B, D)
+    with torch.autocast("cpu", enabled=False):  # (one dtype, nothing to cast; autocast refuses the other low one)
+        return torch.stack(list(inputs))  # (T, B, D)
 
 
 def bidirectional_dynamic_rnn(

@@ -9,7 +9,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._structure import check_float_dtype, check_placement, check_state, named_leaves, zero_state_for
+from .._structure import (
+    autocast_operands,
+    check_float_dtype,
+    check_placement,
+    check_state,
+    named_leaves,
+    zero_state_for,
+)
 from ..errors import ArgumentTypeError, NotATensorError, NotBuiltError, ShapeError
 from .protocol import TFCellProtocol
 from .registry import register_cell
@@ -276,7 +283,7 @@ class RNNCell(TFCellProtocol):
         state = check_state(state, self.state_size, inputs.shape[0], self._name)
         self._build_for(inputs)
         check_placement(self._name, self, [("inputs", inputs), *named_leaves(state, "state")])
-        return self.call(inputs, state)
+        return self.call(*autocast_operands(self, inputs, state))  # (a bf16/fp16 input under autocast: float32)
 
     def __getattr__(self, name: str) -> Any:
         # nn.Module.__getattr__ finds parameters and submodules; before the lazy build there are none, so say why

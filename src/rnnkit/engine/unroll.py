@@ -33,7 +33,7 @@ from ._select import fused_kernels
 from .autocast import autocast_dtype, cast_stack, cast_state, output_dtype
 from .lowering import DropoutSpec, ResidualSpec, Spec, StackSpec, combine_masks, lowering_for
 from .plan import Plan, full_batch_sizes, full_to_none, plan_for, reverse_sequence
-from .precision import widened_state
+from .precision import LOW_PRECISION, widened, widened_state
 from .route import DEVICES, route
 from .stack import VF_CALLS, LayerStack, dropout_between_layers, run_layers, torch_stack_call
 
@@ -114,12 +114,12 @@ def run_cell(
 ) -> tuple[Tensor, Any]:
     """``unroll`` for arguments already checked (``check_placement``, the runners' lengths check)."""
     lengths = full_to_none(lengths, x.shape[0], x.device.type)
-    low = autocast_dtype(x)
+    low = autocast_dtype(x, _first_parameter(cell, x))
     if low is not None:  # torch.autocast: float32 math, torch.nn's dtypes (``engine.autocast``)
-        with torch.autocast("cpu", enabled=False):  # (a fed-back bf16/fp16 state: float32 inside, too)
-            y, final = run_cell(cell, x, widened_state(state), lengths, reverse)
-        spec, ragged = lowering_for(cell, x.shape[1]), lengths is not None
-        return y.to(output_dtype(spec, low, ragged, state)), cast_state(spec, final, low, ragged, state)
+        with torch.autocast("cpu", enabled=False):  # (a bf16/fp16 input or fed-back state: float32 inside, too)
+            y, final = run_cell(cell, widened(x), widened_state(state), lengths, reverse)
+        spec, ragged, xd = lowering_for(cell, x.shape[1]), lengths is not None, x.dtype
+        return y.to(output_dtype(spec, low, ragged, state, xd)), cast_state(spec, final, low, ragged, state, xd)
     cell.begin_sequence(x.shape[1])  # first: a compiled step reads what it draws (per-sequence masks)
     return _unroll(cell, lowering_for(cell, x.shape[1]), x, state, lengths, reverse)
 
@@ -130,21 +130,21 @@ def run_stack(node: LayerStack, x: Tensor, states: Any, lengths: Tensor | None) 
     states in the same form)``. Arguments already checked (the layers' and runners' ``check_placement``)."""
     lengths = full_to_none(lengths, x.shape[0], x.device.type)
     path = route(node, x, lengths)
-    low = autocast_dtype(x)
+    low = autocast_dtype(x, _first_parameter(node.cells[0], x))
     # torch's kernel autocasts itself, as in torch.nn; but oneDNN has no float16 LSTM on many CPUs (torch.nn fails
     # under float16 autocast there), so float16 autocast takes the branch below: float32 math, float16 results
     if path == "torch" and low is not torch.float16:
         return torch_stack_call(node, x, states, lengths)
     if low is not None:  # float32 math, torch.nn's dtypes (``engine.autocast``)
-        with torch.autocast("cpu", enabled=False):  # (a fed-back bf16/fp16 state: float32 inside, too)
-            y, finals = run_stack(node, x, widened_state(states), lengths)
-        ragged = lengths is not None
+        with torch.autocast("cpu", enabled=False):  # (a bf16/fp16 input or fed-back state: float32 inside, too)
+            y, finals = run_stack(node, widened(x), widened_state(states), lengths)
+        ragged, xd = lengths is not None, x.dtype
         if node.stacked is not None:
-            return cast_stack(node.specs[0][0], y, finals, low, ragged, states)
+            return cast_stack(node.specs[0][0], y, finals, low, ragged, states, xd)
         starts = states if states is not None else [[None] * len(specs) for specs in node.specs]
-        finals = [tuple(cast_state(spec, f, low, ragged, g) for spec, f, g in zip(specs, ends, given, strict=True))
+        finals = [tuple(cast_state(spec, f, low, ragged, g, xd) for spec, f, g in zip(specs, ends, given, strict=True))
                   for specs, ends, given in zip(node.specs, finals, starts, strict=True)]  # fmt: skip
-        top = [output_dtype(spec, low, ragged, g) for spec, g in zip(node.specs[-1], starts[-1], strict=True)]
+        top = [output_dtype(spec, low, ragged, g, xd) for spec, g in zip(node.specs[-1], starts[-1], strict=True)]
         return y.to(functools.reduce(torch.promote_types, top)), finals  # (directions concatenated: promoted)
     if path == "fused":  # full sequences, one direction: each layer one kernel call on the (T * B, I) rows
         steps, batch = x.shape[0], x.shape[1]
@@ -165,6 +165,11 @@ def run_stack(node: LayerStack, x: Tensor, states: Any, lengths: Tensor | None) 
     units = [tuple(zip(cells, specs, strict=True)) for cells, specs in zip(node.layers, node.specs, strict=True)]
     y, finals = run_layers(units, x, node.split(states), one, between if node.dropout else None)
     return y, node.join(finals)
+
+
+def _first_parameter(cell: RNNCell, x: Tensor) -> Tensor | None:
+    """A parameter of ``cell``, only for a bf16/fp16 ``x`` (whether it meets float32 parameters under autocast)."""
+    return next(cell.parameters(), None) if x.dtype in LOW_PRECISION else None
 
 
 @dataclass
