@@ -216,7 +216,8 @@ class LayerStream:
                 y, self._flat = plan(x.contiguous(), flat)
                 self._parts, self._made_by, self.path = None, (node, plan), "frame"
                 return y
-        y, hidden = layer.step(x, self.state)  # the sequence path: its checks, then forward on one step
+        fresh = self._parts is None and self._flat is None  # (zeros: forward's own, in the dtypes it gives them)
+        y, hidden = layer.step(x, None if fresh else self.state)  # the sequence path: its checks, then forward
         self._parts, self._flat = (hidden if isinstance(hidden, tuple) else (hidden,)), None
         self.path = "sequence"
         return y
