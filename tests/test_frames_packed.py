@@ -21,6 +21,7 @@ import torch
 import rnnkit
 from rnnkit.engine import frame as frame_module
 from rnnkit.engine.extension import load
+from rnnkit.errors import DtypeError, NotATensorError, ShapeError
 from rnnkit.layers.stream import stack_frame_plan
 
 STEPS, BATCH = 5, 3
@@ -182,3 +183,19 @@ def test_under_autocast_a_step_gives_forwards_dtypes():
             s(x)
     assert y.dtype == want.dtype == torch.bfloat16 and s.path == "sequence"
     torch.testing.assert_close(y, want[0], atol=0, rtol=0)
+
+
+def test_a_step_placed_as_before_still_refuses_what_forward_refuses():
+    """The unchecked step (``checked_step``) runs only calls shaped exactly as the last framed one: anything else
+    takes ``step``'s checks and their errors (here: a GRU's state given as a 1-tuple, a wrong width, a float64 x)."""
+    gru = rnnkit.GRU(6, 8).eval()
+    x = torch.randn(BATCH, 6)
+    with torch.no_grad():
+        _, h = gru.step(x)
+        _, h = gru.step(x, h)  # (placed as before: the unchecked path)
+        with pytest.raises(NotATensorError):
+            gru.step(x, (h,))
+        with pytest.raises(ShapeError):
+            gru.step(torch.randn(BATCH, 5), h)
+        with pytest.raises(DtypeError):
+            gru.step(x.double(), h)

@@ -66,10 +66,12 @@ class FramePlan:
     ``plan(x, states) -> (y, next_states)``: ``x (B, I)``, ``states`` every layer's kernel state tensors in order
     (``(h, c)`` for the LSTMs, ``(h,)`` otherwise: ``Spec.to_internal``'s), each ``(B, size)``.
 
-    On the compiled kernels in float32, a layer whose widths are multiples of 8 runs *packed* (``csrc/frame.cpp``):
-    its weights re-laid out once into panels per chunk of units (``frame_pack``), one chunk per thread, so that each
-    core multiplies the same share of the weights at every frame, from its own cache. The other layers (float64, the
-    twin, the layer-norm LSTM, odd widths) take their family kernel's arguments as they are (``kernel_weights``).
+    On the compiled kernels in float32 or bfloat16, a layer whose widths are multiples of 8 runs *packed*
+    (``csrc/frame.cpp``): its weights re-laid out once into panels per chunk of units (``frame_pack``; a bf16 model's
+    as bf16 panels), one chunk per thread, so that each core multiplies the same share of the weights at every frame,
+    from its own cache (one chunk when the whole stack fits in half a core's L2). The other layers (float64, the
+    twin, the layer-norm LSTM, odd widths) take their family kernel's arguments as they are (``kernel_weights``); a
+    bf16 frame needs every layer packed.
     """
 
     def __init__(self, leaves: Sequence[Spec]):

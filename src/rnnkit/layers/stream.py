@@ -131,8 +131,9 @@ def checked_step(layer: Any, x: Any, hx: Any) -> tuple[Tensor, Any] | None:
         return None
     if hx is None:
         parts = [x.new_zeros(s) for s in part_shapes]
-    else:
-        parts = [hx] if type(hx) is Tensor else list(hx) if type(hx) is tuple else []
+    else:  # forward's form exactly: a tensor for one part, a tuple of as many tensors for several
+        single = len(part_shapes) == 1
+        parts = ([hx] if type(hx) is Tensor else []) if single else (list(hx) if type(hx) is tuple else [])
         if len(parts) != len(part_shapes):
             return None
         for part, s in zip(parts, part_shapes, strict=True):
