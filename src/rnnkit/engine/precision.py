@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._structure import map_structure
+
 __all__ = ["LOW_PRECISION", "COMPUTE_DTYPE", "widened", "narrowed", "all_widened", "widened_state"]
 
 #: the dtypes that run on the fused path with float32 compute (the kernels themselves take float32/float64)
@@ -54,14 +56,7 @@ def all_widened(tensors: Any) -> list[Any]:
 
 def widened_state(state: Any) -> Any:
     """``widened`` at every tensor of a (nested) state: tuples (named ones too) and lists, ``None`` kept."""
-    if state is None or isinstance(state, Tensor):
-        return widened(state)
-    if isinstance(state, list):
-        return [widened_state(s) for s in state]
-    if isinstance(state, tuple):
-        items = [widened_state(s) for s in state]
-        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
-    return state
+    return map_structure(widened, state)
 
 
 def narrowed(t: Tensor, dtype: torch.dtype) -> Tensor:

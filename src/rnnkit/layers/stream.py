@@ -210,10 +210,11 @@ class LayerStream:
         if streams(plan, x, self._flat or ()):
             if self._flat is not None and (self._made_by is None or self._made_by[1] is not plan):
                 _ = self.state  # (the layer's configuration changed: its states through forward's form)
-            flat = self._flat if self._flat is not None else frame_states(node, plan, self._parts, x)
+            flat = self._flat
+            if flat is None:  # (a bf16 stream carries its states in float32, as forward carries them between steps)
+                flat = frame_states(node, plan, self._parts, x)
+                flat = [widened(t) for t in flat] if flat is not None and x.dtype in LOW_PRECISION else flat
             if flat is not None:
-                if x.dtype in LOW_PRECISION:  # carried in float32 between frames, as forward carries them between steps
-                    flat = [widened(t) for t in flat]
                 y, self._flat = plan(x.contiguous(), flat)
                 self._parts, self._made_by, self.path = None, (node, plan), "frame"
                 return y

@@ -81,6 +81,14 @@ Packed packed_of(const Tensor& t, int64_t k, int64_t gates, int64_t units) {
   return {t.data_ptr(), bf16, k, gates};
 }
 
+// A packed layer's bias (or summed biases): `values` float32, contiguous.
+const float* bias_of(const Tensor& t, int64_t values) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == values,
+              "rnnkit frame_forward: expected a float32 bias of ", values, " values, got ", t.sizes(), " (",
+              t.scalar_type(), ")");
+  return t.data_ptr<float>();
+}
+
 // The frame's scratch (the joined [x | h], the gates, a projection's m, the reset-before GRU's r * h, float32 copies
 // of bfloat16 rows): kept by the calling thread from frame to frame, so that a frame allocates only its results.
 float* scratch(int64_t floats) {
@@ -148,15 +156,14 @@ void lstm_packed(const Rows& io, int64_t R, int64_t H, const Tensor& w, const Te
   const int64_t B = io.B, I = io.I, K = I + R, G4 = 4 * H;
   const bool proj = w_proj.numel() > 0;
   const Packed P = packed_of(w, K, 4, H);
-  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == G4,
-              "rnnkit frame_forward: expected a float32 bias of ", G4, " values, got ", bias.sizes());
+  const float* b = bias_of(bias, G4);
   TORCH_CHECK(proj || R == H, "rnnkit frame_forward: an LSTM without projection has h as wide as c, got ", R, " and ",
               H);
   // scratch: [x | h], the gates, m (a projection's input), then float32 rows of bf16 c_0, h_1, c_1
   float* a = scratch(B * K + B * G4 + B * H + B * H + B * R + B * H);
   float *sp = a + B * K, *m_rows = sp + B * G4, *spare = m_rows + B * H;
   join_rows(a, io.x, I, io.in[0], R, B);
-  const float *b = bias.data_ptr<float>(), *cp = in_floats(io.in[1], spare, B * H);
+  const float* cp = in_floats(io.in[1], spare, B * H);
   const float* pp = peep.numel() ? peep.data_ptr<float>() : nullptr;
   float *hp = out_floats(io.out[0], spare + B * H), *cn = out_floats(io.out[1], spare + B * H + B * R);
   float* mp = proj ? m_rows : hp;
@@ -196,17 +203,13 @@ void gru_packed(const Rows& io, int64_t H, const Tensor& w_rz, const Tensor& w_x
                 const Tensor& b_rz, const Tensor& b_xn, const Tensor& b_hn, bool reset_after, int64_t chunks) {
   const int64_t B = io.B, I = io.I, K = I + H, G4 = 4 * H;
   const Packed Prz = packed_of(w_rz, K, 2, H), Pxn = packed_of(w_xn, I, 1, H), Phn = packed_of(w_hn, H, 1, H);
-  for (const Tensor* t : {&b_rz, &b_xn, &b_hn}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == (t == &b_rz ? 2 * H : H),
-                "rnnkit frame_forward: a GRU bias of the wrong size or type: ", t->sizes());
-  }
   // scratch: [x | h], the gates, r * h (reset-before), float32 rows of bf16 h_0 and h_1
   float* a = scratch(B * K + B * G4 + 3 * B * H);
   float *sp = a + B * K, *rh = sp + B * G4, *spare = rh + B * H;
   join_rows(a, io.x, I, io.in[0], H, B);
   const float* hp = in_floats(io.in[0], spare, B * H);
   float* yp = out_floats(io.out[0], spare + B * H);
-  const float *brz = b_rz.data_ptr<float>(), *bxn = b_xn.data_ptr<float>(), *bhn = b_hn.data_ptr<float>();
+  const float *brz = bias_of(b_rz, 2 * H), *bxn = bias_of(b_xn, H), *bhn = bias_of(b_hn, H);
   const Units u = frame_units(H, chunks);
   for_chunks(u, [&](int64_t c) {
     const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
@@ -251,11 +254,9 @@ void gru_packed(const Rows& io, int64_t H, const Tensor& w_rz, const Tensor& w_x
 void rnn_packed(const Rows& io, int64_t H, const Tensor& w, const Tensor& bias, bool relu, int64_t chunks) {
   const int64_t B = io.B, I = io.I, K = I + H;
   const Packed P = packed_of(w, K, 1, H);
-  TORCH_CHECK(bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == H,
-              "rnnkit frame_forward: expected a float32 bias of ", H, " values, got ", bias.sizes());
+  const float* b = bias_of(bias, H);
   float* a = scratch(B * K + B * H);
   join_rows(a, io.x, I, io.in[0], H, B);
-  const float* b = bias.data_ptr<float>();
   float* yp = out_floats(io.out[0], a + B * K);
   const Units u = frame_units(H, chunks);
   for_chunks(u, [&](int64_t c) {
