@@ -47,15 +47,15 @@ def _layer(name: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     return layer.to(dtype)
 
 
-def _float32_layers(name: str, layer: torch.nn.Module) -> list[torch.nn.Module]:
-    """``layer``'s two layers as one-layer float32 layers of the same (bf16) values."""
+def _single_layers(name: str, layer: torch.nn.Module) -> list[torch.nn.Module]:
+    """``layer``'s two layers as one-layer layers of the same values and dtype."""
     cls, hidden, options = LAYERS[name]
     out = []
     for k, size in enumerate((6, options.get("proj_size") or hidden)):
         one = cls(size, hidden, **options).eval()
-        weights = {n.replace(f"_l{k}", "_l0"): p.float() for n, p in layer.state_dict().items() if f"_l{k}" in n}
+        weights = {n.replace(f"_l{k}", "_l0"): p for n, p in layer.state_dict().items() if f"_l{k}" in n}
         one.load_state_dict(weights)
-        out.append(one)
+        out.append(one.to(layer.weight_ih_l0.dtype))
     return out
 
 
@@ -128,11 +128,12 @@ def test_bf16_stream_equals_the_bf16_forward(name, split, request):
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_bf16_step_is_float32_frames_of_its_values_rounded_once_per_layer(name):
-    """Reference: each layer a one-layer float32 layer of the same bf16 values, stepped on the bf16 input and state
-    widened; its output and state rounded to bf16 (what the bf16 step returns, and the next layer's input)."""
+def test_bf16_step_is_the_sequence_kernels_step_of_each_layer(name):
+    """Reference: each layer a one-layer bf16 layer of the same values, run by the sequence kernels over a sequence
+    of one step (float32 sums of bf16 operands, engine.precision), its output and state rounded to bf16 (what the
+    bf16 step returns, and the next layer's input)."""
     layer = _layer(name, torch.bfloat16)
-    singles = _float32_layers(name, layer)
+    singles = _single_layers(name, layer)
     x = torch.randn(STEPS, BATCH, 6).bfloat16()
     state, wants = None, [None, None]
     with torch.inference_mode():
@@ -140,10 +141,11 @@ def test_bf16_step_is_float32_frames_of_its_values_rounded_once_per_layer(name):
             y, state = layer.step(x_t, state)
             inp = x_t
             for k, one in enumerate(singles):
-                given = None if wants[k] is None else tuple(p.float() for p in wants[k])
-                out, next_state = one.step(inp.float(), given[0] if given and len(given) == 1 else given)
-                wants[k] = tuple(p.bfloat16() for p in _parts(next_state))
-                inp = out.bfloat16()
+                given = wants[k]
+                out, next_state = one(inp.unsqueeze(0), given[0] if given and len(given) == 1 else given)
+                assert out.dtype == torch.bfloat16
+                wants[k] = _parts(next_state)
+                inp = out[0]
             assert y.dtype == torch.bfloat16
             _within_bf16(y, inp)
             parts = _parts(state)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from . import _autodiff
-from .precision import LOW_PRECISION, all_widened, narrowed
+from .precision import LOW_PRECISION, all_widened, bf16_multiplies, multiplies_dtype, narrowed
 
 __all__ = ["lstm_layer", "lnlstm_layer", "gru_layer", "rnn_layer", "needs_grad"]
 
@@ -72,6 +72,7 @@ class _FusedLayer(torch.autograd.Function):
         rest, tail = family.split(tuple(rest))
         out = getattr(kern, family.forward)(x, w_x, bias, batch_sizes, *rest, *cfg, True, *tail)
         ctx.kern, ctx.family, ctx.cfg, ctx.batch_sizes, ctx.n_inputs = kern, family, cfg, batch_sizes, len(inputs)
+        ctx.multiplies = multiplies_dtype()  # a bf16 layer's backward multiplies as its forward did
         # The inputs (the biases too: a higher-order backward recomputes the forward from them), y and the
         # activations the backward kernel reads.
         ctx.save_for_backward(*inputs, out[0], *out[family.outputs :])
@@ -90,7 +91,8 @@ class _FusedLayer(torch.autograd.Function):
             rest, tail = family.split(tuple(rest))
             backward = getattr(ctx.kern, f"{family.name}_backward")
             cfg, need_dx = ctx.cfg, ctx.needs_input_grad[4]
-            input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *cfg, need_dx, *tail)
+            with bf16_multiplies(ctx.kern, ctx.multiplies):
+                input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *cfg, need_dx, *tail)
             input_grads = [_laid_out_as(g, t) for g, t in zip(input_grads, inputs, strict=False)]
         return (None, None, None, None, *input_grads, *([None] * family.masks))
 
@@ -144,7 +146,8 @@ def _torch_ops_forward(family: _Family, cfg: tuple, batch_sizes: Tensor, inputs:
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
     dtype = inputs[0].dtype
     if dtype in LOW_PRECISION:  # bf16/fp16: float32 compute inside, the caller's dtype outside (``precision``)
-        out = _layer(kern, family, cfg, batch_sizes, *all_widened(inputs))
+        with bf16_multiplies(kern, dtype):
+            out = _layer(kern, family, cfg, batch_sizes, *all_widened(inputs))
         return tuple(narrowed(t, dtype) for t in out)
     if _transformed():  # under torch.func transforms: the same forward in torch ops
         return _torch_ops_forward(family, cfg, batch_sizes, inputs)

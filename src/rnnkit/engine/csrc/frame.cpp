@@ -22,8 +22,8 @@
 // writes its next states where they are returned (stacked: into the returned parts) and the next layer reads its
 // h there; its temporaries live in a per-thread scratch kept between frames, so a frame allocates only its results.
 // bfloat16 (a bf16 model, every layer packed): the panels hold the bf16 weights (frame_pack(bf16=True): half the bytes
-// a frame reads), widened exactly on load; the multiplies, gates and state updates are float32, as on the sequence
-// path (engine/precision.py). x and the states are read in their dtype (bf16 or float32: a stream carries float32
+// a frame reads), widened exactly on load; the multiplies read bf16 operands (h, r * h and m rounded for them) and sum
+// in float32, the gates and state updates are float32, as on the sequence path (bf16.h, engine/precision.py). x and the states are read in their dtype (bf16 or float32: a stream carries float32
 // states) and written back in it, each layer's output rounded once to x's dtype for the next layer and for y.
 //   desc:    10 lstm: gate_order (4), chunks, proj chunks;  12 gru: reset_after, chunks;  13 rnn: relu, chunks
 //   weights: lstm: W (packed [W_x; W_h], 4 gates), bias (4H), peep or empty, W_proj (packed, 1 gate) or empty
@@ -163,6 +163,7 @@ void lstm_packed(const Rows& io, int64_t R, int64_t H, const Tensor& w, const Te
   float* a = scratch(B * K + B * G4 + B * H + B * H + B * R + B * H);
   float *sp = a + B * K, *m_rows = sp + B * G4, *spare = m_rows + B * H;
   join_rows(a, io.x, I, io.in[0], R, B);
+  if (P.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
   const float* cp = in_floats(io.in[1], spare, B * H);
   const float* pp = peep.numel() ? peep.data_ptr<float>() : nullptr;
   float *hp = out_floats(io.out[0], spare + B * H), *cn = out_floats(io.out[1], spare + B * H + B * R);
@@ -184,6 +185,7 @@ void lstm_packed(const Rows& io, int64_t R, int64_t H, const Tensor& w, const Te
   });
   if (proj) {  // h = clip(m @ W_proj): every unit of m, so a second region, split over the projection's outputs
     const Packed Pp = packed_of(w_proj, H, 1, R);
+    if (Pp.bf16) round_to_bf16(mp, B * H, mp);
     const Units up = frame_units(R, chunks_p);
     for_chunks(up, [&](int64_t c) {
       const int64_t lo = up.lo[c], wd = up.hi[c] - up.lo[c];
@@ -207,6 +209,7 @@ void gru_packed(const Rows& io, int64_t H, const Tensor& w_rz, const Tensor& w_x
   float* a = scratch(B * K + B * G4 + 3 * B * H);
   float *sp = a + B * K, *rh = sp + B * G4, *spare = rh + B * H;
   join_rows(a, io.x, I, io.in[0], H, B);
+  if (Prz.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
   const float* hp = in_floats(io.in[0], spare, B * H);
   float* yp = out_floats(io.out[0], spare + B * H);
   const float *brz = bias_of(b_rz, 2 * H), *bxn = bias_of(b_xn, H), *bhn = bias_of(b_hn, H);
@@ -236,6 +239,7 @@ void gru_packed(const Rows& io, int64_t H, const Tensor& w_rz, const Tensor& w_x
     }
   });
   if (!reset_after) {  // the candidate reads r * h of every unit: a second region
+    if (Phn.bf16) round_to_bf16(rh, B * H, rh);
     for_chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
       float* s = sp + 4 * lo;
@@ -257,6 +261,7 @@ void rnn_packed(const Rows& io, int64_t H, const Tensor& w, const Tensor& bias, 
   const float* b = bias_of(bias, H);
   float* a = scratch(B * K + B * H);
   join_rows(a, io.x, I, io.in[0], H, B);
+  if (P.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
   float* yp = out_floats(io.out[0], a + B * K);
   const Units u = frame_units(H, chunks);
   for_chunks(u, [&](int64_t c) {

@@ -2,6 +2,7 @@
 // links, MKL's packed weights, rnnkit's small-row and panel multiplies, and a step's split over threads.
 #pragma once
 
+#include "bf16.h"
 #include "common.h"
 
 namespace rnnkit {
@@ -119,9 +120,25 @@ struct StepGemm {
   }
 };
 
+// W^T as a Mat, without a copy.
+template <typename T>
+Mat<T> transposed(const Mat<T>& m) {
+  Mat<T> t = m;
+  t.trans = !m.trans;
+  t.rows = m.cols;
+  t.cols = m.rows;
+  return t;
+}
+
 // C (m x W.rows, ldc) = alpha * D (m x W.cols, ldd) @ W^T + beta * C.
 template <typename T>
 inline void gemm_dwt(int64_t m, const T* D, int64_t ldd, const Mat<T>& W, T alpha, T beta, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && bf16_multiplies()) {  // a bf16 layer's (bf16.h)
+      bf16_gemm(m, W.cols, D, false, ldd, transposed(W), beta != 0.0f, C, ldc);
+      return;
+    }
+  }
   gemm(false, !W.trans, m, W.rows, W.cols, alpha, D, ldd, W.p, W.ld, beta, C, ldc);
 }
 
@@ -129,6 +146,14 @@ inline void gemm_dwt(int64_t m, const T* D, int64_t ldd, const Mat<T>& W, T alph
 template <typename T>
 inline void gemm_atd(int64_t m, int64_t k, int64_t n, const T* A, int64_t lda, const T* D, int64_t ldd, T beta,
                      T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if ((beta == 0.0f || beta == 1.0f) && m > 0 && bf16_multiplies()) {  // a bf16 layer's (bf16.h)
+      Mat<float> d;
+      d.p = D, d.ld = ldd, d.rows = m, d.cols = n;
+      bf16_gemm(k, m, A, true, lda, d, beta != 0.0f, C, ldc);
+      return;
+    }
+  }
   gemm(true, false, k, n, m, T(1), A, lda, D, ldd, beta, C, ldc);
 }
 
@@ -180,6 +205,13 @@ void pack_panels_into(at::BFloat16* out, const std::vector<Mat<float>>& blocks, 
 // step's multiply.
 constexpr int64_t kMinPanelSteps = 4;
 
+template <typename T>
+std::vector<Bf16Weights> bf16_blocks(const Mat<T>& w, int64_t gates, int64_t units, const Units& u, int64_t rows,
+                                     int64_t steps) {
+  if constexpr (std::is_same_v<T, float>) return bf16_chunks(w, gates, units, u, rows, steps);
+  return {};
+}
+
 // The recurrent multiply of a step, split over threads by units: chunk c owns units [lo, lo + w) of every gate
 // block of W (K, gates * units) and writes C[:, q*w : (q+1)*w] = X @ W[:, q*units + lo : q*units + lo + w], its
 // gates side by side. A step of one chunk (lo = 0, w = units: the layout of W itself) multiplies W whole, on MKL's
@@ -189,12 +221,19 @@ template <typename T>
 struct ChunkGemm {
   Mat<T> w;
   int64_t gates, units;
+  std::vector<Bf16Weights> bf16;     // [chunk * gates + q]: a bf16 layer's multiplies on bf16 units (bf16.h)
   StepGemm<T> whole;                 // MKL-packed W when the step is one chunk (see pack_rows)
   std::vector<PanelWeights> panels;  // [chunk * gates + q]; empty: BLAS
+  bool round_x;                      // a bf16 layer's: X rounded to bf16 (bf16.h), here or on the bf16 units
   ChunkGemm(const Mat<T>& w_, int64_t gates_, int64_t units_, const Units& u, int64_t rows, int64_t steps)
-      : w(w_), gates(gates_), units(units_), whole(w_, pack_rows(u, rows), !one_frame(steps)) {
+      : w(w_),
+        gates(gates_),
+        units(units_),
+        bf16(bf16_blocks(w_, gates_, units_, u, rows, steps)),
+        round_x(std::is_same_v<T, float> && bf16_multiplies()),
+        whole(w_, bf16.empty() ? pack_rows(u, rows) : 0, !one_frame(steps)) {
     if constexpr (std::is_same_v<T, float>) {
-      if (whole.is_packed() || steps < kMinPanelSteps) return;
+      if (!bf16.empty() || whole.is_packed() || steps < kMinPanelSteps) return;
       panels.resize(u.chunks() * gates);
       for (int64_t c = 0; c < u.chunks(); ++c) {
         for (int64_t q = 0; q < gates; ++q) {
@@ -210,6 +249,17 @@ struct ChunkGemm {
   // beta: 0 (C = X @ W) or 1 (C += X @ W).
   void operator()(int64_t c, int64_t lo, int64_t wd, int64_t m, const T* X, int64_t ldx, T* C, int64_t ldc,
                   T beta = T(0)) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (!bf16.empty()) {
+        bf16_chunk_multiply(&bf16[c * gates], gates, wd, m, X, ldx, beta != T(0), C, ldc);
+        return;
+      }
+      if (round_x) {
+        float* r = rounded_scratch(m * w.rows);
+        for (int64_t i = 0; i < m; ++i) round_to_bf16(X + i * ldx, w.rows, r + i * w.rows);
+        X = r, ldx = w.rows;
+      }
+    }
     if (whole.is_packed()) {  // one chunk: all of W at once
       whole(m, X, ldx, beta, C, ldc);
       return;
@@ -249,16 +299,6 @@ Mat<T> rows_of(const Mat<T>& m, int64_t r0, int64_t nr) {
   s.p = m.trans ? m.p + r0 : m.p + r0 * m.ld;
   s.rows = nr;
   return s;
-}
-
-// W^T as a Mat, without a copy.
-template <typename T>
-Mat<T> transposed(const Mat<T>& m) {
-  Mat<T> t = m;
-  t.trans = !m.trans;
-  t.rows = m.cols;
-  t.cols = m.rows;
-  return t;
 }
 
 // Runs f(chunk) for every chunk, in parallel when there is more than one.

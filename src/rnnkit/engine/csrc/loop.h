@@ -18,11 +18,23 @@ Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks, int64_
   int64_t width = 0;
   for (const Mat<T>& w : blocks) width += w.cols;
   Tensor out = at::empty({total, width}, x.options());
+  // A bf16 layer's x and W_x are bf16 values: its float32 multiply has the bf16 one's products (bf16.h), and is
+  // the faster below kBf16MinProjection multiply-adds (the bf16 units' call re-lays W_x out).
+  const bool bf16 = bf16_multiplies() && bf16_multiply_units() && !one_frame(steps) && xc.size(1) > 0 &&
+                    total * xc.size(1) * width >= kBf16MinProjection;
   int64_t col = 0;
   for (const Mat<T>& w : blocks) {
     if (total > 0 && w.cols > 0) {
-      gemm_xw<T>(total, xc.data_ptr<T>(), std::max<int64_t>(1, xc.size(1)), w, T(1), T(0), out.data_ptr<T>() + col,
-                 width, !one_frame(steps));
+      T* o = out.data_ptr<T>() + col;
+      if constexpr (std::is_same_v<T, float>) {
+        if (bf16) {
+          bf16_gemm(total, xc.size(1), xc.data_ptr<T>(), false, xc.size(1), w, false, o, width);
+          col += w.cols;
+          continue;
+        }
+      }
+      gemm_xw<T>(total, xc.data_ptr<T>(), std::max<int64_t>(1, xc.size(1)), w, T(1), T(0), o, width,
+                 !one_frame(steps));
     }
     col += w.cols;
   }

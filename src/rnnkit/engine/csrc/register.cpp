@@ -3,6 +3,7 @@
 
 #include <atomic>
 
+#include "bf16.h"
 #include "gemm.h"
 #include "ops.h"
 
@@ -60,6 +61,9 @@ TORCH_LIBRARY(rnnkit, m) {
         &rnnkit::frame_forward);
   m.def("frame_pack(Tensor[] mats, int units, int gates, int chunks, bool bf16=False) -> Tensor", &rnnkit::frame_pack);
   m.def("frame_chunks(int units, int rows, int k, int gates) -> int", &rnnkit::frame_chunks);
+  m.def("set_bf16_multiplies", &rnnkit::set_bf16_multiplies);
+  m.def("bf16_multiply_units", &rnnkit::bf16_multiply_units);
+  m.def("allow_bf16_units", &rnnkit::allow_bf16_units);
   m.def("blas_found", &rnnkit::blas_found);
   m.def("parallel_threads", &rnnkit::parallel_threads);
   m.def("set_min_step_work", &rnnkit::set_min_step_work);

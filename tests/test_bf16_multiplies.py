@@ -1,0 +1,167 @@
+"""A bf16 layer's multiplies read bf16 operands and sum in float32 (``rnnkit.engine.precision``, ``csrc/bf16.h``).
+
+References: the layer's math written out in float32 torch ops with each step's recurrent operand rounded to bf16
+(torch.nn's formulas for the LSTM, the GRU and the Elman RNN, with torch.nn's parameters), and autograd through it
+for the gradients (the rounding passes gradients through unchanged, as a cast does). The kernels' bf16 units
+(oneDNN's brgemm: AMX or AVX512-BF16) and their float32 multiplies of the same rounded operands must agree, and a
+layer with ``set_bf16_multiplies(False)`` is its float32 twin rounded once (the earlier semantics).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.engine import precision
+from rnnkit.engine.extension import load
+
+U_BF16 = 2.0**-8  # bf16's unit roundoff
+
+
+def _r(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded to bf16, in float32 (differentiable: the gradient passes through)."""
+    return t.bfloat16().float()
+
+
+def _ref(kind: str, x: torch.Tensor, sd: dict, hidden: int) -> torch.Tensor:
+    """torch.nn's formulas over ``x`` (T, B, I) from zeros, the recurrent operand rounded to bf16 at every step."""
+    wih, whh, bih, bhh = (sd[k].float() for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"))
+    h = torch.zeros(x.shape[1], hidden)
+    c = torch.zeros_like(h)
+    ys = []
+    for xt in x.float():
+        gi, gh = xt @ wih.t() + bih, _r(h) @ whh.t() + bhh
+        if kind == "lstm":
+            i, f, g, o = (gi + gh).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        elif kind == "gru":
+            (ir, iz, inn), (hr, hz, hn) = gi.chunk(3, 1), gh.chunk(3, 1)
+            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+            h = (1 - z) * torch.tanh(inn + r * hn) + z * h
+        else:
+            h = torch.tanh(gi + gh)
+        ys.append(h)
+    return torch.stack(ys)
+
+
+LAYERS = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}
+
+
+def _bf16_layer(cls, *args, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(3)
+    layer = cls(*args, **kwargs)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.mul_(3.0)  # larger weights: the rounding of h matters
+    return layer.bfloat16()
+
+
+def _ulps(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
+    """|got - want| in units of want's last bf16 place (want a bf16 value)."""
+    got, want = got.float(), want.float()
+    ulp = torch.where(want == 0, torch.tensor(2.0**-133), torch.exp2(torch.floor(torch.log2(want.abs())) - 7))
+    return (got - want).abs() / ulp
+
+
+@pytest.fixture
+def ops():
+    kernels = load()
+    assert kernels is not None, "the compiled kernels are needed here"
+    return kernels
+
+
+# (a bf16 LSTM of more than FUSED_MAX_BATCH rows runs on torch's own kernel, oneDNN's, under the auto backend)
+CASES = [(kind, batch) for kind in LAYERS for batch in (1, 3, 16) if not (kind == "lstm" and batch > 4)]
+
+
+@pytest.mark.parametrize("units", [True, False])
+@pytest.mark.parametrize(("kind", "batch"), CASES)
+def test_outputs_are_the_rounded_operand_math_rounded_once(kind, batch, units, ops):
+    """Every output is the reference's float32 value rounded to bf16, but for sums landing next to a rounding
+    boundary (summation order): at least 99% equal, none more than one bf16 place away."""
+    layer = _bf16_layer(LAYERS[kind], 24, 32)
+    x = torch.randn(12, batch, 24).bfloat16()
+    was = ops.allow_bf16_units(units)
+    try:
+        with torch.no_grad():
+            y, _ = layer(x)
+    finally:
+        ops.allow_bf16_units(was)
+    want = _ref(kind, x, layer.state_dict(), 32).bfloat16()
+    assert y.dtype == torch.bfloat16
+    ulps = _ulps(y, want)
+    assert ulps.max() <= 1 and (ulps == 0).float().mean() >= 0.99, (ulps.max(), (ulps == 0).float().mean())
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn", "lstm"])
+def test_gradients_match_autograd_of_the_reference(kind, ops):
+    """Weight and input gradients against float32 autograd through the reference (whose backward multiplies in
+    float32): the backward's multiplies round the d pre-activations to bf16 and the gradients are bf16, so each
+    gradient is asserted within 2^-6 of the reference's in relative Frobenius norm (measured: 0.6-1.1 x 2^-8)."""
+    layer = _bf16_layer(LAYERS[kind], 24, 32)
+    x = torch.randn(10, 3, 24).bfloat16().requires_grad_()
+    seed = torch.randn(10, 3, 32)
+    y, _ = layer(x)
+    (y.float() * seed).sum().backward()
+    ref_params = {k: v.float().requires_grad_() for k, v in layer.state_dict().items()}
+    x_ref = x.detach().float().requires_grad_()
+    (_ref(kind, x_ref, ref_params, 32) * seed).sum().backward()
+    pairs = [(x.grad, x_ref.grad)] + [(p.grad, ref_params[n].grad) for n, p in layer.named_parameters()]
+    for got, want in pairs:
+        assert got.dtype == torch.bfloat16
+        err = (got.float() - want).norm() / want.norm()
+        assert err <= 2.0**-6, err
+
+
+OPTIONS = {
+    "gru_reset_before": lambda: _bf16_layer(rnnkit.GRU, 24, 32, reset_after=False),
+    "lstm_peepholes_clip_proj": lambda: _bf16_layer(rnnkit.LSTM, 24, 32, peepholes=True, cell_clip=1.5, proj_size=16),
+    "lstm_layer_norm": lambda: _bf16_layer(rnnkit.LSTM, 24, 32, layer_norm=True),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_units_float_multiplies_and_batch_sizes_agree(name, ops):
+    """The families written out nowhere else: the bf16 units (a batch of 16) against the float32 multiplies of the
+    same rounded operands, and against each sequence run alone (one row: float32 multiplies), within one bf16 place."""
+    layer = OPTIONS[name]()
+    x = torch.randn(12, 16, 24).bfloat16()
+    with torch.no_grad():
+        y, _ = layer(x)
+        was = ops.allow_bf16_units(False)
+        try:
+            y_float, _ = layer(x)
+        finally:
+            ops.allow_bf16_units(was)
+        alone = torch.cat([layer(x[:, b : b + 1])[0] for b in range(16)], 1)
+    for other in (y_float, alone):
+        ulps = _ulps(y, other)
+        assert ulps.max() <= 1 and (ulps == 0).float().mean() >= 0.99, (ulps.max(), (ulps == 0).float().mean())
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_without_bf16_multiplies_a_layer_is_its_float32_twin_rounded_once(kind):
+    layer = _bf16_layer(LAYERS[kind], 24, 32)
+    twin = copy.deepcopy(layer).float()
+    x = torch.randn(12, 3, 24).bfloat16()
+    was = precision.set_bf16_multiplies(False)
+    try:
+        with torch.no_grad():
+            y, _ = layer(x)
+    finally:
+        precision.set_bf16_multiplies(was)
+    with torch.no_grad():
+        want, _ = twin(x.float())
+    assert _ulps(y, want.bfloat16()).max() <= 1
+
+
+def test_the_setting_is_restored_and_the_scope_ends_with_the_call():
+    layer = _bf16_layer(rnnkit.GRU, 8, 16)
+    assert precision.set_bf16_multiplies(True) is True and precision.multiplies_dtype() is None
+    with torch.no_grad():
+        layer(torch.randn(5, 2, 8).bfloat16())
+    assert precision.multiplies_dtype() is None
