@@ -83,6 +83,7 @@ class FramePlan:
         self._inference = False
         self._dtype: torch.dtype | None = None
         self._args: tuple[list[Tensor], list[int], list[float]] = ([], [], [])
+        self._kept: _Kept | None = None
         #: a bf16 frame runs packed layers only (the family kernels take float32/float64)
         self._all_pack = all(_packs(leaf) for leaf in self.leaves)
 
@@ -136,10 +137,38 @@ class FramePlan:
         """``stacked = n > 0``: ``states`` are ``n`` tensors ``(layers, B, size)`` (torch.nn's ``h_0``, ``c_0``), each
         layer's ``n`` kernel states, and come back so."""
         kern = fused_kernels("cpu")
-        packed = kern is not twin and x.dtype in _PACKED_DTYPES
-        weights, desc, scalars = self.arguments(packed)
-        y, *finals = kern.frame_forward(x, weights, states, desc, scalars, stacked)
-        return y, finals
+        if kern is twin:
+            weights, desc, scalars = self.arguments(False)
+            y, *finals = kern.frame_forward(x, weights, states, desc, scalars, stacked)
+            return y, finals
+        args = self.arguments(x.dtype in _PACKED_DTYPES)
+        if self._kept is None or self._kept.args is not args:  # (the compiled kernels keep them between frames)
+            self._kept = _Kept(kern, args, [] if self._inference else self.params)
+        out = kern.frame_run(x, states, self._kept.handle, stacked)
+        if not out:  # (frame_run refuses arguments older than a parameter: arguments() has just made them current)
+            raise RuntimeError("rnnkit FramePlan: a parameter changed while the frame was being called")
+        return out[0], out[1:]
+
+    def run_kept(self, x: Tensor, states: list[Tensor], stacked: int = 0) -> tuple[Tensor, list[Tensor]] | None:
+        """The frame on the arguments kept by the last call, when they are still current (the compiled kernels check
+        every parameter's storage, dtype and version, and the thread count), else ``None`` (nothing run). For a
+        caller that checked the rest of ``streams`` itself (``frame_modes``; ``x`` in the dtype of the last call)."""
+        kept = self._kept
+        if kept is None or fused_kernels("cpu") is not kept.kern:
+            return None
+        out = kept.kern.frame_run(x, states, kept.handle, stacked)
+        return (out[0], out[1:]) if out else None
+
+
+class _Kept:
+    """A plan's frame arguments kept by the compiled kernels under a handle (``frame_keep``) with the parameters they
+    were made from, dropped with this object: a frame then passes a number instead of converting the weight list and
+    description, and its parameters are checked there (together 4 us a frame)."""
+
+    def __init__(self, kern: Any, args: tuple[list[Tensor], list[int], list[float]], params: list[Tensor]):
+        self.kern, self.args = kern, args
+        self.handle = kern.frame_keep(*args, params)
+        weakref.finalize(self, kern.frame_drop, self.handle)
 
 
 def _plain(leaf: Spec) -> tuple[tuple, list[int], tuple]:
@@ -219,10 +248,15 @@ def streams(plan: FramePlan | None, x: Tensor, states: Sequence[Tensor] = ()) ->
     """Whether this call runs as a frame of ``plan``: a plan, CPU inputs and parameters alike in float32, float64 or
     (on the compiled kernels, every layer packed) bfloat16, no gradient asked for (inference), no autocast, and the
     ``auto`` or ``fused`` backend (``use("reference")`` and ``use("torch")`` keep their paths)."""
-    if plan is None or not x.is_cpu or current()[0] not in _FRAME_BACKENDS or torch.is_autocast_enabled("cpu"):
-        return False  # (under autocast the sequence path gives torch.nn's dtypes: engine.autocast)
-    if x.dtype != plan.dtype() or (x.dtype == torch.bfloat16 and fused_kernels("cpu") is twin):
+    if plan is None or not frame_modes(plan, x, states):
         return False
+    return x.dtype == plan.dtype() and not (x.dtype == torch.bfloat16 and fused_kernels("cpu") is twin)
+
+
+def frame_modes(plan: FramePlan, x: Tensor, states: Sequence[Tensor] = ()) -> bool:
+    """``streams`` but for the dtypes: a CPU ``x``, the backend, no autocast, no gradient asked for."""
+    if not x.is_cpu or current()[0] not in _FRAME_BACKENDS or torch.is_autocast_enabled("cpu"):
+        return False  # (under autocast the sequence path gives torch.nn's dtypes: engine.autocast)
     return not torch.is_grad_enabled() or not (
         x.requires_grad or any(p.requires_grad for p in plan.params) or any(s.requires_grad for s in states)
     )

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..engine import LayerStack
-from ..engine.frame import FramePlan, frame_plan, streams
+from ..engine.frame import FramePlan, frame_modes, frame_plan, streams
 from ..engine.precision import LOW_PRECISION, narrowed, widened
 from ..errors import NotATensorError, ShapeError
 
@@ -139,9 +139,16 @@ def checked_step(layer: Any, x: Any, hx: Any) -> tuple[Tensor, Any] | None:
         for part, s in zip(parts, part_shapes, strict=True):
             if type(part) is not Tensor or part.shape != s or part.dtype != dtype or not part.is_cpu:
                 return None
-    if not streams(plan, x, parts):
+    if not frame_modes(plan, x, parts):
         return None
-    y, finals = plan(x.contiguous(), [p.contiguous() for p in parts], len(parts))
+    x, parts = x.contiguous(), [p.contiguous() for p in parts]
+    # The kept arguments, while the kernels find every parameter as they were made from (else the whole check)
+    done = plan.run_kept(x, parts, len(parts))
+    if done is None:
+        if not streams(plan, x, parts):
+            return None
+        done = plan(x, parts, len(parts))
+    y, finals = done
     return y, finals[0] if len(finals) == 1 else tuple(finals)
 
 
@@ -165,6 +172,7 @@ class LayerStream:
         self._parts: tuple[Tensor, ...] | None = None
         self._flat: list[Tensor] | None = None  # the kernels' states, when the last frame ran as one ...
         self._made_by: tuple[LayerStack, FramePlan] | None = None  # ... of this node's plan
+        self._frame_dtype: torch.dtype | None = None  # ... for an x of this dtype
         #: how the last frame ran: ``"frame"`` (one kernel call, ``rnnkit.engine.frame``) or ``"sequence"``
         #: (``forward`` on one step: outside the frame's predicate, e.g. with autograd on)
         self.path = ""
@@ -207,6 +215,14 @@ class LayerStream:
             )
         node = layer.engine_stack()
         plan = stack_frame_plan(node)
+        flat = self._flat
+        made = self._made_by
+        if flat is not None and made is not None and made[1] is plan and x.dtype == self._frame_dtype:
+            # as the last frame: the kept arguments, while the kernels find every parameter as they were made from
+            done = plan.run_kept(x.contiguous(), flat) if frame_modes(plan, x, flat) else None
+            if done is not None:
+                y, self._flat = done
+                return y
         if streams(plan, x, self._flat or ()):
             if self._flat is not None and (self._made_by is None or self._made_by[1] is not plan):
                 _ = self.state  # (the layer's configuration changed: its states through forward's form)
@@ -217,6 +233,7 @@ class LayerStream:
             if flat is not None:
                 y, self._flat = plan(x.contiguous(), flat)
                 self._parts, self._made_by, self.path = None, (node, plan), "frame"
+                self._frame_dtype = x.dtype
                 return y
         fresh = self._parts is None and self._flat is None  # (zeros: forward's own, in the dtypes it gives them)
         y, hidden = layer.step(x, None if fresh else self.state)  # the sequence path: its checks, then forward

@@ -1,6 +1,10 @@
 // BLAS access and the step schedule, shared by the kernels.
 #include "gemm.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <dlfcn.h>
 
 #include <atomic>
@@ -350,6 +354,30 @@ bool small_gemm(int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, co
 }
 
 namespace {
+// The stacked rows of `blocks` (each n columns) as paired bf16 panels (gemm.h's kPairedBf16Panels): per panel of 16
+// columns (the last may have 8), for each pair of rows i, the 2 x width values (row 2i, row 2i + 1) column by column.
+void pack_paired_panels(at::BFloat16* out, const std::vector<Mat<float>>& blocks, int64_t n) {
+  std::vector<std::pair<const Mat<float>*, int64_t>> rows;  // the stacked rows: (block, row in it)
+  for (const Mat<float>& w : blocks)
+    for (int64_t p = 0; p < w.rows; ++p) rows.emplace_back(&w, p);
+  const int64_t k = static_cast<int64_t>(rows.size()), depth = k + (k & 1);
+  auto value = [&](int64_t r, int64_t j) {
+    if (r >= k) return 0.0f;
+    const Mat<float>& w = *rows[r].first;
+    const int64_t p = rows[r].second;
+    return w.trans ? w.p[j * w.ld + p] : w.p[p * w.ld + j];
+  };
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t width = std::min<int64_t>(16, n - j0);
+    for (int64_t r = 0; r < depth; r += 2) {
+      for (int64_t j = 0; j < width; ++j) {
+        *out++ = at::BFloat16(value(r, j0 + j));
+        *out++ = at::BFloat16(value(r + 1, j0 + j));
+      }
+    }
+  }
+}
+
 template <typename W>
 void pack_panels_as(W* out, const std::vector<Mat<float>>& blocks, int64_t n) {
   constexpr bool pairs = std::is_same_v<W, at::BFloat16>;  // 16 bf16 columns as (j, j + 8) pairs: load_row
@@ -382,9 +410,98 @@ void panel_gemm_of(const W* P, int64_t k, int64_t n, int64_t m, const float* A, 
 }
 }  // namespace
 
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+namespace {
+// One M x 16 (or M x 8: narrow) tile of C = A @ P on paired panels: per pair of rows one load of P, and per row of A
+// one broadcast of its bf16 pair and one VDPBF16PS (a pair of exact products summed in float32 into each column).
+// U partial sums per row keep enough independent chains for the instruction's latency at small M.
+template <int M, bool narrow>
+void paired_tile(const uint32_t* A, int64_t lda, const at::BFloat16* P, int64_t pairs, bool acc, float* C,
+                 int64_t ldc) {
+  constexpr int U = M >= 6 ? 1 : 6 / M;
+  using V = std::conditional_t<narrow, __m256, __m512>;
+  V c[U][M];
+  for (int u = 0; u < U; ++u)
+    for (int i = 0; i < M; ++i) c[u][i] = V{};
+  constexpr int64_t step = narrow ? 16 : 32;  // bf16 values per pair of rows
+  auto fma = [](V sum, uint32_t a, const at::BFloat16* w) {
+    if constexpr (narrow) {
+      return _mm256_dpbf16_ps(sum, (__m256bh)_mm256_set1_epi32(static_cast<int>(a)),
+                              (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+    } else {
+      return _mm512_dpbf16_ps(sum, (__m512bh)_mm512_set1_epi32(static_cast<int>(a)),
+                              (__m512bh)_mm512_loadu_si512(w));
+    }
+  };
+  int64_t q = 0;
+  for (; q + U <= pairs; q += U) {
+    for (int u = 0; u < U; ++u)
+      for (int i = 0; i < M; ++i) c[u][i] = fma(c[u][i], A[i * lda + q + u], P + (q + u) * step);
+  }
+  for (; q < pairs; ++q)
+    for (int i = 0; i < M; ++i) c[0][i] = fma(c[0][i], A[i * lda + q], P + q * step);
+  for (int i = 0; i < M; ++i) {
+    V sum = c[0][i];
+    for (int u = 1; u < U; ++u) sum = sum + c[u][i];
+    float* out = C + i * ldc;
+    if constexpr (narrow) {
+      _mm256_storeu_ps(out, acc ? _mm256_add_ps(_mm256_loadu_ps(out), sum) : sum);
+    } else {
+      _mm512_storeu_ps(out, acc ? _mm512_add_ps(_mm512_loadu_ps(out), sum) : sum);
+    }
+  }
+}
+
+template <bool narrow>
+void paired_rows(int64_t m, const uint32_t* A, int64_t lda, const at::BFloat16* P, int64_t pairs, bool acc, float* C,
+                 int64_t ldc) {
+  for (int64_t i = 0; i < m;) {
+    const int64_t rows = std::min<int64_t>(4, m - i);
+    const uint32_t* a = A + i * lda;
+    float* c = C + i * ldc;
+    switch (rows) {
+      case 4: paired_tile<4, narrow>(a, lda, P, pairs, acc, c, ldc); break;
+      case 3: paired_tile<3, narrow>(a, lda, P, pairs, acc, c, ldc); break;
+      case 2: paired_tile<2, narrow>(a, lda, P, pairs, acc, c, ldc); break;
+      default: paired_tile<1, narrow>(a, lda, P, pairs, acc, c, ldc); break;
+    }
+    i += rows;
+  }
+}
+
+// C (m x n) = A (m x k floats: bf16 values, rounded again to be sure) @ the paired panels P (+ C when acc).
+void paired_panel_gemm(const at::BFloat16* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, bool acc,
+                       float* C, int64_t ldc) {
+  const int64_t pairs = (k + 1) / 2;
+  thread_local std::vector<uint32_t> ab;
+  if (static_cast<int64_t>(ab.size()) < m * pairs) ab.resize(m * pairs);
+  for (int64_t i = 0; i < m; ++i) {
+    const float* a = A + i * lda;
+    auto bits = [](float f) { return static_cast<uint32_t>(at::BFloat16(f).x); };
+    for (int64_t q = 0; q < pairs; ++q) {
+      ab[i * pairs + q] = bits(a[2 * q]) | (2 * q + 1 < k ? bits(a[2 * q + 1]) << 16 : 0u);
+    }
+  }
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int64_t width = std::min<int64_t>(16, n - j0);
+    if (width == 16) {
+      paired_rows<false>(m, ab.data(), pairs, P, pairs, acc, C + j0, ldc);
+    } else {
+      paired_rows<true>(m, ab.data(), pairs, P, pairs, acc, C + j0, ldc);
+    }
+    P += 2 * pairs * width;
+  }
+}
+}  // namespace
+#endif
+
 void pack_panels_into(float* out, const std::vector<Mat<float>>& blocks, int64_t n) { pack_panels_as(out, blocks, n); }
 void pack_panels_into(at::BFloat16* out, const std::vector<Mat<float>>& blocks, int64_t n) {
-  pack_panels_as(out, blocks, n);
+  if constexpr (kPairedBf16Panels) {
+    pack_paired_panels(out, blocks, n);
+  } else {
+    pack_panels_as(out, blocks, n);
+  }
 }
 
 bool pack_panels(PanelWeights& pw, const float* W, bool trans, int64_t ld, int64_t k, int64_t n) {
@@ -408,7 +525,11 @@ void panel_gemm_at(const float* P, int64_t k, int64_t n, int64_t m, const float*
 }
 void panel_gemm_at(const at::BFloat16* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, float beta,
                    float* C, int64_t ldc) {
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+  paired_panel_gemm(P, k, n, m, A, lda, beta != 0.0f, C, ldc);
+#else
   panel_gemm_of(P, k, n, m, A, lda, beta, C, ldc);
+#endif
 }
 
 void panel_gemm(const PanelWeights& pw, int64_t m, const float* A, int64_t lda, float beta, float* C, int64_t ldc) {

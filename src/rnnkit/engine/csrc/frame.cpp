@@ -22,9 +22,11 @@
 // writes its next states where they are returned (stacked: into the returned parts) and the next layer reads its
 // h there; its temporaries live in a per-thread scratch kept between frames, so a frame allocates only its results.
 // bfloat16 (a bf16 model, every layer packed): the panels hold the bf16 weights (frame_pack(bf16=True): half the bytes
-// a frame reads), widened exactly on load; the multiplies read bf16 operands (h, r * h and m rounded for them) and sum
-// in float32, the gates and state updates are float32, as on the sequence path (bf16.h, engine/precision.py). x and the states are read in their dtype (bf16 or float32: a stream carries float32
-// states) and written back in it, each layer's output rounded once to x's dtype for the next layer and for y.
+// a frame reads); the multiplies read bf16 operands (h, r * h and m rounded for them) and sum in float32 (with the
+// CPU's bf16 dot products where it has them: gemm.h's paired panels), the gates and state updates are float32, as on
+// the sequence path (bf16.h, engine/precision.py). x and the states are read in their dtype (bf16 or float32: a
+// stream carries float32 states) and written back in it, each layer's output rounded once to x's dtype for the next
+// layer and for y.
 //   desc:    10 lstm: gate_order (4), chunks, proj chunks;  12 gru: reset_after, chunks;  13 rnn: relu, chunks
 //   weights: lstm: W (packed [W_x; W_h], 4 gates), bias (4H), peep or empty, W_proj (packed, 1 gate) or empty
 //            gru: W_rz (packed [W_x; W_h] r, z), W_xn (packed), W_hn (packed), b_rz (2H, both biases), b_xn, b_hn
@@ -39,6 +41,11 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
+
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <unordered_map>
 
 namespace rnnkit {
 namespace {
@@ -64,7 +71,7 @@ struct Packed {
   int64_t gates;
   // C (m x w, ldc) = A (m x k, lda) @ chunk c's gate q.
   void mul(const Units& u, int64_t c, int64_t q, int64_t m, const float* A, int64_t lda, float* C, int64_t ldc) const {
-    const int64_t w = u.hi[c] - u.lo[c], off = k * (gates * u.lo[c] + q * w);
+    const int64_t w = u.hi[c] - u.lo[c], off = panel_depth(k, bf16) * (gates * u.lo[c] + q * w);
     if (bf16) {
       panel_gemm_at(static_cast<const at::BFloat16*>(p) + off, k, w, m, A, lda, 0.0f, C, ldc);
     } else {
@@ -75,7 +82,8 @@ struct Packed {
 
 Packed packed_of(const Tensor& t, int64_t k, int64_t gates, int64_t units) {
   const bool bf16 = t.scalar_type() == at::kBFloat16;
-  TORCH_CHECK((bf16 || t.scalar_type() == at::kFloat) && t.is_contiguous() && t.numel() == k * gates * units,
+  TORCH_CHECK((bf16 || t.scalar_type() == at::kFloat) && t.is_contiguous() &&
+                  t.numel() == panel_depth(k, bf16) * gates * units,
               "rnnkit frame_forward: packed weights of ", k, " x ", gates * units, " float32 or bfloat16 expected, got ",
               t.numel(), " (", t.scalar_type(), ")");
   return {t.data_ptr(), bf16, k, gates};
@@ -384,14 +392,15 @@ Tensor frame_pack(at::TensorList mats, int64_t units, int64_t gates, int64_t chu
     blocks.push_back(mat_of<float>(m));
     k += m.size(0);
   }
-  Tensor out = at::empty({k * gates * units}, mats[0].options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
+  const int64_t depth = panel_depth(k, bf16);
+  Tensor out = at::empty({depth * gates * units}, mats[0].options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
   const Units u = frame_units(units, chunks);
   for (int64_t c = 0; c < u.chunks(); ++c) {
     const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
     for (int64_t q = 0; q < gates; ++q) {
       std::vector<Mat<float>> cols;
       for (const Mat<float>& b : blocks) cols.push_back(cols_of(b, q * units + lo, wd));
-      const int64_t off = k * (gates * lo + q * wd);  // (Packed's layout)
+      const int64_t off = depth * (gates * lo + q * wd);  // (Packed's layout)
       if (bf16) {
         pack_panels_into(out.data_ptr<at::BFloat16>() + off, cols, wd);
       } else {
@@ -537,6 +546,64 @@ std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::T
   const std::vector<Tensor>& states = stacked > 0 ? st.parts : st.out;
   result.insert(result.end(), states.begin(), states.end());
   return result;
+}
+
+namespace {
+// A stack's frame arguments kept on this side between frames (frame_keep), so that a frame passes x, its states and
+// a number: converting the weight list and the description from Python measured 2 us of a frame's call.
+struct Kept {
+  std::vector<Tensor> weights;
+  std::vector<int64_t> desc;
+  std::vector<double> scalars;
+  // The parameters they were made from, as they were then (storage, dtype, version), and the thread count: a frame
+  // runs on them only while all are so (frame_run), the checks the caller would otherwise repeat in Python.
+  std::vector<Tensor> params;
+  std::vector<std::tuple<const void*, at::ScalarType, int64_t>> stamps;
+  int threads = 0;
+  bool current() const {
+    if (at::get_num_threads() != threads) return false;
+    for (size_t i = 0; i < params.size(); ++i) {
+      const Tensor& p = params[i];
+      if (stamps[i] != std::make_tuple(p.data_ptr(), p.scalar_type(), static_cast<int64_t>(p._version()))) {
+        return false;
+      }
+    }
+    return true;
+  }
+};
+std::mutex kept_lock;
+std::unordered_map<int64_t, std::shared_ptr<const Kept>> kept;
+int64_t next_handle = 1;
+}  // namespace
+
+int64_t frame_keep(at::TensorList weights, at::IntArrayRef desc, at::ArrayRef<double> scalars,
+                   at::TensorList params) {
+  Kept made{weights.vec(), desc.vec(), scalars.vec(), params.vec(), {}, at::get_num_threads()};
+  for (const Tensor& p : params) {
+    TORCH_CHECK(!p.is_inference(), "rnnkit frame_keep: an inference tensor has no version to follow");
+    made.stamps.emplace_back(p.data_ptr(), p.scalar_type(), static_cast<int64_t>(p._version()));
+  }
+  auto k = std::make_shared<const Kept>(std::move(made));
+  std::lock_guard<std::mutex> guard(kept_lock);
+  kept.emplace(next_handle, std::move(k));
+  return next_handle++;
+}
+
+void frame_drop(int64_t handle) {
+  std::lock_guard<std::mutex> guard(kept_lock);
+  kept.erase(handle);
+}
+
+std::vector<Tensor> frame_run(const Tensor& x, at::TensorList states, int64_t handle, int64_t stacked) {
+  std::shared_ptr<const Kept> k;
+  {
+    std::lock_guard<std::mutex> guard(kept_lock);
+    auto it = kept.find(handle);
+    TORCH_CHECK(it != kept.end(), "rnnkit frame_run: no frame arguments kept under ", handle);
+    k = it->second;
+  }
+  if (!k->current()) return {};  // a parameter or the thread count changed: the caller makes them again
+  return frame_forward(x, k->weights, states, k->desc, k->scalars, stacked);
 }
 
 }  // namespace rnnkit

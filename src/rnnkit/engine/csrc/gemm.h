@@ -200,6 +200,16 @@ void panel_gemm_at(const at::BFloat16* P, int64_t k, int64_t n, int64_t m, const
                    float* C, int64_t ldc);
 void pack_panels_into(float* out, const std::vector<Mat<float>>& blocks, int64_t n);
 void pack_panels_into(at::BFloat16* out, const std::vector<Mat<float>>& blocks, int64_t n);  // (bf16 values: exact)
+// bf16 panels on a CPU with AVX512-BF16 (known at compile time: the build targets the CPU it runs on) hold rows in
+// pairs, (2i, 2i + 1) side by side per column, for its bf16 dot-product instruction (VDPBF16PS), which multiplies
+// A's bf16 operands (the frame rounds them: bf16.h) exactly and sums in float32; an odd k gets a zero row. So a
+// panel of k rows holds panel_depth(k) rows in bf16.
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+constexpr bool kPairedBf16Panels = true;
+#else
+constexpr bool kPairedBf16Panels = false;
+#endif
+inline int64_t panel_depth(int64_t k, bool bf16) { return bf16 && kPairedBf16Panels ? k + (k & 1) : k; }
 
 // Sequences shorter than this multiply through BLAS or the small-row kernel: packing panels costs about one
 // step's multiply.

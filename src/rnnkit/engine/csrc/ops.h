@@ -82,6 +82,13 @@ std::vector<Tensor> program_backward(const Tensor& dY, at::TensorList dfinals, c
 // One frame of a stack of layers: every layer's forward for a single step, in one call (frame.cpp).
 std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::TensorList states,
                                   at::IntArrayRef desc, at::ArrayRef<double> scalars, int64_t stacked);
+// frame_forward's weights, description and scalars kept between frames under a handle (frame_keep; frame_drop frees
+// them) with the parameters they were made from, and a frame run on them: frame_run(x, states, handle, stacked) is
+// frame_forward(x, *kept, states, stacked) while every parameter keeps its storage, dtype and version and the thread
+// count is the same, else {} (nothing run: the caller makes them again).
+int64_t frame_keep(at::TensorList weights, at::IntArrayRef desc, at::ArrayRef<double> scalars, at::TensorList params);
+void frame_drop(int64_t handle);
+std::vector<Tensor> frame_run(const Tensor& x, at::TensorList states, int64_t handle, int64_t stacked);
 // A layer's weights packed for frames: the columns of `gates` blocks of `units`, over the rows of `mats` stacked, in
 // panels per chunk of units (frame.cpp), float32 or (bf16: a bf16 model's values, exact) bfloat16; and how many
 // chunks a frame of that layer is worth.

@@ -59,6 +59,9 @@ TORCH_LIBRARY(rnnkit, m) {
   m.def("frame_forward(Tensor x, Tensor[] weights, Tensor[] states, int[] desc, float[] scalars, int stacked=0)"
         " -> Tensor[]",
         &rnnkit::frame_forward);
+  m.def("frame_keep(Tensor[] weights, int[] desc, float[] scalars, Tensor[] params) -> int", &rnnkit::frame_keep);
+  m.def("frame_drop(int handle) -> ()", &rnnkit::frame_drop);
+  m.def("frame_run(Tensor x, Tensor[] states, int handle, int stacked=0) -> Tensor[]", &rnnkit::frame_run);
   m.def("frame_pack(Tensor[] mats, int units, int gates, int chunks, bool bf16=False) -> Tensor", &rnnkit::frame_pack);
   m.def("frame_chunks(int units, int rows, int k, int gates) -> int", &rnnkit::frame_chunks);
   m.def("set_bf16_multiplies", &rnnkit::set_bf16_multiplies);
