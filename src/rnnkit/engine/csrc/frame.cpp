@@ -42,6 +42,10 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <omp.h>
+
+#include <array>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <tuple>
@@ -157,98 +161,158 @@ const float* in_floats(Ptr in, float* spare, int64_t count) {
   return spare;
 }
 
-// A packed LSTM layer: h1 (= y), c1.
-void lstm_packed(const Rows& io, int64_t R, int64_t H, const Tensor& w, const Tensor& bias, const Tensor& peep,
-                 const Tensor& w_proj, at::IntArrayRef order, int64_t chunks, int64_t chunks_p, float fb, float cclip,
-                 float pclip) {
-  const int64_t B = io.B, I = io.I, K = I + R, G4 = 4 * H;
-  const bool proj = w_proj.numel() > 0;
-  const Packed P = packed_of(w, K, 4, H);
-  const float* b = bias_of(bias, G4);
-  TORCH_CHECK(proj || R == H, "rnnkit frame_forward: an LSTM without projection has h as wide as c, got ", R, " and ",
-              H);
-  // scratch: [x | h], the gates, m (a projection's input), then float32 rows of bf16 c_0, h_1, c_1
-  float* a = scratch(B * K + B * G4 + B * H + B * H + B * R + B * H);
-  float *sp = a + B * K, *m_rows = sp + B * G4, *spare = m_rows + B * H;
-  join_rows(a, io.x, I, io.in[0], R, B);
-  if (P.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
-  const float* cp = in_floats(io.in[1], spare, B * H);
-  const float* pp = peep.numel() ? peep.data_ptr<float>() : nullptr;
-  float *hp = out_floats(io.out[0], spare + B * H), *cn = out_floats(io.out[1], spare + B * H + B * R);
-  float* mp = proj ? m_rows : hp;
-  const Units u = frame_units(H, chunks);
-  for_chunks(u, [&](int64_t c) {
-    const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
-    for (int64_t q = 0; q < 4; ++q) P.mul(u, c, q, B, a, K, sp + 4 * lo + q * wd, G4);
-    for (int64_t r = 0; r < B; ++r) {
-      float* gate[4];
-      for (int k = 0; k < 4; ++k) {
-        float* __restrict__ g = sp + r * G4 + 4 * lo + order[k] * wd;
-        const float* __restrict__ bk = b + order[k] * H + lo;
-        for (int64_t j = 0; j < wd; ++j) g[j] += bk[j];
-        gate[k] = g;
-      }
-      lstm_units(gate, cp + r * H + lo, cn + r * H + lo, mp + r * H + lo, pp ? pp + lo : nullptr, H, wd, fb, cclip);
+// The threads a frame's packed layers run on. Alone (size 1), a layer's multiply runs its chunks in a parallel region
+// of their own (for_chunks). In the frame's one region (frame_forward: every layer packed), thread `id` takes chunks
+// id, id + size, ... of every multiply, the same ones at every phase and frame, and the threads meet (a barrier, a
+// third of a region's start and end) where a layer reads another chunk's results: r * h, a projection's m, and the
+// next layer's input.
+struct Team {
+  int64_t id = 0, size = 1;
+  template <typename F>
+  void chunks(const Units& u, const F& f) const {
+    if (size == 1) {
+      for_chunks(u, f);
+      return;
     }
-  });
-  if (proj) {  // h = clip(m @ W_proj): every unit of m, so a second region, split over the projection's outputs
-    const Packed Pp = packed_of(w_proj, H, 1, R);
-    if (Pp.bf16) round_to_bf16(mp, B * H, mp);
-    const Units up = frame_units(R, chunks_p);
-    for_chunks(up, [&](int64_t c) {
+    for (int64_t c = id; c < u.chunks(); c += size) f(c);
+  }
+  void meet() const {
+    if (size > 1) {
+#pragma omp barrier
+    }
+  }
+};
+
+// Columns [lo, lo + wd) of rows (B, width) from float32 src into dst, in dst's dtype: a chunk's share of an output
+// (nothing to do when dst is src: a float32 output computed in place).
+void write_cols(Ptr dst, const float* src, int64_t B, int64_t width, int64_t lo, int64_t wd) {
+  if (!dst.bf16 && dst.p == src) return;
+  const int64_t size = dst.bf16 ? 2 : 4;
+  for (int64_t r = 0; r < B; ++r) {
+    write_rows({static_cast<char*>(dst.p) + (r * width + lo) * size, dst.bf16}, src + r * width + lo, wd);
+  }
+}
+
+// Columns [lo, lo + wd) of rows (B, width) rounded to bf16 in place (a chunk's share of a multiply's operand).
+void round_cols(float* p, int64_t B, int64_t width, int64_t lo, int64_t wd) {
+  for (int64_t r = 0; r < B; ++r) round_to_bf16(p + r * width + lo, wd, p + r * width + lo);
+}
+
+// A packed LSTM layer: h1 (= y), c1. Made (its arguments checked) before it runs; run by every thread of a team.
+struct LstmPacked {
+  Rows io;
+  int64_t R, H;
+  Packed P, Pp{};
+  const float *b, *peep;
+  std::array<int64_t, 4> order;
+  Units u, up;
+  float fb, cclip, pclip;
+  bool proj;
+  LstmPacked(Rows io_, int64_t R_, int64_t H_, const Tensor& w, const Tensor& bias, const Tensor& peep_,
+             const Tensor& w_proj, at::IntArrayRef order_, int64_t chunks, int64_t chunks_p, float fb_, float cclip_,
+             float pclip_)
+      : io(std::move(io_)), R(R_), H(H_), P(packed_of(w, io.I + R_, 4, H_)), b(bias_of(bias, 4 * H_)),
+        peep(peep_.numel() ? peep_.data_ptr<float>() : nullptr), order{order_[0], order_[1], order_[2], order_[3]},
+        u(frame_units(H_, chunks)), fb(fb_), cclip(cclip_), pclip(pclip_), proj(w_proj.numel() > 0) {
+    TORCH_CHECK(proj || R == H, "rnnkit frame_forward: an LSTM without projection has h as wide as c, got ", R,
+                " and ", H);
+    if (proj) Pp = packed_of(w_proj, H, 1, R), up = frame_units(R, chunks_p);
+  }
+  int64_t shared_floats() const { return proj ? io.B * H : 0; }  // m, read whole by every projection chunk
+  void run(const Team& team, float* shared) const {
+    const int64_t B = io.B, I = io.I, K = I + R, G4 = 4 * H;
+    // this thread's scratch: [x | h], the gates, then float32 rows of bf16 c_0, h_1, c_1
+    float* a = scratch(B * K + B * G4 + B * H + B * R + B * H);
+    float *sp = a + B * K, *spare = sp + B * G4;
+    join_rows(a, io.x, I, io.in[0], R, B);
+    if (P.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
+    const float* cp = in_floats(io.in[1], spare, B * H);
+    float *hp = out_floats(io.out[0], spare + B * H), *cn = out_floats(io.out[1], spare + B * H + B * R);
+    float* mp = proj ? shared : hp;
+    team.chunks(u, [&](int64_t c) {
+      const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
+      for (int64_t q = 0; q < 4; ++q) P.mul(u, c, q, B, a, K, sp + 4 * lo + q * wd, G4);
+      for (int64_t r = 0; r < B; ++r) {
+        float* gate[4];
+        for (int k = 0; k < 4; ++k) {
+          float* __restrict__ g = sp + r * G4 + 4 * lo + order[k] * wd;
+          const float* __restrict__ bk = b + order[k] * H + lo;
+          for (int64_t j = 0; j < wd; ++j) g[j] += bk[j];
+          gate[k] = g;
+        }
+        lstm_units(gate, cp + r * H + lo, cn + r * H + lo, mp + r * H + lo, peep ? peep + lo : nullptr, H, wd, fb,
+                   cclip);
+      }
+      write_cols(io.out[1], cn, B, H, lo, wd);
+      if (!proj) write_cols(io.out[0], hp, B, H, lo, wd);
+      if (proj && Pp.bf16) round_cols(mp, B, H, lo, wd);
+    });
+    if (!proj) return;
+    team.meet();  // h = clip(m @ W_proj) reads every unit of m: split over the projection's outputs
+    team.chunks(up, [&](int64_t c) {
       const int64_t lo = up.lo[c], wd = up.hi[c] - up.lo[c];
       Pp.mul(up, c, 0, B, mp, H, hp + lo, R);
       if (pclip > 0.0f) {
         for (int64_t r = 0; r < B; ++r)
           for (int64_t j = 0; j < wd; ++j) hp[r * R + lo + j] = std::min(std::max(hp[r * R + lo + j], -pclip), pclip);
       }
+      write_cols(io.out[0], hp, B, R, lo, wd);
     });
   }
-  write_rows(io.out[0], hp, B * R);
-  write_rows(io.out[1], cn, B * H);
-}
+};
 
-// A packed GRU layer (both maths): h1 (= y). S holds each chunk's r, z, x_n, a_n side by side.
-void gru_packed(const Rows& io, int64_t H, const Tensor& w_rz, const Tensor& w_xn, const Tensor& w_hn,
-                const Tensor& b_rz, const Tensor& b_xn, const Tensor& b_hn, bool reset_after, int64_t chunks) {
-  const int64_t B = io.B, I = io.I, K = I + H, G4 = 4 * H;
-  const Packed Prz = packed_of(w_rz, K, 2, H), Pxn = packed_of(w_xn, I, 1, H), Phn = packed_of(w_hn, H, 1, H);
-  // scratch: [x | h], the gates, r * h (reset-before), float32 rows of bf16 h_0 and h_1
-  float* a = scratch(B * K + B * G4 + 3 * B * H);
-  float *sp = a + B * K, *rh = sp + B * G4, *spare = rh + B * H;
-  join_rows(a, io.x, I, io.in[0], H, B);
-  if (Prz.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
-  const float* hp = in_floats(io.in[0], spare, B * H);
-  float* yp = out_floats(io.out[0], spare + B * H);
-  const float *brz = bias_of(b_rz, 2 * H), *bxn = bias_of(b_xn, H), *bhn = bias_of(b_hn, H);
-  const Units u = frame_units(H, chunks);
-  for_chunks(u, [&](int64_t c) {
-    const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
-    float* s = sp + 4 * lo;
-    for (int64_t q = 0; q < 2; ++q) Prz.mul(u, c, q, B, a, K, s + q * wd, G4);
-    Pxn.mul(u, c, 0, B, a, K, s + 2 * wd, G4);
-    if (reset_after) Phn.mul(u, c, 0, B, a + I, K, s + 3 * wd, G4);
-    for (int64_t r = 0; r < B; ++r) {
-      float *__restrict__ rg = s + r * G4, *__restrict__ z = rg + wd, *__restrict__ nn = rg + 2 * wd;
-      for (int64_t j = 0; j < wd; ++j) {
-        rg[j] += brz[lo + j];
-        z[j] += brz[H + lo + j];
+// A packed GRU layer (both maths): h1 (= y). Each chunk's r, z, x_n, a_n side by side in the gates' rows.
+struct GruPacked {
+  Rows io;
+  int64_t H;
+  Packed Prz, Pxn, Phn;
+  const float *brz, *bxn, *bhn;
+  bool reset_after;
+  Units u;
+  GruPacked(Rows io_, int64_t H_, const Tensor& w_rz, const Tensor& w_xn, const Tensor& w_hn, const Tensor& b_rz,
+            const Tensor& b_xn, const Tensor& b_hn, bool reset_after_, int64_t chunks)
+      : io(std::move(io_)), H(H_), Prz(packed_of(w_rz, io.I + H_, 2, H_)), Pxn(packed_of(w_xn, io.I, 1, H_)),
+        Phn(packed_of(w_hn, H_, 1, H_)), brz(bias_of(b_rz, 2 * H_)), bxn(bias_of(b_xn, H_)), bhn(bias_of(b_hn, H_)),
+        reset_after(reset_after_), u(frame_units(H_, chunks)) {}
+  int64_t shared_floats() const { return reset_after ? 0 : io.B * H; }  // r * h, read whole by the candidate
+  void run(const Team& team, float* rh) const {
+    const int64_t B = io.B, I = io.I, K = I + H, G4 = 4 * H;
+    // this thread's scratch: [x | h], the gates, float32 rows of bf16 h_0 and h_1
+    float* a = scratch(B * K + B * G4 + 2 * B * H);
+    float *sp = a + B * K, *spare = sp + B * G4;
+    join_rows(a, io.x, I, io.in[0], H, B);
+    if (Prz.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
+    const float* hp = in_floats(io.in[0], spare, B * H);
+    float* yp = out_floats(io.out[0], spare + B * H);
+    team.chunks(u, [&](int64_t c) {
+      const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
+      float* s = sp + 4 * lo;
+      for (int64_t q = 0; q < 2; ++q) Prz.mul(u, c, q, B, a, K, s + q * wd, G4);
+      Pxn.mul(u, c, 0, B, a, K, s + 2 * wd, G4);
+      if (reset_after) Phn.mul(u, c, 0, B, a + I, K, s + 3 * wd, G4);
+      for (int64_t r = 0; r < B; ++r) {
+        float *__restrict__ rg = s + r * G4, *__restrict__ z = rg + wd, *__restrict__ nn = rg + 2 * wd;
+        for (int64_t j = 0; j < wd; ++j) {
+          rg[j] += brz[lo + j];
+          z[j] += brz[H + lo + j];
+        }
+        sigmoid_inplace(rg, wd);
+        sigmoid_inplace(z, wd);
+        if (reset_after) {
+          float* __restrict__ an = rg + 3 * wd;
+          for (int64_t j = 0; j < wd; ++j) an[j] += bhn[lo + j];
+          gru_candidate_after(nn, bxn + lo, rg, an, wd);
+          gru_blend(yp + r * H + lo, nn, z, hp + r * H + lo, wd);
+        } else {
+          for (int64_t j = 0; j < wd; ++j) rh[r * H + lo + j] = rg[j] * hp[r * H + lo + j];
+        }
       }
-      sigmoid_inplace(rg, wd);
-      sigmoid_inplace(z, wd);
-      if (reset_after) {
-        float* __restrict__ an = rg + 3 * wd;
-        for (int64_t j = 0; j < wd; ++j) an[j] += bhn[lo + j];
-        gru_candidate_after(nn, bxn + lo, rg, an, wd);
-        gru_blend(yp + r * H + lo, nn, z, hp + r * H + lo, wd);
-      } else {
-        for (int64_t j = 0; j < wd; ++j) rh[r * H + lo + j] = rg[j] * hp[r * H + lo + j];
-      }
-    }
-  });
-  if (!reset_after) {  // the candidate reads r * h of every unit: a second region
-    if (Phn.bf16) round_to_bf16(rh, B * H, rh);
-    for_chunks(u, [&](int64_t c) {
+      if (reset_after) write_cols(io.out[0], yp, B, H, lo, wd);
+      if (!reset_after && Phn.bf16) round_cols(rh, B, H, lo, wd);
+    });
+    if (reset_after) return;
+    team.meet();  // the candidate reads r * h of every unit
+    team.chunks(u, [&](int64_t c) {  // (each thread's chunks as above: their gates are in its scratch)
       const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
       float* s = sp + 4 * lo;
       Phn.mul(u, c, 0, B, rh, H, s + 3 * wd, G4);
@@ -257,35 +321,68 @@ void gru_packed(const Rows& io, int64_t H, const Tensor& w_rz, const Tensor& w_x
         gru_candidate_before(rg + 2 * wd, rg + 3 * wd, bxn + lo, wd);
         gru_blend(yp + r * H + lo, rg + 2 * wd, rg + wd, hp + r * H + lo, wd);
       }
+      write_cols(io.out[0], yp, B, H, lo, wd);
     });
   }
-  write_rows(io.out[0], yp, B * H);
-}
+};
 
 // A packed Elman layer: h1 (= y), h' = act([x | h] @ [W_x; W_h] + b).
-void rnn_packed(const Rows& io, int64_t H, const Tensor& w, const Tensor& bias, bool relu, int64_t chunks) {
-  const int64_t B = io.B, I = io.I, K = I + H;
-  const Packed P = packed_of(w, K, 1, H);
-  const float* b = bias_of(bias, H);
-  float* a = scratch(B * K + B * H);
-  join_rows(a, io.x, I, io.in[0], H, B);
-  if (P.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
-  float* yp = out_floats(io.out[0], a + B * K);
-  const Units u = frame_units(H, chunks);
-  for_chunks(u, [&](int64_t c) {
-    const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
-    P.mul(u, c, 0, B, a, K, yp + lo, H);
-    for (int64_t r = 0; r < B; ++r) {
-      float* __restrict__ y = yp + r * H + lo;
-      for (int64_t j = 0; j < wd; ++j) y[j] += b[lo + j];
-      if (relu) {
-        for (int64_t j = 0; j < wd; ++j) y[j] = std::max(y[j], 0.0f);
-      } else {
-        tanh_inplace(y, wd);
+struct RnnPacked {
+  Rows io;
+  int64_t H;
+  Packed P;
+  const float* b;
+  bool relu;
+  Units u;
+  RnnPacked(Rows io_, int64_t H_, const Tensor& w, const Tensor& bias, bool relu_, int64_t chunks)
+      : io(std::move(io_)), H(H_), P(packed_of(w, io.I + H_, 1, H_)), b(bias_of(bias, H_)), relu(relu_),
+        u(frame_units(H_, chunks)) {}
+  int64_t shared_floats() const { return 0; }
+  void run(const Team& team, float*) const {
+    const int64_t B = io.B, I = io.I, K = I + H;
+    float* a = scratch(B * K + B * H);
+    join_rows(a, io.x, I, io.in[0], H, B);
+    if (P.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
+    float* yp = out_floats(io.out[0], a + B * K);
+    team.chunks(u, [&](int64_t c) {
+      const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
+      P.mul(u, c, 0, B, a, K, yp + lo, H);
+      for (int64_t r = 0; r < B; ++r) {
+        float* __restrict__ y = yp + r * H + lo;
+        for (int64_t j = 0; j < wd; ++j) y[j] += b[lo + j];
+        if (relu) {
+          for (int64_t j = 0; j < wd; ++j) y[j] = std::max(y[j], 0.0f);
+        } else {
+          tanh_inplace(y, wd);
+        }
       }
+      write_cols(io.out[0], yp, B, H, lo, wd);
+    });
+  }
+};
+
+// A frame of packed layers only, with more than one chunk somewhere: worth one parallel region (Team).
+bool one_region(at::IntArrayRef desc) {
+  bool split = false;
+  for (size_t d = 0; d < desc.size();) {
+    if (desc[d] == 10 && d + 6 < desc.size()) {
+      split = split || desc[d + 5] > 1 || desc[d + 6] > 1;
+      d += 7;
+    } else if ((desc[d] == 12 || desc[d] == 13) && d + 2 < desc.size()) {
+      split = split || desc[d + 2] > 1;
+      d += 3;
+    } else {
+      return false;
     }
-  });
-  write_rows(io.out[0], yp, B * H);
+  }
+  return split && at::get_num_threads() > 1 && !at::in_parallel_region();
+}
+
+// Shared rows of a frame's team (r * h, a projection's m), kept by the calling thread between frames.
+float* shared_scratch(int64_t floats) {
+  static thread_local std::vector<float> buf;
+  if (static_cast<int64_t>(buf.size()) < floats) buf.resize(floats);
+  return buf.data();
 }
 
 // Where the frame reads and writes the layers' states, numbered k in the description's order (layer after layer,
@@ -444,14 +541,20 @@ std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::T
     }
     return io;
   };
-  std::vector<Tensor> rounded;  // a bf16 frame's float32 states: each layer's output rounded for the next layer
-  auto next_input = [&](Ptr out) {
-    rows = out;
-    if (x.scalar_type() == at::kBFloat16 && !out.bf16 && in.d < desc.size()) {
-      rounded.push_back(at::empty({B, width}, x.options()));
-      write_rows({rounded.back().data_ptr(), true}, static_cast<const float*>(out.p), B * width);
-      rows = {rounded.back().data_ptr(), true};
+  // One region for a frame of packed layers (Team): the layers are made (their arguments checked, their outputs
+  // placed) in order here, and run after the loop; otherwise each runs as it is made. (A bf16 frame's layers round
+  // their multiplies' operands themselves, so a layer's float32 output rows, a stream's state, serve as they are.)
+  const bool region = one_region(desc);
+  std::vector<std::function<void(const Team&, float*)>> jobs;
+  int64_t shared = 0;
+  auto run = [&](auto&& layer) {
+    rows = layer.io.out[0];
+    if (!region) {
+      layer.run(Team{}, shared_scratch(layer.shared_floats()));
+      return;
     }
+    shared = std::max(shared, layer.shared_floats());
+    jobs.emplace_back([layer = std::move(layer)](const Team& team, float* buf) { layer.run(team, buf); });
   };
   while (in.d < desc.size()) {
     const int64_t family = in.ints(1)[0];
@@ -460,11 +563,10 @@ std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::T
       const at::IntArrayRef chunks = in.ints(2);
       const Tensor &w = in.weight(), &bias = in.weight(), &peep = in.weight(), &w_proj = in.weight();
       const int64_t H = bias.numel() / 4, R = w_proj.numel() ? w_proj.numel() / std::max<int64_t>(1, H) : H;
-      const Rows io = packed_rows(2, {R, H});
+      Rows io = packed_rows(2, {R, H});
       const float fb = in.scalar(), cclip = in.scalar(), pclip = in.scalar();
-      lstm_packed(io, R, H, w, bias, peep, w_proj, order, chunks[0], chunks[1], fb, cclip, pclip);
+      run(LstmPacked(std::move(io), R, H, w, bias, peep, w_proj, order, chunks[0], chunks[1], fb, cclip, pclip));
       width = R;
-      next_input(io.out[0]);
       continue;
     }
     if (family == 12 || family == 13) {
@@ -474,17 +576,15 @@ std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::T
         const Tensor &w_xn = in.weight(), &w_hn = in.weight();
         const Tensor &b_rz = in.weight(), &b_xn = in.weight(), &b_hn = in.weight();
         const int64_t units = b_xn.numel();
-        const Rows io = packed_rows(1, {units});
-        gru_packed(io, units, w, w_xn, w_hn, b_rz, b_xn, b_hn, ints[0] != 0, ints[1]);
+        Rows io = packed_rows(1, {units});
+        run(GruPacked(std::move(io), units, w, w_xn, w_hn, b_rz, b_xn, b_hn, ints[0] != 0, ints[1]));
         width = units;
-        next_input(io.out[0]);
       } else {
         const Tensor& bias = in.weight();
         const int64_t units = bias.numel();
-        const Rows io = packed_rows(1, {units});
-        rnn_packed(io, units, w, bias, ints[0] != 0, ints[1]);
+        Rows io = packed_rows(1, {units});
+        run(RnnPacked(std::move(io), units, w, bias, ints[0] != 0, ints[1]));
         width = units;
-        next_input(io.out[0]);
       }
       continue;
     }
@@ -530,6 +630,17 @@ std::vector<Tensor> frame_forward(const Tensor& x, at::TensorList weights, at::T
   }
   TORCH_CHECK(in.w == weights.size() && in.s == st.count() && in.f == scalars.size(),
               "rnnkit frame_forward: more weights, states or scalars than the description uses");
+  if (!jobs.empty()) {
+    float* buf = shared_scratch(shared);
+#pragma omp parallel num_threads(static_cast<int>(at::get_num_threads()))
+    {
+      const Team team{omp_get_thread_num(), omp_get_num_threads()};
+      for (size_t j = 0; j < jobs.size(); ++j) {
+        jobs[j](team, buf);
+        if (j + 1 < jobs.size()) team.meet();  // the next layer reads this one's output
+      }
+    }
+  }
   // y: the top layer's output in x's dtype, a tensor of its own (not a view of a returned state)
   Tensor y = h;
   if (rows.p) {
