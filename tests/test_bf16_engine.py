@@ -2,9 +2,10 @@
 
 Each case makes a cell (or layer) in float32, casts it to the low dtype (``low``) and takes a float32 copy of *those*
 rounded weights (``ref``); inputs likewise. ``low`` runs under ``auto`` (its leaves must take the fused kernels, or
-torch's where that is the route), ``ref`` under ``engine.use("reference")``. The fused path computes in float32
-inside a layer (``rnnkit.engine.precision``), so the two differ only by the roundings to the low dtype at layer
-boundaries, whose size is derived here.
+torch's where that is the route), ``ref`` under ``engine.use("reference")``. The fused path sums in float32 inside a
+layer (``rnnkit.engine.precision``), so the two differ by the roundings to the low dtype at layer boundaries and, in
+bf16, by the rounding of the ``h`` each step's multiply reads (a relative ``u`` into a contracting step, as the
+roundings below; ``tests/test_bf16_multiplies.py`` checks that rounding exactly), whose size is derived here.
 
 **Tolerance.** A low dtype of ``p`` significant bits rounds to nearest with a relative error of at most ``u = 2^-p``
 (bf16: p = 8, u = 2^-8 = 3.9e-3; fp16: p = 11, u = 4.9e-4). The float32 compute differs from the reference loop's

@@ -16,9 +16,10 @@
 //
 // Packed layers (float32, every width a multiple of 8): the weights re-laid out once by frame_pack into 16-column
 // panels per chunk of units, as the sequence kernels lay them out per call (gemm.h), kept by the caller between
-// frames; a layer's frame is then one parallel region: each thread multiplies [x | h] by its own chunk's panels
-// (which stay in its core's cache from frame to frame) and updates its own units with the family's equations
-// (lstm.h, gru.h); threads meet once per layer (twice for a projection or the reset-before GRU). A packed layer
+// frames. A frame of packed layers is one parallel region (Team): each thread multiplies [x | h] by its own chunks'
+// panels (which stay in its core's cache from frame to frame) and updates their units with the family's equations
+// (lstm.h, gru.h); the threads meet at a barrier once per layer (twice for a projection or the reset-before GRU).
+// In a stack with unpacked layers, each packed multiply is a parallel region of its own. A packed layer
 // writes its next states where they are returned (stacked: into the returned parts) and the next layer reads its
 // h there; its temporaries live in a per-thread scratch kept between frames, so a frame allocates only its results.
 // bfloat16 (a bf16 model, every layer packed): the panels hold the bf16 weights (frame_pack(bf16=True): half the bytes
