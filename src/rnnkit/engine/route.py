@@ -61,15 +61,16 @@ FUSED_MAX_BATCH = 4
 #: dtypes whose CPU LSTM in torch (oneDNN) can be the faster choice under ``auto``. float16 is not: torch runs it on
 #: its native loop, 2-3x slower than the fused kernels' float32 compute (21 ms against 9.7 at (100, 8, 128, 256)).
 TORCH_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
-# bfloat16 on oneDNN (bf16 multiplies on AMX/AVX512-BF16, float32 accumulation), against the fused kernels' float32
-# compute (``engine.precision``), LSTM (T, B, I, H), ms torch / fused, medians of 5 (timeit, Xeon with AMX, 2 shared
-# cores, noisy):
-#   inference  (100, 1, 64, 128) 0.57 / 0.70   (100, 4, 128, 256) 1.55 / 3.19   (100, 8, 128, 256) 1.99 / 5.69
-#              (100, 32, 128, 256) 4.6 / 17.6   (50, 64, 512, 512) 14.4 / 72.3
-#   fwd+bwd    (100, 1, 64, 128) 3.85 / 2.04   (100, 4, 128, 256) 12.7 / 9.8   (100, 8, 128, 256) 12.2 / 15.3
-#              (100, 32, 128, 256) 28 / 49     (50, 64, 512, 512) 483 / 1060
+# bfloat16 on oneDNN (bf16 multiplies on AMX/AVX512-BF16, float32 sums), against the fused kernels (bf16 multiplies on
+# the same units, ``engine.precision``), LSTM (T, B, I, H), ms torch / fused, medians of 7 (Xeon with AMX, 2 cores):
+#   inference  (100, 1, 64, 128) 0.51 / 0.67   (100, 4, 128, 256) 1.37 / 3.07   (100, 8, 128, 256) 1.72 / 3.47
+#              (100, 32, 128, 256) 4.0 / 7.2   (50, 64, 512, 512) 11.7 / 25.6
+#   fwd+bwd    (100, 1, 64, 128) 3.35 / 1.69   (100, 4, 128, 256) 9.0 / 7.6   (100, 8, 128, 256) 9.8 / 10.1
+#              (100, 32, 128, 256) 23 / 30     (50, 64, 512, 512) 66 / 89
 # so in bf16 torch's kernel takes the LSTM above FUSED_MAX_BATCH rows in training too (oneDNN's fixed cost per call
-# still loses at 1-4 rows in training, and at T=1; see the issue's streaming numbers).
+# still loses at 1-4 rows in training). At 1-4 rows in inference oneDNN is faster too, but the fused kernels keep
+# them: oneDNN rounds the carried h to bf16 at every step, so a sequence there would differ from the same sequence
+# streamed (``step``/``stream`` run rnnkit's frames) by more than a rounding.
 TORCH_TRAINS_DTYPES = (torch.bfloat16,)
 
 
