@@ -145,7 +145,7 @@ def _torch_ops_forward(family: _Family, cfg: tuple, batch_sizes: Tensor, inputs:
 
 def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs: Tensor | None) -> Any:
     dtype = inputs[0].dtype
-    if dtype in LOW_PRECISION:  # bf16/fp16: float32 compute inside, the caller's dtype outside (``precision``)
+    if dtype in LOW_PRECISION:  # bf16/fp16: float32 sums inside, the caller's dtype outside (``precision``)
         with bf16_multiplies(kern, dtype):
             out = _layer(kern, family, cfg, batch_sizes, *all_widened(inputs))
         return tuple(narrowed(t, dtype) for t in out)

@@ -14,8 +14,8 @@ parameters are ``torch.bfloat16`` or ``torch.float16`` runs on them so:
   projection's input; in backward the d pre-activations) is rounded to bf16 for the multiply only. On a CPU with
   bf16 multiply units (AMX, AVX512-BF16) the multiplies run on them (oneDNN's brgemm micro-kernel, through torch);
   elsewhere the same rounded operands are multiplied in float32: the same products, summed in another order. In
-  float16, and in bfloat16 with ``set_bf16_multiplies(False)`` or on the pure-PyTorch twins, the multiplies read
-  the float32 values themselves;
+  float16, and in bfloat16 with ``set_bf16_multiplies(False)``, on the pure-PyTorch twins or in a compiled user
+  cell's program, the multiplies read the float32 values themselves;
 * at the layer's exit, the outputs and the final state are rounded once to the input dtype.
 
 So, with float32 operands, a bf16 layer differs from its float32 twin (weights and inputs the same bf16 values)
@@ -58,7 +58,7 @@ __all__ = [
     "bf16_multiplies",
 ]
 
-#: the dtypes that run on the fused path with float32 compute (the kernels themselves take float32/float64)
+#: the dtypes that run on the fused path with float32 sums (the kernels themselves take float32/float64)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 #: what they compute in
 COMPUTE_DTYPE = torch.float32

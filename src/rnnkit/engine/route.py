@@ -9,7 +9,7 @@ direction routed as a cell). The predicates, by backend (``rnnkit.engine.use``):
 
 * ``reference``, or a device without torch's RNN kernels (meta tensors, other accelerators): the reference loop.
 * ``torch``: torch's kernel wherever the math is identical (no state masks), else the reference loop.
-* ``fused``: rnnkit's kernels wherever they run (float32/float64, and bfloat16/float16 with float32 compute inside
+* ``fused``: rnnkit's kernels wherever they run (float32/float64, and bfloat16/float16 with float32 sums inside
   each layer, ``rnnkit.engine.precision``; CPU, or a device with registered kernels).
 * ``auto``: torch's kernel when it is the fast choice (CUDA; on CPU the LSTM without projection and without
   lengths at a batch above ``FUSED_MAX_BATCH``, in float32/float64 in inference, in bfloat16 in training too), the
@@ -47,7 +47,7 @@ from .stack import LayerStack
 
 __all__ = ["route", "choose_path", "explain", "torch_whole_stack", "trains", "FUSED_MAX_BATCH"]
 
-#: what the fused kernels run: float32/float64 natively, bf16/fp16 with float32 compute (``engine.precision``)
+#: what the fused kernels run: float32/float64 natively, bf16/fp16 with float32 sums (``engine.precision``)
 FUSED_DTYPES = (torch.float32, torch.float64, *LOW_PRECISION)
 DEVICES = ("cpu", "cuda")  # where torch's fused RNN kernels exist
 
