@@ -9,7 +9,9 @@ layer with ``set_bf16_multiplies(False)`` is its float32 twin rounded once (the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -67,6 +69,16 @@ def _ulps(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
     return (got - want).abs() / ulp
 
 
+@contextlib.contextmanager
+def _set(setter: Callable[[bool], bool], value: bool) -> Iterator[None]:
+    """A setting that returns its previous value (``allow_bf16_units``, ``set_bf16_multiplies``), for a block."""
+    was = setter(value)
+    try:
+        yield
+    finally:
+        setter(was)
+
+
 @pytest.fixture
 def ops():
     kernels = load()
@@ -85,12 +97,8 @@ def test_outputs_are_the_rounded_operand_math_rounded_once(kind, batch, units, o
     boundary (summation order): at least 99% equal, none more than one bf16 place away."""
     layer = _bf16_layer(LAYERS[kind], 24, 32)
     x = torch.randn(12, batch, 24).bfloat16()
-    was = ops.allow_bf16_units(units)
-    try:
-        with torch.no_grad():
-            y, _ = layer(x)
-    finally:
-        ops.allow_bf16_units(was)
+    with torch.no_grad(), _set(ops.allow_bf16_units, units):
+        y, _ = layer(x)
     want = _ref(kind, x, layer.state_dict(), 32).bfloat16()
     assert y.dtype == torch.bfloat16
     ulps = _ulps(y, want)
@@ -132,11 +140,8 @@ def test_units_float_multiplies_and_batch_sizes_agree(name, ops):
     x = torch.randn(12, 16, 24).bfloat16()
     with torch.no_grad():
         y, _ = layer(x)
-        was = ops.allow_bf16_units(False)
-        try:
+        with _set(ops.allow_bf16_units, False):
             y_float, _ = layer(x)
-        finally:
-            ops.allow_bf16_units(was)
         alone = torch.cat([layer(x[:, b : b + 1])[0] for b in range(16)], 1)
     for other in (y_float, alone):
         ulps = _ulps(y, other)
@@ -148,12 +153,8 @@ def test_without_bf16_multiplies_a_layer_is_its_float32_twin_rounded_once(kind):
     layer = _bf16_layer(LAYERS[kind], 24, 32)
     twin = copy.deepcopy(layer).float()
     x = torch.randn(12, 3, 24).bfloat16()
-    was = precision.set_bf16_multiplies(False)
-    try:
-        with torch.no_grad():
-            y, _ = layer(x)
-    finally:
-        precision.set_bf16_multiplies(was)
+    with torch.no_grad(), _set(precision.set_bf16_multiplies, False):
+        y, _ = layer(x)
     with torch.no_grad():
         want, _ = twin(x.float())
     assert _ulps(y, want.bfloat16()).max() <= 1
