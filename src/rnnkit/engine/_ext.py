@@ -28,17 +28,8 @@ import torch
 
 __all__ = ["FusedKernelUnavailableWarning", "load", "status", "source_dir", "cache_dir"]
 
-_SOURCES = (
-    "common.cpp",
-    "lstm.cpp",
-    "lnlstm.cpp",
-    "gru.cpp",
-    "rnn.cpp",
-    "program.cpp",
-    "frame.cpp",
-    "bf16.cpp",
-    "register.cpp",
-)
+_SOURCES = ("common.cpp", "lstm.cpp", "lnlstm.cpp", "gru.cpp", "rnn.cpp", "program.cpp", "frame.cpp", "bf16.cpp",
+            "register.cpp")  # fmt: skip
 _HEADERS = ("bf16.h", "common.h", "gemm.h", "gru.h", "loop.h", "lstm.h", "ops.h", "rk_math.h")
 # What torch.utils.cpp_extension.load leaves in the build directory: the library named after the extension.
 LIBRARY_NAMES = ("rnnkit_fused.so", "rnnkit_fused.pyd")
