@@ -12,13 +12,7 @@ namespace cpublas = at::native::cpublas;
 
 namespace {
 thread_local bool tl_bf16 = false;
-
-inline uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);  // NaN stays NaN
-}
+std::atomic<bool> units_allowed{true};
 
 // w (k x n) as a bf16 tensor (torch's round-to-nearest-even cast), rows padded with zeros to even(k).
 Tensor rounded(const Mat<float>& w) {
@@ -55,10 +49,6 @@ bool vnni_matches() {
   return same;
 }
 
-}  // namespace
-
-namespace {
-std::atomic<bool> units_allowed{true};
 }  // namespace
 
 bool bf16_multiply_units() {

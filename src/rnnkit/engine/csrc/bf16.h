@@ -32,6 +32,14 @@ constexpr int64_t kBf16MinRows = 2;
 // the units, whose call lays W_x out anew).
 constexpr int64_t kBf16MinProjection = int64_t(1) << 24;
 
+// f's nearest bf16 (ties to even; NaN stays NaN: rounding could carry it to inf), as its 16 bits.
+inline uint16_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);
+}
+
 // rows x cols floats (row stride ldx) rounded to bf16 (to nearest even; NaN stays NaN) into out (row stride ldo),
 // columns [cols, ldo) zeroed: a K padded to even reads zeros.
 void round_rows_bf16(const float* x, int64_t rows, int64_t cols, int64_t ldx, at::BFloat16* out, int64_t ldo);

@@ -469,7 +469,7 @@ void paired_rows(int64_t m, const uint32_t* A, int64_t lda, const at::BFloat16* 
   }
 }
 
-// C (m x n) = A (m x k floats: bf16 values, rounded again to be sure) @ the paired panels P (+ C when acc).
+// C (m x n) = A (m x k floats, read as their nearest bf16: bf16.h's operands) @ the paired panels P (+ C when acc).
 void paired_panel_gemm(const at::BFloat16* P, int64_t k, int64_t n, int64_t m, const float* A, int64_t lda, bool acc,
                        float* C, int64_t ldc) {
   const int64_t pairs = (k + 1) / 2;
@@ -477,9 +477,9 @@ void paired_panel_gemm(const at::BFloat16* P, int64_t k, int64_t n, int64_t m, c
   if (static_cast<int64_t>(ab.size()) < m * pairs) ab.resize(m * pairs);
   for (int64_t i = 0; i < m; ++i) {
     const float* a = A + i * lda;
-    auto bits = [](float f) { return static_cast<uint32_t>(at::BFloat16(f).x); };
     for (int64_t q = 0; q < pairs; ++q) {
-      ab[i * pairs + q] = bits(a[2 * q]) | (2 * q + 1 < k ? bits(a[2 * q + 1]) << 16 : 0u);
+      const uint32_t hi = 2 * q + 1 < k ? bf16_bits(a[2 * q + 1]) : 0u;
+      ab[i * pairs + q] = bf16_bits(a[2 * q]) | hi << 16;
     }
   }
   for (int64_t j0 = 0; j0 < n; j0 += 16) {

@@ -136,12 +136,14 @@ void write_rows(Ptr dst, const float* src, int64_t count) {
 }
 
 // [x | h] (B, I + R) into a: the rows every chunk's multiply reads.
-void join_rows(float* a, Ptr x, int64_t I, Ptr h, int64_t R, int64_t B) {
+// bf16: rounded to bf16 values, the operand a bf16 layer multiplies (bf16.h).
+void join_rows(float* a, Ptr x, int64_t I, Ptr h, int64_t R, int64_t B, bool bf16) {
   const int64_t size = x.bf16 ? 2 : 4, hsize = h.bf16 ? 2 : 4;
   for (int64_t r = 0; r < B; ++r) {
     read_rows(a + r * (I + R), {static_cast<char*>(x.p) + r * I * size, x.bf16}, I);
     read_rows(a + r * (I + R) + I, {static_cast<char*>(h.p) + r * R * hsize, h.bf16}, R);
   }
+  if (bf16) round_to_bf16(a, B * (I + R), a);
 }
 
 // A packed layer's rows: x (B, I) in, its states in and out.
@@ -225,8 +227,7 @@ struct LstmPacked {
     // this thread's scratch: [x | h], the gates, then float32 rows of bf16 c_0, h_1, c_1
     float* a = scratch(B * K + B * G4 + B * H + B * R + B * H);
     float *sp = a + B * K, *spare = sp + B * G4;
-    join_rows(a, io.x, I, io.in[0], R, B);
-    if (P.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
+    join_rows(a, io.x, I, io.in[0], R, B, P.bf16);
     const float* cp = in_floats(io.in[1], spare, B * H);
     float *hp = out_floats(io.out[0], spare + B * H), *cn = out_floats(io.out[1], spare + B * H + B * R);
     float* mp = proj ? shared : hp;
@@ -281,8 +282,7 @@ struct GruPacked {
     // this thread's scratch: [x | h], the gates, float32 rows of bf16 h_0 and h_1
     float* a = scratch(B * K + B * G4 + 2 * B * H);
     float *sp = a + B * K, *spare = sp + B * G4;
-    join_rows(a, io.x, I, io.in[0], H, B);
-    if (Prz.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
+    join_rows(a, io.x, I, io.in[0], H, B, Prz.bf16);
     const float* hp = in_floats(io.in[0], spare, B * H);
     float* yp = out_floats(io.out[0], spare + B * H);
     team.chunks(u, [&](int64_t c) {
@@ -342,8 +342,7 @@ struct RnnPacked {
   void run(const Team& team, float*) const {
     const int64_t B = io.B, I = io.I, K = I + H;
     float* a = scratch(B * K + B * H);
-    join_rows(a, io.x, I, io.in[0], H, B);
-    if (P.bf16) round_to_bf16(a, B * K, a);  // a bf16 layer multiplies bf16 operands (bf16.h)
+    join_rows(a, io.x, I, io.in[0], H, B, P.bf16);
     float* yp = out_floats(io.out[0], a + B * K);
     team.chunks(u, [&](int64_t c) {
       const int64_t lo = u.lo[c], wd = u.hi[c] - u.lo[c];
