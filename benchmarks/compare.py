@@ -34,6 +34,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 1.03  # the change's bound: no row more than 3% slower
+# An idle pause before each side's sample: after its calls a worker's OpenMP threads spin for a while, and on a
+# machine of two cores they would share them with the other side's first calls (measured: a row of 0.17 ms timed
+# at 0.22 ms without the pause, and its ratio swinging by 10% between runs).
+SETTLE_S = 0.01
 
 
 # ---- the worker: one rnnkit, every case, timed on request -------------------------------------------
@@ -129,7 +133,8 @@ class Side:
 
 
 def compare(
-    base_src: Path, reps: int, quick: bool, filter_text: str, shape_text: str = "", sample_s: float = 0.02
+    base_src: Path, reps: int, quick: bool, filter_text: str, shape_text: str = "", sample_s: float = 0.02,
+    settle_s: float = SETTLE_S,
 ) -> list[dict[str, Any]]:
     worker_args = (["--quick"] if quick else []) + (["--filter", filter_text] if filter_text else [])
     worker_args += ["--shape", shape_text] if shape_text else []
@@ -140,7 +145,7 @@ def compare(
         shuffle = random.Random(0).shuffle
         results = []
         for k, row in enumerate(after.rows):
-            t_before, t_after, ratio = paired(before, after, k, reps, sample_s, shuffle)
+            t_before, t_after, ratio = paired(before, after, k, reps, sample_s, shuffle, settle_s)
             result = dict(row, before=t_before * 1e3, after=t_after * 1e3, ratio=ratio)
             results.append(result)
             print(
@@ -223,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=1, help="whole comparisons; each row reports their median")
     ap.add_argument("--filter", default="", help="only configs containing this text")
     ap.add_argument("--shape", default="", help="only this shape, written T,B,I,H (e.g. 50,64,512,512)")
+    ap.add_argument("--settle", type=float, default=SETTLE_S, help="idle seconds before each side's sample")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark-change.md"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     with base_tree(args.base) as tree:
         load0 = os.getloadavg()
         runs = [
-            compare(tree / "src", reps, args.quick, args.filter, args.shape.replace(" ", ""))
+            compare(tree / "src", reps, args.quick, args.filter, args.shape.replace(" ", ""), settle_s=args.settle)
             for _ in range(args.runs)
         ]
         load1 = os.getloadavg()
@@ -256,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Produced by `python -m benchmarks.compare --base {args.base}` on {started:%Y-%m-%d %H:%M}: rnnkit at "
             f"`{args.base}` (before) against the tree at `{head.stdout.strip()}` plus its uncommitted changes "
             f"(after): {args.runs} whole run(s), {reps} paired samples per row in each, the two sides timed in turns "
-            "in two worker processes; *after / before* is the median over the runs of each run's median ratio. "
+            f"in two worker processes, {args.settle:g} s idle before each sample; *after / before* is the median "
+            "over the runs of each run's median ratio. "
             f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}.\n\n" + md + "\n" + verdict
         )
         Path(args.out).write_text(doc, encoding="utf-8")

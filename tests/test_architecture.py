@@ -186,3 +186,15 @@ def test_no_module_is_named_like_a_package():
         if not _is_package(name) and name.rpartition(".")[2] in packages
     ]
     assert clashes == []
+
+
+def test_import_rnnkit_leaves_the_compiler_s_heavy_imports_for_a_compile():
+    # torch.fx's symbolic shapes import sympy (about 0.3 s and 40,000 objects, which every later garbage collection
+    # walks): only tracing a user's cell needs them, so `import rnnkit` must not load them.
+    import subprocess
+    import sys
+
+    heavy = ("sympy", "torch.fx.experimental.symbolic_shapes")
+    code = f"import sys, rnnkit; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -91,8 +91,12 @@ class _FusedLayer(torch.autograd.Function):
             rest, tail = family.split(tuple(rest))
             backward = getattr(ctx.kern, f"{family.name}_backward")
             cfg, need_dx = ctx.cfg, ctx.needs_input_grad[4]
-            with bf16_multiplies(ctx.kern, ctx.multiplies):
-                input_grads = backward(*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *cfg, need_dx, *tail)
+            args = (*grads, x, w_x, bias, ctx.batch_sizes, *rest, *activations, *cfg, need_dx, *tail)
+            if ctx.multiplies is None:  # (a float32 layer's: no scope to enter, on every backward)
+                input_grads = backward(*args)
+            else:
+                with bf16_multiplies(ctx.kern, ctx.multiplies):
+                    input_grads = backward(*args)
             input_grads = [_laid_out_as(g, t) for g, t in zip(input_grads, inputs, strict=False)]
         return (None, None, None, None, *input_grads, *([None] * family.masks))
 

@@ -30,12 +30,6 @@ from torch import Tensor, nn
 from torch._decomp import get_decompositions
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.experimental.symbolic_shapes import (
-    DimDynamic,
-    GuardOnDataDependentSymNode,
-    ShapeEnv,
-    StatelessSymbolicContext,
-)
 
 from ..._structure import flatten, pack_as
 from .draws import Draw, widen_for_draws
@@ -54,7 +48,6 @@ DECOMPOSED = (
 _DECOMPOSITIONS = get_decompositions(list(DECOMPOSED))
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _HERE = os.path.dirname(__file__)
-_DATA_DEPENDENT = (GuardOnDataDependentSymNode, DataDependentOutputException, DynamicOutputShapeException)
 
 
 _MODULE_DICTS = ("_parameters", "_buffers", "_modules")
@@ -221,6 +214,9 @@ def trace(
     owned = [n for n, _, holder, _ in entries if holder is None]  # parameters and buffers
     plain = [(n, holder, key) for n, _, holder, key in entries if holder is not None]
     widths = tuple(int(w) for w in flatten(cell.state_size))
+    # (symbolic_shapes imports sympy, a third of a second: only a compile needs it, not ``import rnnkit``)
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
     mode = FakeTensorMode(shape_env=ShapeEnv(specialize_zero_one=False))
     rows = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
     x = mode.from_tensor(torch.empty(2, input_depth, dtype=dtype, device=device), symbolic_context=rows)
@@ -245,7 +241,7 @@ def trace(
     try:  # (an analysis: what the tracer cannot follow is said, and the reference loop runs the cell)
         with mode:
             gm = make_fx(fn, tracing_mode="real", decomposition_table=_DECOMPOSITIONS)(*inputs)
-    except _DATA_DEPENDENT as err:
+    except _data_dependent() as err:
         return Unsupported(f"data-dependent control flow (a Python branch or number read from a tensor's value"
                            f"{_user_line(err)}); use torch.where", where)  # fmt: skip
     except Exception as err:  # (any failure of the tracer on this call is a reason not to compile it)
@@ -268,8 +264,17 @@ def trace(
     return Traced(gm, tuple(names), seq, widths, int(cell.output_size), b.node.expr, mode, dtype, where, found)
 
 
-def _static(t: Tensor) -> StatelessSymbolicContext:
+def _static(t: Tensor) -> Any:
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, StatelessSymbolicContext
+
     return StatelessSymbolicContext(dynamic_sizes=[DimDynamic.STATIC] * t.dim())
+
+
+def _data_dependent() -> tuple[type[Exception], ...]:
+    """What the tracer raises at a Python branch or number read from a traced tensor's value."""
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    return (GuardOnDataDependentSymNode, DataDependentOutputException, DynamicOutputShapeException)
 
 
 def _mutates(node: torch.fx.Node) -> bool:
