@@ -31,6 +31,14 @@ Schedule schedule_of(const Tensor& batch_sizes) {
 
 Tensor contig(const Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
+Tensor call_scratch(int64_t rows, int64_t cols, const at::TensorOptions& options) {
+  const int64_t bytes = rows * cols * static_cast<int64_t>(options.dtype().itemsize());
+  if (bytes > kCallScratchBytes) return at::empty({rows, cols}, options);
+  thread_local Tensor kept;
+  if (!kept.defined() || kept.numel() < bytes) kept = at::empty({std::max<int64_t>(bytes, 1)}, at::kByte);
+  return at::from_blob(kept.data_ptr(), {rows, cols}, options);
+}
+
 void check_float(const Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu(), "rnnkit ", name, ": the compiled kernels run on CPU tensors, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "rnnkit ", name,

@@ -38,7 +38,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const int64_t ga = reset_after ? 3 : 2;          // gate blocks in the first multiply
   const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, rows0, s.steps()), chunk_n(wh_n, 1, H, u, rows0, s.steps());
 
-  Tensor G = project_inputs<T>(x, {wx_rz, wx_n}, s.steps());  // (total, 3H) -> activated r, z, n
+  Tensor G = project_inputs<T>(x, {wx_rz, wx_n}, s.steps(), !save);  // (total, 3H) -> activated r, z, n
   Tensor Y = at::empty({s.total, H}, x.options());
   Tensor Sv = reset_after ? at::empty({save ? s.total : B, H}, x.options()) : Tensor();
   Tensor A = at::empty({B, G3}, x.options());  // h @ W_h (chunked columns); reset-before: also r * h, (r*h) @ W_n

@@ -76,7 +76,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   const T fb = static_cast<T>(k.forget_bias), eps = static_cast<T>(eps_);
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
 
-  Tensor XH = project_inputs<T>(x, {wx}, s.steps());  // pre-activations, normalised in place: saved
+  Tensor XH = project_inputs<T>(x, {wx}, s.steps(), !save);  // pre-activations, normalised in place: saved
   if (has(bias)) XH.add_(*bias);
   Tensor cs = c0.contiguous().clone();
   Tensor Y = at::empty({s.total, H}, x.options());

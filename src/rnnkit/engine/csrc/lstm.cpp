@@ -41,7 +41,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   std::optional<ChunkGemm<T>> chunk_p;
   if (proj) chunk_p.emplace(wp, 1, P, up, rows0, s.steps());
 
-  Tensor G = project_inputs<T>(x, {wx}, s.steps());  // (total, 4H): becomes the saved activated gates
+  Tensor G = project_inputs<T>(x, {wx}, s.steps(), !save);  // (total, 4H): becomes the saved activated gates
   Tensor cs = c0.contiguous().clone();
   Tensor Y = at::empty({s.total, P}, x.options());
   Tensor C = at::empty({save ? s.total : B, H}, x.options());
