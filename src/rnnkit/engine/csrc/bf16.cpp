@@ -140,12 +140,20 @@ std::vector<Bf16Weights> bf16_chunks(const Mat<float>& w, int64_t gates, int64_t
   return out;
 }
 
+const at::BFloat16* rounded_rows(int64_t m, int64_t k, const float* X, int64_t ldx) {
+  at::BFloat16* a = bf16_scratch(m * even(k));
+  round_rows_bf16(X, m, k, ldx, a, even(k));
+  return a;
+}
+
+void bf16_chunk_multiply(const Bf16Weights* blocks, int64_t gates, int64_t wd, int64_t m, const at::BFloat16* A,
+                         bool add, float* C, int64_t ldc) {
+  for (int64_t q = 0; q < gates; ++q) blocks[q].multiply(m, A, even(blocks[0].k), add, C + q * wd, ldc);
+}
+
 void bf16_chunk_multiply(const Bf16Weights* blocks, int64_t gates, int64_t wd, int64_t m, const float* X, int64_t ldx,
                          bool add, float* C, int64_t ldc) {
-  const int64_t kp = even(blocks[0].k);
-  at::BFloat16* a = bf16_scratch(m * kp);
-  round_rows_bf16(X, m, blocks[0].k, ldx, a, kp);
-  for (int64_t q = 0; q < gates; ++q) blocks[q].multiply(m, a, kp, add, C + q * wd, ldc);
+  bf16_chunk_multiply(blocks, gates, wd, m, rounded_rows(m, blocks[0].k, X, ldx), add, C, ldc);
 }
 
 void bf16_gemm(int64_t m, int64_t k, const float* A, bool trans_a, int64_t lda, const Mat<float>& B, bool add,

@@ -72,6 +72,10 @@ std::vector<Bf16Weights> bf16_chunks(const Mat<float>& w, int64_t gates, int64_t
 // C[:, q * wd ...] = X (m x K, ldx) @ the chunk's gate blocks (+ C when add): X rounded to bf16 once.
 void bf16_chunk_multiply(const Bf16Weights* blocks, int64_t gates, int64_t wd, int64_t m, const float* X, int64_t ldx,
                          bool add, float* C, int64_t ldc);
+// The same on X rounded already (rounded_rows: the calling thread's scratch, m x even(K), valid until its next call).
+const at::BFloat16* rounded_rows(int64_t m, int64_t k, const float* X, int64_t ldx);
+void bf16_chunk_multiply(const Bf16Weights* blocks, int64_t gates, int64_t wd, int64_t m, const at::BFloat16* A,
+                         bool add, float* C, int64_t ldc);
 // C (m x n, ldc) = op(A) (m x k: A, or A^T when trans_a, row stride lda) @ B (k x n), + C when add: one multiply over
 // all threads, its operands rounded to bf16, float32 sums.
 void bf16_gemm(int64_t m, int64_t k, const float* A, bool trans_a, int64_t lda, const Mat<float>& B, bool add,

@@ -256,6 +256,21 @@ struct ChunkGemm {
       }
     }
   }
+  // C = X @ W and D = X @ next's W, two multiplies of the same X (the reset-after GRU's h @ W_rz and h @ W_n): on the
+  // bf16 units, X is rounded once for both.
+  void twice(const ChunkGemm& next, int64_t c, int64_t lo, int64_t wd, int64_t m, const T* X, int64_t ldx, T* C,
+             T* D, int64_t ldc) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (!bf16.empty() && !next.bf16.empty() && w.rows == next.w.rows) {
+        const at::BFloat16* a = rounded_rows(m, w.rows, X, ldx);
+        bf16_chunk_multiply(&bf16[c * gates], gates, wd, m, a, false, C, ldc);
+        bf16_chunk_multiply(&next.bf16[c * next.gates], next.gates, wd, m, a, false, D, ldc);
+        return;
+      }
+    }
+    (*this)(c, lo, wd, m, X, ldx, C, ldc);
+    next(c, lo, wd, m, X, ldx, D, ldc);
+  }
   // beta: 0 (C = X @ W) or 1 (C += X @ W).
   void operator()(int64_t c, int64_t lo, int64_t wd, int64_t m, const T* X, int64_t ldx, T* C, int64_t ldc,
                   T beta = T(0)) const {

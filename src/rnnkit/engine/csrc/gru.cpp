@@ -49,8 +49,11 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
     T* g = gp + off * G3;
     T* sb = reset_after ? (save ? svp + off * H : svp) : nullptr;
-    chunk_rz(c, lo, w, n, hin.h, H, ap + ga * lo, G3);
-    if (reset_after) chunk_n(c, lo, w, n, hin.h, H, ap + ga * lo + 2 * w, G3);
+    if (reset_after) {
+      chunk_rz.twice(chunk_n, c, lo, w, n, hin.h, H, ap + ga * lo, ap + ga * lo + 2 * w, G3);
+    } else {
+      chunk_rz(c, lo, w, n, hin.h, H, ap + ga * lo, G3);
+    }
     for (int64_t b = 0; b < n; ++b) {
       T* __restrict__ r = g + b * G3 + lo;
       T* __restrict__ z = r + H;
