@@ -9,10 +9,11 @@ runs in a worker process of its own: the base revision checked out into a tempor
 as it is. Both workers build the same cases from *this* tree's ``benchmarks.run`` (the same configurations,
 shapes, seeds and inputs) and time only rnnkit's callable. The coordinator asks them in turns, sample by sample
 (the order within each pair shuffled, seeded), so drift of the shared machine falls on both sides alike; each
-row's figure is the median of the paired ratios after/before, next to each side's median time. On a shared
-machine a row's ratio still moves by a few percent between whole runs (other tenants' load comes in bursts
-longer than a pair): with ``--runs N`` each row reports every run's ratio and their median, which is the figure
-held against the 3% bound.
+row's figure is the median of the paired ratios after/before, next to each side's median time. Each side's sample
+starts after an idle pause (``--settle``, 10 ms): the other worker's OpenMP threads spin for a while after its
+calls. On a shared machine a row's ratio still moves by a few percent between whole runs (other tenants' load
+comes in bursts longer than a pair): with ``--runs N`` each row reports every run's ratio and their median, which
+is the figure held against the 3% bound.
 """
 
 from __future__ import annotations

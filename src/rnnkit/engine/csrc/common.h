@@ -84,7 +84,7 @@ inline bool has(const c10::optional<Tensor>& t) { return t.has_value() && t->def
 
 Tensor contig(const Tensor& t);
 
-// A (rows, cols) buffer for a kernel's own use within one call, that does not outlive it (an inference pass's
+// A (rows, cols) buffer for a kernel's own use within one call, that does not outlive it (a bf16 inference pass's
 // projected gates): the calling thread keeps the memory between calls, up to kCallScratchBytes, so that a
 // sequence's gates land on pages already mapped. (A fresh buffer of 10 MB, (100, 32, 768) float32 gates, faulted
 // its pages in on every call: about 12% of a bf16 GRU's inference at (100, 32, 128, 256).) Larger: a fresh tensor.
