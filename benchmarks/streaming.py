@@ -91,25 +91,10 @@ def bandwidth_gbs(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e9
 
 
-# A setting with an explicit thread count within this of the defaults' time is taken over them: the defaults' pool
-# (a thread per core, spinning after each call) tied in calibration (67 against 67 us) and then swung between 56 and
-# 353 us a frame under the round robin, where a fixed count held steady.
-EXPLICIT_TIE = 1.05
-
-
 def fastest(times: dict[Any, float | None]) -> Any:
-    """The key of the smallest time (ties: the first), but an explicit thread count (a key other than ``None``)
-    within ``EXPLICIT_TIE`` of ``None``'s time wins over ``None``; keys with no time are skipped."""
+    """The key of the smallest time (ties: the first); keys with no time are skipped."""
     timed = [(t, k) for k, t in times.items() if t is not None]
-    if not timed:
-        return None
-    best_t, best = min(timed, key=lambda tk: tk[0])
-    explicit = [(t, k) for t, k in timed if k is not None]
-    if best is None and explicit:
-        t, k = min(explicit, key=lambda tk: tk[0])
-        if t <= best_t * EXPLICIT_TIE:
-            return k
-    return best
+    return min(timed, key=lambda tk: tk[0])[1] if timed else None
 
 
 def setting_name(threads: int | None) -> str:
@@ -195,6 +180,18 @@ def ort_frame(path: str, x: np.ndarray, states: dict[str, np.ndarray], threads: 
     return frame
 
 
+def ort_layer_frames(layer: nn.Module, x: torch.Tensor, tmp: str) -> list[Callable[[], Any]]:
+    """``ort_layer_frame`` at every setting of ``ORT_SETTINGS``: a row times them all and takes the fastest."""
+    return [ort_layer_frame(layer, x, tmp, t) for t in ORT_SETTINGS]
+
+
+def ort_best(times: list[float | None]) -> tuple[float | None, int | None]:
+    """The fastest of onnxruntime's times at ``ORT_SETTINGS`` (in that order), and its setting (``None``, the
+    defaults, is a setting: no time at all gives ``(None, None)``)."""
+    k = fastest(dict(enumerate(times)))
+    return (None, None) if k is None else (times[k], ORT_SETTINGS[k])
+
+
 def ort_layer_frame(layer: nn.Module, x: torch.Tensor, tmp: str, threads: int | None) -> Callable[[], Any]:
     """onnxruntime running ``export_onnx(layer)`` (a float32 copy) on ``x`` (batch, I) as ``(1, batch, I)``,
     ``h_n`` (``c_n``) fed back as ``h_0`` (``c_0``); returns the frame's output ``(1, batch, H)``. A float32 ``x``
@@ -206,45 +203,36 @@ def ort_layer_frame(layer: nn.Module, x: torch.Tensor, tmp: str, threads: int | 
     return ort_frame(path, x.float().numpy()[None], states, threads)
 
 
-def choose_threads(reps: int, budget: float, tmp: str) -> tuple[int | None, dict[int | None, float | None]]:
-    """onnxruntime's fastest setting of ``ORT_SETTINGS`` on ``TODAY``'s model, and every setting's seconds/frame."""
-    from .run import round_robin  # (run imports this module for its table)
-
-    layer, x = make_layer(TODAY), torch.randn(TODAY.batch, TODAY.input_size)
-    fns: list[Callable[[], Any] | None] = [ort_layer_frame(layer, x, tmp, t) for t in ORT_SETTINGS]
-    times = dict(zip(ORT_SETTINGS, round_robin(fns, reps, budget, settle_s=SETTLE_S, warm=WARM), strict=True))
-    return fastest(times), times
-
-
 # ---- the rows ---------------------------------------------------------------------------------------
 
 
 def _row(label: str, cfg: Config, times: list[float | None], nbytes: int) -> dict[str, Any]:
-    step, stream, tnn, loop, ort = times
+    step, stream, tnn, loop, *orts = times
+    ort, setting = ort_best(orts)
     return {
         "config": label, "sizes": cfg.sizes, "batch": cfg.batch, "step": step * 1e6,
         "stream": stream * 1e6 if stream else None, "torch_nn": tnn * 1e6 if tnn else None,
         "cells": loop * 1e6 if loop else None, "ort": ort * 1e6 if ort else None,
         "step_ort": step / ort if ort else None, "stream_ort": stream / ort if stream and ort else None,
         "fps": 1 / step, "weight_kb": nbytes / 1024,
-        "gbs": bandwidth_gbs(nbytes, step), "today": None, "today_x": None,
+        "gbs": bandwidth_gbs(nbytes, step), "today": None, "today_x": None, "ort_setting": setting,
     }  # fmt: skip
 
 
-def layer_row(cfg: Config, reps: int, budget: float, tmp: str, threads: int | None) -> dict[str, Any]:
+def layer_row(cfg: Config, reps: int, budget: float, tmp: str) -> dict[str, Any]:
     from .run import round_robin
 
     layer, x = make_layer(cfg), torch.randn(cfg.batch, cfg.input_size)
     with contextlib.ExitStack() as stack, torch.inference_mode():
         fns = [
             step_frame(layer, x), stream_frame(layer, x, stack), torch_frame(cfg, x), cell_loop_frame(cfg, x),
-            ort_layer_frame(layer, x, tmp, threads),
+            *ort_layer_frames(layer, x, tmp),
         ]  # fmt: skip
         times = round_robin(fns, reps, budget, settle_s=SETTLE_S, warm=WARM)
     return _row(cfg.label, cfg, times, weight_bytes(layer))
 
 
-def cells_row(reps: int, budget: float, tmp: str, threads: int | None) -> dict[str, Any]:
+def cells_row(reps: int, budget: float, tmp: str) -> dict[str, Any]:
     """TF's way: a ``MultiRNNCell`` of ``rnnkit.LSTMCell`` called per frame, against onnxruntime running its export
     (inputs ``input`` (batch, 1, I), ``state_0..`` in TF's flattened order c, h per layer)."""
     from .run import round_robin
@@ -264,7 +252,8 @@ def cells_row(reps: int, budget: float, tmp: str, threads: int | None) -> dict[s
     zeros = {f"state_{k}": np.zeros((b, cfg.hidden_size), np.float32) for k in range(2 * cfg.num_layers)}
     xo = x.numpy()[:, None]  # (batch, 1, I): the cell's export is batch-major, as dynamic_rnn's default
     with torch.inference_mode():
-        fns = [tf_frame, None, torch_frame(cfg, x), cell_loop_frame(cfg, x), ort_frame(path, xo, zeros, threads)]
+        orts = [ort_frame(path, xo, {k: v.copy() for k, v in zeros.items()}, t) for t in ORT_SETTINGS]
+        fns = [tf_frame, None, torch_frame(cfg, x), cell_loop_frame(cfg, x), *orts]
         times = round_robin(fns, reps, budget, settle_s=SETTLE_S, warm=WARM)
     label = f"TF MultiRNNCell of {cfg.num_layers} rnnkit.LSTMCell, cells(x_t, state)"
     return _row(label, cfg, times, weight_bytes(cells))
@@ -301,22 +290,16 @@ def _worker() -> None:
         compare.serve([(TODAY.label, step_frame(layer, x))])
 
 
-_ORT: dict[str, Any] = {}  # the onnxruntime setting chosen in this process (bf16's table reuses it)
-
-
-def ort_setting(reps: int, budget: float, tmp: str) -> int | None:
-    """``choose_threads`` once per process; its note for the table header is in ``ort_note()``."""
-    if "threads" not in _ORT:
-        _ORT["threads"], _ORT["times"] = choose_threads(reps, budget, tmp)
-    return _ORT["threads"]
-
-
-def ort_note() -> str:
-    if "threads" not in _ORT:
-        return ""
-    tried = ", ".join(f"{setting_name(k)} {_fmt(t and t * 1e6, '.0f')} µs" for k, t in _ORT["times"].items())
-    chosen = setting_name(_ORT["threads"])
-    return f"onnxruntime runs with {chosen}, the fastest of ({tried}) on {TODAY.label} {TODAY.sizes}"
+def ort_note(rows: list[dict[str, Any]]) -> str:
+    """Which onnxruntime setting each row's figure is (the fastest of ``ORT_SETTINGS`` in that row)."""
+    won = [r["ort_setting"] for r in rows if "ort_setting" in r and r.get("ort") is not None]
+    counts = ", ".join(f"{setting_name(s)} in {won.count(s)}" for s in ORT_SETTINGS if won.count(s))
+    tried = ", ".join(setting_name(s) for s in ORT_SETTINGS)
+    return (
+        f"onnxruntime is timed at each of ({tried}) in every row's round robin, and the row takes the fastest "
+        f"(its pool with the defaults spins after a call and swung 56-353 µs a frame under the round robin; a setting "
+        f"fixed once for the table made some rows' onnxruntime 2-5x slower than it can be). Fastest: {counts}"
+    )
 
 
 def rows(quick: bool = False, reps: int = 11, budget: float = 2.0, base: str | None = BASE) -> list[dict[str, Any]]:
@@ -324,11 +307,10 @@ def rows(quick: bool = False, reps: int = 11, budget: float = 2.0, base: str | N
     torch.manual_seed(0)
     out = []
     with tempfile.TemporaryDirectory(prefix="rnnkit-stream-") as tmp:
-        threads = ort_setting(reps, budget, tmp)
         for cfg in QUICK if quick else CONFIGS:
-            out.append(layer_row(cfg, reps, budget, tmp, threads))
+            out.append(layer_row(cfg, reps, budget, tmp))
             print(_line(out[-1]), flush=True)
-        out.append(cells_row(reps, budget, tmp, threads))
+        out.append(cells_row(reps, budget, tmp))
         print(_line(out[-1]), flush=True)
     if base is not None and not _has_revision(base):
         print(f"today's step(): no revision {base} in this checkout; column left out", flush=True)
@@ -357,7 +339,7 @@ def _line(r: dict[str, Any]) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        (ort_note() + "; µs per frame, medians.\n\n" if ort_note() else "")
+        ort_note(results) + "; µs per frame, medians.\n\n"
         + "| model | I, H, layers | batch | step() µs | stream µs | torch.nn µs | cell loop µs | onnxruntime µs | "
         "step / ort | stream / ort | frames/s (step) | weights/frame KB | GB/s at step() | today's step() µs |\n"
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"

@@ -40,10 +40,10 @@ def test_weight_bytes_by_hand():
 def test_bandwidth_and_fastest():
     assert streaming.bandwidth_gbs(3_489_792, 50e-6) == pytest.approx(69.79584, rel=1e-12)
     assert streaming.fastest({None: 2e-4, 1: 1e-4, 2: None}) == 1
-    assert streaming.fastest({1: 1e-4, 2: 1e-4}) == 1  # a tie goes to the first
-    # an explicit thread count within 5% of the defaults is taken over them (their pool swings under round robin)
-    assert streaming.fastest({None: 1e-4, 1: 1.04e-4, 2: 2e-4}) == 1
-    assert streaming.fastest({None: 1e-4, 1: 1.06e-4}) is None
+    assert streaming.fastest({None: 1e-4, 1: 1e-4}) is None  # a tie goes to the first (the defaults)
+    assert streaming.ort_best([3e-4, None, 2e-4]) == (2e-4, 2)  # the times at ORT_SETTINGS (None, 1, 2)
+    assert streaming.ort_best([1e-4, None, 2e-4]) == (1e-4, None)  # the defaults' setting is None
+    assert streaming.ort_best([None, None, None]) == (None, None)
     assert streaming.fastest({1: None}) is None
 
 
