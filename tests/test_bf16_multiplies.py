@@ -86,8 +86,9 @@ def ops():
     return kernels
 
 
-# (a bf16 LSTM of more than FUSED_MAX_BATCH rows runs on torch's own kernel, oneDNN's, under the auto backend)
-CASES = [(kind, batch) for kind in LAYERS for batch in (1, 3, 16) if not (kind == "lstm" and batch > 4)]
+# (a bf16 LSTM of more than FUSED_MAX_BATCH rows runs on torch's own kernel, oneDNN's, under the auto backend; a GRU
+# of 40 rows on the bf16 units runs in blocks of rows, loop.h's forward_rows)
+CASES = [(kind, batch) for kind in LAYERS for batch in (1, 3, 16, 40) if not (kind == "lstm" and batch > 4)]
 
 
 @pytest.mark.parametrize("units", [True, False])
@@ -166,3 +167,41 @@ def test_the_setting_is_restored_and_the_scope_ends_with_the_call():
     with torch.no_grad():
         layer(torch.randn(5, 2, 8).bfloat16())
     assert precision.multiplies_dtype() is None
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_row_blocks_with_lengths_agree(reset_after, threads, ops):
+    """A bf16 GRU of 40 rows on the bf16 units runs each block of rows through all its steps on a thread of its own
+    (forced: set_min_step_work(1)); with variable lengths the blocks end at different steps. Its outputs and final
+    state against the same layer with the steps split by units (blocks off) and against each sequence run alone,
+    within one bf16 place and 99% equal."""
+    layer = _bf16_layer(rnnkit.GRU, 24, 32, reset_after=reset_after)
+    torch.manual_seed(5)
+    x = torch.randn(12, 40, 24).bfloat16()
+    lengths = torch.randint(1, 13, (40,))
+    lengths[7] = 12
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            previous = ops.set_min_step_work(1)
+            try:
+                y, h = layer(x, lengths=lengths)
+            finally:
+                ops.set_min_step_work(previous)
+            previous = ops.set_min_step_work(1 << 40)  # one chunk, no blocks
+            try:
+                y_split, h_split = layer(x, lengths=lengths)
+            finally:
+                ops.set_min_step_work(previous)
+            alone = [layer(x[: int(n), b : b + 1]) for b, n in enumerate(lengths)]
+    finally:
+        torch.set_num_threads(before)
+    y_alone = torch.zeros_like(y)
+    for b, (yb, _) in enumerate(alone):
+        y_alone[: yb.shape[0], b : b + 1] = yb
+    h_alone = torch.cat([hb for _, hb in alone], 1)
+    for got, want in ((y, y_split), (h, h_split), (y, y_alone), (h, h_alone)):
+        ulps = _ulps(got, want)
+        assert ulps.max() <= 1 and (ulps == 0).float().mean() >= 0.99, (ulps.max(), (ulps == 0).float().mean())

@@ -33,10 +33,18 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   Tensor brz_c = bx_c.narrow(0, 0, 2 * H).add(bh_c.narrow(0, 0, 2 * H));  // r and z see both biases: added once
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
   MatmulInput<T> hin(mr.p, B, H, x.options());  // what the recurrent matmuls read: h, or h * mask_r
+  // On the bf16 units, without dropout masks, steps of enough rows run in blocks of rows (loop.h forward_rows), each
+  // block all its steps on a thread of its own; otherwise each step splits its units over the threads.
+  const int64_t blocks = std::is_same_v<T, float> && bf16_multiplies() && bf16_multiply_units() && !mh.p && !mr.p &&
+                                 s.steps() >= kMinPanelSteps
+                             ? row_blocks(rows0, 3 * H * H)
+                             : 1;
   // h @ W_rz every step; h @ W_n with it (reset-after) or, reset-before, (r * h) @ W_n after it.
-  const Units u = split_units(H, rows0, H, 3, s.steps());  // one chunk of units per thread, or one (packed) multiply
-  const int64_t ga = reset_after ? 3 : 2;          // gate blocks in the first multiply
-  const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, rows0, s.steps()), chunk_n(wh_n, 1, H, u, rows0, s.steps());
+  const Units u = blocks > 1 ? Units{{0}, {H}}  // one chunk of units per thread, or one (packed) multiply
+                             : split_units(H, rows0, H, 3, s.steps());
+  const int64_t ga = reset_after ? 3 : 2;  // gate blocks in the first multiply
+  const int64_t rows = blocks > 1 ? rows0 / blocks : rows0;  // (a block's rows, for the multiplies' choice)
+  const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, rows, s.steps()), chunk_n(wh_n, 1, H, u, rows, s.steps());
 
   Tensor G = project_inputs<T>(x, {wx_rz, wx_n}, s.steps(), !save);  // (total, 3H) -> activated r, z, n
   Tensor Y = at::empty({s.total, H}, x.options());
@@ -45,20 +53,23 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   T *gp = G.data_ptr<T>(), *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
   T* svp = reset_after ? Sv.data_ptr<T>() : nullptr;
 
-  auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
-  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
+  // A step's first phase for rows [r0, r0 + n) of the batch (packed rows from off) and units [lo, lo + w) (chunk
+  // c): hp, hm = those rows of h_{t-1} and of what the matmuls read (h * mask_r).
+  auto phase_one = [&](int64_t r0, int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp,
+                       const T* hm) {
     T* g = gp + off * G3;
-    T* sb = reset_after ? (save ? svp + off * H : svp) : nullptr;
+    T* A0 = ap + r0 * G3;
+    T* sb = reset_after ? (save ? svp + off * H : svp + r0 * H) : nullptr;
     if (reset_after) {
-      chunk_rz.twice(chunk_n, c, lo, w, n, hin.h, H, ap + ga * lo, ap + ga * lo + 2 * w, G3);
+      chunk_rz.twice(chunk_n, c, lo, w, n, hm, H, A0 + ga * lo, A0 + ga * lo + 2 * w, G3);
     } else {
-      chunk_rz(c, lo, w, n, hin.h, H, ap + ga * lo, G3);
+      chunk_rz(c, lo, w, n, hm, H, A0 + ga * lo, G3);
     }
     for (int64_t b = 0; b < n; ++b) {
       T* __restrict__ r = g + b * G3 + lo;
       T* __restrict__ z = r + H;
       T* __restrict__ nn = r + 2 * H;
-      const T* __restrict__ a = ap + b * G3 + ga * lo;
+      const T* __restrict__ a = A0 + b * G3 + ga * lo;
       const T* __restrict__ h = hp + b * H + lo;
       for (int64_t j = 0; j < w; ++j) {
         r[j] += a[j] + brz[lo + j];
@@ -72,33 +83,49 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
         gru_candidate_after(nn, bx + 2 * H + lo, r, an, w);
         gru_blend(yp + (off + b) * H + lo, nn, z, h, w);
       } else {
-        T* __restrict__ rh = ap + b * G3 + 2 * H + lo;  // r * h, read by every chunk in phase two
-        const T* __restrict__ hm = hin.h + b * H + lo;
-        for (int64_t j = 0; j < w; ++j) rh[j] = r[j] * hm[j];
+        T* __restrict__ rh = A0 + b * G3 + 2 * H + lo;  // r * h, read by every chunk in phase two
+        const T* __restrict__ hmb = hm + b * H + lo;
+        for (int64_t j = 0; j < w; ++j) rh[j] = r[j] * hmb[j];
       }
     }
   };
-  auto finish = [&](int64_t n, int64_t off, const T* hp, T* hn) {
-    if (!reset_after) {  // the candidate reads r * h of every unit: a second phase
-      T* g = gp + off * G3;
-      for_chunks(u, [&](int64_t c) {
-        const int64_t lo = u.lo[c], w = u.hi[c] - u.lo[c];
-        if (w == 0) return;
-        // (r * h) @ W_n for this chunk's units, into the free first columns of the chunk's rows of A.
-        chunk_n(c, lo, w, n, ap + 2 * H, G3, ap + ga * lo, G3);
-        for (int64_t b = 0; b < n; ++b) {
-          T* __restrict__ z = g + b * G3 + H + lo;
-          T* __restrict__ nn = g + b * G3 + 2 * H + lo;
-          const T* __restrict__ a = ap + b * G3 + ga * lo;
-          const T* __restrict__ h = hp + b * H + lo;
-          gru_candidate_before(nn, a, bx + 2 * H + lo, w);
-          gru_blend(yp + (off + b) * H + lo, nn, z, h, w);
-        }
-      });
+  // The reset-before candidate, which reads r * h of every unit: a second phase.
+  auto phase_two = [&](int64_t r0, int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp) {
+    T* g = gp + off * G3;
+    T* A0 = ap + r0 * G3;
+    chunk_n(c, lo, w, n, A0 + 2 * H, G3, A0 + ga * lo, G3);  // (r * h) @ W_n, into the chunk's free columns of A
+    for (int64_t b = 0; b < n; ++b) {
+      T* __restrict__ z = g + b * G3 + H + lo;
+      T* __restrict__ nn = g + b * G3 + 2 * H + lo;
+      const T* __restrict__ a = A0 + b * G3 + ga * lo;
+      const T* __restrict__ h = hp + b * H + lo;
+      gru_candidate_before(nn, a, bx + 2 * H + lo, w);
+      gru_blend(yp + (off + b) * H + lo, nn, z, h, w);
     }
-    store_state(hn, yp + off * H, mh.p, n * H);  // rows of y and of the mask: (n, H) blocks
   };
-  Tensor hT = forward_loop<T>(s, h0, u, chunk, finish, begin);
+  Tensor hT;
+  if (blocks > 1) {
+    hT = forward_rows<T>(s, h0, row_bounds(s, rows0, blocks), [&](int64_t r0, int64_t n, int64_t off, const T* hp,
+                                                                  T* hn) {
+      phase_one(r0, 0, 0, H, n, off, hp, hp);
+      if (!reset_after) phase_two(r0, 0, 0, H, n, off, hp);
+      std::memcpy(hn, yp + off * H, sizeof(T) * n * H);
+    });
+  } else {
+    auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
+    auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
+      phase_one(0, c, lo, w, n, off, hp, hin.h);
+    };
+    auto finish = [&](int64_t n, int64_t off, const T* hp, T* hn) {
+      if (!reset_after) {
+        for_chunks(u, [&](int64_t c) {
+          if (u.hi[c] > u.lo[c]) phase_two(0, c, u.lo[c], u.hi[c] - u.lo[c], n, off, hp);
+        });
+      }
+      store_state(hn, yp + off * H, mh.p, n * H);  // rows of y and of the mask: (n, H) blocks
+    };
+    hT = forward_loop<T>(s, h0, u, chunk, finish, begin);
+  }
   if (!save) return {Y, hT};
   return {Y, hT, G, reset_after ? Sv : at::empty({0}, x.options())};
 }

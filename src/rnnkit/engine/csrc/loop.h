@@ -242,6 +242,36 @@ Tensor forward_loop(const Schedule& s, const Tensor& h0, const Units& u, const C
   return hs.final_state();
 }
 
+// Forward over the packed steps of `s` from h0 (B, W) in blocks of rows (row_bounds), each running every step of
+// its rows on a thread of its own: no barrier between steps. step(r0, n, off, h, hn) runs step t of the block that
+// starts at batch row r0: its n running rows, packed rows [off, off + n) (s.off[t] + r0), reading h_{t-1} at h (row
+// r0's first) and writing h_t at hn. For a step that is row-wise (each row's multiply reads its own row of h; a
+// family's step on the bf16 units, whose one-tile multiplies of 16 rows lose nothing to a split by rows). Returns
+// the final state, each sequence's at its last step.
+template <typename T, typename Step>
+Tensor forward_rows(const Schedule& s, const Tensor& h0, const std::vector<int64_t>& bounds, const Step& step) {
+  Tensor ping = h0.contiguous().clone(), pong = at::empty_like(ping), last = ping.clone();
+  const int64_t W = ping.size(1), blocks = static_cast<int64_t>(bounds.size()) - 1;
+  T *pa = ping.data_ptr<T>(), *pb = pong.data_ptr<T>(), *pl = last.data_ptr<T>();
+  at::parallel_for(0, blocks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t r0 = bounds[c], r1 = bounds[c + 1];
+      T *h = pa + r0 * W, *hn = pb + r0 * W;
+      int64_t running = r1 - r0;  // sequences end longest first: the block's running rows are a prefix of it
+      for (int64_t t = 0; t < s.steps() && running > 0; ++t) {
+        const int64_t n = std::clamp<int64_t>(s.n[t] - r0, 0, r1 - r0);
+        if (n < running) std::memcpy(pl + (r0 + n) * W, h + n * W, sizeof(T) * (running - n) * W);  // just ended
+        running = n;
+        if (n == 0) break;
+        step(r0, n, s.off[t] + r0, h, hn);
+        std::swap(h, hn);
+      }
+      if (running > 0) std::memcpy(pl + r0 * W, h, sizeof(T) * running * W);
+    }
+  });
+  return last;
+}
+
 // Backward through time, last step first. At step t (n rows from packed row off):
 //   begin(n, off)        the gradient reaching the step's outputs (through an LSTM's projection);
 //   rows(b0, b1, off)    the step's pointwise derivative for rows [b0, b1), in parallel when worth it (`width`:
