@@ -169,14 +169,19 @@ def test_the_setting_is_restored_and_the_scope_ends_with_the_call():
     assert precision.multiplies_dtype() is None
 
 
+ROW_BLOCKED = {"gru": lambda: _bf16_layer(rnnkit.GRU, 24, 32), **OPTIONS}
+
+
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("reset_after", [True, False])
-def test_gru_row_blocks_with_lengths_agree(reset_after, threads, ops):
-    """A bf16 GRU of 40 rows on the bf16 units runs each block of rows through all its steps on a thread of its own
-    (forced: set_min_step_work(1)); with variable lengths the blocks end at different steps. Its outputs and final
-    state against the same layer with the steps split by units (blocks off) and against each sequence run alone,
-    within one bf16 place and 99% equal."""
-    layer = _bf16_layer(rnnkit.GRU, 24, 32, reset_after=reset_after)
+@pytest.mark.parametrize("name", list(ROW_BLOCKED))
+def test_row_blocks_with_lengths_agree(name, threads, ops):
+    """A bf16 layer of 40 rows on the bf16 units runs each block of rows through all its steps on a thread of its own
+    (loop.h forward_rows; forced: set_min_step_work(1)); with variable lengths the blocks end at different steps.
+    Its outputs and final state against the same layer with the steps split by units (blocks off: the same products
+    summed in the same order), within one bf16 place of each value and 99% equal; and against each sequence run
+    alone (one row: float32 multiplies, another summation order, which a layer norm amplifies where a row's spread
+    is small), 99% equal and within one bf16 place of the tensor's largest value."""
+    layer = ROW_BLOCKED[name]()
     torch.manual_seed(5)
     x = torch.randn(12, 40, 24).bfloat16()
     lengths = torch.randint(1, 13, (40,))
@@ -201,7 +206,36 @@ def test_gru_row_blocks_with_lengths_agree(reset_after, threads, ops):
     y_alone = torch.zeros_like(y)
     for b, (yb, _) in enumerate(alone):
         y_alone[: yb.shape[0], b : b + 1] = yb
-    h_alone = torch.cat([hb for _, hb in alone], 1)
-    for got, want in ((y, y_split), (h, h_split), (y, y_alone), (h, h_alone)):
+    finals = (h,) if isinstance(h, torch.Tensor) else tuple(h)
+    finals_split = (h_split,) if isinstance(h_split, torch.Tensor) else tuple(h_split)
+    parts = [(hb,) if isinstance(hb, torch.Tensor) else tuple(hb) for _, hb in alone]
+    finals_alone = [torch.cat([p[k] for p in parts], 1) for k in range(len(finals))]
+    for got, want in [(y, y_split), *zip(finals, finals_split, strict=True)]:
         ulps = _ulps(got, want)
         assert ulps.max() <= 1 and (ulps == 0).float().mean() >= 0.99, (ulps.max(), (ulps == 0).float().mean())
+    for got, want in [(y, y_alone), *zip(finals, finals_alone, strict=True)]:
+        err, equal = (got.float() - want.float()).abs(), (got == want).float().mean()
+        assert err.max() <= U_BF16 * want.float().abs().max() and equal >= 0.99, (err.max(), equal)
+
+
+@pytest.mark.parametrize("name", list(ROW_BLOCKED))
+def test_row_blocks_save_what_the_backward_reads(name, ops):
+    """Forward+backward of 40 rows with variable lengths: the row-blocked forward (forced) saves the activations the
+    backward reads as the unit-split one does, so the gradients agree (within 2^-8 in relative norm)."""
+    grads = []
+    for work in (1, 1 << 40):  # blocks forced, then none
+        layer = ROW_BLOCKED[name]()
+        torch.manual_seed(6)
+        x = torch.randn(9, 40, 24).bfloat16().requires_grad_()
+        lengths = torch.randint(1, 10, (40,))
+        lengths[3] = 9
+        previous = ops.set_min_step_work(work)
+        try:
+            y, _ = layer(x, lengths=lengths)
+            (y.float() * torch.randn(y.shape, generator=torch.Generator().manual_seed(7))).sum().backward()
+        finally:
+            ops.set_min_step_work(previous)
+        grads.append([x.grad, *(p.grad for p in layer.parameters())])
+    for got, want in zip(*grads, strict=True):
+        err = (got.float() - want.float()).norm() / want.float().norm()
+        assert err <= U_BF16, err

@@ -83,52 +83,69 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   Tensor CH = at::empty({save ? s.total : B, H}, x.options());
   Tensor RS = at::empty({save ? s.total : B, 5}, x.options());
   Tensor A = at::empty({B, G4}, x.options());  // activated gates of the current step
-  // Every gate's norm needs whole rows: the multiply is split over threads by columns (one region), the
-  // norms by rows (a second); a step not worth splitting runs one MKL-packed multiply.
+  // Every gate's norm needs whole rows. On the bf16 units, without dropout masks, steps of enough rows run in blocks
+  // of rows (loop.h forward_rows), each block its rows' multiply and norms at every step on a thread of its own.
+  // Otherwise the multiply is split over threads by columns (one region), the norms by rows (a second); a step not
+  // worth splitting runs one MKL-packed multiply.
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const Units cols = split_units(G4, rows0, H, 1, s.steps());
-  const ChunkGemm<T> chunk_w(wh, 1, G4, cols, rows0, s.steps());
+  const int64_t blocks = std::is_same_v<T, float> && bf16_multiplies() && bf16_multiply_units() && !mh && !mc &&
+                                 !mr && s.steps() >= kMinPanelSteps
+                             ? row_blocks(rows0, G4 * H)
+                             : 1;
+  const Units cols = blocks > 1 ? Units{{0}, {G4}} : split_units(G4, rows0, H, 1, s.steps());
+  const ChunkGemm<T> chunk_w(wh, 1, G4, cols, blocks > 1 ? rows0 / blocks : rows0, s.steps());
   const std::vector<T> ones(H, T(1));           // stands for an absent mask: branch-free loops
   T *xh = XH.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(), *chp = CH.data_ptr<T>(),
     *rsp = RS.data_ptr<T>(), *ap = A.data_ptr<T>();
 
   MatmulInput<T> hin(mr, B, H, x.options());
-  auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
-  auto multiply = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
-    chunk_w(c, lo, w, n, mr ? hin.h : hp, H, xh + off * G4 + lo, G4, T(1));
-  };
-  auto norms = [&](int64_t n, int64_t off, const T*, T* hn) {
+  // The norms and the cell of batch rows r0 + [b0, b1) (packed rows from off + b0); hn: h_t's row r0.
+  auto norms_of = [&](int64_t r0, int64_t b0, int64_t b1, int64_t off, T* hn) {
     T* g = xh + off * G4;
-    T* chb = save ? chp + off * H : chp;
-    T* rsb = save ? rsp + off * 5 : rsp;
-    for_rows(n, G4, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* gr = g + b * G4;
-        T* ar = ap + b * G4;  // activated i, g, f, o in canonical order
-        T* rs = rsb + b * 5;
-        T *si = ar, *sg = ar + H, *sf = ar + 2 * H, *so = ar + 3 * H;  // canonical i, g, f, o
-        rs[0] = norm_act_row<0>(gr + order[0] * H, H, eps, gm, bt, T(0), si);
-        rs[1] = norm_act_row<1>(gr + order[1] * H, H, eps, gm + H, bt + H, T(0), sg);
-        rs[2] = norm_act_row<0>(gr + order[2] * H, H, eps, gm + 2 * H, bt + 2 * H, fb, sf);
-        rs[3] = norm_act_row<0>(gr + order[3] * H, H, eps, gm + 3 * H, bt + 3 * H, T(0), so);
-        T* cp = csp + b * H;
-        T* ch = chb + b * H;
-        for (int64_t j = 0; j < H; ++j) ch[j] = sf[j] * cp[j] + si[j] * sg[j];
-        T* y = yp + (off + b) * H;
-        rs[4] = norm_act_row<2>(ch, H, eps, gm + 4 * H, bt + 4 * H, T(0), y);  // y holds c_t for now
-        T* hr = hn + b * H;
-        const T* mcr = mc ? mc + b * H : ones.data();
-        const T* mhr = mh ? mh + b * H : ones.data();
-        for (int64_t j = 0; j < H; ++j) {
-          const T cn = y[j];
-          cp[j] = cn * mcr[j];
-          y[j] = tanh_s(cn) * so[j];
-          hr[j] = y[j] * mhr[j];
-        }
+    T* chb = save ? chp + off * H : chp + r0 * H;
+    T* rsb = save ? rsp + off * 5 : rsp + r0 * 5;
+    for (int64_t b = b0; b < b1; ++b) {
+      T* gr = g + b * G4;
+      T* ar = ap + (r0 + b) * G4;  // activated i, g, f, o in canonical order
+      T* rs = rsb + b * 5;
+      T *si = ar, *sg = ar + H, *sf = ar + 2 * H, *so = ar + 3 * H;  // canonical i, g, f, o
+      rs[0] = norm_act_row<0>(gr + order[0] * H, H, eps, gm, bt, T(0), si);
+      rs[1] = norm_act_row<1>(gr + order[1] * H, H, eps, gm + H, bt + H, T(0), sg);
+      rs[2] = norm_act_row<0>(gr + order[2] * H, H, eps, gm + 2 * H, bt + 2 * H, fb, sf);
+      rs[3] = norm_act_row<0>(gr + order[3] * H, H, eps, gm + 3 * H, bt + 3 * H, T(0), so);
+      T* cp = csp + (r0 + b) * H;
+      T* ch = chb + b * H;
+      for (int64_t j = 0; j < H; ++j) ch[j] = sf[j] * cp[j] + si[j] * sg[j];
+      T* y = yp + (off + b) * H;
+      rs[4] = norm_act_row<2>(ch, H, eps, gm + 4 * H, bt + 4 * H, T(0), y);  // y holds c_t for now
+      T* hr = hn + b * H;
+      const T* mcr = mc ? mc + (r0 + b) * H : ones.data();
+      const T* mhr = mh ? mh + (r0 + b) * H : ones.data();
+      for (int64_t j = 0; j < H; ++j) {
+        const T cn = y[j];
+        cp[j] = cn * mcr[j];
+        y[j] = tanh_s(cn) * so[j];
+        hr[j] = y[j] * mhr[j];
       }
-    });
+    }
   };
-  Tensor hT = forward_loop<T>(s, h0, cols, multiply, norms, begin);
+  Tensor hT;
+  if (blocks > 1) {
+    hT = forward_rows<T>(s, h0, row_bounds(s, rows0, blocks), [&](int64_t r0, int64_t n, int64_t off, const T* hp,
+                                                                  T* hn) {
+      chunk_w(0, 0, G4, n, hp, H, xh + off * G4, G4, T(1));
+      norms_of(r0, 0, n, off, hn);
+    });
+  } else {
+    auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
+    auto multiply = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
+      chunk_w(c, lo, w, n, mr ? hin.h : hp, H, xh + off * G4 + lo, G4, T(1));
+    };
+    auto norms = [&](int64_t n, int64_t off, const T*, T* hn) {
+      for_rows(n, G4, [&](int64_t b0, int64_t b1) { norms_of(0, b0, b1, off, hn); });
+    };
+    hT = forward_loop<T>(s, h0, cols, multiply, norms, begin);
+  }
   if (!save) return {Y, hT, cs};
   return {Y, hT, cs, XH, CH, RS};
 }

@@ -33,13 +33,19 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const T *pp = peep_.p, *mh = mh_.p, *mc = mc_.p, *mr = mr_.p;
   const T fb = static_cast<T>(k.forget_bias), cclip = static_cast<T>(k.cell_clip),
           pclip = static_cast<T>(k.proj_clip);
-  // A step worth splitting runs one chunk of units per thread (its columns of W_h, then its units'
-  // update: threads meet once per step); otherwise one multiply on MKL's packed weights.
-  const Units u = split_units(H, rows0, P, 4, s.steps());
-  const Units up = !proj ? Units() : split_units(P, rows0, H, 1, s.steps());
-  const ChunkGemm<T> chunk_w(wh, 4, H, u, rows0, s.steps());
+  // On the bf16 units, without dropout masks, steps of enough rows run in blocks of rows (loop.h forward_rows), each
+  // block all its steps on a thread of its own. Otherwise a step worth splitting runs one chunk of units per thread
+  // (its columns of W_h, then its units' update: threads meet once per step), else one multiply on MKL's packed W.
+  const int64_t blocks = std::is_same_v<T, float> && bf16_multiplies() && bf16_multiply_units() && !mh && !mc &&
+                                 !mr && s.steps() >= kMinPanelSteps
+                             ? row_blocks(rows0, 4 * H * P + (proj ? H * P : 0))
+                             : 1;
+  const int64_t rows = blocks > 1 ? rows0 / blocks : rows0;  // (a block's rows, for the multiplies' choice)
+  const Units u = blocks > 1 ? Units{{0}, {H}} : split_units(H, rows0, P, 4, s.steps());
+  const Units up = !proj ? Units() : blocks > 1 ? Units{{0}, {P}} : split_units(P, rows0, H, 1, s.steps());
+  const ChunkGemm<T> chunk_w(wh, 4, H, u, rows, s.steps());
   std::optional<ChunkGemm<T>> chunk_p;
-  if (proj) chunk_p.emplace(wp, 1, P, up, rows0, s.steps());
+  if (proj) chunk_p.emplace(wp, 1, P, up, rows, s.steps());
 
   Tensor G = project_inputs<T>(x, {wx}, s.steps(), !save);  // (total, 4H): becomes the saved activated gates
   Tensor cs = c0.contiguous().clone();
@@ -52,14 +58,16 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   T* mp = proj ? M.data_ptr<T>() : nullptr;
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
   MatmulInput<T> hin(mr, B, P, x.options());
-  auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
-  auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T* hn) {
+  // The gates and the cell of rows [r0, r0 + n) of the batch (packed rows from off), units [lo, lo + w) (chunk c):
+  // hp, hm = those rows of h_{t-1} and of what the matmul reads (h * mask_r); hn = those rows of h_t.
+  auto cells = [&](int64_t r0, int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hm, T* hn) {
     T* g = gp + off * G4;
-    T* cbuf = save ? cbase + off * H : cbase;
-    chunk_w(c, lo, w, n, mr ? hin.h : hp, P, sp + 4 * lo, G4);
+    T* cbuf = save ? cbase + off * H : cbase + r0 * H;
+    T* S0 = sp + r0 * G4;
+    chunk_w(c, lo, w, n, hm, P, S0 + 4 * lo, G4);
     for (int64_t b = 0; b < n; ++b) {
       T* gr = g + b * G4;
-      const T* sr = sp + b * G4 + 4 * lo;
+      const T* sr = S0 + b * G4 + 4 * lo;
       T* blk[4];
       for (int q = 0; q < 4; ++q) {
         T* __restrict__ dst = gr + order[q] * H + lo;
@@ -68,9 +76,9 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
         for (int64_t j = 0; j < w; ++j) dst[j] += a[j] + bq[j];
         blk[q] = dst;
       }
-      T* __restrict__ cp = csp + b * H + lo;
+      T* __restrict__ cp = csp + (r0 + b) * H + lo;
       T* __restrict__ cn = cbuf + b * H + lo;
-      T* __restrict__ m = proj ? mp + b * H + lo : yp + (off + b) * P + lo;
+      T* __restrict__ m = proj ? mp + (r0 + b) * H + lo : yp + (off + b) * P + lo;
       lstm_units(blk, cp, cn, m, pp ? pp + lo : nullptr, H, w, fb, cclip);
       if (mc) {
         const T* mcr = mc + b * H + lo;
@@ -81,24 +89,39 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
       if (!proj) store_state(hn + b * P + lo, m, mh ? mh + b * P + lo : nullptr, w);
     }
   };
-  auto project = [&](int64_t n, int64_t off, const T*, T* hn) {
-    if (!proj) return;  // the projection reads every unit of m: a second phase, split over its outputs
+  // The projection, which reads every unit of m: a second phase, split over its outputs [lo, lo + w).
+  auto projected = [&](int64_t r0, int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, T* hn) {
     T* y = yp + off * P;
-    for_chunks(up, [&](int64_t c) {
-      const int64_t lo = up.lo[c], w = up.hi[c] - up.lo[c];
-      if (w == 0) return;
-      (*chunk_p)(c, lo, w, n, mp, H, y + lo, P);
-      for (int64_t b = 0; b < n; ++b) {
-        T* yr = y + b * P + lo;
-        T* hr = hn + b * P + lo;
-        if (pclip > T(0)) {
-          for (int64_t j = 0; j < w; ++j) yr[j] = std::min(std::max(yr[j], -pclip), pclip);
-        }
-        store_state(hr, yr, mh ? mh + b * P + lo : nullptr, w);
+    (*chunk_p)(c, lo, w, n, mp + r0 * H, H, y + lo, P);
+    for (int64_t b = 0; b < n; ++b) {
+      T* yr = y + b * P + lo;
+      T* hr = hn + b * P + lo;
+      if (pclip > T(0)) {
+        for (int64_t j = 0; j < w; ++j) yr[j] = std::min(std::max(yr[j], -pclip), pclip);
       }
-    });
+      store_state(hr, yr, mh ? mh + b * P + lo : nullptr, w);
+    }
   };
-  Tensor hT = forward_loop<T>(s, h0, u, chunk, project, begin);
+  Tensor hT;
+  if (blocks > 1) {
+    hT = forward_rows<T>(s, h0, row_bounds(s, rows0, blocks), [&](int64_t r0, int64_t n, int64_t off, const T* hp,
+                                                                  T* hn) {
+      cells(r0, 0, 0, H, n, off, hp, hn);
+      if (proj) projected(r0, 0, 0, P, n, off, hn);
+    });
+  } else {
+    auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
+    auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T* hn) {
+      cells(0, c, lo, w, n, off, mr ? hin.h : hp, hn);
+    };
+    auto project = [&](int64_t n, int64_t off, const T*, T* hn) {
+      if (!proj) return;
+      for_chunks(up, [&](int64_t c) {
+        if (up.hi[c] > up.lo[c]) projected(0, c, up.lo[c], up.hi[c] - up.lo[c], n, off, hn);
+      });
+    };
+    hT = forward_loop<T>(s, h0, u, chunk, project, begin);
+  }
   if (!save) return {Y, hT, cs};
   return {Y, hT, cs, G, C};
 }
