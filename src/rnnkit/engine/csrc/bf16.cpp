@@ -13,6 +13,7 @@ namespace cpublas = at::native::cpublas;
 namespace {
 thread_local bool tl_bf16 = false;
 std::atomic<bool> units_allowed{true};
+constexpr int64_t kTile = 64;  // rows per task of bf16_gemm: oneDNN's brgemm measured fastest at 64 rows (AMX: 4 tiles)
 
 // w (k x n) as a bf16 tensor (torch's round-to-nearest-even cast), rows padded with zeros to even(k).
 Tensor rounded(const Mat<float>& w) {
@@ -172,26 +173,39 @@ void bf16_gemm(int64_t m, int64_t k, const float* A, bool trans_a, int64_t lda, 
          add ? 1.0f : 0.0f, C, ldc);
     return;
   }
-  constexpr int64_t kTile = 64;  // rows per task: oneDNN's brgemm measured fastest at 64 rows (AMX: 4 tiles)
+  bf16_gemm(m, rounded_operand(m, k, A, trans_a, lda), B, add, C, ldc);
+}
+
+const at::BFloat16* rounded_operand(int64_t m, int64_t k, const float* A, bool trans_a, int64_t lda) {
   const int64_t kp = even(k), tiles = (m + kTile - 1) / kTile;
-  std::vector<at::BFloat16> ab(m * kp);
-  auto* bits = reinterpret_cast<uint16_t*>(ab.data());
+  // The calling thread's buffer, kept: a fresh one per call was zero-filled and faulted in, alone on one thread
+  // (about 100 us of a (3200, 128) operand).
+  thread_local std::vector<at::BFloat16> kept;
+  if (static_cast<int64_t>(kept.size()) < m * kp) kept.resize(m * kp);
+  at::BFloat16* ab = kept.data();
+  auto* bits = reinterpret_cast<uint16_t*>(ab);
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     const int64_t r0 = t0 * kTile, r1 = std::min(m, t1 * kTile);
     if (!trans_a) {
-      round_rows_bf16(A + r0 * lda, r1 - r0, k, lda, ab.data() + r0 * kp, kp);
+      round_rows_bf16(A + r0 * lda, r1 - r0, k, lda, ab + r0 * kp, kp);
       return;
     }
     for (int64_t c = 0; c < kp; ++c) {  // row r of op(A) is column r of A (k x m, row stride lda)
       for (int64_t r = r0; r < r1; ++r) bits[r * kp + c] = c < k ? bf16_bits(A[c * lda + r]) : uint16_t(0);
     }
   });
+  return ab;
+}
+
+void bf16_gemm(int64_t m, const at::BFloat16* A, const Mat<float>& B, bool add, float* C, int64_t ldc) {
+  if (m <= 0 || B.cols <= 0) return;
+  const int64_t kp = even(B.rows), tiles = (m + kTile - 1) / kTile;
   const Bf16Weights w(B);
   const int64_t blocks = static_cast<int64_t>(w.col.size());
   at::parallel_for(0, tiles * blocks, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t r0 = (i / blocks) * kTile, b = i % blocks;
-      w.multiply_block(b, std::min(kTile, m - r0), ab.data() + r0 * kp, kp, add, C + r0 * ldc, ldc);
+      w.multiply_block(b, std::min(kTile, m - r0), A + r0 * kp, kp, add, C + r0 * ldc, ldc);
     }
     cpublas::brgemm_release();
   });

@@ -26,13 +26,17 @@ Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks, int64_
   // the faster below kBf16MinProjection multiply-adds (the bf16 units' call re-lays W_x out).
   const bool bf16 = bf16_multiplies() && bf16_multiply_units() && !one_frame(steps) && xc.size(1) > 0 &&
                     total * xc.size(1) * width >= kBf16MinProjection;
+  const at::BFloat16* xb = nullptr;  // x rounded once for every block (bf16_gemm)
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16) xb = rounded_operand(total, xc.size(1), xc.data_ptr<T>(), false, xc.size(1));
+  }
   int64_t col = 0;
   for (const Mat<T>& w : blocks) {
     if (total > 0 && w.cols > 0) {
       T* o = out.data_ptr<T>() + col;
       if constexpr (std::is_same_v<T, float>) {
         if (bf16) {
-          bf16_gemm(total, xc.size(1), xc.data_ptr<T>(), false, xc.size(1), w, false, o, width);
+          bf16_gemm(total, xb, w, false, o, width);
           col += w.cols;
           continue;
         }
