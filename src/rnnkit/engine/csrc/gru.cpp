@@ -33,12 +33,9 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   Tensor brz_c = bx_c.narrow(0, 0, 2 * H).add(bh_c.narrow(0, 0, 2 * H));  // r and z see both biases: added once
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
   MatmulInput<T> hin(mr.p, B, H, x.options());  // what the recurrent matmuls read: h, or h * mask_r
-  // On the bf16 units, without dropout masks, steps of enough rows run in blocks of rows (loop.h forward_rows), each
-  // block all its steps on a thread of its own; otherwise each step splits its units over the threads.
-  const int64_t blocks = std::is_same_v<T, float> && bf16_multiplies() && bf16_multiply_units() && !mh.p && !mr.p &&
-                                 s.steps() >= kMinPanelSteps
-                             ? row_blocks(rows0, 3 * H * H)
-                             : 1;
+  // Steps in blocks of rows (loop.h forward_rows), each block all its steps on a thread of its own; or each step
+  // split by units over the threads.
+  const int64_t blocks = bf16_row_blocks<T>(s, 3 * H * H, mh.p || mr.p);
   // h @ W_rz every step; h @ W_n with it (reset-after) or, reset-before, (r * h) @ W_n after it.
   const Units u = blocks > 1 ? Units{{0}, {H}}  // one chunk of units per thread, or one (packed) multiply
                              : split_units(H, rows0, H, 3, s.steps());

@@ -83,15 +83,11 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   Tensor CH = at::empty({save ? s.total : B, H}, x.options());
   Tensor RS = at::empty({save ? s.total : B, 5}, x.options());
   Tensor A = at::empty({B, G4}, x.options());  // activated gates of the current step
-  // Every gate's norm needs whole rows. On the bf16 units, without dropout masks, steps of enough rows run in blocks
-  // of rows (loop.h forward_rows), each block its rows' multiply and norms at every step on a thread of its own.
-  // Otherwise the multiply is split over threads by columns (one region), the norms by rows (a second); a step not
-  // worth splitting runs one MKL-packed multiply.
+  // Every gate's norm needs whole rows. Steps in blocks of rows (loop.h forward_rows): each block its rows' multiply
+  // and norms at every step on a thread of its own. Otherwise the multiply is split over threads by columns (one
+  // region), the norms by rows (a second); a step not worth splitting runs one MKL-packed multiply.
   const int64_t rows0 = s.steps() ? s.n[0] : 0;
-  const int64_t blocks = std::is_same_v<T, float> && bf16_multiplies() && bf16_multiply_units() && !mh && !mc &&
-                                 !mr && s.steps() >= kMinPanelSteps
-                             ? row_blocks(rows0, G4 * H)
-                             : 1;
+  const int64_t blocks = bf16_row_blocks<T>(s, G4 * H, mh || mc || mr);
   const Units cols = blocks > 1 ? Units{{0}, {G4}} : split_units(G4, rows0, H, 1, s.steps());
   const ChunkGemm<T> chunk_w(wh, 1, G4, cols, blocks > 1 ? rows0 / blocks : rows0, s.steps());
   const std::vector<T> ones(H, T(1));           // stands for an absent mask: branch-free loops

@@ -246,6 +246,16 @@ Tensor forward_loop(const Schedule& s, const Tensor& h0, const Units& u, const C
   return hs.final_state();
 }
 
+// How many blocks of rows a family's forward runs in (forward_rows; 1: its steps split by units): on the bf16 units
+// only, whose one-tile multiplies of 16 rows lose nothing to a split by rows (float32 steps keep the split by units),
+// without dropout masks (the families index their rows per step) and over sequences long enough for the units.
+template <typename T>
+int64_t bf16_row_blocks(const Schedule& s, int64_t work_per_row, bool masks) {
+  if (!std::is_same_v<T, float> || !bf16_multiplies() || !bf16_multiply_units() || masks || s.steps() < kMinPanelSteps)
+    return 1;
+  return row_blocks(s.n[0], work_per_row);
+}
+
 // Forward over the packed steps of `s` from h0 (B, W) in blocks of rows (row_bounds), each running every step of
 // its rows on a thread of its own: no barrier between steps. step(r0, n, off, h, hn) runs step t of the block that
 // starts at batch row r0: its n running rows, packed rows [off, off + n) (s.off[t] + r0), reading h_{t-1} at h (row

@@ -33,13 +33,10 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   const T *pp = peep_.p, *mh = mh_.p, *mc = mc_.p, *mr = mr_.p;
   const T fb = static_cast<T>(k.forget_bias), cclip = static_cast<T>(k.cell_clip),
           pclip = static_cast<T>(k.proj_clip);
-  // On the bf16 units, without dropout masks, steps of enough rows run in blocks of rows (loop.h forward_rows), each
-  // block all its steps on a thread of its own. Otherwise a step worth splitting runs one chunk of units per thread
-  // (its columns of W_h, then its units' update: threads meet once per step), else one multiply on MKL's packed W.
-  const int64_t blocks = std::is_same_v<T, float> && bf16_multiplies() && bf16_multiply_units() && !mh && !mc &&
-                                 !mr && s.steps() >= kMinPanelSteps
-                             ? row_blocks(rows0, 4 * H * P + (proj ? H * P : 0))
-                             : 1;
+  // Steps in blocks of rows (loop.h forward_rows), each block all its steps on a thread of its own. Otherwise a step
+  // worth splitting runs one chunk of units per thread (its columns of W_h, then its units' update: threads meet once
+  // per step), else one multiply on MKL's packed weights.
+  const int64_t blocks = bf16_row_blocks<T>(s, 4 * H * P + (proj ? H * P : 0), mh || mc || mr);
   const int64_t rows = blocks > 1 ? rows0 / blocks : rows0;  // (a block's rows, for the multiplies' choice)
   const Units u = blocks > 1 ? Units{{0}, {H}} : split_units(H, rows0, P, 4, s.steps());
   const Units up = !proj ? Units() : blocks > 1 ? Units{{0}, {P}} : split_units(P, rows0, H, 1, s.steps());
