@@ -190,16 +190,18 @@ def test_row_blocks_with_lengths_agree(name, threads, ops):
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():
-            previous = ops.set_min_step_work(1)
+            previous, calls = ops.set_min_step_work(1), ops.row_block_calls()
             try:
                 y, h = layer(x, lengths=lengths)
             finally:
                 ops.set_min_step_work(previous)
+            assert ops.row_block_calls() == calls + 1  # the call ran in blocks of rows
             previous = ops.set_min_step_work(1 << 40)  # one chunk, no blocks
             try:
                 y_split, h_split = layer(x, lengths=lengths)
             finally:
                 ops.set_min_step_work(previous)
+            assert ops.row_block_calls() == calls + 1
             alone = [layer(x[: int(n), b : b + 1]) for b, n in enumerate(lengths)]
     finally:
         torch.set_num_threads(before)
@@ -224,6 +226,7 @@ def test_row_blocks_save_what_the_backward_reads(name, ops):
     backward reads as the unit-split one does, so the gradients agree (within 2^-8 in relative norm)."""
     grads = []
     for work in (1, 1 << 40):  # blocks forced, then none
+        calls = ops.row_block_calls()
         layer = ROW_BLOCKED[name]()
         torch.manual_seed(6)
         x = torch.randn(9, 40, 24).bfloat16().requires_grad_()
@@ -235,6 +238,7 @@ def test_row_blocks_save_what_the_backward_reads(name, ops):
             (y.float() * torch.randn(y.shape, generator=torch.Generator().manual_seed(7))).sum().backward()
         finally:
             ops.set_min_step_work(previous)
+        assert ops.row_block_calls() == calls + (work == 1)
         grads.append([x.grad, *(p.grad for p in layer.parameters())])
     for got, want in zip(*grads, strict=True):
         err = (got.float() - want.float()).norm() / want.float().norm()

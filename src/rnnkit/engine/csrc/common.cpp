@@ -64,6 +64,13 @@ int64_t min_row_work() {
 
 int64_t set_min_step_work(int64_t work) { return g_min_step_work.exchange(std::max<int64_t>(1, work)); }
 
+namespace {
+std::atomic<int64_t> g_row_block_calls{0};
+}  // namespace
+
+void note_row_block_call() { g_row_block_calls.fetch_add(1, std::memory_order_relaxed); }
+int64_t row_block_calls() { return g_row_block_calls.load(std::memory_order_relaxed); }
+
 int64_t step_threads(int64_t work) {
   return std::min<int64_t>(at::get_num_threads(), std::max<int64_t>(1, work / g_min_step_work.load()));
 }

@@ -169,6 +169,9 @@ struct Units {
 
 // The least work (multiply-adds) per step worth splitting; returns the previous value (tests lower it).
 int64_t set_min_step_work(int64_t work);
+// How many forwards ran in blocks of rows (loop.h forward_rows) in this process: what the tests check they forced.
+void note_row_block_call();
+int64_t row_block_calls();
 
 // How many threads a step of `work` multiply-adds is worth (at least 1).
 int64_t step_threads(int64_t work);

@@ -264,6 +264,7 @@ int64_t bf16_row_blocks(const Schedule& s, int64_t work_per_row, bool masks) {
 // the final state, each sequence's at its last step.
 template <typename T, typename Step>
 Tensor forward_rows(const Schedule& s, const Tensor& h0, const std::vector<int64_t>& bounds, const Step& step) {
+  note_row_block_call();
   Tensor ping = h0.contiguous().clone(), pong = at::empty_like(ping), last = ping.clone();
   const int64_t W = ping.size(1), blocks = static_cast<int64_t>(bounds.size()) - 1;
   T *pa = ping.data_ptr<T>(), *pb = pong.data_ptr<T>(), *pl = last.data_ptr<T>();

@@ -70,4 +70,5 @@ TORCH_LIBRARY(rnnkit, m) {
   m.def("blas_found", &rnnkit::blas_found);
   m.def("parallel_threads", &rnnkit::parallel_threads);
   m.def("set_min_step_work", &rnnkit::set_min_step_work);
+  m.def("row_block_calls", &rnnkit::row_block_calls);
 }
