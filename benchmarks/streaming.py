@@ -39,10 +39,10 @@ import rnnkit
 
 BASE = "8e7edda"  # the revision before issue 14's streaming engine: "today's step()"
 _FILES = itertools.count()  # names of exported models in a table's temporary folder
-ORT_SETTINGS: list[int | None] = [None, 1, 2]
+ORT_SETTINGS: list[int | None] = [None, 1, 2]  # intra_op_num_threads tried (None: SessionOptions' defaults)
 # Each side's turn starts after an idle pause and a few untimed frames: onnxruntime's and OpenMP's thread pools spin
 # after a call, and interleaved without a pause each side's spinning threads slowed the other's frames 1.5-2x.
-SETTLE_S, WARM = 0.02, 5  # intra_op_num_threads tried (None: SessionOptions' defaults)
+SETTLE_S, WARM = 0.02, 5
 
 
 @dataclass(frozen=True)

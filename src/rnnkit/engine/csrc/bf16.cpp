@@ -178,11 +178,9 @@ void bf16_gemm(int64_t m, int64_t k, const float* A, bool trans_a, int64_t lda, 
 
 const at::BFloat16* rounded_operand(int64_t m, int64_t k, const float* A, bool trans_a, int64_t lda) {
   const int64_t kp = even(k), tiles = (m + kTile - 1) / kTile;
-  // The calling thread's buffer, kept: a fresh one per call was zero-filled and faulted in, alone on one thread
-  // (about 100 us of a (3200, 128) operand).
-  thread_local std::vector<at::BFloat16> kept;
-  if (static_cast<int64_t>(kept.size()) < m * kp) kept.resize(m * kp);
-  at::BFloat16* ab = kept.data();
+  // The calling thread's scratch, kept: a fresh buffer per call was zero-filled and faulted in, alone on one thread
+  // (about 100 us of a (3200, 128) operand). Its rows are then read by every thread of the multiply.
+  at::BFloat16* ab = bf16_scratch(m * kp);
   auto* bits = reinterpret_cast<uint16_t*>(ab);
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     const int64_t r0 = t0 * kTile, r1 = std::min(m, t1 * kTile);

@@ -81,7 +81,8 @@ void bf16_chunk_multiply(const Bf16Weights* blocks, int64_t gates, int64_t wd, i
 void bf16_gemm(int64_t m, int64_t k, const float* A, bool trans_a, int64_t lda, const Mat<float>& B, bool add,
                float* C, int64_t ldc);
 // Its two halves, for one A against several B (the input projection's column blocks): op(A) rounded to bf16, rows
-// padded to even(k) (the calling thread's buffer, valid until its next call), then the multiply on the bf16 units.
+// padded to even(k) (the calling thread's bf16_scratch, valid until it rounds again), then the multiply on the bf16
+// units.
 const at::BFloat16* rounded_operand(int64_t m, int64_t k, const float* A, bool trans_a, int64_t lda);
 void bf16_gemm(int64_t m, const at::BFloat16* A, const Mat<float>& B, bool add, float* C, int64_t ldc);
 
