@@ -393,11 +393,12 @@ void pack_paired_panels(at::BFloat16* out, const std::vector<Mat<float>>& blocks
   }
 }
 
+}  // namespace
+
 #if defined(__AVX512F__)
-// out (16 x 16, row-major) = the transpose of the 16 x 16 block at src (row stride ld): unpack pairs, then 64-bit
-// pairs, then 128-bit lanes twice. A panel of torch's transposed weights is such blocks: a scalar copy with a stride
-// of one row per element measured about 8 us for a 128 x 128 W_h, packed on every call.
-inline void transpose_tile(const float* src, int64_t ld, float* out) {
+// Unpack pairs, then 64-bit pairs, then 128-bit lanes twice. A panel of torch's transposed weights is such blocks: a
+// scalar copy with a stride of one row per element measured about 8 us for a 128 x 128 W_h, packed on every call.
+void transpose_tile(const float* src, int64_t ld, float* out) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld);
   for (int i = 0; i < 8; ++i) {
@@ -422,6 +423,8 @@ inline void transpose_tile(const float* src, int64_t ld, float* out) {
   }
 }
 #endif
+
+namespace {
 
 template <typename W>
 void pack_panels_as(W* out, const std::vector<Mat<float>>& blocks, int64_t n) {

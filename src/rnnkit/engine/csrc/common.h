@@ -130,4 +130,9 @@ inline void store_state(T* __restrict__ h, const T* __restrict__ y, const T* __r
   }
 }
 
+#if defined(__AVX512F__)
+// out (16 x 16 floats, row-major) = the transpose of the 16 x 16 block at src (row stride ld); any 32-bit values.
+void transpose_tile(const float* src, int64_t ld, float* out);
+#endif
+
 }  // namespace rnnkit
