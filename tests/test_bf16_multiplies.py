@@ -125,6 +125,33 @@ def test_odd_sizes_pack_a_zero_row(kind, ops):
     assert equal >= 0.999 and near >= 0.9995, (equal, near)
 
 
+AS_IT_CAME = {  # kernel family: a layer on it (odd input sizes get a zero column for the bf16 units)
+    "gru": lambda: rnnkit.GRU(65, 33),
+    "rnn": lambda: rnnkit.RNN(64, 33),
+    "lstm": lambda: rnnkit.LSTM(65, 33, peepholes=True),  # (without options, 80 rows run on torch's own kernel)
+    "lnlstm": lambda: rnnkit.LSTM(64, 33, layer_norm=True),
+}
+
+
+@pytest.mark.parametrize("kind", list(AS_IT_CAME))
+def test_inference_reads_bf16_x_as_it_came(kind, ops, monkeypatch):
+    """In inference the kernels take a bf16 layer's x as it came (their bf16 units read it): the kernel sees bfloat16
+    x, and the outputs equal, bit for bit, the same layer's with x widened to float32 and rounded back inside (the
+    call that records gradients)."""
+    torch.manual_seed(3)
+    layer = AS_IT_CAME[kind]().bfloat16()
+    input_size = layer.input_size
+    x = torch.randn(100, 80, input_size).bfloat16()  # past kBf16MinProjection multiply-adds: the units project
+    seen = []
+    forward = getattr(ops, f"{kind}_forward")
+    monkeypatch.setattr(ops, f"{kind}_forward", lambda x, *rest: seen.append(x.dtype) or forward(x, *rest))
+    with torch.no_grad():
+        y, _ = layer(x)
+    widened, _ = layer(x.requires_grad_())
+    assert seen == [torch.bfloat16, torch.float32]
+    assert torch.equal(y, widened.detach())
+
+
 @pytest.mark.parametrize("kind", ["gru", "rnn", "lstm"])
 def test_gradients_match_autograd_of_the_reference(kind, ops):
     """Weight and input gradients against float32 autograd through the reference (whose backward multiplies in

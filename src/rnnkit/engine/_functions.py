@@ -151,12 +151,27 @@ def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs:
     dtype = inputs[0].dtype
     if dtype in LOW_PRECISION:  # bf16/fp16: float32 sums inside, the caller's dtype outside (``precision``)
         with bf16_multiplies(kern, dtype):
-            out = _layer(kern, family, cfg, batch_sizes, *all_widened(inputs))
+            widened = all_widened(inputs)
+            if _inference(family, inputs) and multiplies_dtype() is torch.bfloat16:
+                # The compiled kernels' bf16 units read x as it came (``csrc/loop.h`` project_inputs): no widened
+                # copy to write and round back, on every call.
+                out = _inference_forward(kern, family, cfg, batch_sizes, (inputs[0], *widened[1:]))
+            else:
+                out = _layer(kern, family, cfg, batch_sizes, *widened)
         return tuple(narrowed(t, dtype) for t in out)
+    if _inference(family, inputs):
+        return _inference_forward(kern, family, cfg, batch_sizes, inputs)
     if _transformed():  # under torch.func transforms: the same forward in torch ops
         return _torch_ops_forward(family, cfg, batch_sizes, inputs)
-    if needs_grad(*inputs[: len(inputs) - family.masks]):
-        return _FusedLayer.apply(kern, family, cfg, batch_sizes, *inputs)
+    return _FusedLayer.apply(kern, family, cfg, batch_sizes, *inputs)
+
+
+def _inference(family: _Family, inputs: tuple) -> bool:
+    """No input needs a gradient and no functorch transform runs: the forward kernel alone, saving nothing."""
+    return not _transformed() and not needs_grad(*inputs[: len(inputs) - family.masks])
+
+
+def _inference_forward(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, inputs: tuple) -> tuple:
     # No input needs a gradient, so the kernel's outputs need no graph: no no_grad() block needed around it.
     x, w_x, bias, *rest = inputs
     rest, tail = family.split(tuple(rest))

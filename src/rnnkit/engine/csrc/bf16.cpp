@@ -203,6 +203,18 @@ std::vector<Bf16Weights> bf16_chunks(const Mat<float>& w, int64_t gates, int64_t
   return out;
 }
 
+const at::BFloat16* even_rows(const at::BFloat16* x, int64_t m, int64_t k) {
+  if (k % 2 == 0) return x;
+  at::BFloat16* out = bf16_scratch(m * (k + 1));
+  at::parallel_for(0, m, std::max<int64_t>(1, 16384 / (k + 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      std::memcpy(out + r * (k + 1), x + r * k, sizeof(at::BFloat16) * k);
+      out[r * (k + 1) + k] = at::BFloat16(0.0f);
+    }
+  });
+  return out;
+}
+
 const at::BFloat16* rounded_rows(int64_t m, int64_t k, const float* X, int64_t ldx) {
   at::BFloat16* a = bf16_scratch(m * even(k));
   round_rows_bf16(X, m, k, ldx, a, even(k));

@@ -47,6 +47,9 @@ inline uint16_t bf16_bits(float f) {
 void round_rows_bf16(const float* x, int64_t rows, int64_t cols, int64_t ldx, at::BFloat16* out, int64_t ldo);
 // count floats rounded to their nearest bf16 value, in float32 (in place when out == x).
 void round_to_bf16(const float* x, int64_t count, float* out);
+// m x k bf16 rows (contiguous) with rows of even(k) (the bf16 units read K in pairs): x itself for an even k, else
+// copied with a zero column into the calling thread's bf16_scratch (valid until it is used again).
+const at::BFloat16* even_rows(const at::BFloat16* x, int64_t m, int64_t k);
 // The calling thread's scratch (kept between calls): bf16 rows, float rows.
 at::BFloat16* bf16_scratch(int64_t count);
 float* rounded_scratch(int64_t count);

@@ -39,10 +39,12 @@ Tensor call_scratch(int64_t rows, int64_t cols, const at::TensorOptions& options
   return at::from_blob(kept.data_ptr(), {rows, cols}, options);
 }
 
-void check_float(const Tensor& x, const char* name) {
+void check_float(const Tensor& x, const char* name, bool bf16_ok) {
   TORCH_CHECK(x.device().is_cpu(), "rnnkit ", name, ": the compiled kernels run on CPU tensors, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "rnnkit ", name,
-              ": expected float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble ||
+                  (bf16_ok && x.scalar_type() == at::kBFloat16),
+              "rnnkit ", name, ": expected float32 or float64", bf16_ok ? " (or bfloat16 inputs)" : "", ", got ",
+              x.scalar_type());
   TORCH_CHECK(x.dim() == 2, "rnnkit ", name, ": expected packed inputs (total, features), got ", x.dim(), "-D");
 }
 

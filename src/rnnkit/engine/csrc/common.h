@@ -92,7 +92,7 @@ constexpr int64_t kCallScratchBytes = int64_t(64) << 20;
 Tensor call_scratch(int64_t rows, int64_t cols, const at::TensorOptions& options);
 
 // The entry points' input check: packed (total, features) float32/float64 CPU tensors.
-void check_float(const Tensor& x, const char* name);
+void check_float(const Tensor& x, const char* name, bool bf16_ok = false);
 
 // An optional input, contiguous, and its data (nullptr when absent): one line per optional argument.
 template <typename T>
@@ -112,10 +112,12 @@ inline Tensor contig_or_zeros(const std::optional<Tensor>& t, int64_t n, const a
   return has(t) ? contig(*t) : at::zeros({n}, options);
 }
 
-// An entry point's dtype dispatch, after its input check: f(T()) with T float or double, as x's dtype.
+// An entry point's dtype dispatch, after its input check: f(T()) with T float or double, as x's dtype. bf16_x: a
+// family's forward, which also takes a bf16 layer's x as it came (float32 weights; loop.h project_inputs reads it),
+// with T float.
 template <typename F>
-auto dispatch_float(const Tensor& x, const char* name, const F& f) {
-  check_float(x, name);
+auto dispatch_float(const Tensor& x, const char* name, const F& f, bool bf16_x = false) {
+  check_float(x, name, bf16_x);
   if (x.scalar_type() == at::kDouble) return f(double());
   return f(float());
 }

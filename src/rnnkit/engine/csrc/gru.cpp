@@ -28,11 +28,11 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const Mat<T> wx_rz = cols_of(wx, 0, 2 * H), wh_rz = cols_of(wh, 0, 2 * H);
   const Mat<T> wx_n = apart ? mat_of<T>(*w_xn) : cols_of(wx, 2 * H, H);
   const Mat<T> wh_n = apart ? step_weights<T>(*w_hn, rows0, s.steps()) : cols_of(wh, 2 * H, H);
-  Tensor bx_c = contig_or_zeros(bias_x, G3, x.options()), bh_c = contig_or_zeros(bias_h, G3, x.options());
+  Tensor bx_c = contig_or_zeros(bias_x, G3, h0.options()), bh_c = contig_or_zeros(bias_h, G3, h0.options());
   const Opt<T> mh(mask_h), mr(mask_r);
   Tensor brz_c = bx_c.narrow(0, 0, 2 * H).add(bh_c.narrow(0, 0, 2 * H));  // r and z see both biases: added once
   const T *bx = bx_c.data_ptr<T>(), *bh = bh_c.data_ptr<T>(), *brz = brz_c.data_ptr<T>();
-  MatmulInput<T> hin(mr.p, B, H, x.options());  // what the recurrent matmuls read: h, or h * mask_r
+  MatmulInput<T> hin(mr.p, B, H, h0.options());  // what the recurrent matmuls read: h, or h * mask_r
   // Steps in blocks of rows (loop.h forward_rows), each block all its steps on a thread of its own; or each step
   // split by units over the threads.
   const int64_t blocks = bf16_row_blocks<T>(s, 3 * H * H, mh.p || mr.p);
@@ -44,9 +44,9 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const ChunkGemm<T> chunk_rz(wh_rz, 2, H, u, rows, s.steps()), chunk_n(wh_n, 1, H, u, rows, s.steps());
 
   Tensor G = project_inputs<T>(x, {wx_rz, wx_n}, s.steps(), !save);  // (total, 3H) -> activated r, z, n
-  Tensor Y = at::empty({s.total, H}, x.options());
-  Tensor Sv = reset_after ? at::empty({save ? s.total : B, H}, x.options()) : Tensor();
-  Tensor A = at::empty({B, G3}, x.options());  // h @ W_h (chunked columns); reset-before: also r * h, (r*h) @ W_n
+  Tensor Y = at::empty({s.total, H}, h0.options());
+  Tensor Sv = reset_after ? at::empty({save ? s.total : B, H}, h0.options()) : Tensor();
+  Tensor A = at::empty({B, G3}, h0.options());  // h @ W_h (chunked columns); reset-before: also r * h, (r*h) @ W_n
   T *gp = G.data_ptr<T>(), *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
   T* svp = reset_after ? Sv.data_ptr<T>() : nullptr;
 
@@ -124,7 +124,7 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
     hT = forward_loop<T>(s, h0, u, chunk, finish, begin);
   }
   if (!save) return {Y, hT};
-  return {Y, hT, G, reset_after ? Sv : at::empty({0}, x.options())};
+  return {Y, hT, G, reset_after ? Sv : at::empty({0}, h0.options())};
 }
 
 template <typename T>
@@ -251,7 +251,7 @@ std::vector<Tensor> gru_forward(const Tensor& x, const Tensor& w_x, const OptT& 
     TORCH_CHECK(has(w_xn) == has(w_hn), "rnnkit gru_forward: w_xn and w_hn come together or not at all");
     return gru_fwd<decltype(z)>(x, w_x, bias_x, batch_sizes, h0, w_h, bias_h, w_xn, w_hn, mask_h, mask_r,
                                 reset_after, save);
-  });
+  }, /*bf16_x=*/true);
 }
 
 std::vector<Tensor> gru_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,

@@ -79,10 +79,10 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   Tensor XH = project_inputs<T>(x, {wx}, s.steps(), !save);  // pre-activations, normalised in place: saved
   if (has(bias)) XH.add_(*bias);
   Tensor cs = c0.contiguous().clone();
-  Tensor Y = at::empty({s.total, H}, x.options());
-  Tensor CH = at::empty({save ? s.total : B, H}, x.options());
-  Tensor RS = at::empty({save ? s.total : B, 5}, x.options());
-  Tensor A = at::empty({B, G4}, x.options());  // activated gates of the current step
+  Tensor Y = at::empty({s.total, H}, h0.options());
+  Tensor CH = at::empty({save ? s.total : B, H}, h0.options());
+  Tensor RS = at::empty({save ? s.total : B, 5}, h0.options());
+  Tensor A = at::empty({B, G4}, h0.options());  // activated gates of the current step
   // Every gate's norm needs whole rows. Steps in blocks of rows (loop.h forward_rows): each block its rows' multiply
   // and norms at every step on a thread of its own. Otherwise the multiply is split over threads by columns (one
   // region), the norms by rows (a second); a step not worth splitting runs one MKL-packed multiply.
@@ -94,7 +94,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   T *xh = XH.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(), *chp = CH.data_ptr<T>(),
     *rsp = RS.data_ptr<T>(), *ap = A.data_ptr<T>();
 
-  MatmulInput<T> hin(mr, B, H, x.options());
+  MatmulInput<T> hin(mr, B, H, h0.options());
   // The norms and the cell of batch rows r0 + [b0, b1) (packed rows from off + b0); hn: h_t's row r0.
   auto norms_of = [&](int64_t r0, int64_t b0, int64_t b1, int64_t off, T* hn) {
     T* g = xh + off * G4;
@@ -256,7 +256,7 @@ std::vector<Tensor> lnlstm_forward(const Tensor& x, const Tensor& w_x, const Opt
     const LstmCfg k = cfg_of(gate_order, forget_bias, 0.0, 0.0);
     return lnlstm_fwd<decltype(z)>(x, w_x, bias, batch_sizes, h0, c0, w_h, gamma, beta, mask_h, mask_c, mask_r, k,
                                    eps, save);
-  });
+  }, /*bf16_x=*/true);
 }
 
 std::vector<Tensor> lnlstm_backward(const Tensor& dY, const Tensor& dhT, const Tensor& dcT, const Tensor& x,

@@ -16,19 +16,25 @@ namespace rnnkit {
 // before it is written; in bf16 the page faults cost more.)
 template <typename T>
 Tensor project_inputs(const Tensor& x, const std::vector<Mat<T>>& blocks, int64_t steps = 0, bool scratch = false) {
-  Tensor xc = contig(x);
-  const int64_t total = xc.size(0);
+  const int64_t total = x.size(0), I = x.size(1);
   int64_t width = 0;
   for (const Mat<T>& w : blocks) width += w.cols;
-  Tensor out = scratch && bf16_multiplies() ? call_scratch(total, width, x.options())
-                                            : at::empty({total, width}, x.options());
+  const at::TensorOptions options = x.options().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor out = scratch && bf16_multiplies() ? call_scratch(total, width, options) : at::empty({total, width}, options);
   // A bf16 layer's x and W_x are bf16 values: its float32 multiply has the bf16 one's products (bf16.h), and is
   // the faster below kBf16MinProjection multiply-adds (the bf16 units' call re-lays W_x out).
-  const bool bf16 = bf16_multiplies() && bf16_multiply_units() && !one_frame(steps) && xc.size(1) > 0 &&
-                    total * xc.size(1) * width >= kBf16MinProjection;
+  const bool bf16 = bf16_multiplies() && bf16_multiply_units() && !one_frame(steps) && I > 0 &&
+                    total * I * width >= kBf16MinProjection;
+  // x may be a bf16 layer's input as it came (bfloat16: rnnkit.engine._functions passes it so in inference): the
+  // bf16 units read it as it is, a float32 multiply widened.
+  const bool given_bf16 = x.scalar_type() == at::kBFloat16;
+  const Tensor xc = given_bf16 && !bf16 ? x.to(options.dtype()).contiguous() : contig(x);
   const at::BFloat16* xb = nullptr;  // x rounded once for every block (bf16_gemm)
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16) xb = rounded_operand(total, xc.size(1), xc.data_ptr<T>(), false, xc.size(1));
+    if (bf16) {
+      xb = given_bf16 ? even_rows(xc.data_ptr<at::BFloat16>(), total, I)
+                      : rounded_operand(total, I, xc.data_ptr<T>(), false, I);
+    }
   }
   int64_t col = 0;
   for (const Mat<T>& w : blocks) {

@@ -27,7 +27,7 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
   Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0, s.steps());
   Mat<T> wp;
   if (proj) wp = step_weights<T>(*w_proj, rows0, s.steps());
-  Tensor bias_c = contig_or_zeros(bias, G4, x.options());
+  Tensor bias_c = contig_or_zeros(bias, G4, h0.options());
   const Opt<T> peep_(peep), mh_(mask_h), mc_(mask_c), mr_(mask_r);
   const T* bp = bias_c.data_ptr<T>();
   const T *pp = peep_.p, *mh = mh_.p, *mc = mc_.p, *mr = mr_.p;
@@ -46,15 +46,15 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
 
   Tensor G = project_inputs<T>(x, {wx}, s.steps(), !save);  // (total, 4H): becomes the saved activated gates
   Tensor cs = c0.contiguous().clone();
-  Tensor Y = at::empty({s.total, P}, x.options());
-  Tensor C = at::empty({save ? s.total : B, H}, x.options());
-  Tensor S = at::empty({B, G4}, x.options());                 // h_{t-1} @ W_h, chunked columns
-  Tensor M = proj ? at::empty({B, H}, x.options()) : Tensor();  // o * tanh(c) before the projection
+  Tensor Y = at::empty({s.total, P}, h0.options());
+  Tensor C = at::empty({save ? s.total : B, H}, h0.options());
+  Tensor S = at::empty({B, G4}, h0.options());                 // h_{t-1} @ W_h, chunked columns
+  Tensor M = proj ? at::empty({B, H}, h0.options()) : Tensor();  // o * tanh(c) before the projection
   T *gp = G.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(), *cbase = C.data_ptr<T>(),
     *sp = S.data_ptr<T>();
   T* mp = proj ? M.data_ptr<T>() : nullptr;
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
-  MatmulInput<T> hin(mr, B, P, x.options());
+  MatmulInput<T> hin(mr, B, P, h0.options());
   // The gates and the cell of rows [r0, r0 + n) of the batch (packed rows from off), units [lo, lo + w) (chunk c):
   // hp, hm = those rows of h_{t-1} and of what the matmul reads (h * mask_r); hn = those rows of h_t.
   auto cells = [&](int64_t r0, int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hm, T* hn) {
@@ -273,7 +273,7 @@ std::vector<Tensor> lstm_forward(const Tensor& x, const Tensor& w_x, const OptT&
     const LstmCfg k = cfg_of(gate_order, forget_bias, cell_clip, proj_clip);
     return lstm_fwd<decltype(z)>(x, w_x, bias, batch_sizes, h0, c0, w_h, peep, w_proj, mask_h, mask_c, mask_r, k,
                                  save);
-  });
+  }, /*bf16_x=*/true);
 }
 
 std::vector<Tensor> lstm_backward(const Tensor& dY, const Tensor& dhT, const Tensor& dcT, const Tensor& x,

@@ -13,15 +13,15 @@ std::vector<Tensor> rnn_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   const Schedule s = schedule_of(batch_sizes);
   const int64_t B = h0.size(0), H = h0.size(1), rows0 = s.steps() ? s.n[0] : 0;
   Mat<T> wx = mat_of<T>(w_x), wh = step_weights<T>(w_h, rows0, s.steps());
-  Tensor b_c = contig_or_zeros(bias, H, x.options());
+  Tensor b_c = contig_or_zeros(bias, H, h0.options());
   const Opt<T> mh(mask_h), mr(mask_r);
   const T* bp = b_c.data_ptr<T>();
   const Units u = split_units(H, rows0, H, 1, s.steps());
   const ChunkGemm<T> chunk_w(wh, 1, H, u, rows0, s.steps());
   Tensor Y = project_inputs<T>(x, {wx}, s.steps());  // pre-activations, activated in place: the outputs
-  Tensor A = at::empty({B, H}, x.options());
+  Tensor A = at::empty({B, H}, h0.options());
   T *yp = Y.data_ptr<T>(), *ap = A.data_ptr<T>();
-  MatmulInput<T> hin(mr.p, B, H, x.options());
+  MatmulInput<T> hin(mr.p, B, H, h0.options());
   auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
   auto chunk = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T* hn) {
     T* y = yp + off * H;
@@ -92,7 +92,7 @@ std::vector<Tensor> rnn_forward(const Tensor& x, const Tensor& w_x, const OptT& 
   (void)save;  // nothing beyond the outputs is saved
   return dispatch_float(x, "rnn_forward", [&](auto z) {
     return rnn_fwd<decltype(z)>(x, w_x, bias, batch_sizes, h0, w_h, mask_h, mask_r, relu);
-  });
+  }, /*bf16_x=*/true);
 }
 
 std::vector<Tensor> rnn_backward(const Tensor& dY, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
