@@ -3,6 +3,7 @@
     python -m benchmarks.compare --base REV            # every row of benchmarks.run; writes docs/benchmark-change.md
     python -m benchmarks.compare --base REV --quick    # two shapes, fewer repetitions, nothing written
     python -m benchmarks.compare --base REV --runs 3   # three whole comparisons; each row's median of the three
+    python -m benchmarks.compare --base REV --bf16     # the bf16 table's rnnkit rows (docs/benchmark-change-bf16.md)
 
 Two rnnkits cannot live in one process (the compiled kernels register one ``torch.ops.rnnkit``), so each side
 runs in a worker process of its own: the base revision checked out into a temporary ``git worktree``, this tree
@@ -44,13 +45,16 @@ SETTLE_S = 0.01
 # ---- the worker: one rnnkit, every case, timed on request -------------------------------------------
 
 
-def _worker(quick: bool, filter_text: str, shape_text: str) -> None:
+def _worker(quick: bool, filter_text: str, shape_text: str, bf16: bool = False) -> None:
     import torch
 
     from benchmarks import run as bench
 
     torch.manual_seed(0)
     bench.machine()  # builds the extension before any timing
+    if bf16:
+        serve(_bf16_rows(filter_text, shape_text))
+        return
     plan = [(s, False) for s in (bench.QUICK_SHAPES if quick else bench.INFERENCE_SHAPES)]
     plan += [(s, True) for s in (bench.QUICK_SHAPES[:1] if quick else bench.TRAINING_SHAPES)]
     rows: list[tuple[dict[str, Any], Any]] = []
@@ -62,6 +66,31 @@ def _worker(quick: bool, filter_text: str, shape_text: str) -> None:
                 continue
             rows.append((_row_id(case.config, shape, train), _callable(bench, case, train)))
     serve(rows)
+
+
+def _bf16_rows(filter_text: str, shape_text: str) -> list[tuple[dict[str, Any], Callable[[], None]]]:
+    """rnnkit's side of every whole-sequence row of the bf16 table (``benchmarks.bf16``): its model and input in
+    bfloat16, timed as that table times them."""
+    import torch
+
+    from benchmarks import bf16
+    from benchmarks import run as bench
+
+    rows = []
+    for train in (False, True):
+        for shape in bf16.SHAPES:
+            if shape_text and shape_text != ",".join(map(str, shape)):
+                continue
+            for spec in bf16.SPECS:
+                if filter_text and filter_text not in spec.config:
+                    continue
+                T, B, I, H = shape
+                torch.manual_seed(0)
+                x = torch.randn(T, B, I, dtype=bf16.BF16)
+                model = spec.rnnkit(I, H).to(bf16.BF16)
+                run = bench.timed_call(lambda m=model, x=x: m(x), list(model.parameters()), train)
+                rows.append((_row_id(f"bf16 {spec.config}", shape, train), run))
+    return rows
 
 
 def serve(rows: list[tuple[Any, Callable[[], Any]]]) -> None:
@@ -135,9 +164,10 @@ class Side:
 
 def compare(
     base_src: Path, reps: int, quick: bool, filter_text: str, shape_text: str = "", sample_s: float = 0.02,
-    settle_s: float = SETTLE_S,
+    settle_s: float = SETTLE_S, bf16: bool = False,
 ) -> list[dict[str, Any]]:
     worker_args = (["--quick"] if quick else []) + (["--filter", filter_text] if filter_text else [])
+    worker_args += ["--bf16"] if bf16 else []
     worker_args += ["--shape", shape_text] if shape_text else []
     before, after = Side(base_src, worker_args), Side(ROOT / "src", worker_args)
     try:
@@ -230,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--filter", default="", help="only configs containing this text")
     ap.add_argument("--shape", default="", help="only this shape, written T,B,I,H (e.g. 50,64,512,512)")
     ap.add_argument("--settle", type=float, default=SETTLE_S, help="idle seconds before each side's sample")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark-change.md"))
+    ap.add_argument("--bf16", action="store_true", help="the bf16 table's whole-sequence rows instead")
+    ap.add_argument("--out", default=None, help="the table's file (docs/benchmark-change[-bf16].md)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        _worker(args.quick, args.filter, args.shape.replace(" ", ""))
+        _worker(args.quick, args.filter, args.shape.replace(" ", ""), args.bf16)
         return 0
+    out = args.out or str(ROOT / "docs" / ("benchmark-change-bf16.md" if args.bf16 else "benchmark-change.md"))
     if not args.base:
         ap.error("--base REV is required")
     reps = args.reps or (7 if args.quick else 15)
@@ -244,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     with base_tree(args.base) as tree:
         load0 = os.getloadavg()
         runs = [
-            compare(tree / "src", reps, args.quick, args.filter, args.shape.replace(" ", ""), settle_s=args.settle)
+            compare(
+                tree / "src", reps, args.quick, args.filter, args.shape.replace(" ", ""), settle_s=args.settle,
+                bf16=args.bf16,
+            )
             for _ in range(args.runs)
         ]
         load1 = os.getloadavg()
@@ -260,15 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         doc = (
             "# Benchmarks: before and after a change\n\n"
-            f"Produced by `python -m benchmarks.compare --base {args.base}` on {started:%Y-%m-%d %H:%M}: rnnkit at "
+            f"Produced by `python -m benchmarks.compare --base {args.base}{' --bf16' if args.bf16 else ''}` on "
+            f"{started:%Y-%m-%d %H:%M}: rnnkit at "
             f"`{args.base}` (before) against the tree at `{head.stdout.strip()}` plus its uncommitted changes "
             f"(after): {args.runs} whole run(s), {reps} paired samples per row in each, the two sides timed in turns "
             f"in two worker processes, {args.settle:g} s idle before each sample; *after / before* is the median "
             "over the runs of each run's median ratio. "
             f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}.\n\n" + md + "\n" + verdict
         )
-        Path(args.out).write_text(doc, encoding="utf-8")
-        print(f"wrote {args.out}")
+        Path(out).write_text(doc, encoding="utf-8")
+        print(f"wrote {out}")
     return 0
 
 
