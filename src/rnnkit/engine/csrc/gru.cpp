@@ -127,6 +127,34 @@ std::vector<Tensor> gru_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias
   return {Y, hT, G, reset_after ? Sv : at::empty({0}, h0.options())};
 }
 
+// A row of the backward step: dy = dy_out + mask * dh (the output's gradient and the carried state's) into the
+// candidate's and the update gate's d pre-activations, and dh = dy * z (the state through z * h). Its own function
+// with unaliased pointers: inline in the step, the loop stayed scalar.
+template <typename T>
+inline void gru_bwd_row(const T* __restrict__ z, const T* __restrict__ nn, const T* __restrict__ hp,
+                        const T* __restrict__ dyo, const T* __restrict__ ms, T* __restrict__ dh, T* __restrict__ dz,
+                        T* __restrict__ dn, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T dy = dyo[j] + ms[j] * dh[j];
+    dn[j] = dy * (T(1) - z[j]) * (T(1) - nn[j] * nn[j]);
+    dz[j] = dy * (hp[j] - nn[j]) * z[j] * (T(1) - z[j]);
+    dh[j] = dy * z[j];
+  }
+}
+
+// The reset-after GRU's reset gate: dr (input side) and the recurrent side's d pre-activations er (r, z, n), from the
+// candidate's dn through r * a_n.
+template <typename T>
+inline void gru_bwd_reset_after(const T* __restrict__ r, const T* __restrict__ an, const T* __restrict__ dz,
+                                const T* __restrict__ dn, T* __restrict__ dr, T* __restrict__ er, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    dr[j] = dn[j] * an[j] * r[j] * (T(1) - r[j]);
+    er[j] = dr[j];
+    er[H + j] = dz[j];
+    er[2 * H + j] = dn[j] * r[j];
+  }
+}
+
 template <typename T>
 std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& x, const Tensor& w_x,
                             const OptT& bias_x, const Tensor& batch_sizes, const Tensor& h0, const Tensor& w_h,
@@ -180,22 +208,8 @@ std::vector<Tensor> gru_bwd(const Tensor& dY_, const Tensor& dhT, const Tensor& 
       T* dr = dp + row * G3;
       T *dz = dr + H, *dn = dr + 2 * H;
       const T* ms = mh.p ? mh.p + b * H : ones.data();
-      for (int64_t j = 0; j < H; ++j) {
-        const T dy = dyo[j] + ms[j] * dhs[j];
-        dn[j] = dy * (T(1) - z[j]) * (T(1) - nn[j] * nn[j]);
-        dz[j] = dy * (hp[j] - nn[j]) * z[j] * (T(1) - z[j]);
-        dhs[j] = dy * z[j];
-      }
-      if (reset_after) {
-        const T* an = sp + row * H;
-        T* er = ep + row * G3;
-        for (int64_t j = 0; j < H; ++j) {
-          dr[j] = dn[j] * an[j] * r[j] * (T(1) - r[j]);
-          er[j] = dr[j];
-          er[H + j] = dz[j];
-          er[2 * H + j] = dn[j] * r[j];
-        }
-      }
+      gru_bwd_row(z, nn, hp, dyo, ms, dhs, dz, dn, H);
+      if (reset_after) gru_bwd_reset_after(r, sp + row * H, dz, dn, dr, ep + row * G3, H);
     }
   };
   auto recur = [&](int64_t n, int64_t off) {

@@ -60,6 +60,50 @@ inline void norm_row_backward(const T* __restrict__ da, const T* __restrict__ xh
   for (int64_t j = 0; j < H; ++j) dpre[j] = rstd * (da[j] * gamma[j] - m1 - xhat[j] * m2);
 }
 
+// The step's outputs from the normalised cell state c_t (in y): c_t carried (times the state mask mc), h_t =
+// tanh(c_t) * o into y and (times the state mask mh) into the next state h. (Pointers the compiler may take apart:
+// written inline with six plain pointers, this loop stayed scalar, a third of a bf16 step's elementwise time.)
+template <typename T>
+inline void ln_output(T* __restrict__ y, T* __restrict__ c, T* __restrict__ h, const T* __restrict__ o,
+                      const T* __restrict__ mc, const T* __restrict__ mh, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T cn = y[j];
+    c[j] = cn * mc[j];
+    y[j] = tanh_s(cn) * o[j];
+    h[j] = y[j] * mh[j];
+  }
+}
+
+// The backward's elementwise passes, each its own function with unaliased pointers (inline in the step, their loops
+// stayed scalar). Through h_t = tanh(c_t) * o: dy = dy_out + mask_h * dh, d o's pre-activation (dao) and the
+// normalised cell's gradient dcn (with the carried cell's, times its mask).
+template <typename T>
+inline void ln_bwd_output(const T* __restrict__ dyo, const T* __restrict__ mh, const T* __restrict__ dh,
+                          const T* __restrict__ cn, const T* __restrict__ so, const T* __restrict__ mc,
+                          const T* __restrict__ dc, T* __restrict__ dao, T* __restrict__ dcn, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T dy = dyo[j] + mh[j] * dh[j];
+    const T sc = tanh_s(cn[j]);
+    dao[j] = dy * sc * so[j] * (T(1) - so[j]);
+    dcn[j] = dc[j] * mc[j] + dy * so[j] * (T(1) - sc * sc);
+  }
+}
+
+// Through c_t = f * c_{t-1} + i * g, from d (c_t before its norm, given in daf): the activated gates' d (dai, dag,
+// daf) and the carried cell's (dc).
+template <typename T>
+inline void ln_bwd_cell(const T* __restrict__ si, const T* __restrict__ sg, const T* __restrict__ sf,
+                        const T* __restrict__ cp, T* __restrict__ dai, T* __restrict__ dag, T* __restrict__ daf,
+                        T* __restrict__ dc, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T d = daf[j];
+    dai[j] = d * sg[j] * si[j] * (T(1) - si[j]);
+    dag[j] = d * si[j] * (T(1) - sg[j] * sg[j]);
+    dc[j] = d * sf[j];
+    daf[j] = d * cp[j] * sf[j] * (T(1) - sf[j]);
+  }
+}
+
 template <typename T>
 std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bias, const Tensor& batch_sizes,
                                const Tensor& h0, const Tensor& c0, const Tensor& w_h, const Tensor& gamma_,
@@ -117,12 +161,7 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
       T* hr = hn + b * H;
       const T* mcr = mc ? mc + (r0 + b) * H : ones.data();
       const T* mhr = mh ? mh + (r0 + b) * H : ones.data();
-      for (int64_t j = 0; j < H; ++j) {
-        const T cn = y[j];
-        cp[j] = cn * mcr[j];
-        y[j] = tanh_s(cn) * so[j];
-        hr[j] = y[j] * mhr[j];
-      }
+      ln_output(y, cp, hr, so, mcr, mhr, H);
     }
   };
   Tensor hT;
@@ -213,21 +252,9 @@ std::vector<Tensor> lnlstm_bwd(const Tensor& dY_, const Tensor& dhT, const Tenso
       T* dcn = dag;
       const T* mcr = mc ? mc + b * H : ones.data();
       const T* mhr = mh ? mh + b * H : ones.data();
-      for (int64_t j = 0; j < H; ++j) {
-        const T dy = dyo[j] + mhr[j] * dhs[j];
-        const T sc = tanh_s(cn[j]);
-        dao[j] = dy * sc * so[j] * (T(1) - so[j]);
-        dcn[j] = dcs[j] * mcr[j] + dy * so[j] * (T(1) - sc * sc);
-      }
-      T* dcpre = daf;
-      norm_row_backward<T>(dcn, ch, gm + 4 * H, rs[4], H, dcpre, dgam + 4 * H, dbet + 4 * H);
-      for (int64_t j = 0; j < H; ++j) {
-        const T d = dcpre[j];
-        dai[j] = d * sg[j] * si[j] * (T(1) - si[j]);
-        dag[j] = d * si[j] * (T(1) - sg[j] * sg[j]);
-        dcs[j] = d * sf[j];
-        daf[j] = d * cp[j] * sf[j] * (T(1) - sf[j]);
-      }
+      ln_bwd_output(dyo, mhr, dhs, cn, so, mcr, dcs, dao, dcn, H);
+      norm_row_backward<T>(dcn, ch, gm + 4 * H, rs[4], H, daf, dgam + 4 * H, dbet + 4 * H);  // d c_t's pre-norm
+      ln_bwd_cell(si, sg, sf, cp, dai, dag, daf, dcs, H);
       T* dgr = dgp + r * G4;
       for (int q = 0; q < 4; ++q) {
         norm_row_backward<T>(da + q * H, gr + order[q] * H, gm + q * H, rs[q], H, dgr + order[q] * H,

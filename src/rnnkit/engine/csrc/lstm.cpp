@@ -94,7 +94,8 @@ std::vector<Tensor> lstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& bia
       T* yr = y + b * P + lo;
       T* hr = hn + b * P + lo;
       if (pclip > T(0)) {
-        for (int64_t j = 0; j < w; ++j) yr[j] = std::min(std::max(yr[j], -pclip), pclip);
+        const T clip = pclip;  // (a copy: the captured reference might alias yr, and the loop stayed scalar)
+        for (int64_t j = 0; j < w; ++j) yr[j] = std::min(std::max(yr[j], -clip), clip);
       }
       store_state(hr, yr, mh ? mh + b * P + lo : nullptr, w);
     }
