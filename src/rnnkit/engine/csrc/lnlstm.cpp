@@ -121,12 +121,25 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   const int64_t order[4] = {k.oi, k.og, k.of, k.oo};
 
   Tensor XH = project_inputs<T>(x, {wx}, s.steps(), !save);  // pre-activations, normalised in place: saved
-  if (has(bias)) XH.add_(*bias);
   Tensor cs = c0.contiguous().clone();
   Tensor Y = at::empty({s.total, H}, h0.options());
   Tensor CH = at::empty({save ? s.total : B, H}, h0.options());
   Tensor RS = at::empty({save ? s.total : B, 5}, h0.options());
   Tensor A = at::empty({B, G4}, h0.options());  // activated gates of the current step
+  T *xh = XH.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(), *chp = CH.data_ptr<T>(),
+    *rsp = RS.data_ptr<T>(), *ap = A.data_ptr<T>();
+  Tensor bias_c = has(bias) ? contig(*bias) : Tensor();
+  const T* bp = has(bias) ? bias_c.data_ptr<T>() : nullptr;
+  // The bias, added to a step's rows (columns [lo, lo + w)) right before its multiply reads them: one pass in cache
+  // instead of a pass of its own over all steps' (total, 4H) in memory, and the same sums, (x W_x + b) + h W_h.
+  auto add_bias = [&](int64_t n, int64_t off, int64_t lo, int64_t w) {
+    if (!bp) return;
+    for (int64_t b = 0; b < n; ++b) {
+      T* __restrict__ row = xh + (off + b) * G4 + lo;
+      const T* __restrict__ add = bp + lo;
+      for (int64_t j = 0; j < w; ++j) row[j] += add[j];
+    }
+  };
   // Every gate's norm needs whole rows. Steps in blocks of rows (loop.h forward_rows): each block its rows' multiply
   // and norms at every step on a thread of its own. Otherwise the multiply is split over threads by columns (one
   // region), the norms by rows (a second); a step not worth splitting runs one MKL-packed multiply.
@@ -135,8 +148,6 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   const Units cols = blocks > 1 ? Units{{0}, {G4}} : split_units(G4, rows0, H, 1, s.steps());
   const ChunkGemm<T> chunk_w(wh, 1, G4, cols, blocks > 1 ? rows0 / blocks : rows0, s.steps());
   const std::vector<T> ones(H, T(1));           // stands for an absent mask: branch-free loops
-  T *xh = XH.data_ptr<T>(), *csp = cs.data_ptr<T>(), *yp = Y.data_ptr<T>(), *chp = CH.data_ptr<T>(),
-    *rsp = RS.data_ptr<T>(), *ap = A.data_ptr<T>();
 
   MatmulInput<T> hin(mr, B, H, h0.options());
   // The norms and the cell of batch rows r0 + [b0, b1) (packed rows from off + b0); hn: h_t's row r0.
@@ -168,12 +179,14 @@ std::vector<Tensor> lnlstm_fwd(const Tensor& x, const Tensor& w_x, const OptT& b
   if (blocks > 1) {
     hT = forward_rows<T>(s, h0, row_bounds(s, rows0, blocks), [&](int64_t r0, int64_t n, int64_t off, const T* hp,
                                                                   T* hn) {
+      add_bias(n, off, 0, G4);
       chunk_w(0, 0, G4, n, hp, H, xh + off * G4, G4, T(1));
       norms_of(r0, 0, n, off, hn);
     });
   } else {
     auto begin = [&](int64_t n, const T* hp) { hin.read(n, hp); };
     auto multiply = [&](int64_t c, int64_t lo, int64_t w, int64_t n, int64_t off, const T* hp, T*) {
+      add_bias(n, off, lo, w);
       chunk_w(c, lo, w, n, mr ? hin.h : hp, H, xh + off * G4 + lo, G4, T(1));
     };
     auto norms = [&](int64_t n, int64_t off, const T*, T* hn) {
