@@ -93,3 +93,18 @@ def test_targets_count_the_bounds():
     lines = bf16.targets(seq, frames).splitlines()
     assert [line.rsplit("|", 2)[-2].strip() for line in lines] == ["1/1", "1/2", "1/1", "0/1"]
     assert "torch's math 1 inference: 0.80; TF's math 1 inference: 0.90" in lines[1]
+
+
+def test_bf16_compare_rows_are_the_bf16_table_s():
+    """``benchmarks.compare --bf16`` times, in each worker, rnnkit's side of the bf16 table's rows: one per model,
+    shape and mode, named as that table names them (with "bf16 " before the config), each a call that runs."""
+    from benchmarks import compare
+
+    rows = compare._bf16_rows("layer_norm", "100,1,64,128")
+    assert [r for r, _ in rows] == [
+        {"config": "bf16 LSTM layer_norm=True", "shape": "100, 1, 64, 128", "mode": mode}
+        for mode in ("inference", "fwd+bwd")
+    ]
+    assert len(compare._bf16_rows("", "")) == 2 * len(bf16.SPECS) * len(bf16.SHAPES)
+    for _, run in rows:
+        run()
