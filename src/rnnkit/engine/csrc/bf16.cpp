@@ -161,13 +161,13 @@ Bf16Weights::Bf16Weights(const Mat<float>& w) : k(w.rows), n(w.cols) {
     ld.push_back((nc + 15) / 16 * 16);
     at.push_back(c0 == 0 ? 0 : at.back() + kp * ld[ld.size() - 2]);
   }
-  buf.reset(new at::BFloat16[col.empty() ? 0 : at.back() + kp * ld.back()]);
+  buf.resize(col.empty() ? 0 : at.back() + kp * ld.back());  // (zeros; vnni_block writes its padding anyway)
   const bool ours = vnni_matches();
   const int64_t blocks = static_cast<int64_t>(col.size());
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, kp * 64));  // a fork pays
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      auto* out = reinterpret_cast<uint16_t*>(buf.get() + at[b]);
+      auto* out = reinterpret_cast<uint16_t*>(buf.data() + at[b]);
       if (ours) {
         vnni_block(w, col[b], width[b], ld[b], out);
         continue;
@@ -183,7 +183,7 @@ Bf16Weights::Bf16Weights(const Mat<float>& w) : k(w.rows), n(w.cols) {
 
 void Bf16Weights::multiply_block(int64_t b, int64_t m, const at::BFloat16* A, int64_t lda, bool add, float* C,
                                  int64_t ldc) const {
-  cpublas::brgemm(m, width[b], even(k), lda, ld[b], ldc, add, A, buf.get() + at[b], C + col[b]);
+  cpublas::brgemm(m, width[b], even(k), lda, ld[b], ldc, add, A, buf.data() + at[b], C + col[b]);
 }
 
 void Bf16Weights::multiply(int64_t m, const at::BFloat16* A, int64_t lda, bool add, float* C, int64_t ldc) const {

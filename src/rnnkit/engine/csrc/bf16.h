@@ -10,8 +10,6 @@
 // order.
 #pragma once
 
-#include <memory>
-
 #include "common.h"
 
 namespace rnnkit {
@@ -59,7 +57,7 @@ inline int64_t even(int64_t k) { return k + (k & 1); }
 // W (k x n) in oneDNN's VNNI layout, in blocks of up to 64 columns (each padded to a multiple of 16 with zeros; an
 // odd k gets a zero row).
 struct Bf16Weights {
-  std::unique_ptr<at::BFloat16[]> buf;  // (not zero-filled: vnni_block writes every element, the padding too)
+  std::vector<at::BFloat16> buf;
   std::vector<int64_t> col, width, ld, at;  // per block: first column, columns, packed width, offset in buf
   int64_t k = 0, n = 0;
   explicit Bf16Weights(const Mat<float>& w);
