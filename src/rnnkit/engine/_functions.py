@@ -151,13 +151,12 @@ def _layer(kern: Any, family: _Family, cfg: tuple, batch_sizes: Tensor, *inputs:
     dtype = inputs[0].dtype
     if dtype in LOW_PRECISION:  # bf16/fp16: float32 sums inside, the caller's dtype outside (``precision``)
         with bf16_multiplies(kern, dtype):
-            widened = all_widened(inputs)
             if _inference(family, inputs) and multiplies_dtype() is torch.bfloat16:
                 # The compiled kernels' bf16 units read x as it came (``csrc/loop.h`` project_inputs): no widened
                 # copy to write and round back, on every call.
-                out = _inference_forward(kern, family, cfg, batch_sizes, (inputs[0], *widened[1:]))
+                out = _inference_forward(kern, family, cfg, batch_sizes, (inputs[0], *all_widened(inputs[1:])))
             else:
-                out = _layer(kern, family, cfg, batch_sizes, *widened)
+                out = _layer(kern, family, cfg, batch_sizes, *all_widened(inputs))
         return tuple(narrowed(t, dtype) for t in out)
     if _inference(family, inputs):
         return _inference_forward(kern, family, cfg, batch_sizes, inputs)
