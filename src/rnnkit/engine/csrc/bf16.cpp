@@ -32,15 +32,13 @@ inline __m512i bf16_bits16(__m512 v) {
 #endif
 
 // Columns [c0, c0 + nc) of w (k x n floats, rows padded with zeros to kp = even(k)), rounded to bf16, in oneDNN's
-// VNNI layout of width ld: rows 2i and 2i + 1 interleaved, element (2i + j, c) at out[(i * ld + c) * 2 + j], columns
-// [nc, ld) zero. Read straight from w's floats, along its rows or (trans) along its columns: a
-// rounded copy through at::Tensor::copy_ took 1.4-3.5 ms for a transposed (2048, 512) W (a scalar strided loop).
+// VNNI layout of width ld: rows 2i and 2i + 1 interleaved, element (2i + j, c) at out[(i * ld + c) * 2 + j]; out
+// arrives zeroed (columns [nc, ld) stay so). Read straight from w's floats, along its rows or (trans) along its
+// columns: a rounded copy through at::Tensor::copy_ took 1.4-3.5 ms for a transposed (2048, 512) W (a scalar strided
+// loop).
 void vnni_block(const Mat<float>& w, int64_t c0, int64_t nc, int64_t ld, uint16_t* out) {
   const int64_t k = w.rows;
   auto* pairs = reinterpret_cast<uint32_t*>(out);  // (row 2i, row 2i + 1) of a column: one 32-bit pair
-  if (nc < ld) {
-    for (int64_t i = 0; 2 * i < k; ++i) std::fill(pairs + i * ld + nc, pairs + (i + 1) * ld, 0u);
-  }
   if (w.trans) {  // column c of W is contiguous: p[c * ld + r]
     auto one_by_one = [&](int64_t ca, int64_t cb, int64_t i0) {  // pairs [i0, ...) of columns [ca, cb)
       for (int64_t c = ca; c < cb; ++c) {
@@ -92,7 +90,7 @@ bool vnni_matches() {
   static const bool same = [] {
     constexpr int64_t k = 5, kp = 6, ld = 32, nc = 20;
     std::vector<float> src(k * nc);
-    std::vector<uint16_t> rows(kp * ld, 0), ours(kp * ld, 0xffff), theirs(kp * ld);  // ours: its padding written
+    std::vector<uint16_t> rows(kp * ld, 0), ours(kp * ld, 0), theirs(kp * ld);
     for (int64_t i = 0; i < k * nc; ++i) {
       src[i] = static_cast<float>(i + 1);
       rows[(i / nc) * ld + i % nc] = bf16_bits(src[i]);
@@ -161,7 +159,7 @@ Bf16Weights::Bf16Weights(const Mat<float>& w) : k(w.rows), n(w.cols) {
     ld.push_back((nc + 15) / 16 * 16);
     at.push_back(c0 == 0 ? 0 : at.back() + kp * ld[ld.size() - 2]);
   }
-  buf.resize(col.empty() ? 0 : at.back() + kp * ld.back());  // (zeros; vnni_block writes its padding anyway)
+  buf.resize(col.empty() ? 0 : at.back() + kp * ld.back());  // zeros: the padding
   const bool ours = vnni_matches();
   const int64_t blocks = static_cast<int64_t>(col.size());
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, kp * 64));  // a fork pays
